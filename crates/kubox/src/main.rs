@@ -1,1 +1,39 @@
-fn main() {}
+//! `kubox`: Kubernetes in one binary.
+
+mod bench;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kubox", version, about = "Kubernetes in one binary")]
+struct Cli {
+    /// Log filter, e.g. `info` or `kubox_apiserver=debug`.
+    #[arg(long, global = true, env = "KUBOX_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a cluster: storage, API server and, as they land, the other components.
+    Server(server::ServerArgs),
+    /// Measure kubox's components.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

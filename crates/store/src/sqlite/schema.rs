@@ -46,7 +46,6 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
-    // The first statement reads the header: a file that is not SQLite fails here.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
@@ -62,39 +61,45 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
 }
 
 /// Opens the writer's connection, creating the schema in a new file and
-/// refusing a file that is not a kubox store of this format.
+/// refusing, before writing anything, a file that is not a kubox store of this
+/// format.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| corrupt(dir, format!("cannot create directory: {e}")))?;
     }
     let conn = Connection::open(path).map_err(|e| corrupt(path, e))?;
-    configure(&conn, path)?;
+    // The first read parses the header: a file that is not SQLite fails here.
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
+    if tables > 0 {
+        let format: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                [META_FORMAT],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|_| corrupt(path, "not a kubox data file (no meta table)"))?;
+        match format {
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(corrupt(
+                    path,
+                    format!("data format {other}, this kubox reads format {FORMAT}"),
+                ));
+            }
+            None => return Err(corrupt(path, "not a kubox data file (no format marker)")),
+        }
+    }
+    configure(&conn, path)?;
     if tables == 0 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('{META_FORMAT}', {FORMAT}), ('{META_REVISION}', 0), ('{META_COMPACTED}', 0); COMMIT;"
         ))?;
-        return Ok(conn);
     }
-    let format: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = ?1",
-            [META_FORMAT],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|_| corrupt(path, "not a kubox data file (no meta table)"))?;
-    match format {
-        Some(FORMAT) => Ok(conn),
-        Some(other) => Err(corrupt(
-            path,
-            format!("data format {other}, this kubox reads format {FORMAT}"),
-        )),
-        None => Err(corrupt(path, "not a kubox data file (no format marker)")),
-    }
+    Ok(conn)
 }
 
 pub(crate) fn open_reader(path: &Path) -> Result<Connection> {

@@ -1,0 +1,847 @@
+//! The generic REST operations, written once for every registered resource.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use kubox_store::{Error as StoreError, RangeRequest, Revision, Store};
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+
+use crate::cache::{Cache, Filter, Stored, WatchEvent};
+use crate::patch::{self, PatchType};
+use crate::registry::{Registry, ResourceType};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::validation;
+
+/// Query parameters of list and watch requests.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+    pub limit: usize,
+    pub continue_token: Option<String>,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: bool,
+}
+
+/// Options of writes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error, not a warning.
+    pub strict: bool,
+}
+
+/// A write's result: the object, and warnings for the client.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+pub struct Api {
+    pub registry: Registry,
+    store: Arc<dyn Store>,
+    caches: HashMap<&'static str, Arc<Cache>>,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Characters upstream's generateName suffix draws from (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect()
+}
+
+fn encode(obj: &Value) -> Bytes {
+    let mut stored = obj.clone();
+    // The revision is the resourceVersion; it is not stored inside the value.
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    Bytes::from(serde_json::to_vec(&stored).expect("a JSON value serializes"))
+}
+
+fn with_revision(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::internal(format!("stored object: {e}")))?;
+    obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+    Ok(obj)
+}
+
+fn parse_rv(rv: &str) -> ApiResult<Revision> {
+    rv.parse::<Revision>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))
+}
+
+/// The continue token: the revision of the first page and the next key, as upstream encodes it.
+fn encode_continue(revision: Revision, next_key: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": next_key});
+    base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    match (v["rv"].as_i64(), v["start"].as_str()) {
+        (Some(rv), Some(start)) => Ok((rv, start.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
+/// The names of fields in `input` that the typed form dropped, as dotted paths.
+fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    Some(t) => unknown_fields(v, t, &p, out),
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let registry = Registry::builtin();
+        let caches = registry
+            .types()
+            .iter()
+            .map(|t| (t.plural, Cache::start(store.clone(), t.key_prefix())))
+            .collect();
+        Self {
+            registry,
+            store,
+            caches,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn cache(&self, rt: &ResourceType) -> &Arc<Cache> {
+        &self.caches[rt.plural]
+    }
+
+    /// Whether every cache has loaded from the store.
+    pub fn ready(&self) -> bool {
+        self.caches.values().all(|c| c.revision() >= 0)
+    }
+
+    /// Decodes a request body as an object of `rt`, checking kind and apiVersion.
+    fn decode(
+        &self,
+        rt: &ResourceType,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        let input: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+        if !input.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        let kind = input
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let api_version = input
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if (!kind.is_empty() && kind != rt.kind)
+            || (!api_version.is_empty() && api_version != rt.api_version())
+        {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({api_version}) does not match the expected API version ({})",
+                rt.api_version()
+            )));
+        }
+        let typed = (rt.normalize)(input.clone()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
+        })?;
+        let mut unknown = Vec::new();
+        unknown_fields(&input, &typed, "", &mut unknown);
+        let warnings: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        if opts.strict && !warnings.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                warnings.join(", ")
+            )));
+        }
+        let mut obj = typed;
+        obj["apiVersion"] = json!(rt.api_version());
+        obj["kind"] = json!(rt.kind);
+        if !obj["metadata"].is_object() {
+            obj["metadata"] = json!({});
+        }
+        Ok((obj, warnings))
+    }
+
+    fn validate(&self, rt: &ResourceType, obj: &Value) -> ApiResult<()> {
+        let mut errs = validation::metadata(&obj["metadata"], rt.plural);
+        errs.extend(rt.strategy.validate(obj));
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            Err(ApiError::invalid(rt.group, rt.kind, name, errs))
+        }
+    }
+
+    /// Namespace lifecycle admission: no new objects in a missing or terminating namespace.
+    async fn admit_namespace(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<()> {
+        let Some(ns) = namespace.filter(|_| rt.namespaced) else {
+            return Ok(());
+        };
+        let key = format!("/registry/namespaces/{ns}");
+        let (kv, _) = self.store.get(&key).await?;
+        let Some(kv) = kv else {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        };
+        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        if obj["status"]["phase"] == "Terminating"
+            || obj["metadata"]["deletionTimestamp"].is_string()
+        {
+            return Err(ApiError::forbidden(format!(
+                "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                crate::status::qualified(rt.group, rt.plural),
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+        with_revision(&kv.value, kv.mod_revision)
+    }
+
+    fn filter(rt: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> ApiResult<Filter> {
+        for f in opts.field_selector.fields() {
+            let generic = ["metadata.name", "metadata.namespace"].contains(&f);
+            if !generic && !crate::selectors::supported_fields(rt.plural).contains(&f) {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {f}"
+                )));
+            }
+        }
+        let (labels, fields) = (opts.label_selector.clone(), opts.field_selector.clone());
+        let ns = ns.map(str::to_owned);
+        Ok(Arc::new(move |s: &Stored| {
+            let meta = &s.object["metadata"];
+            ns.as_deref().is_none_or(|n| meta["namespace"] == n)
+                && labels.matches(&meta["labels"])
+                && fields.matches(&s.object)
+        }))
+    }
+
+    /// LIST: from the cache, or from the store for paginated and exact reads.
+    pub async fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<Value> {
+        let filter = Self::filter(rt, ns, opts)?;
+        let prefix = rt.namespace_prefix(ns);
+        let exact = opts.resource_version_match.as_deref() == Some("Exact");
+        let (items, revision, cont, remaining) =
+            if opts.limit > 0 || opts.continue_token.is_some() || exact {
+                self.list_from_store(&prefix, opts, &*filter).await?
+            } else {
+                let cache = self.cache(rt);
+                match opts.resource_version.as_deref() {
+                    // "0": any state the cache has.
+                    Some("0") => {}
+                    Some(rv) => cache.wait_for(parse_rv(rv)?).await?,
+                    // Unset: consistent, at least as new as the store now.
+                    None => cache.wait_for(self.store.current_revision().await?).await?,
+                }
+                let (items, revision) = cache.list(&prefix, &*filter);
+                (
+                    items.into_iter().map(|s| s.object.clone()).collect(),
+                    revision,
+                    None,
+                    None,
+                )
+            };
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if let Some(c) = cont {
+            metadata["continue"] = json!(c);
+        }
+        if let Some(r) = remaining {
+            metadata["remainingItemCount"] = json!(r);
+        }
+        Ok(json!({
+            "kind": format!("{}List", rt.kind),
+            "apiVersion": rt.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    async fn list_from_store(
+        &self,
+        prefix: &str,
+        opts: &ListOptions,
+        filter: &(dyn Fn(&Stored) -> bool + Send + Sync),
+    ) -> ApiResult<(Vec<Value>, Revision, Option<String>, Option<i64>)> {
+        let (mut revision, mut start) = match &opts.continue_token {
+            Some(token) => {
+                let (rv, key) = decode_continue(token)?;
+                (rv, Some(format!("{prefix}{key}")))
+            }
+            None => match (
+                opts.resource_version.as_deref(),
+                opts.resource_version_match.as_deref(),
+            ) {
+                (Some(rv), Some("Exact")) => (parse_rv(rv)?, None),
+                _ => (0, None),
+            },
+        };
+        let mut items = Vec::new();
+        let limit = opts.limit;
+        loop {
+            let page = self
+                .store
+                .range(RangeRequest {
+                    prefix: prefix.to_owned(),
+                    start: start.clone(),
+                    limit: if limit == 0 { 0 } else { limit - items.len() + 1 },
+                    revision,
+                    count_only: false,
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } if opts.continue_token.is_some() => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ),
+                    other => other.into(),
+                })?;
+            revision = page.revision;
+            let mut last_key = None;
+            for kv in &page.kvs {
+                if limit > 0 && items.len() == limit {
+                    // One more matching object exists: continue from it.
+                    let next = kv.key.strip_prefix(prefix).unwrap_or(&kv.key);
+                    return Ok((items, revision, Some(encode_continue(revision, next)), None));
+                }
+                let obj = with_revision(&kv.value, kv.mod_revision)?;
+                let stored = Stored {
+                    key: kv.key.clone(),
+                    object: obj,
+                    revision: kv.mod_revision,
+                };
+                if filter(&stored) {
+                    items.push(stored.object);
+                }
+                last_key = Some(kv.key.clone());
+            }
+            match (page.more, last_key) {
+                (true, Some(k)) => start = Some(format!("{k}\0")),
+                _ => return Ok((items, revision, None, None)),
+            }
+        }
+    }
+
+    /// Starts a WATCH from the cache.
+    pub async fn watch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<tokio::sync::mpsc::Receiver<WatchEvent>> {
+        let filter = Self::filter(rt, ns, opts)?;
+        let cache = self.cache(rt);
+        let from = match opts.resource_version.as_deref() {
+            None | Some("") => {
+                cache.wait_for(self.store.current_revision().await?).await?;
+                None
+            }
+            Some("0") => None,
+            Some(rv) => {
+                let rv = parse_rv(rv)?;
+                cache.wait_for(rv).await?;
+                // sendInitialEvents with a resourceVersion: the state at least as new, then changes.
+                if opts.send_initial_events {
+                    None
+                } else {
+                    Some(rv)
+                }
+            }
+        };
+        let mark_initial_end = from.is_none() && opts.send_initial_events && opts.allow_bookmarks;
+        cache.watch(from, filter, opts.allow_bookmarks, mark_initial_end)
+    }
+
+    /// CREATE, with upstream's metadata handling.
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let (mut obj, warnings) = self.decode(rt, body, opts)?;
+        let meta = &mut obj["metadata"];
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        if rt.namespaced {
+            let body_ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let ns =
+                ns.ok_or_else(|| ApiError::bad_request("the namespace of the object must be set"))?;
+            if !body_ns.is_empty() && body_ns != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if name.is_empty()
+            && let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+        {
+            meta["name"] = json!(format!("{prefix}{}", generate_suffix()));
+        }
+        meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        meta["creationTimestamp"] = json!(now_rfc3339());
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("selfLink");
+        }
+        if rt.strategy.tracks_generation() {
+            obj["metadata"]["generation"] = json!(1);
+        }
+        rt.strategy.default(&mut obj);
+        rt.strategy.prepare_create(&mut obj);
+        self.validate(rt, &obj)?;
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.admit_namespace(rt, ns, &name).await?;
+        let key = rt.key(ns, &name);
+        if opts.dry_run {
+            let (existing, _) = self.store.get(&key).await?;
+            if existing.is_some() {
+                return Err(ApiError::already_exists(rt.group, rt.plural, &name));
+            }
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
+        }
+        let kv = self
+            .store
+            .create(&key, encode(&obj), 0)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(..) => {
+                    ApiError::already_exists(rt.group, rt.plural, &name)
+                }
+                other => other.into(),
+            })?;
+        obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+        Ok(Written {
+            object: obj,
+            warnings,
+        })
+    }
+
+    /// Merges an updated object with the stored one as upstream's update
+    /// strategies do, and writes it if `expected` is still the stored revision.
+    async fn write_update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        old: &Value,
+        mut new: Value,
+        subresource: Option<&str>,
+        expected: Revision,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        // Fields the client cannot change through an update.
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old["metadata"].get(field) {
+                Some(v) => new["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        new["metadata"]["name"] = json!(name);
+        if rt.namespaced {
+            new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+        }
+        match subresource {
+            // The status subresource changes only status.
+            Some("status") => {
+                let status = new.get("status").cloned();
+                let mut merged = old.clone();
+                match status {
+                    Some(s) => merged["status"] = s,
+                    None => {
+                        if let Some(m) = merged.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+                new = merged;
+            }
+            // With a status subresource, the main resource cannot change status.
+            _ if rt.status_subresource => match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            },
+            _ => {}
+        }
+        rt.strategy.default(&mut new);
+        if rt.strategy.tracks_generation() {
+            let spec_of = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("status");
+                }
+                v
+            };
+            if spec_of(old) != spec_of(&new) {
+                let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                new["metadata"]["generation"] = json!(generation);
+            }
+        }
+        self.validate(rt, &new)?;
+        if dry_run {
+            return Ok(new);
+        }
+        // An object whose finalizers are all gone while it is being deleted goes now.
+        let finalized = new["metadata"]["deletionTimestamp"].is_string()
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty);
+        let key = rt.key(ns, name);
+        if finalized {
+            self.store
+                .delete(&key, Some(expected))
+                .await
+                .map_err(|e| self.write_error(rt, name, e))?;
+            return Ok(new);
+        }
+        let kv = self
+            .store
+            .update(&key, encode(&new), expected, 0)
+            .await
+            .map_err(|e| self.write_error(rt, name, e))?;
+        new["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+        Ok(new)
+    }
+
+    fn write_error(&self, rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict { current: None, .. } | StoreError::NotFound(_) => {
+                ApiError::not_found(rt.group, rt.plural, name)
+            }
+            StoreError::Conflict { .. } => ApiError::modified(rt.group, rt.plural, name),
+            other => other.into(),
+        }
+    }
+
+    /// UPDATE (PUT), of the object or its status.
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let (new, warnings) = self.decode(rt, body, opts)?;
+        let body_name = new["metadata"]["name"].as_str().unwrap_or_default();
+        if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+        let old = with_revision(&kv.value, kv.mod_revision)?;
+        let expected = match new["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            Some(rv) => parse_rv(rv)?,
+            // No resourceVersion: an unconditional update, as upstream allows.
+            None => kv.mod_revision,
+        };
+        let object = self
+            .write_update(rt, ns, name, &old, new, subresource, expected, opts.dry_run)
+            .await?;
+        Ok(Written { object, warnings })
+    }
+
+    /// PATCH: applied to the stored object, retried on concurrent writes
+    /// unless the patch itself names a resourceVersion.
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        patch_type: PatchType,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        for _ in 0..16 {
+            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let old = with_revision(&kv.value, kv.mod_revision)?;
+            let mut patched = old.clone();
+            patch::apply(&mut patched, patch_type, body)
+                .map_err(|e| ApiError::new(http::StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e))?;
+            let pinned = patched["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned);
+            let expected = match pinned.as_deref() {
+                Some(rv) if Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
+                    parse_rv(rv)?
+                }
+                _ => kv.mod_revision,
+            };
+            let (new, warnings) =
+                self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
+            match self
+                .write_update(rt, ns, name, &old, new, subresource, expected, opts.dry_run)
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && pinned.as_deref() == old["metadata"]["resourceVersion"].as_str() =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(object) => return Ok(Written { object, warnings }),
+            }
+        }
+        Err(ApiError::modified(rt.group, rt.plural, name))
+    }
+
+    /// DELETE: immediate, or marked for deletion while finalizers remain or a
+    /// pod on a node shuts down gracefully.
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        grace_period: Option<i64>,
+        preconditions: Option<&Value>,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let key = rt.key(ns, name);
+        loop {
+            let (kv, _) = self.store.get(&key).await?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let mut obj = with_revision(&kv.value, kv.mod_revision)?;
+            if let Some(uid) = preconditions.and_then(|p| p["uid"].as_str())
+                && obj["metadata"]["uid"] != uid
+            {
+                return Err(ApiError::conflict(
+                    rt.group,
+                    rt.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(rv) = preconditions.and_then(|p| p["resourceVersion"].as_str())
+                && parse_rv(rv)? != kv.mod_revision
+            {
+                return Err(ApiError::conflict(
+                    rt.group,
+                    rt.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    ),
+                ));
+            }
+            let has_finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            let graceful_pod = rt.plural == "pods"
+                && obj["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+                && grace_period != Some(0)
+                && obj["status"]["phase"] != "Succeeded"
+                && obj["status"]["phase"] != "Failed";
+            let namespace = rt.plural == "namespaces";
+            if dry_run {
+                return Ok(obj);
+            }
+            if has_finalizers || graceful_pod || namespace {
+                if obj["metadata"]["deletionTimestamp"].is_string() {
+                    return Ok(obj);
+                }
+                obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                let grace = if graceful_pod {
+                    grace_period
+                        .or(obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                        .unwrap_or(30)
+                } else {
+                    0
+                };
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                if namespace {
+                    obj["status"]["phase"] = json!("Terminating");
+                }
+                match self
+                    .store
+                    .update(&key, encode(&obj), kv.mod_revision, 0)
+                    .await
+                {
+                    Ok(kv) => {
+                        obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                        return Ok(obj);
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(_) => return Ok(obj),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ApiError::not_found(rt.group, rt.plural, name));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// DELETECOLLECTION: every matching object, each as a DELETE.
+    pub async fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+        grace_period: Option<i64>,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let list = self.list(rt, ns, opts).await?;
+        let mut items = Vec::new();
+        for item in list["items"].as_array().into_iter().flatten() {
+            let name = item["metadata"]["name"].as_str().unwrap_or_default();
+            let item_ns = item["metadata"]["namespace"].as_str();
+            match self
+                .delete(rt, item_ns.or(ns), name, grace_period, None, dry_run)
+                .await
+            {
+                Ok(obj) => items.push(obj),
+                Err(e) if e.reason == "NotFound" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = list;
+        out["items"] = json!(items);
+        Ok(out)
+    }
+
+    /// Creates an object unless one of that name exists (bootstrap objects).
+    pub async fn ensure(&self, rt: &ResourceType, ns: Option<&str>, obj: Value) -> ApiResult<()> {
+        let body = serde_json::to_vec(&obj).unwrap_or_default();
+        match self.create(rt, ns, &body, &WriteOptions::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

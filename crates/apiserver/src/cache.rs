@@ -1,0 +1,386 @@
+//! The watch cache: one per resource type, holding every object and a window
+//! of recent changes in memory, fed by a watch on the store. LISTs and WATCHes
+//! are served from it; a slow watcher is closed (its client re-lists) and
+//! never holds up the store, the cache or other watchers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kubox_store::{EventKind, RangeRequest, Revision, Store, WatchMessage, WatchRequest};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::status::{ApiError, ApiResult};
+
+/// Changes kept for watches that resume from an older resourceVersion.
+const HISTORY: usize = 10_000;
+/// Events a watcher may have queued before it is closed as too slow.
+const WATCHER_QUEUE: usize = 1_000;
+/// How long a read waits for the cache to reach a resourceVersion.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// An object as stored, with `metadata.resourceVersion` filled in.
+#[derive(Debug)]
+pub struct Stored {
+    pub key: String,
+    pub object: Value,
+    pub revision: Revision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Change {
+    revision: Revision,
+    object: Arc<Stored>,
+    prev: Option<Arc<Stored>>,
+    deleted: bool,
+}
+
+/// What a watcher receives.
+#[derive(Clone, Debug)]
+pub enum WatchEvent {
+    Object(EventType, Arc<Stored>),
+    Bookmark(Revision),
+    /// The initial state has been sent (`sendInitialEvents`).
+    InitialEventsEnd(Revision),
+}
+
+/// Decides whether an object is in a watcher's view.
+pub type Filter = Arc<dyn Fn(&Stored) -> bool + Send + Sync>;
+
+struct Watcher {
+    filter: Filter,
+    bookmarks: bool,
+    tx: mpsc::Sender<WatchEvent>,
+}
+
+impl Watcher {
+    /// The event this watcher sees for a change, if any: an object entering
+    /// its view is ADDED, one leaving it DELETED, as upstream's cacher does.
+    fn view(&self, c: &Change) -> Option<WatchEvent> {
+        let now = !c.deleted && (self.filter)(&c.object);
+        let before = c.prev.as_ref().is_some_and(|p| (self.filter)(p));
+        let kind = match (before, now) {
+            (false, true) => EventType::Added,
+            (true, true) => EventType::Modified,
+            (true, false) => EventType::Deleted,
+            (false, false) => return None,
+        };
+        Some(WatchEvent::Object(kind, c.object.clone()))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    revision: Revision,
+    /// The oldest revision a watch may start after.
+    oldest: Revision,
+    objects: BTreeMap<String, Arc<Stored>>,
+    history: VecDeque<Change>,
+    watchers: Vec<Watcher>,
+}
+
+pub struct Cache {
+    prefix: String,
+    state: RwLock<State>,
+    revision: watch::Sender<Revision>,
+}
+
+fn decode(key: &str, value: &[u8], revision: Revision) -> Option<Arc<Stored>> {
+    match serde_json::from_slice::<Value>(value) {
+        Ok(mut object) => {
+            object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+            Some(Arc::new(Stored {
+                key: key.to_owned(),
+                object,
+                revision,
+            }))
+        }
+        Err(e) => {
+            tracing::error!(key, error = %e, "undecodable object in storage");
+            None
+        }
+    }
+}
+
+impl Cache {
+    /// Starts a cache for every key under `prefix`, kept current by a task
+    /// that runs for as long as the cache is referenced.
+    pub fn start(store: Arc<dyn Store>, prefix: String) -> Arc<Self> {
+        // -1 until the first list has loaded.
+        let cache = Arc::new(Self {
+            prefix,
+            state: RwLock::new(State {
+                revision: -1,
+                ..State::default()
+            }),
+            revision: watch::channel(-1).0,
+        });
+        tokio::spawn(feed(Arc::downgrade(&cache), store));
+        cache
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.read().revision
+    }
+
+    /// Waits until the cache has seen `revision`; 504 as upstream when it does not in time.
+    pub async fn wait_for(&self, revision: Revision) -> ApiResult<()> {
+        let mut rx = self.revision.subscribe();
+        let reached = tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|r| *r >= revision)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError::timeout(format!(
+                "Too large resource version: {revision}, current: {}",
+                self.revision()
+            ))),
+        }
+    }
+
+    /// The objects under `prefix` that pass `filter`, and the revision they are at.
+    pub fn list(
+        &self,
+        prefix: &str,
+        filter: &dyn Fn(&Stored) -> bool,
+    ) -> (Vec<Arc<Stored>>, Revision) {
+        let state = self.read();
+        let items = state
+            .objects
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, o)| filter(o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (items, state.revision)
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Stored>> {
+        self.read().objects.get(key).cloned()
+    }
+
+    /// Starts a watch. With `from` = Some(rv), every change after rv (410 Gone
+    /// if rv is older than the cache's window); with None, the current objects
+    /// as ADDED events first (followed, if asked, by a marker), then changes.
+    pub fn watch(
+        &self,
+        from: Option<Revision>,
+        filter: Filter,
+        bookmarks: bool,
+        mark_initial_end: bool,
+    ) -> ApiResult<mpsc::Receiver<WatchEvent>> {
+        let mut state = self.write();
+        let mut backlog: Vec<WatchEvent> = match from {
+            Some(rv) if rv < state.oldest => {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {rv} ({})",
+                    state.oldest
+                )));
+            }
+            Some(rv) => {
+                let probe = Watcher {
+                    filter: filter.clone(),
+                    bookmarks,
+                    tx: mpsc::channel(1).0,
+                };
+                state
+                    .history
+                    .iter()
+                    .filter(|c| c.revision > rv)
+                    .filter_map(|c| probe.view(c))
+                    .collect()
+            }
+            None => state
+                .objects
+                .values()
+                .filter(|o| filter(o))
+                .map(|o| WatchEvent::Object(EventType::Added, o.clone()))
+                .collect(),
+        };
+        if mark_initial_end {
+            backlog.push(WatchEvent::InitialEventsEnd(state.revision));
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE.max(backlog.len() + 1));
+        for e in backlog {
+            // Capacity covers the backlog.
+            let _ = tx.try_send(e);
+        }
+        state.watchers.push(Watcher {
+            filter,
+            bookmarks,
+            tx,
+        });
+        Ok(rx)
+    }
+
+    fn apply(&self, revision: Revision, changes: Vec<Change>) {
+        let mut state = self.write();
+        for c in &changes {
+            if c.deleted {
+                state.objects.remove(&c.object.key);
+            } else {
+                state.objects.insert(c.object.key.clone(), c.object.clone());
+            }
+        }
+        state.watchers.retain(|w| {
+            changes
+                .iter()
+                .filter_map(|c| w.view(c))
+                .all(|e| w.tx.try_send(e).is_ok())
+        });
+        for c in changes {
+            state.history.push_back(c);
+        }
+        while state.history.len() > HISTORY {
+            if let Some(c) = state.history.pop_front() {
+                state.oldest = c.revision;
+            }
+        }
+        state.revision = revision;
+        drop(state);
+        self.revision.send_replace(revision);
+    }
+
+    fn progress(&self, revision: Revision) {
+        let mut state = self.write();
+        if revision <= state.revision {
+            return;
+        }
+        state.revision = revision;
+        state.watchers.retain(|w| {
+            !w.bookmarks
+                || matches!(
+                    w.tx.try_send(WatchEvent::Bookmark(revision)),
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_))
+                )
+        });
+        drop(state);
+        self.revision.send_replace(revision);
+    }
+
+    /// Replaces the whole state after a (re-)list; open watches end so their
+    /// clients re-list too.
+    fn reset(&self, objects: BTreeMap<String, Arc<Stored>>, revision: Revision) {
+        let mut state = self.write();
+        state.objects = objects;
+        state.history.clear();
+        state.watchers.clear();
+        state.oldest = revision;
+        state.revision = revision;
+        drop(state);
+        self.revision.send_replace(revision);
+    }
+}
+
+/// Lists, then follows the store's watch; re-lists when the watch breaks.
+async fn feed(cache: std::sync::Weak<Cache>, store: Arc<dyn Store>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(prefix) = cache.upgrade().map(|c| c.prefix.clone()) else {
+            return;
+        };
+        let result = async {
+            let listed = store.range(RangeRequest::prefix(prefix.clone())).await?;
+            let objects = listed
+                .kvs
+                .iter()
+                .filter_map(|kv| {
+                    decode(&kv.key, &kv.value, kv.mod_revision).map(|o| (kv.key.clone(), o))
+                })
+                .collect();
+            let mut stream = store
+                .watch(WatchRequest {
+                    prefix: prefix.clone(),
+                    start_revision: listed.revision + 1,
+                    progress_notify: true,
+                })
+                .await?;
+            match cache.upgrade() {
+                Some(c) => c.reset(objects, listed.revision),
+                None => return Ok(()),
+            }
+            while let Some(msg) = stream.next().await {
+                let Some(c) = cache.upgrade() else {
+                    return Ok(());
+                };
+                match msg? {
+                    WatchMessage::Progress(rev) => c.progress(rev),
+                    WatchMessage::Events(events) => {
+                        let revision = events.last().map_or(0, |e| e.revision());
+                        let changes = events
+                            .into_iter()
+                            .filter_map(|e| {
+                                let prev = e
+                                    .prev_kv
+                                    .as_ref()
+                                    .and_then(|p| decode(&p.key, &p.value, p.mod_revision));
+                                let (object, deleted) = match e.kind {
+                                    EventKind::Put => {
+                                        (decode(&e.kv.key, &e.kv.value, e.kv.mod_revision)?, false)
+                                    }
+                                    // A deleted object is reported in its last state, at the deletion's revision.
+                                    EventKind::Delete => {
+                                        let last = prev.clone()?;
+                                        let mut object = last.object.clone();
+                                        object["metadata"]["resourceVersion"] =
+                                            Value::String(e.kv.mod_revision.to_string());
+                                        (
+                                            Arc::new(Stored {
+                                                key: last.key.clone(),
+                                                object,
+                                                revision: e.kv.mod_revision,
+                                            }),
+                                            true,
+                                        )
+                                    }
+                                };
+                                Some(Change {
+                                    revision: e.kv.mod_revision,
+                                    object,
+                                    prev,
+                                    deleted,
+                                })
+                            })
+                            .collect();
+                        c.apply(revision, changes);
+                    }
+                }
+            }
+            Err(kubox_store::Error::Unavailable("store watch ended".into()))
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "watch cache re-listing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The HTTPS front: TLS with optional client certificates, authentication,
+//! routing to discovery, health and the generic resource handlers, content
+//! negotiation (JSON, Table, PartialObjectMetadata) and watch streams.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+
+use crate::api::{Api, ListOptions, WriteOptions};
+use crate::cache::WatchEvent;
+use crate::discovery;
+use crate::patch::PatchType;
+use crate::registry::ResourceType;
+use crate::request::{self, ResourceRequest, Verb};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::table::{self, IncludeObject};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted, as upstream's 3 MiB limit.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Who made a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+pub struct Handler {
+    pub api: Arc<Api>,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+fn respond_json(code: StatusCode, v: &Value, content_type: &str) -> Response<Body> {
+    let mut resp = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    respond_json(e.code, &e.to_status(), "application/json")
+}
+
+fn text(code: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// How the client wants objects back, from its Accept header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Object,
+    Table,
+    Metadata,
+}
+
+fn form(accept: &str) -> Form {
+    // The first acceptable alternative wins; kubectl lists Table first.
+    for alt in accept.split(',') {
+        let alt = alt.replace(' ', "");
+        if alt.contains("as=Table") {
+            return Form::Table;
+        }
+        if alt.contains("as=PartialObjectMetadata") {
+            return Form::Metadata;
+        }
+        if alt.starts_with("application/json")
+            || alt.starts_with("*/*")
+            || alt.starts_with("application/*")
+        {
+            return Form::Object;
+        }
+    }
+    Form::Object
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn list_options(q: &HashMap<String, String>, name: Option<&str>) -> ApiResult<ListOptions> {
+    let mut field_selector = q
+        .get("fieldSelector")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    // A watch on a named object is a watch filtered to that name.
+    if let Some(n) = name {
+        if !field_selector.is_empty() {
+            field_selector.push(',');
+        }
+        field_selector.push_str(&format!("metadata.name={n}"));
+    }
+    Ok(ListOptions {
+        label_selector: LabelSelector::parse(
+            q.get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )
+        .map_err(ApiError::bad_request)?,
+        field_selector: FieldSelector::parse(&field_selector).map_err(ApiError::bad_request)?,
+        resource_version: q.get("resourceVersion").filter(|s| !s.is_empty()).cloned(),
+        resource_version_match: q
+            .get("resourceVersionMatch")
+            .filter(|s| !s.is_empty())
+            .cloned(),
+        limit: match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+            None => 0,
+        },
+        continue_token: q.get("continue").filter(|s| !s.is_empty()).cloned(),
+        allow_bookmarks: q.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
+        send_initial_events: q.get("sendInitialEvents").is_some_and(|v| v == "true"),
+    })
+}
+
+fn write_options(q: &HashMap<String, String>) -> WriteOptions {
+    WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
+    }
+}
+
+fn include_object(q: &HashMap<String, String>) -> IncludeObject {
+    match q.get("includeObject").map(String::as_str) {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    }
+}
+
+async fn read_body(body: Incoming) -> ApiResult<Bytes> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+impl Handler {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        identity: Option<Identity>,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let public = matches!(
+            path.as_str(),
+            "/healthz" | "/livez" | "/readyz" | "/version"
+        );
+        if identity.is_none() && !public {
+            return error_response(&ApiError::unauthorized());
+        }
+        match self.route(req, &path).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, path: &str) -> ApiResult<Response<Body>> {
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let aggregated = accept.contains("as=APIGroupDiscoveryList");
+        let registry = &self.api.registry;
+        let ok = |v: Value| Ok(respond_json(StatusCode::OK, &v, "application/json"));
+        match path.trim_end_matches('/') {
+            "/healthz" | "/livez" => return Ok(text(StatusCode::OK, "ok".into())),
+            "/readyz" => {
+                let ready = self.api.ready();
+                let verbose = req.uri().query().is_some_and(|q| q.contains("verbose"));
+                let mark = if ready { "ok" } else { "failed" };
+                let body = if verbose {
+                    format!(
+                        "[+]ping ok\n[+]etcd ok\n[{}]watch-cache {mark}\nreadyz check {}\n",
+                        if ready { "+" } else { "-" },
+                        if ready { "passed" } else { "failed" }
+                    )
+                } else {
+                    mark.to_owned()
+                };
+                let code = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                return Ok(text(code, body));
+            }
+            "/version" => return ok(discovery::version()),
+            "/api" if aggregated => {
+                return Ok(respond_json(
+                    StatusCode::OK,
+                    &discovery::aggregated(registry, true),
+                    discovery::AGGREGATED,
+                ));
+            }
+            "/apis" if aggregated => {
+                return Ok(respond_json(
+                    StatusCode::OK,
+                    &discovery::aggregated(registry, false),
+                    discovery::AGGREGATED,
+                ));
+            }
+            "/api" => return ok(discovery::api_versions()),
+            "/apis" => return ok(discovery::api_groups(registry)),
+            _ => {}
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["api", v] => {
+                return discovery::resource_list(registry, "", v)
+                    .map_or_else(|| Err(ApiError::no_route()), ok);
+            }
+            ["apis", g] => {
+                return discovery::api_group(registry, g)
+                    .map_or_else(|| Err(ApiError::no_route()), ok);
+            }
+            ["apis", g, v] => {
+                return discovery::resource_list(registry, g, v)
+                    .map_or_else(|| Err(ApiError::no_route()), ok);
+            }
+            _ => {}
+        }
+        let q = query(&req);
+        let watch = q.get("watch").is_some_and(|v| v == "true" || v == "1");
+        let Some(rr) = request::parse(req.method(), path, watch) else {
+            return Err(
+                if matches!(
+                    *req.method(),
+                    Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                ) {
+                    ApiError::no_route()
+                } else {
+                    ApiError::method_not_allowed()
+                },
+            );
+        };
+        let rt = registry
+            .get(&rr.group, &rr.version, &rr.resource)
+            .cloned()
+            .ok_or_else(ApiError::no_route)?;
+        self.resource(req, rr, &rt, q, form(&accept)).await
+    }
+
+    async fn resource(
+        &self,
+        req: Request<Incoming>,
+        rr: ResourceRequest,
+        rt: &ResourceType,
+        q: HashMap<String, String>,
+        form: Form,
+    ) -> ApiResult<Response<Body>> {
+        let api = &self.api;
+        let ns = if rt.namespaced {
+            rr.namespace.as_deref()
+        } else {
+            None
+        };
+        if rt.namespaced && ns.is_none() && !matches!(rr.verb, Verb::List | Verb::Watch) {
+            return Err(ApiError::no_route());
+        }
+        let sub = rr.subresource.as_deref();
+        match sub {
+            None => {}
+            Some("status")
+                if rt.status_subresource
+                    && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
+            _ => return Err(ApiError::no_route()),
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let name = rr.name.as_deref();
+        let wopts = write_options(&q);
+        let (status, object, warnings) = match rr.verb {
+            Verb::Get => {
+                let obj = api.get(rt, ns, name.unwrap_or_default()).await?;
+                (
+                    StatusCode::OK,
+                    self.present(rt, obj, form, &q, false),
+                    Vec::new(),
+                )
+            }
+            Verb::List => {
+                let opts = list_options(&q, None)?;
+                let list = api.list(rt, ns, &opts).await?;
+                (
+                    StatusCode::OK,
+                    self.present(rt, list, form, &q, true),
+                    Vec::new(),
+                )
+            }
+            Verb::Watch => return self.watch(rt, ns, list_options(&q, name)?, form, &q).await,
+            Verb::Create => {
+                if name.is_some() {
+                    return Err(ApiError::method_not_allowed());
+                }
+                let body = read_body(req.into_body()).await?;
+                let w = api.create(rt, ns, &body, &wopts).await?;
+                (StatusCode::CREATED, w.object, w.warnings)
+            }
+            Verb::Update => {
+                let body = read_body(req.into_body()).await?;
+                let w = api
+                    .update(rt, ns, name.unwrap_or_default(), sub, &body, &wopts)
+                    .await?;
+                (StatusCode::OK, w.object, w.warnings)
+            }
+            Verb::Patch => {
+                let patch_type = PatchType::from_content_type(&content_type)
+                    .filter(|t| *t != PatchType::Apply)
+                    .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
+                let body = read_body(req.into_body()).await?;
+                let w = api
+                    .patch(
+                        rt,
+                        ns,
+                        name.unwrap_or_default(),
+                        sub,
+                        patch_type,
+                        &body,
+                        &wopts,
+                    )
+                    .await?;
+                (StatusCode::OK, w.object, w.warnings)
+            }
+            Verb::Delete | Verb::DeleteCollection => {
+                let body = read_body(req.into_body()).await?;
+                let delete_opts: Value = if body.is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+                };
+                let grace = q
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse().ok())
+                    .or(delete_opts["gracePeriodSeconds"].as_i64());
+                let dry_run = wopts.dry_run
+                    || delete_opts["dryRun"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|v| v == "All"));
+                let obj = if rr.verb == Verb::Delete {
+                    api.delete(
+                        rt,
+                        ns,
+                        name.unwrap_or_default(),
+                        grace,
+                        delete_opts.get("preconditions"),
+                        dry_run,
+                    )
+                    .await?
+                } else {
+                    api.delete_collection(rt, ns, &list_options(&q, None)?, grace, dry_run)
+                        .await?
+                };
+                (StatusCode::OK, obj, Vec::new())
+            }
+        };
+        let mut resp = respond_json(status, &object, "application/json");
+        for w in warnings {
+            if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "\\\""))) {
+                resp.headers_mut().append(header::WARNING, v);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Converts an object or list to what the client asked for.
+    fn present(
+        &self,
+        rt: &ResourceType,
+        v: Value,
+        form: Form,
+        q: &HashMap<String, String>,
+        is_list: bool,
+    ) -> Value {
+        match form {
+            Form::Object => v,
+            Form::Table => {
+                let (items, meta) = if is_list {
+                    (
+                        v["items"].as_array().cloned().unwrap_or_default(),
+                        v["metadata"].clone(),
+                    )
+                } else {
+                    let rv = v["metadata"]["resourceVersion"].clone();
+                    (vec![v], json!({"resourceVersion": rv}))
+                };
+                table::table(rt, &items, meta, include_object(q), true)
+            }
+            Form::Metadata if is_list => {
+                let items: Vec<Value> = v["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(table::partial_metadata)
+                    .collect();
+                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"], "items": items})
+            }
+            Form::Metadata => table::partial_metadata(&v),
+        }
+    }
+
+    async fn watch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: ListOptions,
+        form: Form,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<Response<Body>> {
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            // Upstream ends watches after a random 30–60 minutes so clients spread their re-watches.
+            .unwrap_or_else(|| Duration::from_secs(1800 + rand::random::<u64>() % 1800));
+        let rx = match self.api.watch(rt, ns, &opts).await {
+            Ok(w) => w,
+            // Upstream reports an expired resourceVersion inside the watch stream.
+            Err(e) if e.code == StatusCode::GONE => {
+                let line = json!({"type": "ERROR", "object": e.to_status()});
+                let mut resp = respond_json(StatusCode::OK, &line, "application/json");
+                *resp.body_mut() = full(format!("{line}\n"));
+                return Ok(resp);
+            }
+            Err(e) => return Err(e),
+        };
+        let rt_kind = rt.kind;
+        let api_version = rt.api_version();
+        let include = include_object(q);
+        let rt_ptr = self
+            .api
+            .registry
+            .get(rt.group, rt.version, rt.plural)
+            .cloned();
+        let mut first_table = true;
+        let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |e| {
+            let line = match e {
+                WatchEvent::Object(kind, stored) => {
+                    let object = match (form, &rt_ptr) {
+                        (Form::Table, Some(rt)) => {
+                            let meta = json!({"resourceVersion": stored.object["metadata"]["resourceVersion"]});
+                            let t = table::table(rt, std::slice::from_ref(&stored.object), meta, include, first_table);
+                            first_table = false;
+                            t
+                        }
+                        (Form::Metadata, _) => table::partial_metadata(&stored.object),
+                        _ => stored.object.clone(),
+                    };
+                    json!({"type": kind.as_str(), "object": object})
+                }
+                WatchEvent::Bookmark(rv) => bookmark(rt_kind, &api_version, rv, false),
+                WatchEvent::InitialEventsEnd(rv) => bookmark(rt_kind, &api_version, rv, true),
+            };
+            Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{line}\n"))))
+        });
+        let stream = events.take_until(tokio::time::sleep(timeout));
+        let body: Body = BodyExt::boxed(StreamBody::new(stream));
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        Ok(resp)
+    }
+}
+
+fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": meta}})
+}

@@ -1,0 +1,143 @@
+//! kubox's API server: the Kubernetes REST API, served from one generic
+//! registry over the revisioned store, so stock kubectl and client libraries
+//! work unmodified.
+
+pub mod api;
+pub mod cache;
+pub mod discovery;
+pub mod http;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod request;
+pub mod selectors;
+pub mod server;
+pub mod status;
+pub mod strategy;
+pub mod table;
+pub mod validation;
+
+mod bootstrap;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kubox_store::Store;
+use tokio::net::TcpListener;
+
+use crate::api::Api;
+use crate::http::Handler;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub https_port: u16,
+    /// Extra names and addresses for the serving certificate.
+    pub extra_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("creating the built-in objects: {0}")]
+    Bootstrap(String),
+}
+
+/// A running API server.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub api: Arc<Api>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn sans(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        bootstrap::KUBERNETES_SERVICE_IP,
+    ]
+    .map(str::to_owned)
+    .into();
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_lowercase());
+    }
+    if !config.bind_address.is_unspecified() {
+        names.push(config.bind_address.to_string());
+    }
+    names.extend(config.extra_sans.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+impl ApiServer {
+    /// Makes certificates on first start, listens, and creates the built-in
+    /// namespaces and the `kubernetes` Service.
+    pub async fn start(store: Arc<dyn Store>, config: &Config) -> Result<Self, StartError> {
+        let pki = pki::Pki::load_or_create(&config.data_dir.join("pki"))?;
+        let serving = pki.serving(&sans(config))?;
+        let tls = server::tls_config(&serving, pki.ca_pem())?;
+        let addr = SocketAddr::new(config.bind_address, config.https_port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            addr,
+            hint: match source.kind() {
+                std::io::ErrorKind::AddrInUse => " (another process uses the port: stop it or pick another with --https-port)",
+                std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root)",
+                _ => "",
+            },
+            source,
+        })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let admin = pki.client("admin", "kubox-admin", &["system:masters"])?;
+        let host = if config.bind_address.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            config.bind_address.to_string()
+        };
+        let server_url = match config.bind_address {
+            IpAddr::V6(_) if !config.bind_address.is_unspecified() => {
+                format!("https://[{host}]:{}", addr.port())
+            }
+            _ => format!("https://{host}:{}", addr.port()),
+        };
+        let kubeconfig = config.data_dir.join("admin.kubeconfig");
+        let contents = pki::kubeconfig("kubox", &server_url, pki.ca_pem(), "kubox-admin", &admin);
+        pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
+
+        let api = Arc::new(Api::new(store));
+        let handler = Arc::new(Handler { api: api.clone() });
+        let task = tokio::spawn(server::serve(listener, tls, handler));
+        bootstrap::run(&api, addr.port())
+            .await
+            .map_err(|e| StartError::Bootstrap(e.message))?;
+        Ok(Self {
+            addr,
+            kubeconfig,
+            api,
+            task,
+        })
+    }
+}

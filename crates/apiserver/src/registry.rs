@@ -1,0 +1,356 @@
+//! The resource registry: one table of every served resource, built from the
+//! k8s-openapi types, that the generic handlers read. Adding a resource is one
+//! line here; per-type behaviour lives in `strategy`.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::{
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
+};
+use k8s_openapi::{NamespaceResourceScope, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::strategy::{self, Strategy};
+
+/// Decodes a JSON object as the resource's typed form and encodes it back:
+/// checks every field's type, and drops fields the type does not know.
+pub type Normalize = fn(Value) -> Result<Value, serde_json::Error>;
+
+fn normalize<K: Serialize + DeserializeOwned>(v: Value) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(serde_json::from_value::<K>(v)?)
+}
+
+pub struct ResourceType {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: String,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub namespaced: bool,
+    pub status_subresource: bool,
+    pub scale_subresource: bool,
+    pub normalize: Normalize,
+    pub strategy: &'static dyn Strategy,
+}
+
+impl ResourceType {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key prefix of every object of this type.
+    pub fn key_prefix(&self) -> String {
+        format!("/registry/{}/", self.plural)
+    }
+
+    /// The storage key of one object; cluster-scoped ones have no namespace part.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/{name}", self.plural),
+            _ => format!("/registry/{}/{name}", self.plural),
+        }
+    }
+
+    /// The prefix under which a namespace's objects (or all, for `None`) live.
+    pub fn namespace_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
+            _ => self.key_prefix(),
+        }
+    }
+}
+
+struct Options {
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    status: bool,
+    scale: bool,
+    strategy: &'static dyn Strategy,
+}
+
+const PLAIN: Options = Options {
+    short_names: &[],
+    categories: &[],
+    status: false,
+    scale: false,
+    strategy: &strategy::Plain,
+};
+
+fn resource<K>(o: Options) -> ResourceType
+where
+    K: Resource + Serialize + DeserializeOwned + 'static,
+{
+    ResourceType {
+        group: K::GROUP,
+        version: K::VERSION,
+        kind: K::KIND,
+        plural: K::URL_PATH_SEGMENT,
+        singular: K::KIND.to_ascii_lowercase(),
+        short_names: o.short_names,
+        categories: o.categories,
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
+        status_subresource: o.status,
+        scale_subresource: o.scale,
+        normalize: normalize::<K>,
+        strategy: o.strategy,
+    }
+}
+
+const ALL: &[&str] = &["all"];
+
+/// Every built-in resource kubox serves.
+fn builtins() -> Vec<ResourceType> {
+    vec![
+        resource::<core::Namespace>(Options {
+            short_names: &["ns"],
+            status: true,
+            strategy: &strategy::Namespace,
+            ..PLAIN
+        }),
+        resource::<core::Pod>(Options {
+            short_names: &["po"],
+            categories: ALL,
+            status: true,
+            strategy: &strategy::Pod,
+            ..PLAIN
+        }),
+        resource::<core::Service>(Options {
+            short_names: &["svc"],
+            categories: ALL,
+            status: true,
+            strategy: &strategy::Service,
+            ..PLAIN
+        }),
+        resource::<core::Endpoints>(Options {
+            short_names: &["ep"],
+            ..PLAIN
+        }),
+        resource::<core::ConfigMap>(Options {
+            short_names: &["cm"],
+            ..PLAIN
+        }),
+        resource::<core::Secret>(Options {
+            strategy: &strategy::Secret,
+            ..PLAIN
+        }),
+        resource::<core::ServiceAccount>(Options {
+            short_names: &["sa"],
+            ..PLAIN
+        }),
+        resource::<core::Event>(Options {
+            short_names: &["ev"],
+            ..PLAIN
+        }),
+        resource::<core::Node>(Options {
+            short_names: &["no"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<core::LimitRange>(Options {
+            short_names: &["limits"],
+            ..PLAIN
+        }),
+        resource::<core::ResourceQuota>(Options {
+            short_names: &["quota"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<core::PersistentVolume>(Options {
+            short_names: &["pv"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<core::PersistentVolumeClaim>(Options {
+            short_names: &["pvc"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<core::ReplicationController>(Options {
+            short_names: &["rc"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<core::PodTemplate>(PLAIN),
+        resource::<apps::Deployment>(Options {
+            short_names: &["deploy"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            strategy: &strategy::Deployment,
+            ..PLAIN
+        }),
+        resource::<apps::ReplicaSet>(Options {
+            short_names: &["rs"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<apps::StatefulSet>(Options {
+            short_names: &["sts"],
+            categories: ALL,
+            status: true,
+            scale: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<apps::DaemonSet>(Options {
+            short_names: &["ds"],
+            categories: ALL,
+            status: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<apps::ControllerRevision>(PLAIN),
+        resource::<batch::Job>(Options {
+            categories: ALL,
+            status: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<batch::CronJob>(Options {
+            short_names: &["cj"],
+            categories: ALL,
+            status: true,
+            strategy: &strategy::Workload,
+            ..PLAIN
+        }),
+        resource::<networking::Ingress>(Options {
+            short_names: &["ing"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<networking::IngressClass>(PLAIN),
+        resource::<networking::NetworkPolicy>(Options {
+            short_names: &["netpol"],
+            ..PLAIN
+        }),
+        resource::<rbac::Role>(PLAIN),
+        resource::<rbac::ClusterRole>(PLAIN),
+        resource::<rbac::RoleBinding>(PLAIN),
+        resource::<rbac::ClusterRoleBinding>(PLAIN),
+        resource::<coordination::Lease>(PLAIN),
+        resource::<policy::PodDisruptionBudget>(Options {
+            short_names: &["pdb"],
+            status: true,
+            ..PLAIN
+        }),
+        resource::<autoscaling::HorizontalPodAutoscaler>(Options {
+            short_names: &["hpa"],
+            categories: ALL,
+            status: true,
+            ..PLAIN
+        }),
+        resource::<discovery::EndpointSlice>(PLAIN),
+        resource::<scheduling::PriorityClass>(Options {
+            short_names: &["pc"],
+            ..PLAIN
+        }),
+        resource::<storage::StorageClass>(Options {
+            short_names: &["sc"],
+            ..PLAIN
+        }),
+    ]
+}
+
+/// Looks resources up by group, version and plural name.
+pub struct Registry {
+    types: Vec<Arc<ResourceType>>,
+    by_path: HashMap<(String, String, String), Arc<ResourceType>>,
+}
+
+impl Registry {
+    pub fn builtin() -> Self {
+        let types: Vec<Arc<ResourceType>> = builtins().into_iter().map(Arc::new).collect();
+        let by_path = types
+            .iter()
+            .map(|t| {
+                (
+                    (
+                        t.group.to_owned(),
+                        t.version.to_owned(),
+                        t.plural.to_owned(),
+                    ),
+                    t.clone(),
+                )
+            })
+            .collect();
+        Self { types, by_path }
+    }
+
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceType>> {
+        self.by_path
+            .get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
+    }
+
+    pub fn types(&self) -> &[Arc<ResourceType>] {
+        &self.types
+    }
+
+    /// Served groups in order of first appearance, each with its versions.
+    pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+        for t in &self.types {
+            match groups.iter_mut().find(|(g, _)| *g == t.group) {
+                Some((_, versions)) if !versions.contains(&t.version) => versions.push(t.version),
+                Some(_) => {}
+                None => groups.push((t.group, vec![t.version])),
+            }
+        }
+        groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_come_from_k8s_openapi() {
+        let r = Registry::builtin();
+        let deploy = r.get("apps", "v1", "deployments").unwrap();
+        assert_eq!((deploy.kind, deploy.namespaced), ("Deployment", true));
+        let ns = r.get("", "v1", "namespaces").unwrap();
+        assert!(!ns.namespaced);
+        assert_eq!(ns.key(None, "default"), "/registry/namespaces/default");
+        assert_eq!(deploy.key(Some("a"), "b"), "/registry/deployments/a/b");
+    }
+
+    #[test]
+    fn normalize_rejects_wrong_types_and_drops_unknown_fields() {
+        let r = Registry::builtin();
+        let cm = r.get("", "v1", "configmaps").unwrap();
+        let ok = (cm.normalize)(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1})).unwrap();
+        assert!(ok.get("bogus").is_none());
+        assert!(
+            (cm.normalize)(serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 1}}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn every_plural_is_unique() {
+        let r = Registry::builtin();
+        let mut plurals: Vec<_> = r.types().iter().map(|t| t.plural).collect();
+        plurals.sort();
+        plurals.dedup();
+        assert_eq!(plurals.len(), r.types().len());
+    }
+}

@@ -1,0 +1,504 @@
+//! Per-type behaviour the generic handlers call: upstream's defaulting,
+//! validation beyond types, and what counts as a spec change.
+
+use serde_json::{Value, json};
+
+use crate::status::FieldError;
+use crate::validation;
+
+pub trait Strategy: Send + Sync {
+    /// Sets upstream's defaults (done on create and update, as upstream's
+    /// defaulting runs on every decode).
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Type-specific checks; metadata is checked generically.
+    fn validate(&self, _obj: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Whether a spec change bumps `metadata.generation`.
+    fn tracks_generation(&self) -> bool {
+        false
+    }
+
+    /// Sets fields a new object starts with (e.g. a pod's Pending phase).
+    fn prepare_create(&self, _obj: &mut Value) {}
+}
+
+/// A resource with no behaviour of its own.
+pub struct Plain;
+impl Strategy for Plain {}
+
+/// Inserts `value` at `key` of an object unless something is already there.
+fn or_insert(obj: &mut Value, key: &str, value: Value) {
+    if let Some(map) = obj.as_object_mut() {
+        map.entry(key).or_insert(value);
+    }
+}
+
+fn path_mut<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(obj, |v, k| v.get_mut(*k))
+}
+
+pub struct Namespace;
+impl Strategy for Namespace {
+    fn default(&self, obj: &mut Value) {
+        let name = obj["metadata"]["name"].clone();
+        if let Some(meta) = obj.get_mut("metadata") {
+            or_insert(meta, "labels", json!({}));
+            meta["labels"]["kubernetes.io/metadata.name"] = name;
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        obj["status"] = json!({"phase": "Active"});
+    }
+}
+
+pub struct Secret;
+impl Strategy for Secret {
+    fn default(&self, obj: &mut Value) {
+        or_insert(obj, "type", json!("Opaque"));
+        // stringData is write-only: it is merged into data and never stored.
+        if let Some(Value::Object(string_data)) =
+            obj.as_object_mut().and_then(|m| m.remove("stringData"))
+        {
+            use base64::Engine;
+            or_insert(obj, "data", json!({}));
+            for (k, v) in string_data {
+                let text = v.as_str().unwrap_or_default();
+                obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+    }
+}
+
+/// Defaults of a pod spec, wherever it appears (pods and pod templates).
+pub fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    or_insert(spec, "restartPolicy", json!("Always"));
+    or_insert(spec, "terminationGracePeriodSeconds", json!(30));
+    or_insert(spec, "dnsPolicy", json!("ClusterFirst"));
+    or_insert(spec, "securityContext", json!({}));
+    or_insert(spec, "schedulerName", json!("default-scheduler"));
+    or_insert(spec, "enableServiceLinks", json!(true));
+    for list in ["initContainers", "containers"] {
+        if let Some(Value::Array(containers)) = spec.get_mut(list) {
+            containers.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default().to_owned();
+    // Upstream: Always for `:latest` or no tag, else IfNotPresent; a digest counts as a tag.
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let tagged = last.contains(':') || image.contains('@');
+    let latest = last.ends_with(":latest");
+    or_insert(
+        c,
+        "imagePullPolicy",
+        json!(if !tagged || latest {
+            "Always"
+        } else {
+            "IfNotPresent"
+        }),
+    );
+    or_insert(c, "terminationMessagePath", json!("/dev/termination-log"));
+    or_insert(c, "terminationMessagePolicy", json!("File"));
+    or_insert(c, "resources", json!({}));
+    if let Some(Value::Array(ports)) = c.get_mut("ports") {
+        for p in ports {
+            or_insert(p, "protocol", json!("TCP"));
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) {
+            or_insert(p, "timeoutSeconds", json!(1));
+            or_insert(p, "periodSeconds", json!(10));
+            or_insert(p, "successThreshold", json!(1));
+            or_insert(p, "failureThreshold", json!(3));
+            if let Some(h) = p.get_mut("httpGet").filter(|h| h.is_object()) {
+                or_insert(h, "path", json!("/"));
+                or_insert(h, "scheme", json!("HTTP"));
+            }
+        }
+    }
+}
+
+fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match spec.get("containers").and_then(Value::as_array) {
+        Some(cs) if !cs.is_empty() => {
+            let mut names = Vec::new();
+            for (i, c) in cs.iter().enumerate() {
+                let at = format!("{path}.containers[{i}]");
+                match c.get("name").and_then(Value::as_str) {
+                    None | Some("") => errs.push(FieldError::required(format!("{at}.name"))),
+                    Some(n) => {
+                        if let Some(why) = validation::dns_label(n) {
+                            errs.push(FieldError::invalid(format!("{at}.name"), &json!(n), why));
+                        }
+                        if names.contains(&n) {
+                            errs.push(FieldError::duplicate(format!("{at}.name"), &json!(n)));
+                        }
+                        names.push(n);
+                    }
+                }
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    errs.push(FieldError::required(format!("{at}.image")));
+                }
+            }
+        }
+        _ => errs.push(FieldError::required(format!("{path}.containers"))),
+    }
+    if let Some(policy) = spec.get("restartPolicy") {
+        let allowed = ["Always", "OnFailure", "Never"];
+        if !policy.as_str().is_some_and(|p| allowed.contains(&p)) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                policy,
+                &allowed,
+            ));
+        }
+    }
+    errs
+}
+
+/// Upstream's QoS class from the containers' requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = &c["resources"]["requests"];
+        let limits = &c["resources"]["limits"];
+        for res in ["cpu", "memory"] {
+            let (req, lim) = (requests.get(res), limits.get(res));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            // A request defaults to its limit, so only a limit (equal to any request) is guaranteed.
+            match (req, lim) {
+                (_, None) => guaranteed = false,
+                (Some(r), Some(l)) if r != l => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+pub struct Pod;
+impl Strategy for Pod {
+    fn default(&self, obj: &mut Value) {
+        if let Some(spec) = obj.get_mut("spec") {
+            default_pod_spec(spec);
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        validate_pod_spec(&obj["spec"], "spec")
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        let qos = qos_class(&obj["spec"]);
+        obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+    }
+}
+
+pub struct Service;
+impl Strategy for Service {
+    fn default(&self, obj: &mut Value) {
+        let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+            return;
+        };
+        or_insert(spec, "type", json!("ClusterIP"));
+        or_insert(spec, "sessionAffinity", json!("None"));
+        if spec["type"] != "ExternalName" {
+            or_insert(spec, "internalTrafficPolicy", json!("Cluster"));
+        }
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports {
+                or_insert(p, "protocol", json!("TCP"));
+                let port = p["port"].clone();
+                or_insert(p, "targetPort", port);
+            }
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let spec = &obj["spec"];
+        let allowed = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+        if let Some(t) = spec.get("type")
+            && !t.as_str().is_some_and(|t| allowed.contains(&t))
+        {
+            errs.push(FieldError::not_supported("spec.type", t, &allowed));
+        }
+        let headless = spec["clusterIP"] == "None";
+        let external = spec["type"] == "ExternalName";
+        let ports = spec.get("ports").and_then(Value::as_array);
+        if ports.is_none_or(Vec::is_empty) && !headless && !external {
+            errs.push(FieldError::required("spec.ports"));
+        }
+        for (i, p) in ports.into_iter().flatten().enumerate() {
+            match p.get("port").and_then(Value::as_i64) {
+                Some(n) if (1..=65535).contains(&n) => {}
+                Some(n) => errs.push(FieldError::invalid(
+                    format!("spec.ports[{i}].port"),
+                    &json!(n),
+                    "must be between 1 and 65535, inclusive",
+                )),
+                None => errs.push(FieldError::required(format!("spec.ports[{i}].port"))),
+            }
+        }
+        errs
+    }
+}
+
+/// Controllers with a pod template: ReplicaSets, ReplicationControllers,
+/// StatefulSets, DaemonSets, Jobs, CronJobs.
+pub struct Workload;
+impl Strategy for Workload {
+    fn default(&self, obj: &mut Value) {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+            return;
+        };
+        match kind.as_str() {
+            "ReplicaSet" | "ReplicationController" => or_insert(spec, "replicas", json!(1)),
+            "StatefulSet" => {
+                or_insert(spec, "replicas", json!(1));
+                or_insert(spec, "podManagementPolicy", json!("OrderedReady"));
+                or_insert(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
+                or_insert(spec, "revisionHistoryLimit", json!(10));
+                or_insert(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+            }
+            "DaemonSet" => {
+                or_insert(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                );
+                or_insert(spec, "revisionHistoryLimit", json!(10));
+            }
+            "Job" => {
+                if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
+                    spec["completions"] = json!(1);
+                }
+                or_insert(spec, "parallelism", json!(1));
+                or_insert(spec, "backoffLimit", json!(6));
+                or_insert(spec, "completionMode", json!("NonIndexed"));
+                or_insert(spec, "suspend", json!(false));
+                or_insert(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+            }
+            "CronJob" => {
+                or_insert(spec, "concurrencyPolicy", json!("Allow"));
+                or_insert(spec, "suspend", json!(false));
+                or_insert(spec, "successfulJobsHistoryLimit", json!(3));
+                or_insert(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(job_spec) = path_mut(spec, &["jobTemplate", "spec"]) {
+                    if job_spec.get("completions").is_none()
+                        && job_spec.get("parallelism").is_none()
+                    {
+                        job_spec["completions"] = json!(1);
+                    }
+                    or_insert(job_spec, "parallelism", json!(1));
+                    or_insert(job_spec, "backoffLimit", json!(6));
+                    or_insert(job_spec, "completionMode", json!("NonIndexed"));
+                    or_insert(job_spec, "suspend", json!(false));
+                    or_insert(
+                        job_spec,
+                        "podReplacementPolicy",
+                        json!("TerminatingOrFailed"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        let template = if kind == "CronJob" {
+            path_mut(spec, &["jobTemplate", "spec", "template", "spec"])
+        } else {
+            path_mut(spec, &["template", "spec"])
+        };
+        if let Some(pod_spec) = template {
+            default_pod_spec(pod_spec);
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        if obj["kind"] == "CronJob" {
+            return validate_pod_spec(
+                &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                "spec.jobTemplate.spec.template.spec",
+            );
+        }
+        let mut errs = validate_selector(obj);
+        errs.extend(validate_pod_spec(
+            &obj["spec"]["template"]["spec"],
+            "spec.template.spec",
+        ));
+        errs
+    }
+
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+}
+
+/// The selector must be present and match the template's labels, as upstream
+/// requires for every controller with a label selector.
+fn validate_selector(obj: &Value) -> Vec<FieldError> {
+    let spec = &obj["spec"];
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    // Jobs and ReplicationControllers default their selector from the template.
+    let optional = matches!(kind, "Job" | "ReplicationController");
+    let labels = &spec["template"]["metadata"]["labels"];
+    let selector = &spec["selector"];
+    if selector.is_null() {
+        return if optional {
+            Vec::new()
+        } else {
+            vec![FieldError::required("spec.selector")]
+        };
+    }
+    let matches = if kind == "ReplicationController" {
+        crate::selectors::LabelSelector::from_map(selector).matches(labels)
+    } else {
+        match crate::selectors::LabelSelector::from_value(selector) {
+            Ok(s) if s.is_empty() => {
+                return vec![FieldError::invalid(
+                    "spec.selector",
+                    selector,
+                    "empty selector is invalid for deployment",
+                )];
+            }
+            Ok(s) => s.matches(labels),
+            Err(e) => return vec![FieldError::invalid("spec.selector", selector, e)],
+        }
+    };
+    if matches {
+        Vec::new()
+    } else {
+        vec![FieldError::invalid(
+            "spec.template.metadata.labels",
+            labels,
+            "`selector` does not match template `labels`",
+        )]
+    }
+}
+
+pub struct Deployment;
+impl Strategy for Deployment {
+    fn default(&self, obj: &mut Value) {
+        let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+            return;
+        };
+        or_insert(spec, "replicas", json!(1));
+        or_insert(
+            spec,
+            "strategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+        );
+        if spec["strategy"]["type"] == "RollingUpdate" {
+            let ru = &mut spec["strategy"]["rollingUpdate"];
+            if ru.is_null() {
+                *ru = json!({});
+            }
+            or_insert(ru, "maxSurge", json!("25%"));
+            or_insert(ru, "maxUnavailable", json!("25%"));
+        }
+        or_insert(spec, "revisionHistoryLimit", json!(10));
+        or_insert(spec, "progressDeadlineSeconds", json!(600));
+        if let Some(pod_spec) = path_mut(spec, &["template", "spec"]) {
+            default_pod_spec(pod_spec);
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        let mut errs = validate_selector(obj);
+        errs.extend(validate_pod_spec(
+            &obj["spec"]["template"]["spec"],
+            "spec.template.spec",
+        ));
+        if let Some(t) = obj["spec"]["strategy"].get("type") {
+            let allowed = ["Recreate", "RollingUpdate"];
+            if !t.as_str().is_some_and(|t| allowed.contains(&t)) {
+                errs.push(FieldError::not_supported("spec.strategy.type", t, &allowed));
+            }
+        }
+        errs
+    }
+
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_classes_as_upstream() {
+        let guaranteed =
+            json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
+        assert_eq!(qos_class(&guaranteed), "Guaranteed");
+        let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]});
+        assert_eq!(qos_class(&burstable), "Burstable");
+        assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
+        let mixed =
+            json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}, {}]});
+        assert_eq!(qos_class(&mixed), "Burstable");
+    }
+
+    #[test]
+    fn image_pull_policy_defaults() {
+        for (image, policy) in [
+            ("busybox", "Always"),
+            ("busybox:latest", "Always"),
+            ("busybox:1.36", "IfNotPresent"),
+            ("r:5000/app@sha256:ab", "IfNotPresent"),
+            ("localhost:5000/app", "Always"),
+        ] {
+            let mut c = json!({"image": image});
+            default_container(&mut c);
+            assert_eq!(c["imagePullPolicy"], policy, "{image}");
+        }
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let d = json!({"kind": "Deployment", "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let errs = Deployment.validate(&d);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.template.metadata.labels");
+        assert_eq!(
+            errs[0].message,
+            "Invalid value: {\"app\":\"b\"}: `selector` does not match template `labels`"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Benchmarks behind `kubox bench`. Each prints a Markdown table ready for
+//! BENCHMARKS.md; where a real upstream component can run here (etcd), it is
+//! measured side by side in the same run.
+
+pub mod report;
+pub mod store;

@@ -1,0 +1,82 @@
+//! `kubox server`: one process running the whole single-node cluster.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use kubox_apiserver::{ApiServer, Config};
+use kubox_store::{EtcdConfig, EtcdStore, SqliteConfig, SqliteStore, Store};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Datastore {
+    /// Embedded SQLite under the data directory.
+    Sqlite,
+    /// An etcd v3 cluster (--etcd-endpoints).
+    Etcd,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Where all state lives.
+    #[arg(long, default_value = "/var/lib/kubox")]
+    data_dir: PathBuf,
+    /// The API server's HTTPS port.
+    #[arg(long, default_value_t = 6443)]
+    https_port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    #[arg(long, value_enum, default_value = "sqlite")]
+    datastore: Datastore,
+    /// Comma-separated etcd client URLs, with --datastore etcd.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// More names or addresses for the API server's certificate.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match args.datastore {
+        Datastore::Sqlite => {
+            let path = args.data_dir.join("db").join("state.db");
+            Arc::new(
+                SqliteStore::open(SqliteConfig::new(&path))
+                    .await
+                    .context("opening the embedded datastore")?,
+            )
+        }
+        Datastore::Etcd => Arc::new(
+            EtcdStore::connect(EtcdConfig::new(args.etcd_endpoints.clone()))
+                .await
+                .context("connecting to etcd")?,
+        ),
+    })
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
+    let store = open_store(&args).await?;
+    let config = Config {
+        data_dir: args.data_dir.clone(),
+        bind_address: args.bind_address,
+        https_port: args.https_port,
+        extra_sans: args.tls_sans.clone(),
+    };
+    let server = ApiServer::start(store, &config)
+        .await
+        .context("starting the API server")?;
+    println!("kubox server: API at https://{}", server.addr);
+    println!("kubox server: data in {}", args.data_dir.display());
+    println!(
+        "kubox server: admin kubeconfig at {}",
+        server.kubeconfig.display()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for a shutdown signal")?;
+    tracing::info!("shutting down");
+    Ok(())
+}
