@@ -37,6 +37,15 @@ pub struct WriteOptions {
     pub strict: bool,
 }
 
+/// The object a write addresses: resource, namespace, name, subresource.
+#[derive(Clone, Copy)]
+pub struct ObjectRef<'a> {
+    pub rt: &'a ResourceType,
+    pub ns: Option<&'a str>,
+    pub name: &'a str,
+    pub subresource: Option<&'a str>,
+}
+
 /// A write's result: the object, and warnings for the client.
 pub struct Written {
     pub object: Value,
@@ -523,15 +532,18 @@ impl Api {
     /// strategies do, and writes it if `expected` is still the stored revision.
     async fn write_update(
         &self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
+        target: ObjectRef<'_>,
         old: &Value,
         mut new: Value,
-        subresource: Option<&str>,
         expected: Revision,
         dry_run: bool,
     ) -> ApiResult<Value> {
+        let ObjectRef {
+            rt,
+            ns,
+            name,
+            subresource,
+        } = target;
         // Fields the client cannot change through an update.
         for field in [
             "uid",
@@ -633,13 +645,11 @@ impl Api {
     /// UPDATE (PUT), of the object or its status.
     pub async fn update(
         &self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
+        target: ObjectRef<'_>,
         body: &[u8],
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
+        let ObjectRef { rt, ns, name, .. } = target;
         let (new, warnings) = self.decode(rt, body, opts)?;
         let body_name = new["metadata"]["name"].as_str().unwrap_or_default();
         if body_name != name {
@@ -659,7 +669,7 @@ impl Api {
             None => kv.mod_revision,
         };
         let object = self
-            .write_update(rt, ns, name, &old, new, subresource, expected, opts.dry_run)
+            .write_update(target, &old, new, expected, opts.dry_run)
             .await?;
         Ok(Written { object, warnings })
     }
@@ -668,14 +678,12 @@ impl Api {
     /// unless the patch itself names a resourceVersion.
     pub async fn patch(
         &self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
+        target: ObjectRef<'_>,
         patch_type: PatchType,
         body: &[u8],
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
+        let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
             let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
             let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
@@ -695,7 +703,7 @@ impl Api {
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
             match self
-                .write_update(rt, ns, name, &old, new, subresource, expected, opts.dry_run)
+                .write_update(target, &old, new, expected, opts.dry_run)
                 .await
             {
                 Err(e)

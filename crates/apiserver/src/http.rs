@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ListOptions, WriteOptions};
+use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
 use crate::cache::WatchEvent;
 use crate::discovery;
 use crate::patch::PatchType;
@@ -152,6 +152,26 @@ fn include_object(q: &HashMap<String, String>) -> IncludeObject {
         Some("None") => IncludeObject::None,
         Some("Object") => IncludeObject::Object,
         _ => IncludeObject::Metadata,
+    }
+}
+
+/// Media types an object body may come in; anything else (protobuf from
+/// client-go's typed clients) gets 415, after which client-go resends JSON.
+const OBJECT_MEDIA_TYPES: &[&str] = &["application/json", "application/yaml"];
+
+/// Reads a create or update body as JSON, converting YAML.
+async fn read_object_body(body: Incoming, content_type: &str) -> ApiResult<Bytes> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "" | "application/json" | "*/*" => read_body(body).await,
+        "application/yaml" => {
+            let raw = read_body(body).await?;
+            let value: Value = serde_yaml_ng::from_slice(&raw).map_err(|e| {
+                ApiError::bad_request(format!("error decoding YAML request body: {e}"))
+            })?;
+            Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+        }
+        _ => Err(ApiError::unsupported_media_type(OBJECT_MEDIA_TYPES)),
     }
 }
 
@@ -311,6 +331,12 @@ impl Handler {
             .to_owned();
         let name = rr.name.as_deref();
         let wopts = write_options(&q);
+        let target = ObjectRef {
+            rt,
+            ns,
+            name: name.unwrap_or_default(),
+            subresource: sub,
+        };
         let (status, object, warnings) = match rr.verb {
             Verb::Get => {
                 let obj = api.get(rt, ns, name.unwrap_or_default()).await?;
@@ -334,15 +360,13 @@ impl Handler {
                 if name.is_some() {
                     return Err(ApiError::method_not_allowed());
                 }
-                let body = read_body(req.into_body()).await?;
+                let body = read_object_body(req.into_body(), &content_type).await?;
                 let w = api.create(rt, ns, &body, &wopts).await?;
                 (StatusCode::CREATED, w.object, w.warnings)
             }
             Verb::Update => {
                 let body = read_body(req.into_body()).await?;
-                let w = api
-                    .update(rt, ns, name.unwrap_or_default(), sub, &body, &wopts)
-                    .await?;
+                let w = api.update(target, &body, &wopts).await?;
                 (StatusCode::OK, w.object, w.warnings)
             }
             Verb::Patch => {
@@ -350,21 +374,11 @@ impl Handler {
                     .filter(|t| *t != PatchType::Apply)
                     .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
                 let body = read_body(req.into_body()).await?;
-                let w = api
-                    .patch(
-                        rt,
-                        ns,
-                        name.unwrap_or_default(),
-                        sub,
-                        patch_type,
-                        &body,
-                        &wopts,
-                    )
-                    .await?;
+                let w = api.patch(target, patch_type, &body, &wopts).await?;
                 (StatusCode::OK, w.object, w.warnings)
             }
             Verb::Delete | Verb::DeleteCollection => {
-                let body = read_body(req.into_body()).await?;
+                let body = read_object_body(req.into_body(), &content_type).await?;
                 let delete_opts: Value = if body.is_empty() {
                     json!({})
                 } else {

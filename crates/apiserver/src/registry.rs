@@ -184,7 +184,6 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
-            ..PLAIN
         }),
         resource::<core::PodTemplate>(PLAIN),
         resource::<apps::Deployment>(Options {
@@ -193,7 +192,6 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Deployment,
-            ..PLAIN
         }),
         resource::<apps::ReplicaSet>(Options {
             short_names: &["rs"],
@@ -201,7 +199,6 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
-            ..PLAIN
         }),
         resource::<apps::StatefulSet>(Options {
             short_names: &["sts"],
@@ -209,7 +206,6 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
-            ..PLAIN
         }),
         resource::<apps::DaemonSet>(Options {
             short_names: &["ds"],

@@ -87,7 +87,7 @@ fn n(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
-fn list<'a>(v: &'a Value) -> impl Iterator<Item = &'a Value> {
+fn list(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
 

@@ -182,7 +182,7 @@ async fn watch_fanout(store: &Arc<dyn Store>, watchers: usize) -> anyhow::Result
                     Some(Ok(WatchMessage::Events(events))) => {
                         let now = epoch.elapsed();
                         for e in events {
-                            let sent = u64::from_str_radix(std::str::from_utf8(&e.kv.value)?, 10)?;
+                            let sent: u64 = std::str::from_utf8(&e.kv.value)?.parse()?;
                             lat.record(now.saturating_sub(Duration::from_nanos(sent)));
                             seen += 1;
                         }

@@ -43,11 +43,13 @@ pub enum Error {
     Unavailable(String),
     #[error("storage backend error: {0}")]
     Backend(String),
+    #[error("SQLite: {0}")]
+    Sqlite(rusqlite::Error),
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Backend(e.to_string())
+        Error::Sqlite(e)
     }
 }
 

@@ -20,7 +20,7 @@ enum Harness {
     },
     Etcd {
         etcd: EtcdProcess,
-        store: EtcdStore,
+        store: Box<EtcdStore>,
     },
 }
 
@@ -46,14 +46,14 @@ impl Harness {
 
     async fn etcd() -> Self {
         let etcd = EtcdProcess::start().await;
-        let store = EtcdStore::connect(etcd_config(&etcd)).await.unwrap();
+        let store = Box::new(EtcdStore::connect(etcd_config(&etcd)).await.unwrap());
         Harness::Etcd { etcd, store }
     }
 
     fn store(&self) -> Arc<dyn Store> {
         match self {
             Harness::Sqlite { store, .. } => Arc::new(store.clone()),
-            Harness::Etcd { store, .. } => Arc::new(store.clone()),
+            Harness::Etcd { store, .. } => Arc::new((**store).clone()),
         }
     }
 
@@ -67,7 +67,7 @@ impl Harness {
             }
             Harness::Etcd { etcd, store } => {
                 etcd.restart().await;
-                *store = EtcdStore::connect(etcd_config(etcd)).await.unwrap();
+                **store = EtcdStore::connect(etcd_config(etcd)).await.unwrap();
             }
         }
     }

@@ -131,3 +131,123 @@ impl Drop for EtcdProcess {
         self.kill();
     }
 }
+
+/// A `kubox server` process on a free port with its own data directory,
+/// killed on drop.
+pub struct KuboxServer {
+    child: Option<Child>,
+    bin: std::path::PathBuf,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl KuboxServer {
+    /// Starts `bin server` and waits until /readyz answers ok.
+    pub async fn start(bin: impl Into<std::path::PathBuf>, extra_args: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            bin: bin.into(),
+            args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temporary data directory"),
+            port: free_port(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// Runs the real kubectl against this server.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Runs kubectl, failing the test unless it succeeds; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL, as a crash or power cut of the process would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let log_path = self.dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("server log file");
+        let mut child = Command::new(&self.bin)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--https-port")
+            .arg(self.port.to_string())
+            .arg("--bind-address")
+            .arg("127.0.0.1")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting kubox server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("kubox server exited with {status} while starting:\n{log}");
+            }
+            let ready = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(self.kubeconfig())
+                .args(["get", "--raw", "/readyz"])
+                .output()
+                .is_ok_and(|out| out.status.success() && out.stdout == b"ok");
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubox server not ready within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for KuboxServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

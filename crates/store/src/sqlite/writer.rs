@@ -1,9 +1,8 @@
 //! The single writer thread: group commit.
 //!
 //! Requests queue on a channel. The writer takes everything queued (up to a
-//! batch limit), applies it in one SQLite transaction, each request inside its
-//! own savepoint so a failed one leaves no trace, and commits once: one fsync
-//! for the whole batch. Only after the commit is durable are the batch's events
+//! batch limit), applies it in one SQLite transaction and commits once: one
+//! fsync for the whole batch. Only after the commit is durable are the batch's events
 //! published to watchers and its callers answered. If the commit fails, every
 //! caller in the batch gets the error and the revision does not move.
 
@@ -11,7 +10,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::schema::{self, META_COMPACTED, META_REVISION};
@@ -99,12 +100,12 @@ pub(crate) fn run(
             events: Vec::new(),
             answers: Vec::new(),
         };
-        let outcome = (|| -> Result<()> {
-            let mut tx = conn.transaction()?;
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
             for request in requests {
                 match request {
                     Request::Shutdown(reply) => shutdown = Some(reply),
-                    other => apply(&mut tx, other, &mut batch),
+                    other => apply(&tx, other, &mut batch)?,
                 }
             }
             if batch.revision != committed {
@@ -143,75 +144,55 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs `f` inside a savepoint, so an error undoes whatever it wrote.
-fn atomically<T>(
-    tx: &mut Transaction<'_>,
-    batch: &mut Batch,
-    f: impl FnOnce(&Connection, &mut Batch) -> Result<T>,
-) -> Result<T> {
-    let sp = tx.savepoint()?;
-    let (revision, events) = (batch.revision, batch.events.len());
-    match f(&sp, batch) {
-        Ok(v) => {
-            sp.commit()?;
-            Ok(v)
-        }
-        Err(e) => {
-            drop(sp);
-            batch.revision = revision;
-            batch.events.truncate(events);
-            Err(e)
-        }
-    }
-}
-
-fn apply(tx: &mut Transaction<'_>, request: Request, batch: &mut Batch) {
+/// Applies one request inside the batch's transaction. Requests find every
+/// reason to refuse (a failed compare, a missing lease) before they write, so
+/// a refused request leaves no trace; an SQL error is returned and fails the
+/// whole batch, as its transaction is rolled back.
+fn apply(c: &Connection, request: Request, batch: &mut Batch) -> rusqlite::Result<()> {
     let answer = match request {
-        Request::Txn(txn, reply) => {
-            Answer::Txn(reply, atomically(tx, batch, |c, b| txn_apply(c, b, txn)))
-        }
-        Request::Compact(rev, reply) => {
-            Answer::Unit(reply, atomically(tx, batch, |c, b| compact(c, b, rev)))
-        }
+        Request::Txn(txn, reply) => Answer::Txn(reply, sql_fatal(txn_apply(c, batch, txn))?),
+        Request::Compact(rev, reply) => Answer::Unit(reply, sql_fatal(compact(c, batch, rev))?),
         Request::CompactStep { from, reply } => {
-            Answer::Step(reply, atomically(tx, batch, |c, _| compact_step(c, from)))
+            Answer::Step(reply, sql_fatal(compact_step(c, from))?)
         }
-        Request::LeaseGrant(ttl, reply) => Answer::Lease(
-            reply,
-            atomically(tx, batch, |c, _| {
-                c.execute(
-                    "INSERT INTO lease (ttl, expires_ms) VALUES (?1, ?2)",
-                    params![ttl, now_ms() + ttl * 1000],
-                )?;
-                Ok(c.last_insert_rowid())
-            }),
-        ),
-        Request::LeaseKeepAlive(id, reply) => Answer::Unit(
-            reply,
-            atomically(tx, batch, |c, _| {
-                let n = c.execute(
-                    "UPDATE lease SET expires_ms = ?2 + ttl * 1000 WHERE id = ?1",
-                    params![id, now_ms()],
-                )?;
+        Request::LeaseGrant(ttl, reply) => {
+            c.execute(
+                "INSERT INTO lease (ttl, expires_ms) VALUES (?1, ?2)",
+                params![ttl, now_ms() + ttl * 1000],
+            )?;
+            Answer::Lease(reply, Ok(c.last_insert_rowid()))
+        }
+        Request::LeaseKeepAlive(id, reply) => {
+            let n = c.execute(
+                "UPDATE lease SET expires_ms = ?2 + ttl * 1000 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            Answer::Unit(
+                reply,
                 if n == 0 {
                     Err(Error::LeaseNotFound(id))
                 } else {
                     Ok(())
-                }
-            }),
-        ),
-        Request::LeaseRevoke(id, reply) => {
-            Answer::Unit(reply, atomically(tx, batch, |c, b| revoke(c, b, id)))
+                },
+            )
         }
+        Request::LeaseRevoke(id, reply) => Answer::Unit(reply, sql_fatal(revoke(c, batch, id))?),
         Request::ExpireLeases => {
-            if let Err(e) = atomically(tx, batch, expire_leases) {
-                tracing::warn!(error = %e, "expiring leases failed");
-            }
-            return;
+            sql_fatal(expire_leases(c, batch))?.ok();
+            return Ok(());
         }
         Request::Shutdown(_) => unreachable!("handled by the loop"),
     };
     batch.answers.push(answer);
+    Ok(())
+}
+
+/// Splits a request's outcome: refusals go to its caller, SQL errors abort the batch.
+fn sql_fatal<T>(r: Result<T>) -> rusqlite::Result<Result<T>> {
+    match r {
+        Err(Error::Sqlite(e)) => Err(e),
+        other => Ok(other),
+    }
 }
 
 fn load(conn: &Connection, key: &str) -> Result<Option<KeyValue>> {
@@ -266,23 +247,28 @@ fn write_revision(batch: &mut Batch, wrote: &mut bool) -> Revision {
     batch.revision
 }
 
+/// Keys one transaction has read or written, so each is loaded once.
+type Seen = HashMap<String, Option<KeyValue>>;
+
+fn load_seen(conn: &Connection, seen: &mut Seen, key: &str) -> Result<Option<KeyValue>> {
+    if let Some(kv) = seen.get(key) {
+        return Ok(kv.clone());
+    }
+    let kv = load(conn, key)?;
+    seen.insert(key.to_owned(), kv.clone());
+    Ok(kv)
+}
+
 fn put(
     conn: &Connection,
     batch: &mut Batch,
     wrote: &mut bool,
+    seen: &mut Seen,
     key: String,
     value: Bytes,
     lease: LeaseId,
 ) -> Result<OpResult> {
-    if lease != 0 {
-        let exists: bool = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM lease WHERE id = ?1)")?
-            .query_row([lease], |r| r.get(0))?;
-        if !exists {
-            return Err(Error::LeaseNotFound(lease));
-        }
-    }
-    let prev = load(conn, &key)?;
+    let prev = load_seen(conn, seen, &key)?;
     let rev = write_revision(batch, wrote);
     let kv = KeyValue {
         key,
@@ -306,11 +292,18 @@ fn put(
         kv: kv.clone(),
         prev_kv: prev.clone(),
     });
+    seen.insert(kv.key.clone(), Some(kv.clone()));
     Ok(OpResult::Put { prev, kv })
 }
 
-fn delete(conn: &Connection, batch: &mut Batch, wrote: &mut bool, key: String) -> Result<OpResult> {
-    let Some(prev) = load(conn, &key)? else {
+fn delete(
+    conn: &Connection,
+    batch: &mut Batch,
+    wrote: &mut bool,
+    seen: &mut Seen,
+    key: String,
+) -> Result<OpResult> {
+    let Some(prev) = load_seen(conn, seen, &key)? else {
         return Ok(OpResult::Delete { prev: None });
     };
     let rev = write_revision(batch, wrote);
@@ -325,6 +318,7 @@ fn delete(conn: &Connection, batch: &mut Batch, wrote: &mut bool, key: String) -
     insert_row(conn, rev, &tombstone, true, prev.mod_revision)?;
     conn.prepare_cached("DELETE FROM current WHERE name = ?1")?
         .execute([&tombstone.key])?;
+    seen.insert(tombstone.key.clone(), None);
     batch.events.push(Event {
         kind: EventKind::Delete,
         kv: tombstone,
@@ -334,21 +328,37 @@ fn delete(conn: &Connection, batch: &mut Batch, wrote: &mut bool, key: String) -
 }
 
 fn txn_apply(conn: &Connection, batch: &mut Batch, txn: Txn) -> Result<TxnResponse> {
+    let mut seen = Seen::new();
     let mut succeeded = true;
     for cmp in &txn.compares {
-        if !cmp.holds(load(conn, &cmp.key)?.as_ref()) {
+        if !cmp.holds(load_seen(conn, &mut seen, &cmp.key)?.as_ref()) {
             succeeded = false;
             break;
         }
     }
     let ops = if succeeded { txn.success } else { txn.failure };
+    // Refusals come before any write, so a refused transaction writes nothing.
+    for op in &ops {
+        if let Op::Put { lease, .. } = op
+            && *lease != 0
+        {
+            let exists: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM lease WHERE id = ?1)")?
+                .query_row([lease], |r| r.get(0))?;
+            if !exists {
+                return Err(Error::LeaseNotFound(*lease));
+            }
+        }
+    }
     let mut wrote = false;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(match op {
-            Op::Get { key } => OpResult::Get(load(conn, &key)?),
-            Op::Put { key, value, lease } => put(conn, batch, &mut wrote, key, value, lease)?,
-            Op::Delete { key } => delete(conn, batch, &mut wrote, key)?,
+            Op::Get { key } => OpResult::Get(load_seen(conn, &mut seen, &key)?),
+            Op::Put { key, value, lease } => {
+                put(conn, batch, &mut wrote, &mut seen, key, value, lease)?
+            }
+            Op::Delete { key } => delete(conn, batch, &mut wrote, &mut seen, key)?,
         });
     }
     Ok(TxnResponse {
@@ -366,9 +376,9 @@ fn revoke(conn: &Connection, batch: &mut Batch, id: LeaseId) -> Result<()> {
         .prepare_cached("SELECT name FROM current WHERE lease = ?1 ORDER BY name")?
         .query_map([id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let mut wrote = false;
+    let (mut wrote, mut seen) = (false, Seen::new());
     for key in keys {
-        delete(conn, batch, &mut wrote, key)?;
+        delete(conn, batch, &mut wrote, &mut seen, key)?;
     }
     Ok(())
 }

@@ -1,0 +1,241 @@
+//! The API server against the real kubectl on PATH, with a real `kubox
+//! server` started on a free port for each test.
+
+use kubox_testkit::KuboxServer;
+
+const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn starts_with_the_builtin_namespaces_and_kubernetes_service() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let ns = server.kubectl_ok(&["get", "namespaces", "--no-headers"]);
+    let mut names: Vec<(&str, &str)> = ns
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0], cols[1])
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("default", "Active"),
+            ("kube-node-lease", "Active"),
+            ("kube-public", "Active"),
+            ("kube-system", "Active")
+        ]
+    );
+    let svc = server.kubectl_ok(&["get", "svc", "kubernetes"]);
+    let header: Vec<&str> = svc.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = svc.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..5],
+        ["kubernetes", "ClusterIP", "10.43.0.1", "<none>", "443/TCP"]
+    );
+    assert!(server.data_dir().join("admin.kubeconfig").exists());
+}
+
+fn write_manifest(server: &KuboxServer, name: &str, manifest: &str) -> String {
+    let path = server.data_dir().join(name);
+    std::fs::write(&path, manifest).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn configmap_lifecycle_through_kubectl() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let k = |args: &[&str]| server.kubectl_ok(args);
+    let file = write_manifest(
+        &server,
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  a: \"1\"\n",
+    );
+    assert_eq!(k(&["create", "-f", &file]), "configmap/app created\n");
+    assert_eq!(k(&["get", "cm", "app", "-o", "jsonpath={.data.a}"]), "1");
+    assert_eq!(
+        k(&["label", "cm", "app", "tier=web"]),
+        "configmap/app labeled\n"
+    );
+    assert_eq!(
+        k(&["annotate", "cm", "app", "owner=team-a"]),
+        "configmap/app annotated\n"
+    );
+    assert_eq!(
+        k(&["get", "cm", "-l", "tier=web", "-o", "name"]),
+        "configmap/app\n"
+    );
+    assert_eq!(k(&["get", "cm", "-l", "tier!=web", "-o", "name"]), "");
+    assert_eq!(
+        k(&[
+            "get",
+            "cm",
+            "--field-selector",
+            "metadata.name=app",
+            "-o",
+            "name"
+        ]),
+        "configmap/app\n"
+    );
+    assert_eq!(
+        k(&[
+            "patch",
+            "cm",
+            "app",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"b":"2"}}"#
+        ]),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        k(&[
+            "patch",
+            "cm",
+            "app",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/a"}]"#
+        ]),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        k(&["patch", "cm", "app", "-p", r#"{"data":{"c":"3"}}"#]),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        k(&["get", "cm", "app", "-o", "jsonpath={.data}"]),
+        r#"{"b":"2","c":"3"}"#
+    );
+    let table = k(&["get", "cm", "app", "--show-labels"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!((row[0], row[1], row[3]), ("app", "2", "tier=web"));
+    assert_eq!(k(&["delete", "cm", "app"]), "configmap \"app\" deleted\n");
+    let missing = server.kubectl(&["get", "cm", "app"]);
+    assert!(!missing.status.success());
+    assert_eq!(
+        stderr(&missing),
+        "Error from server (NotFound): configmaps \"app\" not found\n"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_upstream_errors() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let file = write_manifest(
+        &server,
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: Not_Valid\n",
+    );
+    let out = server.kubectl(&["create", "-f", &file]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(r#"The Namespace "Not_Valid" is invalid: metadata.name: Invalid value: "Not_Valid": a lowercase RFC 1123 label must consist of"#),
+        "{}",
+        stderr(&out)
+    );
+    let dup = write_manifest(
+        &server,
+        "dup.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dup\n",
+    );
+    server.kubectl_ok(&["create", "-f", &dup]);
+    let out = server.kubectl(&["create", "-f", &dup]);
+    assert!(
+        stderr(&out).contains("configmaps \"dup\" already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&["create", "-f", &dup, "-n", "nowhere"]);
+    assert!(
+        stderr(&out).contains("namespaces \"nowhere\" not found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&["get", "--raw", "/apis/nothing/v1/things"]);
+    assert!(
+        stderr(&out).contains("the server could not find the requested resource"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn anonymous_requests_are_refused_except_health_and_version() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", server.port());
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url(path)])
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/api/v1/namespaces"), "401");
+    assert_eq!(curl("/version"), "200");
+    assert_eq!(curl("/readyz"), "200");
+    let body = std::process::Command::new("curl")
+        .args(["-sk", &url("/api/v1/namespaces")])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&body.stdout).unwrap();
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["reason"], "Unauthorized");
+    assert_eq!(status["code"], 401);
+}
+
+#[tokio::test]
+async fn tables_and_output_formats() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let yaml = server.kubectl_ok(&["get", "ns", "default", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Namespace") && yaml.contains("kubernetes.io/metadata.name: default"),
+        "{yaml}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&server.kubectl_ok(&["get", "ns", "-o", "json"])).unwrap();
+    assert_eq!(json["kind"], "List");
+    assert_eq!(json["items"].as_array().unwrap().len(), 4);
+    let all = server.kubectl_ok(&["get", "svc", "-A", "-o", "wide"]);
+    let header: Vec<&str> = all.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAMESPACE",
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    let versions = server.kubectl_ok(&["api-versions"]);
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "networking.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1",
+    ] {
+        assert!(versions.lines().any(|l| l == gv), "{gv} in {versions}");
+    }
+}
