@@ -155,11 +155,15 @@ fn include_object(q: &HashMap<String, String>) -> IncludeObject {
     }
 }
 
-/// Media types an object body may come in; anything else (protobuf from
-/// client-go's typed clients) gets 415, after which client-go resends JSON.
-const OBJECT_MEDIA_TYPES: &[&str] = &["application/json", "application/yaml"];
+/// Media types an object body may come in.
+const OBJECT_MEDIA_TYPES: &[&str] = &[
+    "application/json",
+    "application/yaml",
+    kubox_protobuf::MEDIA_TYPE,
+];
 
-/// Reads a create or update body as JSON, converting YAML.
+/// Reads a create, update or delete body as JSON, converting YAML and the
+/// protobuf client-go's typed clients send.
 async fn read_object_body(body: Incoming, content_type: &str) -> ApiResult<Bytes> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
@@ -168,6 +172,13 @@ async fn read_object_body(body: Incoming, content_type: &str) -> ApiResult<Bytes
             let raw = read_body(body).await?;
             let value: Value = serde_yaml_ng::from_slice(&raw).map_err(|e| {
                 ApiError::bad_request(format!("error decoding YAML request body: {e}"))
+            })?;
+            Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+        }
+        kubox_protobuf::MEDIA_TYPE => {
+            let raw = read_body(body).await?;
+            let value = kubox_protobuf::decode_object(&raw).map_err(|e| {
+                ApiError::bad_request(format!("error decoding protobuf request body: {e}"))
             })?;
             Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
         }

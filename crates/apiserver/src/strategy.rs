@@ -74,6 +74,27 @@ impl Strategy for Secret {
     }
 }
 
+/// A rollout strategy field (`strategy`, `updateStrategy`): the type defaults
+/// to RollingUpdate, and a RollingUpdate gets each of `rolling` it lacks, as
+/// upstream defaults field by field (clients may send an empty strategy).
+fn default_update_strategy(spec: &mut Value, field: &str, rolling: Value) {
+    or_insert(spec, field, json!({}));
+    let strategy = &mut spec[field];
+    if strategy
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        strategy["type"] = json!("RollingUpdate");
+    }
+    if strategy["type"] == "RollingUpdate" {
+        or_insert(strategy, "rollingUpdate", json!({}));
+        for (k, v) in rolling.as_object().into_iter().flatten() {
+            or_insert(&mut strategy["rollingUpdate"], k, v.clone());
+        }
+    }
+}
+
 /// Defaults of a pod spec, wherever it appears (pods and pod templates).
 pub fn default_pod_spec(spec: &mut Value) {
     if !spec.is_object() {
@@ -285,11 +306,7 @@ impl Strategy for Workload {
             "StatefulSet" => {
                 or_insert(spec, "replicas", json!(1));
                 or_insert(spec, "podManagementPolicy", json!("OrderedReady"));
-                or_insert(
-                    spec,
-                    "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-                );
+                default_update_strategy(spec, "updateStrategy", json!({"partition": 0}));
                 or_insert(spec, "revisionHistoryLimit", json!(10));
                 or_insert(
                     spec,
@@ -298,10 +315,10 @@ impl Strategy for Workload {
                 );
             }
             "DaemonSet" => {
-                or_insert(
+                default_update_strategy(
                     spec,
                     "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                    json!({"maxUnavailable": 1, "maxSurge": 0}),
                 );
                 or_insert(spec, "revisionHistoryLimit", json!(10));
             }
@@ -418,19 +435,11 @@ impl Strategy for Deployment {
             return;
         };
         or_insert(spec, "replicas", json!(1));
-        or_insert(
+        default_update_strategy(
             spec,
             "strategy",
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            json!({"maxSurge": "25%", "maxUnavailable": "25%"}),
         );
-        if spec["strategy"]["type"] == "RollingUpdate" {
-            let ru = &mut spec["strategy"]["rollingUpdate"];
-            if ru.is_null() {
-                *ru = json!({});
-            }
-            or_insert(ru, "maxSurge", json!("25%"));
-            or_insert(ru, "maxUnavailable", json!("25%"));
-        }
         or_insert(spec, "revisionHistoryLimit", json!(10));
         or_insert(spec, "progressDeadlineSeconds", json!(600));
         if let Some(pod_spec) = path_mut(spec, &["template", "spec"]) {
@@ -488,6 +497,25 @@ mod tests {
             default_container(&mut c);
             assert_eq!(c["imagePullPolicy"], policy, "{image}");
         }
+    }
+
+    #[test]
+    fn empty_strategies_are_defaulted_field_by_field() {
+        let mut d = json!({"kind": "Deployment", "spec": {"strategy": {}}});
+        Deployment.default(&mut d);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
+        let mut r = json!({"kind": "Deployment", "spec": {"strategy": {"type": "Recreate"}}});
+        Deployment.default(&mut r);
+        assert_eq!(r["spec"]["strategy"], json!({"type": "Recreate"}));
+        let mut ds = json!({"kind": "DaemonSet", "spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 2}}}});
+        Workload.default(&mut ds);
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2, "maxSurge": 0}})
+        );
     }
 
     #[test]

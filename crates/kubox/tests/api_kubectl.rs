@@ -177,6 +177,92 @@ async fn bad_input_gets_upstream_errors() {
     );
 }
 
+/// kubectl's typed commands send protobuf bodies.
+#[tokio::test]
+async fn typed_kubectl_commands_send_protobuf() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let k = |args: &[&str]| server.kubectl_ok(args);
+    assert_eq!(
+        k(&["create", "namespace", "work"]),
+        "namespace/work created\n"
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "configmap",
+            "app",
+            "-n",
+            "work",
+            "--from-literal=a=1",
+            "--from-literal=b=2"
+        ]),
+        "configmap/app created\n"
+    );
+    assert_eq!(
+        k(&["get", "cm", "app", "-n", "work", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1","b":"2"}"#
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "-n",
+            "work",
+            "--from-literal=db_pass=pass123"
+        ]),
+        "secret/db created\n"
+    );
+    assert_eq!(
+        k(&[
+            "get",
+            "secret",
+            "db",
+            "-n",
+            "work",
+            "-o",
+            "jsonpath={.data.db_pass}"
+        ]),
+        "cGFzczEyMw=="
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            "work",
+            "--image=busybox:1.36",
+            "--replicas=2"
+        ]),
+        "deployment.apps/web created\n"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&k(&["get", "deploy", "web", "-n", "work", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(d["metadata"]["generation"], 1);
+    let out = server.kubectl(&["create", "namespace", "Not_Valid"]);
+    assert!(
+        stderr(&out).contains(
+            r#"The Namespace "Not_Valid" is invalid: metadata.name: Invalid value: "Not_Valid""#
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&["create", "configmap", "x", "-n", "nowhere"]);
+    assert_eq!(
+        stderr(&out),
+        "error: failed to create configmap: namespaces \"nowhere\" not found\n"
+    );
+}
+
 #[tokio::test]
 async fn anonymous_requests_are_refused_except_health_and_version() {
     let server = KuboxServer::start(KUBOX, &[]).await;

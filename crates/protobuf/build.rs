@@ -1,0 +1,268 @@
+//! Generates the table of Kubernetes protobuf messages the decoder walks.
+//!
+//! Message names, field tags and field kinds come from k8s-pb (prost code
+//! generated from upstream's .proto files); the JSON name of each field comes
+//! from k8s-openapi's serde code for the same type, since prost's snake_case
+//! names cannot be turned back into upstream's camelCase reliably (podCIDRs,
+//! hostIPC). Both crates are located through `cargo metadata`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Field {
+    tag: u32,
+    json: String,
+    kind: String,
+    repeated: bool,
+}
+
+fn package_dir(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("Cargo.toml");
+    // Only this target's packages: others may not have been downloaded.
+    let target = std::env::var("TARGET").expect("cargo sets TARGET for build scripts");
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+            &target,
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    let pkg = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not in the dependency graph"));
+    Path::new(pkg["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rs_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// k8s-openapi: for every type, its JSON field names keyed by the lowercase
+/// form without underscores (which matches prost's names the same way).
+fn json_names(root: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let src = root.join("src");
+    let latest = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("v1_"))
+        .max_by_key(|n| n[3..].parse::<u32>().unwrap_or(0))
+        .expect("a k8s-openapi version directory");
+    let base = src.join(&latest);
+    let mut files = Vec::new();
+    rs_files(&base, &mut files);
+    let mut types = BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let Some(name) = text.lines().find_map(|l| {
+            l.strip_prefix("pub struct ")
+                .and_then(|r| r.split([' ', '{', '(']).next())
+        }) else {
+            continue;
+        };
+        let module: Vec<String> = file
+            .parent()
+            .unwrap()
+            .strip_prefix(&base)
+            .unwrap()
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let mut fields = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some((json, rest)) = line
+                .strip_prefix('"')
+                .and_then(|l| l.split_once("\" => Field::Key_"))
+            {
+                let snake = rest.trim_end_matches(',');
+                fields.insert(snake.replace('_', "").to_lowercase(), json.to_owned());
+            }
+        }
+        types.insert(format!("{}.{name}", module.join(".")), fields);
+    }
+    types
+}
+
+fn lower_camel(snake: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in snake.split('_').enumerate() {
+        let mut chars = part.chars();
+        match chars.next() {
+            Some(c) if i > 0 => {
+                out.extend(c.to_uppercase());
+                out.extend(chars);
+            }
+            Some(c) => {
+                out.push(c);
+                out.extend(chars);
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// The message a field's Rust type names, resolved against the module it is in.
+fn message_type(ty: &str, module: &[String]) -> String {
+    let std_names = ["String", "Vec", "Option", "BTreeMap", "Box"];
+    let token = ty
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .rfind(|t| {
+            let last = t.rsplit("::").next().unwrap_or_default();
+            last.starts_with(|c: char| c.is_ascii_uppercase()) && !std_names.contains(&last)
+        })
+        .unwrap_or_else(|| panic!("no message type in {ty}"));
+    let mut path: Vec<String> = module.to_vec();
+    let mut rest = token.trim_start_matches("::");
+    while let Some(r) = rest.strip_prefix("super::") {
+        path.pop();
+        rest = r;
+    }
+    if let Some(r) = rest.strip_prefix("crate::") {
+        path.clear();
+        rest = r;
+    }
+    path.extend(rest.split("::").map(str::to_owned));
+    path.join(".")
+}
+
+fn main() {
+    let pb = package_dir("k8s-pb");
+    let openapi = package_dir("k8s-openapi");
+    println!("cargo::rerun-if-changed=build.rs");
+    let names = json_names(&openapi);
+    let mut files = Vec::new();
+    rs_files(&pb.join("src"), &mut files);
+    let mut messages: BTreeMap<String, Vec<Field>> = BTreeMap::new();
+    for file in files {
+        let module: Vec<String> = file
+            .parent()
+            .unwrap()
+            .strip_prefix(pb.join("src"))
+            .unwrap()
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut current: Option<(String, Vec<Field>)> = None;
+        let mut attr: Option<String> = None;
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let t = line.trim();
+            if let Some(name) = t
+                .strip_prefix("pub struct ")
+                .and_then(|r| r.strip_suffix(" {"))
+            {
+                current = Some((name.to_owned(), Vec::new()));
+            } else if line == "}" {
+                if let Some((name, fields)) = current.take() {
+                    messages.insert(format!("{}.{name}", module.join(".")), fields);
+                }
+            } else if let Some(a) = t
+                .strip_prefix("#[prost(")
+                .and_then(|r| r.strip_suffix(")]"))
+            {
+                attr = Some(a.to_owned());
+            } else if let (Some(a), Some((msg, fields))) = (attr.as_ref(), current.as_mut())
+                && let Some(decl) = t.strip_prefix("pub ")
+            {
+                let (field, ty_start) = decl.split_once(':').unwrap();
+                let field = field.trim_start_matches("r#");
+                let mut ty = ty_start.to_owned();
+                // A type can span lines; it ends at a comma outside angle brackets.
+                while !(ty.trim_end().ends_with(',')
+                    && ty.matches('<').count() == ty.matches('>').count())
+                {
+                    ty.push_str(lines.next().unwrap().trim());
+                }
+                let tag: u32 = a
+                    .split("tag = \"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let repeated = a.contains("repeated");
+                let head = a.split(',').next().unwrap().trim();
+                let kind = match head {
+                    "string" => "Kind::String".to_owned(),
+                    "int32" | "int64" => "Kind::Int".to_owned(),
+                    "bool" => "Kind::Bool".to_owned(),
+                    "double" => "Kind::Double".to_owned(),
+                    h if h.starts_with("bytes") => "Kind::Bytes".to_owned(),
+                    "message" => format!("Kind::Message({:?})", message_type(&ty, &module)),
+                    h if h.starts_with("btree_map") => {
+                        let value = a
+                            .split("string, ")
+                            .nth(1)
+                            .and_then(|r| r.split('"').next())
+                            .unwrap();
+                        match value {
+                            "string" => "Kind::MapString".to_owned(),
+                            "bytes" => "Kind::MapBytes".to_owned(),
+                            _ => format!("Kind::MapMessage({:?})", message_type(&ty, &module)),
+                        }
+                    }
+                    other => panic!("unhandled prost field kind {other} in {msg}.{field}"),
+                };
+                let type_key = format!("{}.{msg}", module.join("."));
+                let json = names
+                    .get(&type_key)
+                    .and_then(|n| n.get(&field.replace('_', "").to_lowercase()))
+                    .cloned()
+                    .unwrap_or_else(|| lower_camel(field));
+                fields.push(Field {
+                    tag,
+                    json,
+                    kind,
+                    repeated,
+                });
+                attr = None;
+            }
+        }
+    }
+    let mut out = String::from("pub(crate) static MESSAGES: &[Message] = &[\n");
+    for (name, fields) in &messages {
+        let _ = write!(out, "    Message {{ name: {name:?}, fields: &[");
+        for f in fields {
+            let _ = write!(
+                out,
+                "Field {{ tag: {}, json: {:?}, kind: {}, repeated: {} }}, ",
+                f.tag, f.json, f.kind, f.repeated
+            );
+        }
+        out.push_str("] },\n");
+    }
+    out.push_str("];\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("messages.rs");
+    std::fs::write(dest, out).unwrap();
+}
