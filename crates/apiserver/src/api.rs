@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
+use crate::scale;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::validation;
@@ -714,6 +715,61 @@ impl Api {
                 }
                 Err(e) => return Err(e),
                 Ok(object) => return Ok(Written { object, warnings }),
+            }
+        }
+        Err(ApiError::modified(rt.group, rt.plural, name))
+    }
+
+    /// GET of the scale subresource.
+    pub async fn get_scale(&self, target: ObjectRef<'_>) -> ApiResult<Value> {
+        Ok(scale::to_scale(
+            &self.get(target.rt, target.ns, target.name).await?,
+        ))
+    }
+
+    /// PUT or PATCH of the scale subresource: the patch applies to the Scale
+    /// view; the workload's replicas change, guarded by its resourceVersion.
+    pub async fn write_scale(
+        &self,
+        target: ObjectRef<'_>,
+        patch_type: Option<PatchType>,
+        body: &[u8],
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let ObjectRef { rt, ns, name, .. } = target;
+        for _ in 0..16 {
+            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let old = with_revision(&kv.value, kv.mod_revision)?;
+            let scale = match patch_type {
+                None => serde_json::from_slice::<Value>(body).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding request body: {e}"))
+                })?,
+                Some(t) => {
+                    let mut view = scale::to_scale(&old);
+                    patch::apply(&mut view, t, body).map_err(|e| {
+                        ApiError::new(http::StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e)
+                    })?;
+                    view
+                }
+            };
+            let pinned = scale["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|rv| !rv.is_empty() && patch_type.is_none());
+            let expected = match pinned {
+                Some(rv) => parse_rv(rv)?,
+                None => kv.mod_revision,
+            };
+            let mut new = old.clone();
+            scale::apply_scale(rt, &mut new, &scale)?;
+            let main = ObjectRef {
+                subresource: None,
+                ..target
+            };
+            match self.write_update(main, &old, new, expected, dry_run).await {
+                Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok(written) => return Ok(scale::to_scale(&written)),
             }
         }
         Err(ApiError::modified(rt.group, rt.plural, name))

@@ -332,6 +332,9 @@ impl Handler {
             Some("status")
                 if rt.status_subresource
                     && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
+            Some("scale") if rt.scale_subresource => {
+                return self.scale(req, &rr, rt, ns, &q).await;
+            }
             _ => return Err(ApiError::no_route()),
         }
         let content_type = req
@@ -428,6 +431,47 @@ impl Handler {
             }
         }
         Ok(resp)
+    }
+
+    async fn scale(
+        &self,
+        req: Request<Incoming>,
+        rr: &ResourceRequest,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<Response<Body>> {
+        let target = ObjectRef {
+            rt,
+            ns,
+            name: rr.name.as_deref().unwrap_or_default(),
+            subresource: Some("scale"),
+        };
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let dry_run = write_options(q).dry_run;
+        let scale = match rr.verb {
+            Verb::Get => self.api.get_scale(target).await?,
+            Verb::Update => {
+                let body = read_object_body(req.into_body(), &content_type).await?;
+                self.api.write_scale(target, None, &body, dry_run).await?
+            }
+            Verb::Patch => {
+                let patch_type = PatchType::from_content_type(&content_type)
+                    .filter(|t| *t != PatchType::Apply)
+                    .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
+                let body = read_body(req.into_body()).await?;
+                self.api
+                    .write_scale(target, Some(patch_type), &body, dry_run)
+                    .await?
+            }
+            _ => return Err(ApiError::method_not_allowed()),
+        };
+        Ok(respond_json(StatusCode::OK, &scale, "application/json"))
     }
 
     /// Converts an object or list to what the client asked for.

@@ -10,6 +10,7 @@ pub mod patch;
 pub mod pki;
 pub mod registry;
 pub mod request;
+pub mod scale;
 pub mod selectors;
 pub mod server;
 pub mod status;

@@ -112,6 +112,38 @@ impl LabelSelector {
     }
 }
 
+/// A selector object (a `LabelSelector`, or a plain label map as Services and
+/// ReplicationControllers have) in the query-string syntax, as kubectl shows
+/// it and as the scale subresource reports it.
+pub fn selector_text(sel: &Value) -> String {
+    let plain = sel.get("matchLabels").is_none() && sel.get("matchExpressions").is_none();
+    let labels = if plain { sel } else { &sel["matchLabels"] };
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut parts: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = text(&e["key"]);
+        let values: Vec<String> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let values = values.join(",");
+        parts.push(match e["operator"].as_str() {
+            Some("In") => format!("{key} in ({values})"),
+            Some("NotIn") => format!("{key} notin ({values})"),
+            Some("Exists") => key,
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
 /// Splits on commas outside parentheses.
 fn split_terms(s: &str) -> Vec<&str> {
     let mut terms = Vec::new();
@@ -277,6 +309,18 @@ mod tests {
         let sel = LabelSelector::from_value(&json!({"matchLabels": {"app": "a"}, "matchExpressions": [{"key": "t", "operator": "Exists"}]})).unwrap();
         assert!(sel.matches(&json!({"app": "a", "t": "x"})));
         assert!(!sel.matches(&json!({"app": "a"})));
+    }
+
+    #[test]
+    fn selectors_as_text() {
+        let sel = json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]});
+        assert_eq!(selector_text(&sel), "app=web,tier in (a,b)");
+        assert_eq!(selector_text(&json!({"run": "redis"})), "run=redis");
+        assert!(
+            LabelSelector::parse(&selector_text(&sel))
+                .unwrap()
+                .matches(&json!({"app": "web", "tier": "b"}))
+        );
     }
 
     #[test]

@@ -175,10 +175,16 @@ impl ApiError {
         if !group.is_empty() {
             d["group"] = json!(group);
         }
+        // Upstream names the kind with its group: `Deployment.apps "x" is invalid`.
+        let qualified_kind = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{kind} {name:?} is invalid: {summary}"),
+            format!("{qualified_kind} {name:?} is invalid: {summary}"),
         )
         .with_details(d)
     }
@@ -302,7 +308,7 @@ mod tests {
         assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             e.message,
-            "Deployment \"web\" is invalid: [spec.selector: Required value, metadata.name: Invalid value: \"Web\": a lowercase RFC 1123 subdomain]"
+            "Deployment.apps \"web\" is invalid: [spec.selector: Required value, metadata.name: Invalid value: \"Web\": a lowercase RFC 1123 subdomain]"
         );
         let s = e.to_status();
         assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");

@@ -96,25 +96,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 }
 
 fn selector_string(sel: &Value) -> String {
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .or(sel
-            .as_object()
-            .filter(|_| sel.get("matchLabels").is_none() && sel.get("matchExpressions").is_none()))
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", s(v)))
-        .collect();
-    for e in list(&sel["matchExpressions"]) {
-        let values = join(list(&e["values"]).map(s));
-        parts.push(match e["operator"].as_str() {
-            Some("In") => format!("{} in ({values})", s(&e["key"])),
-            Some("NotIn") => format!("{} notin ({values})", s(&e["key"])),
-            Some("Exists") => s(&e["key"]),
-            _ => format!("!{}", s(&e["key"])),
-        });
-    }
-    or_none(parts.join(","))
+    or_none(crate::selectors::selector_text(sel))
 }
 
 fn containers_images(spec: &Value) -> (String, String) {

@@ -248,6 +248,38 @@ async fn typed_kubectl_commands_send_protobuf() {
         "IfNotPresent"
     );
     assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(
+        k(&["scale", "deploy", "web", "-n", "work", "--replicas=3"]),
+        "deployment.apps/web scaled\n"
+    );
+    assert_eq!(
+        k(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "work",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}"
+        ]),
+        "3 2"
+    );
+    let scale: serde_json::Value = serde_json::from_str(&k(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/work/deployments/web/scale",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some("Scale"), Some(3), Some("app=web"))
+    );
+    let out = server.kubectl(&["scale", "deploy", "web", "-n", "work", "--replicas=-1"]);
+    assert!(!out.status.success());
     let out = server.kubectl(&["create", "namespace", "Not_Valid"]);
     assert!(
         stderr(&out).contains(
