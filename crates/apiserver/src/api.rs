@@ -296,6 +296,21 @@ impl Api {
         }))
     }
 
+    /// Waits until `cache` has seen `revision`, or, with None, every write
+    /// committed before this call. A cache only hears of writes under its own
+    /// prefix, so when it is behind, the store is asked for a progress
+    /// notification at once rather than at its next interval.
+    async fn catch_up(&self, cache: &Cache, revision: Option<Revision>) -> ApiResult<()> {
+        let target = match revision {
+            Some(rv) => rv,
+            None => self.store.current_revision().await?,
+        };
+        if cache.revision() < target {
+            self.store.request_progress().await?;
+        }
+        cache.wait_for(target).await
+    }
+
     /// LIST: from the cache, or from the store for paginated and exact reads.
     pub async fn list(
         &self,
@@ -314,9 +329,9 @@ impl Api {
                 match opts.resource_version.as_deref() {
                     // "0": any state the cache has.
                     Some("0") => {}
-                    Some(rv) => cache.wait_for(parse_rv(rv)?).await?,
+                    Some(rv) => self.catch_up(cache, Some(parse_rv(rv)?)).await?,
                     // Unset: consistent, at least as new as the store now.
-                    None => cache.wait_for(self.store.current_revision().await?).await?,
+                    None => self.catch_up(cache, None).await?,
                 }
                 let (items, revision) = cache.list(&prefix, &*filter);
                 (
@@ -416,13 +431,13 @@ impl Api {
         let cache = self.cache(rt);
         let from = match opts.resource_version.as_deref() {
             None | Some("") => {
-                cache.wait_for(self.store.current_revision().await?).await?;
+                self.catch_up(cache, None).await?;
                 None
             }
             Some("0") => None,
             Some(rv) => {
                 let rv = parse_rv(rv)?;
-                cache.wait_for(rv).await?;
+                self.catch_up(cache, Some(rv)).await?;
                 // sendInitialEvents with a resourceVersion: the state at least as new, then changes.
                 if opts.send_initial_events {
                     None

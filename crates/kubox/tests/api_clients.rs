@@ -90,6 +90,25 @@ async fn kube_rs_watcher_and_reflector_follow_changes() {
     assert_eq!(names, ["w1", "w2", "w3", "w4"]);
 }
 
+#[tokio::test]
+async fn python_kubernetes_client_lists_creates_patches_watches_and_deletes() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(server.kubeconfig())
+        .output()
+        .await
+        .expect("running python3 (scripts/test installs the kubernetes package)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "python client ok\n");
+}
+
 /// kill -9 of `kubox server` during 1000 concurrent creates: after a restart
 /// every acknowledged create is there, and resourceVersions keep increasing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

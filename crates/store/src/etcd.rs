@@ -1,13 +1,14 @@
 //! The etcd backend: the same interface over a real etcd v3 cluster, so that
 //! several API servers can share one store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client as etcd;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::types::*;
 use crate::{Error, Result, Store, WatchRequest, WatchStream, check_txn_size};
@@ -34,6 +35,8 @@ impl EtcdConfig {
 pub struct EtcdStore {
     client: etcd::Client,
     progress_interval: Duration,
+    /// Wakes every watch to ask etcd for progress now.
+    progress_wanted: Arc<Notify>,
 }
 
 impl EtcdStore {
@@ -52,6 +55,7 @@ impl EtcdStore {
         Ok(Self {
             client,
             progress_interval: config.progress_interval,
+            progress_wanted: Arc::new(Notify::new()),
         })
     }
 }
@@ -261,13 +265,12 @@ impl Store for EtcdStore {
             None => return Err(Error::Unavailable("etcd closed the watch".into())),
         }
         let (tx, rx) = mpsc::channel(1024);
-        let interval = self.progress_interval;
-        let progress = req.progress_notify;
+        let wanted = req.progress_notify.then(|| self.progress_wanted.clone());
         tokio::spawn(forward_watch(
             stream,
             tx,
-            interval,
-            progress,
+            self.progress_interval,
+            wanted,
             req.start_revision,
         ));
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
@@ -276,6 +279,11 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self.client.clone().status().await?;
         Ok(header_revision(resp.header()))
+    }
+
+    async fn request_progress(&self) -> Result<()> {
+        self.progress_wanted.notify_waiters();
+        Ok(())
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
@@ -336,16 +344,18 @@ async fn forward_watch(
     mut stream: etcd::WatchStream,
     tx: mpsc::Sender<Result<WatchMessage>>,
     interval: Duration,
-    progress: bool,
+    progress_wanted: Option<Arc<Notify>>,
     start: Revision,
 ) {
+    let progress = progress_wanted.is_some();
+    let wanted = progress_wanted.unwrap_or_default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         let msg = tokio::select! {
             _ = tx.closed() => return,
-            _ = ticker.tick(), if progress => {
+            _ = async { tokio::select! { _ = ticker.tick() => {}, _ = wanted.notified() => {} } }, if progress => {
                 if stream.request_progress().await.is_err() {
                     let _ = tx.send(Err(Error::Unavailable("etcd watch closed".into()))).await;
                     return;

@@ -57,6 +57,11 @@ pub trait Store: Send + Sync + 'static {
     /// The latest committed revision.
     async fn current_revision(&self) -> Result<Revision>;
 
+    /// Asks every watch that wants progress notifications to report the
+    /// revision it has reached now, rather than at its next interval: a
+    /// reader waiting for a watch-fed cache to catch up uses it.
+    async fn request_progress(&self) -> Result<()>;
+
     /// Discards history older than `revision`; the latest version of every
     /// live key is kept.
     async fn compact(&self, revision: Revision) -> Result<()>;

@@ -26,14 +26,15 @@ enum Harness {
 
 fn sqlite_config(dir: &tempfile::TempDir) -> SqliteConfig {
     let mut config = SqliteConfig::new(dir.path().join("state.db"));
-    config.progress_interval = Duration::from_millis(100);
+    // Long enough that only an on-demand progress request can arrive in a test.
+    config.progress_interval = Duration::from_secs(600);
     config.lease_check_interval = Duration::from_millis(100);
     config
 }
 
 fn etcd_config(etcd: &EtcdProcess) -> EtcdConfig {
     let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
-    config.progress_interval = Duration::from_millis(100);
+    config.progress_interval = Duration::from_secs(600);
     config
 }
 
@@ -597,9 +598,10 @@ mod cases {
         assert_eq!(last, format!("/many/{:06}", N - 1));
     }
 
-    pub async fn progress_notifications(h: &mut Harness) {
+    /// A watch that asked for progress reports, on request, a revision that
+    /// covers writes outside its range.
+    pub async fn progress_on_request(h: &mut Harness) {
         let s = h.store();
-        let kv = s.create("/p/a", b("x"), 0).await.unwrap();
         let mut w = s
             .watch(WatchRequest {
                 prefix: "/p/".into(),
@@ -608,16 +610,22 @@ mod cases {
             })
             .await
             .unwrap();
+        let elsewhere = s.create("/elsewhere", b("x"), 0).await.unwrap();
         let progress = tokio::time::timeout(WAIT, async {
             loop {
-                if let Some(Ok(WatchMessage::Progress(rev))) = w.next().await {
-                    return rev;
+                s.request_progress().await.unwrap();
+                match tokio::time::timeout(Duration::from_millis(200), w.next()).await {
+                    Ok(Some(Ok(WatchMessage::Progress(rev)))) if rev >= elsewhere.mod_revision => {
+                        return rev;
+                    }
+                    Ok(Some(Ok(_))) | Err(_) => {}
+                    Ok(other) => panic!("watch ended: {other:?}"),
                 }
             }
         })
         .await
         .expect("a progress notification");
-        assert!(progress >= kv.mod_revision);
+        assert!(progress >= elsewhere.mod_revision);
     }
 
     pub async fn restart_keeps_every_write(h: &mut Harness) {
@@ -685,6 +693,6 @@ suite!(
     concurrent_writers_get_unique_revisions,
     large_values,
     many_keys,
-    progress_notifications,
+    progress_on_request,
     restart_keeps_every_write,
 );

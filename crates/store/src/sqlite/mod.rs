@@ -382,6 +382,11 @@ impl Store for SqliteStore {
         Ok(self.inner.hub.revision())
     }
 
+    async fn request_progress(&self) -> Result<()> {
+        self.inner.hub.notify_progress();
+        Ok(())
+    }
+
     async fn compact(&self, revision: Revision) -> Result<()> {
         self.request(|reply| Request::Compact(revision, reply))
             .await?;
