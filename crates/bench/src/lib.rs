@@ -2,5 +2,6 @@
 //! BENCHMARKS.md; where a real upstream component can run here (etcd), it is
 //! measured side by side in the same run.
 
+pub mod api;
 pub mod report;
 pub mod store;

@@ -12,6 +12,17 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The API server over HTTPS with the kube-rs client: CRUD at 1/16/128
+    /// clients, LIST of many pods, watch fan-out.
+    Api {
+        /// Seconds each phase runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -29,6 +40,19 @@ enum BenchCommand {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        BenchCommand::Api {
+            seconds,
+            pods,
+            watchers,
+        } => {
+            let table = kubox_bench::api::run(kubox_bench::api::Options {
+                duration: Duration::from_secs(seconds),
+                pods,
+                watchers,
+            })
+            .await?;
+            println!("{table}");
+        }
         BenchCommand::Store {
             no_etcd,
             seconds,

@@ -1,0 +1,273 @@
+//! `kubox bench api`: the API server over HTTPS on loopback, measured with the
+//! kube-rs client: create/get/list/update/delete latency and throughput,
+//! LIST of many pods, and watch fan-out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::{Client, Config};
+use kubox_apiserver::ApiServer;
+use kubox_store::{SqliteConfig, SqliteStore};
+
+use crate::report::{Latencies, Table};
+
+pub struct Options {
+    pub duration: Duration,
+    pub pods: usize,
+    pub watchers: usize,
+}
+
+async fn client(server: &ApiServer) -> anyhow::Result<Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn configmap(name: &str) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    cm.data = Some([("key".to_owned(), "v".repeat(256))].into());
+    cm
+}
+
+/// Runs `op` from `clients` concurrent tasks for the configured time.
+async fn load<F, Fut>(clients: usize, duration: Duration, op: F) -> anyhow::Result<(f64, Latencies)>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut lat = Latencies::default();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    op(c, i).await?;
+                    lat.record(t.elapsed());
+                    i += 1;
+                }
+                anyhow::Ok(lat)
+            })
+        })
+        .collect();
+    let mut all = Latencies::default();
+    for t in tasks {
+        all.merge(&t.await??);
+    }
+    Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let store =
+        Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("db/state.db"))).await?);
+    let config = kubox_apiserver::Config {
+        data_dir: dir.path().to_owned(),
+        bind_address: "127.0.0.1".parse()?,
+        https_port: 0,
+        extra_sans: Vec::new(),
+    };
+    let server = ApiServer::start(store, &config).await?;
+    let client = client(&server).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    let mut table = Table::new(&["operation", "clients", "ops/s", "p50 ms", "p99 ms"]);
+    for clients in [1usize, 16, 128] {
+        let api = cms.clone();
+        let (rate, lat) = load(clients, opts.duration, move |c, i| {
+            let api = api.clone();
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &configmap(&format!("b{clients}-{c}-{i}")),
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        table.row(vec![
+            "create".into(),
+            clients.to_string(),
+            format!("{rate:.0}"),
+            format!("{:.2}", lat.ms(0.5)),
+            format!("{:.2}", lat.ms(0.99)),
+        ]);
+        // One object per client for the read and update phases.
+        for c in 0..clients {
+            if cms.get_opt(&format!("t{clients}-{c}")).await?.is_none() {
+                cms.create(
+                    &PostParams::default(),
+                    &configmap(&format!("t{clients}-{c}")),
+                )
+                .await?;
+            }
+        }
+
+        let api = cms.clone();
+        let (rate, lat) = load(clients, opts.duration, move |c, _| {
+            let api = api.clone();
+            async move {
+                api.get(&format!("t{clients}-{c}")).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        table.row(vec![
+            "get".into(),
+            clients.to_string(),
+            format!("{rate:.0}"),
+            format!("{:.2}", lat.ms(0.5)),
+            format!("{:.2}", lat.ms(0.99)),
+        ]);
+
+        let api = cms.clone();
+        let (rate, lat) = load(clients, opts.duration, move |c, i| {
+            let api = api.clone();
+            async move {
+                let name = format!("t{clients}-{c}");
+                let mut cm = api.get(&name).await?;
+                cm.data = Some([("key".to_owned(), i.to_string())].into());
+                api.replace(&name, &PostParams::default(), &cm).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        table.row(vec![
+            "get+update".into(),
+            clients.to_string(),
+            format!("{rate:.0}"),
+            format!("{:.2}", lat.ms(0.5)),
+            format!("{:.2}", lat.ms(0.99)),
+        ]);
+    }
+    let api = cms.clone();
+    let (rate, lat) = load(16, opts.duration, move |c, i| {
+        let api = api.clone();
+        async move {
+            let name = format!("d-{c}-{i}");
+            api.create(&PostParams::default(), &configmap(&name))
+                .await?;
+            api.delete(&name, &DeleteParams::default()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    table.row(vec![
+        "create+delete".into(),
+        "16".into(),
+        format!("{rate:.0}"),
+        format!("{:.2}", lat.ms(0.5)),
+        format!("{:.2}", lat.ms(0.99)),
+    ]);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let template: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p", "labels": {"app": "bench"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]},
+    }))?;
+    let n = opts.pods;
+    let api = pods.clone();
+    let fill: Vec<_> = (0..32)
+        .map(|w| {
+            let api = api.clone();
+            let template = template.clone();
+            tokio::spawn(async move {
+                for i in (w..n).step_by(32) {
+                    let mut pod = template.clone();
+                    pod.metadata.name = Some(format!("pod-{i:05}"));
+                    api.create(&PostParams::default(), &pod).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for f in fill {
+        f.await??;
+    }
+    let mut list = Latencies::default();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let got = pods.list(&ListParams::default()).await?;
+        list.record(t.elapsed());
+        anyhow::ensure!(
+            got.items.len() == n,
+            "listed {} of {n} pods",
+            got.items.len()
+        );
+    }
+    table.row(vec![
+        format!("list {n} pods"),
+        "1".into(),
+        format!("{:.1}", 1000.0 / list.ms(0.5)),
+        format!("{:.2}", list.ms(0.5)),
+        format!("{:.2}", list.ms(0.99)),
+    ]);
+
+    let (p50, p99) = watch_fanout(&cms, opts.watchers).await?;
+    table.row(vec![
+        format!("watch delivery to {} watchers", opts.watchers),
+        "1".into(),
+        "-".into(),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+    ]);
+    Ok(table.render())
+}
+
+/// Latency from issuing a create to each watcher receiving its ADDED event.
+async fn watch_fanout(api: &Api<ConfigMap>, watchers: usize) -> anyhow::Result<(f64, f64)> {
+    const WRITES: usize = 50;
+    let epoch = Instant::now();
+    let ready = Arc::new(tokio::sync::Barrier::new(watchers + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let api = api.clone();
+        let ready = ready.clone();
+        tasks.push(tokio::spawn(async move {
+            let params = WatchParams::default().labels("bench=watch");
+            let mut stream = api.watch(&params, "0").await?.boxed();
+            ready.wait().await;
+            let mut lat = Latencies::default();
+            let mut seen = 0;
+            while seen < WRITES {
+                match stream.next().await {
+                    Some(Ok(WatchEvent::Added(cm))) => {
+                        let sent: u64 = cm
+                            .data
+                            .and_then(|d| d.get("sent").cloned())
+                            .unwrap_or_default()
+                            .parse()?;
+                        lat.record(epoch.elapsed().saturating_sub(Duration::from_nanos(sent)));
+                        seen += 1;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("watch ended early"),
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    ready.wait().await;
+    for i in 0..WRITES {
+        let mut cm = configmap(&format!("w-{i}"));
+        cm.metadata.labels = Some([("bench".to_owned(), "watch".to_owned())].into());
+        cm.data = Some([("sent".to_owned(), epoch.elapsed().as_nanos().to_string())].into());
+        api.create(&PostParams::default(), &cm).await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut all = Latencies::default();
+    for t in tasks {
+        all.merge(&t.await??);
+    }
+    Ok((all.ms(0.5), all.ms(0.99)))
+}
