@@ -38,6 +38,7 @@ pub struct Identity {
 
 pub struct Handler {
     pub api: Arc<Api>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -254,6 +255,7 @@ impl Handler {
                 return Ok(text(code, body));
             }
             "/version" => return ok(discovery::version()),
+            "/metrics" => return Ok(text(StatusCode::OK, self.metrics.render())),
             "/api" if aggregated => {
                 return Ok(respond_json(
                     StatusCode::OK,
@@ -302,11 +304,18 @@ impl Handler {
                 },
             );
         };
-        let rt = registry
-            .get(&rr.group, &rr.version, &rr.resource)
-            .cloned()
-            .ok_or_else(ApiError::no_route)?;
-        self.resource(req, rr, &rt, q, form(&accept)).await
+        let started = std::time::Instant::now();
+        let dry_run = write_options(&q).dry_run;
+        let result = match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
+            Some(rt) => self.resource(req, rr.clone(), &rt, q, form(&accept)).await,
+            None => Err(ApiError::no_route()),
+        };
+        let code = match &result {
+            Ok(resp) => resp.status().as_u16(),
+            Err(e) => e.code.as_u16(),
+        };
+        self.metrics.observe(&rr, dry_run, code, started.elapsed());
+        result
     }
 
     async fn resource(

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cache;
 pub mod discovery;
 pub mod http;
+pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod registry;
@@ -129,7 +130,10 @@ impl ApiServer {
         pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
 
         let api = Arc::new(Api::new(store));
-        let handler = Arc::new(Handler { api: api.clone() });
+        let handler = Arc::new(Handler {
+            api: api.clone(),
+            metrics: Default::default(),
+        });
         let task = tokio::spawn(server::serve(listener, tls, handler));
         bootstrap::run(&api, addr.port())
             .await

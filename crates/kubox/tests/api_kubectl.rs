@@ -346,6 +346,24 @@ async fn tables_and_output_formats() {
             "SELECTOR"
         ]
     );
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    let list_ns = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(r#"verb="LIST""#)
+                && l.contains(r#"resource="namespaces""#)
+                && l.contains(r#"code="200""#)
+        })
+        .unwrap_or_else(|| panic!("no LIST namespaces counter in {metrics}"));
+    assert!(
+        list_ns.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0,
+        "{list_ns}"
+    );
+    assert!(
+        metrics.contains("# TYPE apiserver_request_duration_seconds histogram"),
+        "{metrics}"
+    );
     let versions = server.kubectl_ok(&["api-versions"]);
     for gv in [
         "v1",
