@@ -514,3 +514,18 @@ mod tests {
         assert!(decode_object(b"k8s\0\x0a\xff\xff").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes after the magic decode or fail, never panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut data = super::MAGIC.to_vec();
+            data.extend(body);
+            let _ = super::decode_object(&data);
+        }
+    }
+}
