@@ -9,6 +9,7 @@ use kubox_store::{Error as StoreError, RangeRequest, Revision, Store};
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
+use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
@@ -527,21 +528,39 @@ impl Api {
                 warnings,
             });
         }
-        let kv = self
-            .store
-            .create(&key, encode(&obj), 0)
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(..) => {
-                    ApiError::already_exists(rt.group, rt.plural, &name)
-                }
-                other => other.into(),
-            })?;
+        let reserved = self.allocate(rt, &mut obj, None, &key).await?;
+        let kv = match self.store.create(&key, encode(&obj), 0).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                allocator::release(&*self.store, &reserved).await;
+                return Err(match e {
+                    StoreError::AlreadyExists(..) => {
+                        ApiError::already_exists(rt.group, rt.plural, &name)
+                    }
+                    other => other.into(),
+                });
+            }
+        };
         obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         Ok(Written {
             object: obj,
             warnings,
         })
+    }
+
+    /// Gives a Service its addresses and ports (see `allocator`); nothing for
+    /// other resources. Returns what was newly reserved.
+    async fn allocate(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+        key: &str,
+    ) -> ApiResult<Vec<String>> {
+        if rt.plural != "services" {
+            return Ok(Vec::new());
+        }
+        allocator::allocate(&*self.store, obj, old, key).await
     }
 
     /// Merges an updated object with the stored one as upstream's update
@@ -637,13 +656,31 @@ impl Api {
                 .delete(&key, Some(expected))
                 .await
                 .map_err(|e| self.write_error(rt, name, e))?;
+            if rt.plural == "services" {
+                allocator::release(&*self.store, &allocator::held(old)).await;
+            }
             return Ok(new);
         }
-        let kv = self
-            .store
-            .update(&key, encode(&new), expected, 0)
-            .await
-            .map_err(|e| self.write_error(rt, name, e))?;
+        let reserved = if subresource.is_none() {
+            self.allocate(rt, &mut new, Some(old), &key).await?
+        } else {
+            Vec::new()
+        };
+        let kv = match self.store.update(&key, encode(&new), expected, 0).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                allocator::release(&*self.store, &reserved).await;
+                return Err(self.write_error(rt, name, e));
+            }
+        };
+        if rt.plural == "services" {
+            let still = allocator::held(&new);
+            let dropped: Vec<String> = allocator::held(old)
+                .into_iter()
+                .filter(|k| !still.contains(k))
+                .collect();
+            allocator::release(&*self.store, &dropped).await;
+        }
         new["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         Ok(new)
     }
@@ -876,7 +913,12 @@ impl Api {
                 }
             }
             match self.store.delete(&key, Some(kv.mod_revision)).await {
-                Ok(_) => return Ok(obj),
+                Ok(_) => {
+                    if rt.plural == "services" {
+                        allocator::release(&*self.store, &allocator::held(&obj)).await;
+                    }
+                    return Ok(obj);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound(_)) => {
                     return Err(ApiError::not_found(rt.group, rt.plural, name));

@@ -2,6 +2,7 @@
 //! registry over the revisioned store, so stock kubectl and client libraries
 //! work unmodified.
 
+pub mod allocator;
 pub mod api;
 pub mod cache;
 pub mod discovery;

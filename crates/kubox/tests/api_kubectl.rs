@@ -296,6 +296,157 @@ async fn typed_kubectl_commands_send_protobuf() {
 }
 
 #[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let k = |args: &[&str]| server.kubectl_ok(args);
+    k(&["create", "deployment", "redis", "--image=redis:7"]);
+    assert_eq!(
+        k(&[
+            "expose",
+            "deployment",
+            "redis",
+            "--port=6379",
+            "--name=redis-server"
+        ]),
+        "service/redis-server exposed\n"
+    );
+    let ip = k(&[
+        "get",
+        "svc",
+        "redis-server",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(ip.starts_with("10.43.") && ip != "10.43.0.1", "{ip}");
+    let row = k(&["get", "svc", "redis-server", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[3], cols[4]),
+        ("ClusterIP", ip.as_str(), "<none>", "6379/TCP")
+    );
+
+    assert_eq!(
+        k(&[
+            "expose",
+            "deployment",
+            "redis",
+            "--port=6379",
+            "--type=NodePort",
+            "--name=redis-np"
+        ]),
+        "service/redis-np exposed\n"
+    );
+    let port: i64 = k(&[
+        "get",
+        "svc",
+        "redis-np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])
+    .parse()
+    .unwrap();
+    assert!((30000..=32767).contains(&port), "{port}");
+    let ports = k(&[
+        "get",
+        "svc",
+        "redis-np",
+        "-o",
+        "jsonpath={.spec.ports[0].port}",
+    ]);
+    assert_eq!(ports, "6379");
+
+    assert_eq!(
+        k(&[
+            "create",
+            "service",
+            "nodeport",
+            "fixed",
+            "--tcp=80:8080",
+            "--node-port=30080"
+        ]),
+        "service/fixed created\n"
+    );
+    let out = server.kubectl(&[
+        "create",
+        "service",
+        "nodeport",
+        "again",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert!(
+        stderr(&out).contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&[
+        "create",
+        "service",
+        "nodeport",
+        "low",
+        "--tcp=80:8080",
+        "--node-port=80",
+    ]);
+    assert!(
+        stderr(&out).contains(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "taken",
+        "--tcp=80:80",
+        "--clusterip=10.43.0.1",
+    ]);
+    assert!(
+        stderr(&out).contains("failed to allocate IP 10.43.0.1: provided IP is already allocated"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "outside",
+        "--tcp=80:80",
+        "--clusterip=10.99.0.5",
+    ]);
+    assert!(stderr(&out).contains("the provided IP (10.99.0.5) is not in the valid range. The range of valid IPs is 10.43.0.0/16"), "{}", stderr(&out));
+    // Deleting a Service frees its port for the next one.
+    k(&["delete", "svc", "fixed"]);
+    assert_eq!(
+        k(&[
+            "create",
+            "service",
+            "nodeport",
+            "again",
+            "--tcp=80:8080",
+            "--node-port=30080"
+        ]),
+        "service/again created\n"
+    );
+    let headless = k(&[
+        "create",
+        "service",
+        "clusterip",
+        "hl",
+        "--clusterip=None",
+        "--tcp=80:80",
+    ]);
+    assert_eq!(headless, "service/hl created\n");
+    assert_eq!(
+        k(&["get", "svc", "hl", "-o", "jsonpath={.spec.clusterIP}"]),
+        "None"
+    );
+}
+
+#[tokio::test]
 async fn anonymous_requests_are_refused_except_health_and_version() {
     let server = KuboxServer::start(KUBOX, &[]).await;
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", server.port());
