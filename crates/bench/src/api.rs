@@ -227,15 +227,13 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
 async fn watch_fanout(api: &Api<ConfigMap>, watchers: usize) -> anyhow::Result<(f64, f64)> {
     const WRITES: usize = 50;
     let epoch = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(watchers + 1));
+    // Watches open one after another, so the figure is delivery, not a storm
+    // of handshakes; each is established before any write is made.
+    let params = WatchParams::default().labels("bench=watch");
     let mut tasks = Vec::new();
     for _ in 0..watchers {
-        let api = api.clone();
-        let ready = ready.clone();
+        let mut stream = api.watch(&params, "0").await?.boxed();
         tasks.push(tokio::spawn(async move {
-            let params = WatchParams::default().labels("bench=watch");
-            let mut stream = api.watch(&params, "0").await?.boxed();
-            ready.wait().await;
             let mut lat = Latencies::default();
             let mut seen = 0;
             while seen < WRITES {
@@ -257,7 +255,6 @@ async fn watch_fanout(api: &Api<ConfigMap>, watchers: usize) -> anyhow::Result<(
             anyhow::Ok(lat)
         }));
     }
-    ready.wait().await;
     for i in 0..WRITES {
         let mut cm = configmap(&format!("w-{i}"));
         cm.metadata.labels = Some([("bench".to_owned(), "watch".to_owned())].into());
