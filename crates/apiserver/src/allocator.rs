@@ -189,13 +189,12 @@ async fn allocate_into(
             let port = &svc["spec"]["ports"][i];
             let asked = port["nodePort"].as_i64().filter(|p| *p != 0);
             // An update keeps the node port the stored Service has for this port.
-            let kept =
-                old.and_then(|o| {
-                    o["spec"]["ports"].as_array()?.iter().find(|op| {
+            let kept = old.and_then(|o| {
+                o["spec"]["ports"].as_array()?.iter().find(|op| {
                         op["port"] == port["port"] && op["protocol"] == port["protocol"]
                     })?["nodePort"]
                         .as_i64()
-                });
+            });
             let field = format!("spec.ports[{i}].nodePort");
             let n = match (asked, kept) {
                 (Some(a), _) if old_held.contains(&port_key(a)) => a,
