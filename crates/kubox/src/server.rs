@@ -3,11 +3,12 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kubox_apiserver::{ApiServer, Config};
-use kubox_store::{EtcdConfig, EtcdStore, SqliteConfig, SqliteStore, Store};
+use kubox_store::{EtcdConfig, EtcdStore, SqliteConfig, SqliteStore, Store, spawn_compactor};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Datastore {
@@ -32,9 +33,27 @@ pub struct ServerArgs {
     /// Comma-separated etcd client URLs, with --datastore etcd.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
+    /// How often history older than one interval is compacted; 0 disables.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
+}
+
+/// Durations as `300s`, `5m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -59,6 +78,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
     let store = open_store(&args).await?;
+    let _compactor = (!args.compaction_interval.is_zero())
+        .then(|| spawn_compactor(store.clone(), args.compaction_interval));
     let config = Config {
         data_dir: args.data_dir.clone(),
         bind_address: args.bind_address,

@@ -5,6 +5,7 @@
 //! etcd v3 cluster for several API servers. Both pass one conformance suite
 //! (`tests/conformance.rs`).
 
+mod compactor;
 mod error;
 mod etcd;
 mod hub;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use compactor::spawn_compactor;
 pub use error::{Error, Result};
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use sqlite::{SqliteConfig, SqliteStore};

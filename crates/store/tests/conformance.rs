@@ -456,6 +456,35 @@ mod cases {
         assert_eq!(next_events(&mut w).await[0].kv, keep);
     }
 
+    /// The automatic compactor discards history older than one interval.
+    pub async fn automatic_compaction(h: &mut Harness) {
+        let s = h.store();
+        let old = s.create("/auto/a", b("1"), 0).await.unwrap();
+        s.update("/auto/a", b("2"), old.mod_revision, 0)
+            .await
+            .unwrap();
+        let compactor = spawn_compactor(s.clone(), Duration::from_millis(100));
+        eventually(
+            "history before the first tick to be compacted",
+            WAIT,
+            || {
+                let s = s.clone();
+                async move {
+                    let r = s
+                        .range(RangeRequest {
+                            revision: old.mod_revision,
+                            ..RangeRequest::prefix("/auto/")
+                        })
+                        .await;
+                    matches!(r, Err(Error::Compacted { .. })).then_some(())
+                }
+            },
+        )
+        .await;
+        compactor.abort();
+        assert_eq!(s.get("/auto/a").await.unwrap().0.unwrap().value, b("2"));
+    }
+
     pub async fn leases_expire_and_revoke(h: &mut Harness) {
         let s = h.store();
         let short = s.lease_grant(1).await.unwrap();
@@ -690,6 +719,7 @@ suite!(
     watch_from_old_revision_has_no_gap,
     compaction_expires_history,
     leases_expire_and_revoke,
+    automatic_compaction,
     concurrent_writers_get_unique_revisions,
     large_values,
     many_keys,
