@@ -319,6 +319,71 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
         ],
         "roles" | "clusterroles" => vec![NAME, ("Created At", "string", 0)],
         "leases" => vec![NAME, ("Holder", "string", 0), AGE],
+        "rolebindings" | "clusterrolebindings" => vec![
+            NAME,
+            ("Role", "string", 0),
+            AGE,
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
+        "ingressclasses" => vec![
+            NAME,
+            ("Controller", "string", 0),
+            ("Parameters", "string", 0),
+            AGE,
+        ],
+        "networkpolicies" => vec![NAME, ("Pod-Selector", "string", 0), AGE],
+        "poddisruptionbudgets" => vec![
+            NAME,
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            AGE,
+        ],
+        "persistentvolumes" => vec![
+            NAME,
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            AGE,
+            ("VolumeMode", "string", 1),
+        ],
+        "storageclasses" => vec![
+            NAME,
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            AGE,
+        ],
+        "priorityclasses" => vec![
+            NAME,
+            ("Value", "integer", 0),
+            ("Global-Default", "boolean", 0),
+            AGE,
+            ("PreemptionPolicy", "string", 0),
+        ],
+        "resourcequotas" => vec![NAME, AGE, ("Request", "string", 0), ("Limit", "string", 0)],
+        "limitranges" => vec![NAME, ("Created At", "string", 0)],
+        "controllerrevisions" => vec![
+            NAME,
+            ("Controller", "string", 0),
+            ("Revision", "integer", 0),
+            AGE,
+        ],
+        "endpointslices" => vec![
+            NAME,
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -714,7 +779,198 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 json!(created),
             ]
         }
-        "roles" | "clusterroles" => vec![json!(name), json!(s(&meta["creationTimestamp"]))],
+        "roles" | "clusterroles" | "limitranges" => {
+            vec![json!(name), json!(s(&meta["creationTimestamp"]))]
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            let subjects = |kind: &str| {
+                join(list(&o["subjects"]).filter(|x| x["kind"] == kind).map(|x| {
+                    if kind == "ServiceAccount" {
+                        format!("{}/{}", s(&x["namespace"]), s(&x["name"]))
+                    } else {
+                        s(&x["name"])
+                    }
+                }))
+            };
+            let role = format!("{}/{}", s(&o["roleRef"]["kind"]), s(&o["roleRef"]["name"]));
+            vec![
+                json!(name),
+                json!(role),
+                json!(created),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
+        "ingressclasses" => {
+            let p = &spec["parameters"];
+            let params = if p.is_object() {
+                let group = p["apiGroup"]
+                    .as_str()
+                    .map(|g| format!(".{g}"))
+                    .unwrap_or_default();
+                format!("{}{group}/{}", s(&p["kind"]), s(&p["name"]))
+            } else {
+                "<none>".into()
+            };
+            vec![
+                json!(name),
+                json!(s(&spec["controller"])),
+                json!(params),
+                json!(created),
+            ]
+        }
+        "networkpolicies" => vec![
+            json!(name),
+            json!(or_none(crate::selectors::selector_text(
+                &spec["podSelector"]
+            ))),
+            json!(created),
+        ],
+        "poddisruptionbudgets" => vec![
+            json!(name),
+            json!(if spec["minAvailable"].is_null() {
+                "N/A".into()
+            } else {
+                s(&spec["minAvailable"])
+            }),
+            json!(if spec["maxUnavailable"].is_null() {
+                "N/A".into()
+            } else {
+                s(&spec["maxUnavailable"])
+            }),
+            json!(n(&status["disruptionsAllowed"])),
+            json!(created),
+        ],
+        "persistentvolumes" => {
+            let claim = &spec["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", s(&claim["namespace"]), s(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                json!(name),
+                json!(s(&spec["capacity"]["storage"])),
+                json!(access_modes(&spec["accessModes"])),
+                json!(s(&spec["persistentVolumeReclaimPolicy"])),
+                json!(s(&status["phase"])),
+                json!(claim),
+                json!(s(&spec["storageClassName"])),
+                json!(or_none(s(&spec["volumeAttributesClassName"]))),
+                json!(s(&status["reason"])),
+                json!(created),
+                json!(s(&spec["volumeMode"])),
+            ]
+        }
+        "storageclasses" => {
+            let default =
+                meta["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true";
+            let shown = if default {
+                format!("{name} (default)")
+            } else {
+                name
+            };
+            vec![
+                json!(shown),
+                json!(s(&o["provisioner"])),
+                json!(if o["reclaimPolicy"].is_string() {
+                    s(&o["reclaimPolicy"])
+                } else {
+                    "Delete".into()
+                }),
+                json!(if o["volumeBindingMode"].is_string() {
+                    s(&o["volumeBindingMode"])
+                } else {
+                    "Immediate".into()
+                }),
+                json!(
+                    o["allowVolumeExpansion"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()
+                ),
+                json!(created),
+            ]
+        }
+        "priorityclasses" => vec![
+            json!(name),
+            json!(n(&o["value"])),
+            json!(o["globalDefault"].as_bool().unwrap_or(false)),
+            json!(created),
+            json!(if o["preemptionPolicy"].is_string() {
+                s(&o["preemptionPolicy"])
+            } else {
+                "PreemptLowerPriority".into()
+            }),
+        ],
+        "resourcequotas" => {
+            let usage = |prefix: bool| {
+                let mut parts: Vec<String> = status["hard"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.starts_with("limits.") == prefix)
+                    .map(|(k, hard)| {
+                        format!(
+                            "{k}: {}/{}",
+                            if status["used"][k].is_string() {
+                                s(&status["used"][k])
+                            } else {
+                                "0".into()
+                            },
+                            s(hard)
+                        )
+                    })
+                    .collect();
+                parts.sort();
+                parts.join(", ")
+            };
+            vec![
+                json!(name),
+                json!(created),
+                json!(usage(false)),
+                json!(usage(true)),
+            ]
+        }
+        "controllerrevisions" => {
+            let owner = list(&meta["ownerReferences"]).find(|r| r["controller"] == true);
+            let controller = owner.map_or("<none>".into(), |r| {
+                format!("{}/{}", s(&r["kind"]).to_lowercase(), s(&r["name"]))
+            });
+            vec![
+                json!(name),
+                json!(controller),
+                json!(n(&o["revision"])),
+                json!(created),
+            ]
+        }
+        "endpointslices" => {
+            let ports = join(list(&o["ports"]).map(|p| n(&p["port"]).to_string()));
+            let addrs: Vec<String> = list(&o["endpoints"])
+                .flat_map(|e| list(&e["addresses"]).map(s))
+                .collect();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                addrs.join(",")
+            };
+            vec![
+                json!(name),
+                json!(s(&o["addressType"])),
+                json!(if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports
+                }),
+                json!(if shown.is_empty() {
+                    "<unset>".into()
+                } else {
+                    shown
+                }),
+                json!(created),
+            ]
+        }
         "leases" => vec![
             json!(name),
             json!(s(&spec["holderIdentity"])),
@@ -793,6 +1049,15 @@ mod tests {
             (800 * 86400, "2y70d"),
         ] {
             assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn every_row_fills_its_columns() {
+        let registry = crate::registry::Registry::builtin();
+        let obj = json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        for rt in registry.types() {
+            assert_eq!(cells(rt, &obj).len(), columns(rt).len(), "{}", rt.plural);
         }
     }
 
