@@ -446,6 +446,52 @@ async fn services_get_cluster_ips_and_node_ports() {
     );
 }
 
+/// `kubectl get -w` prints the current objects, then each change as it happens.
+#[tokio::test]
+async fn kubectl_get_watch_prints_changes() {
+    use std::io::{BufRead, BufReader};
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let mut watch = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "--no-headers",
+            "--request-timeout=30s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a line from kubectl get -w")
+    };
+    // No ConfigMaps exist yet, so the first line is the one created here.
+    server.kubectl_ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
+    let first = next();
+    assert!(
+        first.starts_with("watched ") && first.split_whitespace().nth(1) == Some("1"),
+        "{first}"
+    );
+    server.kubectl_ok(&["patch", "cm", "watched", "-p", r#"{"data":{"b":"2"}}"#]);
+    let second = next();
+    assert!(
+        second.starts_with("watched ") && second.split_whitespace().nth(1) == Some("2"),
+        "{second}"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
 #[tokio::test]
 async fn anonymous_requests_are_refused_except_health_and_version() {
     let server = KuboxServer::start(KUBOX, &[]).await;
