@@ -9,6 +9,7 @@ use kubox_store::{Error as StoreError, RangeRequest, Revision, Store};
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
+use crate::admission::{Attributes, Chain, Operation};
 use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::patch::{self, PatchType};
@@ -56,6 +57,7 @@ pub struct Written {
 
 pub struct Api {
     pub registry: Registry,
+    pub admission: Chain,
     store: Arc<dyn Store>,
     caches: HashMap<&'static str, Arc<Cache>>,
 }
@@ -159,6 +161,7 @@ impl Api {
             .collect();
         Self {
             registry,
+            admission: Chain::default(),
             store,
             caches,
         }
@@ -243,33 +246,6 @@ impl Api {
             let name = obj["metadata"]["name"].as_str().unwrap_or_default();
             Err(ApiError::invalid(rt.group, rt.kind, name, errs))
         }
-    }
-
-    /// Namespace lifecycle admission: no new objects in a missing or terminating namespace.
-    async fn admit_namespace(
-        &self,
-        rt: &ResourceType,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> ApiResult<()> {
-        let Some(ns) = namespace.filter(|_| rt.namespaced) else {
-            return Ok(());
-        };
-        let key = format!("/registry/namespaces/{ns}");
-        let (kv, _) = self.store.get(&key).await?;
-        let Some(kv) = kv else {
-            return Err(ApiError::not_found("", "namespaces", ns));
-        };
-        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        if obj["status"]["phase"] == "Terminating"
-            || obj["metadata"]["deletionTimestamp"].is_string()
-        {
-            return Err(ApiError::forbidden(format!(
-                "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                crate::status::qualified(rt.group, rt.plural),
-            )));
-        }
-        Ok(())
     }
 
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
@@ -511,12 +487,23 @@ impl Api {
         }
         rt.strategy.default(&mut obj);
         rt.strategy.prepare_create(&mut obj);
-        self.validate(rt, &obj)?;
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        self.admit_namespace(rt, ns, &name).await?;
+        let attrs = Attributes {
+            operation: Operation::Create,
+            resource: rt,
+            subresource: None,
+            namespace: ns,
+            name: &name,
+            dry_run: opts.dry_run,
+        };
+        self.admission
+            .mutate(&attrs, &mut obj, &*self.store)
+            .await?;
+        self.validate(rt, &obj)?;
+        self.admission.validate(&attrs, &obj, &*self.store).await?;
         let key = rt.key(ns, &name);
         if opts.dry_run {
             let (existing, _) = self.store.get(&key).await?;
@@ -641,7 +628,19 @@ impl Api {
                 new["metadata"]["generation"] = json!(generation);
             }
         }
+        let attrs = Attributes {
+            operation: Operation::Update,
+            resource: rt,
+            subresource,
+            namespace: ns,
+            name,
+            dry_run,
+        };
+        self.admission
+            .mutate(&attrs, &mut new, &*self.store)
+            .await?;
         self.validate(rt, &new)?;
+        self.admission.validate(&attrs, &new, &*self.store).await?;
         if dry_run {
             return Ok(new);
         }
@@ -880,6 +879,15 @@ impl Api {
                 && obj["status"]["phase"] != "Succeeded"
                 && obj["status"]["phase"] != "Failed";
             let namespace = rt.plural == "namespaces";
+            let attrs = Attributes {
+                operation: Operation::Delete,
+                resource: rt,
+                subresource: None,
+                namespace: ns,
+                name,
+                dry_run,
+            };
+            self.admission.validate(&attrs, &obj, &*self.store).await?;
             if dry_run {
                 return Ok(obj);
             }

@@ -15,6 +15,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
 use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
+use crate::authz::{self, Authorizer, Decision};
 use crate::cache::WatchEvent;
 use crate::discovery;
 use crate::patch::PatchType;
@@ -38,6 +39,7 @@ pub struct Identity {
 
 pub struct Handler {
     pub api: Arc<Api>,
+    pub authorizer: Box<dyn Authorizer>,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -216,13 +218,18 @@ impl Handler {
         if identity.is_none() && !public {
             return error_response(&ApiError::unauthorized());
         }
-        match self.route(req, &path).await {
+        match self.route(req, &path, identity.as_ref()).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, path: &str) -> ApiResult<Response<Body>> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        identity: Option<&Identity>,
+    ) -> ApiResult<Response<Body>> {
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -306,9 +313,16 @@ impl Handler {
         };
         let started = std::time::Instant::now();
         let dry_run = write_options(&q).dry_run;
-        let result = match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
-            Some(rt) => self.resource(req, rr.clone(), &rt, q, form(&accept)).await,
-            None => Err(ApiError::no_route()),
+        let result = match (
+            registry.get(&rr.group, &rr.version, &rr.resource).cloned(),
+            identity,
+        ) {
+            (Some(rt), Some(user)) => match self.authorize(user, &rr) {
+                Ok(()) => self.resource(req, rr.clone(), &rt, q, form(&accept)).await,
+                Err(e) => Err(e),
+            },
+            (Some(_), None) => Err(ApiError::unauthorized()),
+            (None, _) => Err(ApiError::no_route()),
         };
         let code = match &result {
             Ok(resp) => resp.status().as_u16(),
@@ -440,6 +454,22 @@ impl Handler {
             }
         }
         Ok(resp)
+    }
+
+    fn authorize(&self, user: &Identity, rr: &ResourceRequest) -> ApiResult<()> {
+        let attrs = authz::Attributes {
+            user,
+            verb: rr.verb.as_str(),
+            namespace: rr.namespace.as_deref(),
+            group: &rr.group,
+            resource: &rr.resource,
+            subresource: rr.subresource.as_deref(),
+            name: rr.name.as_deref(),
+        };
+        match self.authorizer.authorize(&attrs) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(authz::forbidden(&attrs, &reason)),
+        }
     }
 
     async fn scale(

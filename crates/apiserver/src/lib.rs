@@ -2,8 +2,10 @@
 //! registry over the revisioned store, so stock kubectl and client libraries
 //! work unmodified.
 
+pub mod admission;
 pub mod allocator;
 pub mod api;
+pub mod authz;
 pub mod cache;
 pub mod discovery;
 pub mod http;
@@ -133,6 +135,7 @@ impl ApiServer {
         let api = Arc::new(Api::new(store));
         let handler = Arc::new(Handler {
             api: api.clone(),
+            authorizer: Box::new(authz::AllowAuthenticated),
             metrics: Default::default(),
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));

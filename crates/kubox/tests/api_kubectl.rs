@@ -49,6 +49,15 @@ async fn starts_with_the_builtin_namespaces_and_kubernetes_service() {
         ["kubernetes", "ClusterIP", "10.43.0.1", "<none>", "443/TCP"]
     );
     assert!(server.data_dir().join("admin.kubeconfig").exists());
+    for ns in ["default", "kube-system", "kube-public"] {
+        let out = server.kubectl(&["delete", "namespace", ns]);
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "Error from server (Forbidden): namespaces \"{ns}\" is forbidden: this namespace may not be deleted\n"
+            )
+        );
+    }
 }
 
 fn write_manifest(server: &KuboxServer, name: &str, manifest: &str) -> String {
