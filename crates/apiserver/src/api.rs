@@ -771,6 +771,75 @@ impl Api {
         Err(ApiError::modified(rt.group, rt.plural, name))
     }
 
+    /// POST of a pod's binding subresource: assigns the pod to a node, once.
+    pub async fn bind(
+        &self,
+        target: ObjectRef<'_>,
+        body: &[u8],
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let ObjectRef { rt, ns, name, .. } = target;
+        let binding: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding Binding: {e}")))?;
+        let node = binding["target"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "",
+                    "Binding",
+                    name,
+                    vec![crate::status::FieldError::required("target.name")],
+                )
+            })?;
+        let conflict = |why: String| ApiError::conflict("", "pods/binding", name, &why);
+        loop {
+            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            let mut pod = with_revision(&kv.value, kv.mod_revision)?;
+            if pod["metadata"]["deletionTimestamp"].is_string() {
+                return Err(conflict(format!(
+                    "pod {name} is being deleted, cannot be assigned to a host"
+                )));
+            }
+            if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(conflict(format!(
+                    "pod {name} is already assigned to node {current:?}"
+                )));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            for (k, v) in binding["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                pod["metadata"]["annotations"][k] = v.clone();
+            }
+            let mut conditions: Vec<Value> = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
+            pod["status"]["conditions"] = json!(conditions);
+            if dry_run {
+                break;
+            }
+            match self
+                .store
+                .update(&rt.key(ns, name), encode(&pod), kv.mod_revision, 0)
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
+    }
+
     /// GET of the scale subresource.
     pub async fn get_scale(&self, target: ObjectRef<'_>) -> ApiResult<Value> {
         Ok(scale::to_scale(

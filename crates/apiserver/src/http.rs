@@ -358,6 +358,30 @@ impl Handler {
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
+            Some("binding") if rt.plural == "pods" && rr.verb == Verb::Create => {
+                let target = ObjectRef {
+                    rt,
+                    ns,
+                    name: rr.name.as_deref().unwrap_or_default(),
+                    subresource: Some("binding"),
+                };
+                let content_type = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = read_object_body(req.into_body(), &content_type).await?;
+                let status = self
+                    .api
+                    .bind(target, &body, write_options(&q).dry_run)
+                    .await?;
+                return Ok(respond_json(
+                    StatusCode::CREATED,
+                    &status,
+                    "application/json",
+                ));
+            }
             _ => return Err(ApiError::no_route()),
         }
         let content_type = req

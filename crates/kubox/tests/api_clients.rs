@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Config};
@@ -88,6 +88,52 @@ async fn kube_rs_watcher_and_reflector_follow_changes() {
         }
     }
     assert_eq!(names, ["w1", "w2", "w3", "w4"]);
+}
+
+/// The scheduler's way of placing a pod: the binding subresource.
+#[tokio::test]
+async fn pods_bind_to_a_node_once() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let pods: Api<Pod> = Api::namespaced(client(&server).await, "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let binding = |node: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": "p"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        })
+    };
+    let status: serde_json::Value = pods
+        .create_subresource("binding", "p", &PostParams::default(), &binding("node-a"))
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "Success");
+    let bound = pods.get("p").await.unwrap();
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("node-a"));
+    let scheduled = bound.status.unwrap().conditions.unwrap();
+    assert!(
+        scheduled
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+    );
+    let again: Result<serde_json::Value, _> = pods
+        .create_subresource("binding", "p", &PostParams::default(), &binding("node-b"))
+        .await;
+    match again {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 409);
+            assert_eq!(
+                e.message,
+                r#"Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "node-a""#
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
 }
 
 #[tokio::test]
