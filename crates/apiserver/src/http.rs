@@ -18,6 +18,7 @@ use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
 use crate::authz::{self, Authorizer, Decision};
 use crate::cache::WatchEvent;
 use crate::discovery;
+use crate::openapi;
 use crate::patch::PatchType;
 use crate::registry::ResourceType;
 use crate::request::{self, ResourceRequest, Verb};
@@ -263,6 +264,7 @@ impl Handler {
             }
             "/version" => return ok(discovery::version()),
             "/metrics" => return Ok(text(StatusCode::OK, self.metrics.render())),
+            "/openapi/v3" => return ok(openapi::Documents::get(registry).index()),
             "/api" if aggregated => {
                 return Ok(respond_json(
                     StatusCode::OK,
@@ -280,6 +282,17 @@ impl Handler {
             "/api" => return ok(discovery::api_versions()),
             "/apis" => return ok(discovery::api_groups(registry)),
             _ => {}
+        }
+        if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+            let doc = openapi::Documents::get(registry)
+                .document(gv)
+                .ok_or_else(ApiError::no_route)?;
+            let mut resp = Response::new(full(doc.to_vec()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(resp);
         }
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match parts.as_slice() {

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod registry;

@@ -186,6 +186,95 @@ async fn bad_input_gets_upstream_errors() {
     );
 }
 
+/// The seeds' first step: `kubectl apply -f <dir>`, again, then after an edit.
+#[tokio::test]
+async fn apply_creates_then_leaves_unchanged_then_configures() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/go-multiroute/manifests"
+    );
+    let apply = |path: &str| {
+        let out = server.kubectl(&["apply", "-f", path]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "apply writes no warnings");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        apply(dir),
+        "configmap/go-multiroute created\ndeployment.apps/go-multiroute created\ningress.networking.k8s.io/go-multiroute created\nsecret/go-multiroute-v1 created\nservice/go-multiroute created\n"
+    );
+    assert_eq!(
+        apply(dir),
+        "configmap/go-multiroute unchanged\ndeployment.apps/go-multiroute unchanged\ningress.networking.k8s.io/go-multiroute unchanged\nsecret/go-multiroute-v1 unchanged\nservice/go-multiroute unchanged\n"
+    );
+    let edited = std::fs::read_to_string(format!("{dir}/deployment.yaml"))
+        .unwrap()
+        .replace("replicas: 2", "replicas: 3");
+    let edited_path = server.data_dir().join("deployment.yaml");
+    std::fs::write(&edited_path, edited).unwrap();
+    assert_eq!(
+        apply(edited_path.to_str().unwrap()),
+        "deployment.apps/go-multiroute configured\n"
+    );
+    assert_eq!(
+        server.kubectl_ok(&[
+            "get",
+            "deploy",
+            "go-multiroute",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}"
+        ]),
+        "3 2"
+    );
+    let row = server.kubectl_ok(&["get", "ingress", "go-multiroute", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cols[0], cols[1], cols[2], cols[3]),
+        ("go-multiroute", "nginx", "*", "80")
+    );
+    let edit = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["edit", "deploy", "go-multiroute"])
+        .env("KUBE_EDITOR", "sed -i s/replicas:\\ 3/replicas:\\ 4/")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&edit.stdout),
+        "deployment.apps/go-multiroute edited\n",
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    assert_eq!(
+        server.kubectl_ok(&[
+            "get",
+            "deploy",
+            "go-multiroute",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+    // kubectl diff is a dry-run patch: it shows the change and writes nothing.
+    let diff = server.kubectl(&["diff", "-f", &format!("{dir}/deployment.yaml")]);
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        shown.contains("-  replicas: 4") && shown.contains("+  replicas: 2"),
+        "{shown}"
+    );
+    assert_eq!(
+        server.kubectl_ok(&[
+            "get",
+            "deploy",
+            "go-multiroute",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+}
+
 /// kubectl's typed commands send protobuf bodies.
 #[tokio::test]
 async fn typed_kubectl_commands_send_protobuf() {
