@@ -4,12 +4,12 @@
 //! generated from upstream's .proto files); the JSON name of each field comes
 //! from k8s-openapi's serde code for the same type, since prost's snake_case
 //! names cannot be turned back into upstream's camelCase reliably (podCIDRs,
-//! hostIPC). Both crates are located through `cargo metadata`.
+//! hostIPC). Both are build-dependencies, so their sources are unpacked in
+//! Cargo's registry before this script runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 struct Field {
     tag: u32,
@@ -18,40 +18,50 @@ struct Field {
     repeated: bool,
 }
 
+/// Where Cargo unpacked a build-dependency: `<CARGO_HOME>/registry/src/<index>/<name>-<version>`,
+/// with the version pinned in the workspace's Cargo.lock. (`cargo metadata`
+/// would need every package of the workspace downloaded, dev-dependencies
+/// included, which a plain `cargo build` does not do.)
 fn package_dir(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("Cargo.toml");
-    // Only this target's packages: others may not have been downloaded.
-    let target = std::env::var("TARGET").expect("cargo sets TARGET for build scripts");
-    let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--filter-platform",
-            &target,
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .expect("running cargo metadata");
-    assert!(
-        out.status.success(),
-        "cargo metadata: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-    let pkg = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} is not in the dependency graph"));
-    Path::new(pkg["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .to_owned()
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let lock = manifest_dir
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.exists())
+        .expect("the workspace's Cargo.lock");
+    println!("cargo::rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let version = text
+        .split("[[package]]")
+        .find(|block| {
+            block
+                .lines()
+                .any(|l| l.trim() == format!("name = {name:?}"))
+        })
+        .and_then(|block| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("version = "))
+        })
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("{name} is not in {}", lock.display()));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME or CARGO_HOME")).join(".cargo")
+        });
+    let registries = cargo_home.join("registry").join("src");
+    std::fs::read_dir(&registries)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", registries.display()))
+        .flatten()
+        .map(|index| index.path().join(format!("{name}-{version}")))
+        .find(|dir| dir.join("Cargo.toml").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} {version} is not unpacked under {}",
+                registries.display()
+            )
+        })
 }
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
