@@ -61,11 +61,7 @@ fn subresources(
 
 /// `/api/v1` or `/apis/{group}/{version}`.
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<_> = registry
-        .types()
-        .iter()
-        .filter(|t| t.group == group && t.version == version)
-        .collect();
+    let types = registry.group_version(group, version);
     if types.is_empty() {
         return None;
     }
@@ -150,9 +146,8 @@ pub fn aggregated(registry: &Registry, legacy: bool) -> Value {
                 .iter()
                 .map(|version| {
                     let resources: Vec<Value> = registry
-                        .types()
-                        .iter()
-                        .filter(|t| t.group == group && t.version == *version)
+                        .group_version(group, version)
+                        .into_iter()
                         .map(|t| {
                             let mut r = json!({
                                 "resource": t.plural,

@@ -190,6 +190,15 @@ async fn read_object_body(body: Incoming, content_type: &str) -> ApiResult<Bytes
     }
 }
 
+/// The request's Content-Type, or "" when it has none.
+fn content_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn read_body(body: Incoming) -> ApiResult<Bytes> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -378,12 +387,7 @@ impl Handler {
                     name: rr.name.as_deref().unwrap_or_default(),
                     subresource: Some("binding"),
                 };
-                let content_type = req
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let content_type = content_type(&req);
                 let body = read_object_body(req.into_body(), &content_type).await?;
                 let status = self
                     .api
@@ -397,12 +401,7 @@ impl Handler {
             }
             _ => return Err(ApiError::no_route()),
         }
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = content_type(&req);
         let name = rr.name.as_deref();
         let wopts = write_options(&q);
         let target = ObjectRef {
@@ -523,12 +522,7 @@ impl Handler {
             name: rr.name.as_deref().unwrap_or_default(),
             subresource: Some("scale"),
         };
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = content_type(&req);
         let dry_run = write_options(q).dry_run;
         let scale = match rr.verb {
             Verb::Get => self.api.get_scale(target).await?,

@@ -180,11 +180,7 @@ fn schema(rt: &ResourceType) -> Value {
 
 /// The document for one group-version, or None if it is not served.
 fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<_> = registry
-        .types()
-        .iter()
-        .filter(|t| t.group == group && t.version == version)
-        .collect();
+    let types = registry.group_version(group, version);
     if types.is_empty() {
         return None;
     }

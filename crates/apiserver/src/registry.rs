@@ -300,6 +300,14 @@ impl Registry {
         &self.types
     }
 
+    /// The resources one group-version serves.
+    pub fn group_version(&self, group: &str, version: &str) -> Vec<&Arc<ResourceType>> {
+        self.types
+            .iter()
+            .filter(|t| t.group == group && t.version == version)
+            .collect()
+    }
+
     /// Served groups in order of first appearance, each with its versions.
     pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();

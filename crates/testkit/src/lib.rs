@@ -37,6 +37,14 @@ where
     }
 }
 
+/// SIGKILLs a fixture's process, if running, and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A single-member etcd cluster on free loopback ports, with its data in a
 /// temporary directory. Killed and removed on drop.
 pub struct EtcdProcess {
@@ -66,10 +74,7 @@ impl EtcdProcess {
 
     /// Kills etcd with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts etcd again on the same data directory and ports.
@@ -193,10 +198,7 @@ impl KuboxServer {
 
     /// SIGKILL, as a crash or power cut of the process would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server again on the same data directory and port.
