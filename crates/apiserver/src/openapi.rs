@@ -4,8 +4,9 @@
 //! validates fields itself (`fieldValidation`), instead of downloading
 //! schemas to validate client-side.
 //!
-//! The component schemas name each kind with its group-version-kind; field
-//! schemas (for `kubectl explain`) are not generated yet.
+//! The component schemas are k8s-openapi's (upstream's definitions, with
+//! their descriptions), each kind marked with its group-version-kind, which
+//! is what `kubectl explain` reads.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -105,9 +106,9 @@ fn operation(
 
 /// Patch media types declared on PATCH operations. The server accepts
 /// strategic merge patches too, but declaring them makes kubectl compute its
-/// patches from these documents' field schemas, which are not generated yet;
-/// undeclared, kubectl uses its compiled-in patch metadata for built-in types
-/// (upstream's own merge keys).
+/// patches from these documents' field schemas, which lack upstream's patch
+/// merge keys; undeclared, kubectl uses its compiled-in patch metadata for
+/// built-in types (upstream's own merge keys).
 const PATCH_TYPES: &[&str] = &[
     "application/apply-patch+yaml",
     "application/json-patch+json",
@@ -163,21 +164,6 @@ fn paths(rt: &ResourceType) -> BTreeMap<String, Value> {
     out
 }
 
-fn schema(rt: &ResourceType) -> Value {
-    json!({
-        "type": "object",
-        "description": format!("{} is a {} resource of {}.", rt.kind, if rt.namespaced { "namespaced" } else { "cluster-scoped" }, rt.api_version()),
-        "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
-            "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
-            "metadata": {"type": "object", "description": "Standard object's metadata."},
-            "spec": {"type": "object"},
-            "status": {"type": "object"},
-        },
-        "x-kubernetes-group-version-kind": [{"group": rt.group, "version": rt.version, "kind": rt.kind}],
-    })
-}
-
 /// The document for one group-version, or None if it is not served.
 fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let types = registry.group_version(group, version);
@@ -185,10 +171,17 @@ fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
         return None;
     }
     let mut all_paths = BTreeMap::new();
-    let mut schemas = BTreeMap::new();
-    for t in types {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    for t in &types {
         all_paths.extend(paths(t));
-        schemas.insert(definition_name(t), schema(t));
+        (t.schema)(&mut generator);
+    }
+    let mut schemas = generator.take_definitions(true);
+    for t in &types {
+        if let Some(schema) = schemas.get_mut(&definition_name(t)) {
+            schema["x-kubernetes-group-version-kind"] =
+                json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
+        }
     }
     Some(json!({
         "openapi": "3.0.0",
@@ -270,7 +263,12 @@ mod tests {
                         .any(|q| q["name"] == "fieldValidation")
             });
             assert!(found, "{} has no PATCH with fieldValidation", rt.plural);
-            assert!(doc["components"]["schemas"][definition_name(rt)].is_object());
+            let schema = &doc["components"]["schemas"][definition_name(rt)];
+            assert_eq!(
+                schema["x-kubernetes-group-version-kind"][0]["kind"], rt.kind,
+                "{}",
+                rt.plural
+            );
         }
         let index = docs.index();
         assert!(

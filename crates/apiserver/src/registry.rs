@@ -27,6 +27,16 @@ fn normalize<K: Serialize + DeserializeOwned>(v: Value) -> Result<Value, serde_j
     serde_json::to_value(serde_json::from_value::<K>(v)?)
 }
 
+/// Adds the resource's schema (and those it refers to) to an OpenAPI
+/// generator, returning a reference to it.
+pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+fn schema_of<K: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    generator.subschema_for::<K>()
+}
+
 pub struct ResourceType {
     pub group: &'static str,
     pub version: &'static str,
@@ -39,6 +49,7 @@ pub struct ResourceType {
     pub status_subresource: bool,
     pub scale_subresource: bool,
     pub normalize: Normalize,
+    pub schema: SchemaOf,
     pub strategy: &'static dyn Strategy,
 }
 
@@ -91,7 +102,7 @@ const PLAIN: Options = Options {
 
 fn resource<K>(o: Options) -> ResourceType
 where
-    K: Resource + Serialize + DeserializeOwned + 'static,
+    K: Resource + Serialize + DeserializeOwned + schemars::JsonSchema + 'static,
 {
     ResourceType {
         group: K::GROUP,
@@ -105,6 +116,7 @@ where
         status_subresource: o.status,
         scale_subresource: o.scale,
         normalize: normalize::<K>,
+        schema: schema_of::<K>,
         strategy: o.strategy,
     }
 }

@@ -659,6 +659,15 @@ async fn tables_and_output_formats() {
         metrics.contains("# TYPE apiserver_request_duration_seconds histogram"),
         "{metrics}"
     );
+    let explained = server.kubectl_ok(&["explain", "deployment.spec.strategy"]);
+    assert!(
+        explained.contains("FIELD: strategy <DeploymentStrategy>"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{explained}"
+    );
     let versions = server.kubectl_ok(&["api-versions"]);
     for gv in [
         "v1",
