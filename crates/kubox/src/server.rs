@@ -95,9 +95,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "kubox server: admin kubeconfig at {}",
         server.kubeconfig.display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for a shutdown signal")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for a shutdown signal")?,
+        _ = terminate.recv() => {}
+    }
     tracing::info!("shutting down");
     Ok(())
 }
