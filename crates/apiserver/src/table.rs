@@ -8,57 +8,34 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::registry::ResourceType;
 
+/// `3m5s`, or `3m` when the smaller unit is zero.
+fn two_units(major: i64, major_unit: &str, minor: i64, minor_unit: &str) -> String {
+    if minor == 0 {
+        format!("{major}{major_unit}")
+    } else {
+        format!("{major}{major_unit}{minor}{minor_unit}")
+    }
+}
+
 /// Upstream's `HumanDuration`: how old something is, the way kubectl shows it.
 pub fn human_duration(seconds: i64) -> String {
     if seconds < -1 {
         return "<invalid>".into();
     }
     let s = seconds.max(0);
-    if s < 120 {
-        return format!("{s}s");
+    let (minutes, hours) = (s / 60, s / 3600);
+    let (days, years) = (hours / 24, hours / 24 / 365);
+    match () {
+        _ if s < 120 => format!("{s}s"),
+        _ if minutes < 10 => two_units(minutes, "m", s % 60, "s"),
+        _ if minutes < 180 => format!("{minutes}m"),
+        _ if hours < 8 => two_units(hours, "h", minutes % 60, "m"),
+        _ if hours < 48 => format!("{hours}h"),
+        _ if hours < 24 * 8 => two_units(days, "d", hours % 24, "h"),
+        _ if hours < 24 * 365 * 2 => format!("{days}d"),
+        _ if hours < 24 * 365 * 8 => two_units(years, "y", days % 365, "d"),
+        _ => format!("{years}y"),
     }
-    let minutes = s / 60;
-    if minutes < 10 {
-        return if s % 60 == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{}s", s % 60)
-        };
-    }
-    if minutes < 180 {
-        return format!("{minutes}m");
-    }
-    let hours = s / 3600;
-    if hours < 8 {
-        return if minutes % 60 == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{}m", minutes % 60)
-        };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    let days = hours / 24;
-    if hours < 24 * 8 {
-        return if hours % 24 == 0 {
-            format!("{days}d")
-        } else {
-            format!("{days}d{}h", hours % 24)
-        };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{days}d");
-    }
-    let years = days / 365;
-    if hours < 24 * 365 * 8 {
-        return if days % 365 == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{}d", days % 365)
-        };
-    }
-    format!("{years}y")
 }
 
 fn age(ts: &Value) -> String {

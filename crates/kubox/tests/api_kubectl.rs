@@ -233,6 +233,15 @@ async fn apply_creates_then_leaves_unchanged_then_configures() {
         (cols[0], cols[1], cols[2], cols[3]),
         ("go-multiroute", "nginx", "*", "80")
     );
+    let replicas = || {
+        server.kubectl_ok(&[
+            "get",
+            "deploy",
+            "go-multiroute",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
     let edit = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(server.kubeconfig())
@@ -246,16 +255,7 @@ async fn apply_creates_then_leaves_unchanged_then_configures() {
         "{}",
         String::from_utf8_lossy(&edit.stderr)
     );
-    assert_eq!(
-        server.kubectl_ok(&[
-            "get",
-            "deploy",
-            "go-multiroute",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "4"
-    );
+    assert_eq!(replicas(), "4");
     // kubectl diff is a dry-run patch: it shows the change and writes nothing.
     let diff = server.kubectl(&["diff", "-f", &format!("{dir}/deployment.yaml")]);
     let shown = String::from_utf8_lossy(&diff.stdout);
@@ -263,16 +263,7 @@ async fn apply_creates_then_leaves_unchanged_then_configures() {
         shown.contains("-  replicas: 4") && shown.contains("+  replicas: 2"),
         "{shown}"
     );
-    assert_eq!(
-        server.kubectl_ok(&[
-            "get",
-            "deploy",
-            "go-multiroute",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "4"
-    );
+    assert_eq!(replicas(), "4");
 }
 
 /// kubectl's typed commands send protobuf bodies.
