@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::admission::{Attributes, Chain, Operation};
 use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
+use crate::leases::ExpiringLeases;
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
 use crate::scale;
@@ -60,6 +61,8 @@ pub struct Api {
     pub admission: Chain,
     store: Arc<dyn Store>,
     caches: HashMap<&'static str, Arc<Cache>>,
+    /// Leases Events are stored under, so they expire after the event TTL.
+    event_leases: ExpiringLeases,
 }
 
 pub fn now_rfc3339() -> String {
@@ -152,7 +155,7 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, event_ttl: std::time::Duration) -> Self {
         let registry = Registry::builtin();
         let caches = registry
             .types()
@@ -164,6 +167,7 @@ impl Api {
             admission: Chain::default(),
             store,
             caches,
+            event_leases: ExpiringLeases::new(event_ttl),
         }
     }
 
@@ -516,7 +520,8 @@ impl Api {
             });
         }
         let reserved = self.allocate(rt, &mut obj, None, &key).await?;
-        let kv = match self.store.create(&key, encode(&obj), 0).await {
+        let lease = self.lease_for(rt).await?;
+        let kv = match self.store.create(&key, encode(&obj), lease).await {
             Ok(kv) => kv,
             Err(e) => {
                 allocator::release(&*self.store, &reserved).await;
@@ -533,6 +538,15 @@ impl Api {
             object: obj,
             warnings,
         })
+    }
+
+    /// The lease an object is written under: Events expire, all else stays.
+    async fn lease_for(&self, rt: &ResourceType) -> ApiResult<kubox_store::LeaseId> {
+        if rt.plural == "events" {
+            self.event_leases.lease(&*self.store).await
+        } else {
+            Ok(0)
+        }
     }
 
     /// Gives a Service its addresses and ports (see `allocator`); nothing for
@@ -665,7 +679,8 @@ impl Api {
         } else {
             Vec::new()
         };
-        let kv = match self.store.update(&key, encode(&new), expected, 0).await {
+        let lease = self.lease_for(rt).await?;
+        let kv = match self.store.update(&key, encode(&new), expected, lease).await {
             Ok(kv) => kv,
             Err(e) => {
                 allocator::release(&*self.store, &reserved).await;

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cache;
 pub mod discovery;
 pub mod http;
+pub mod leases;
 pub mod metrics;
 pub mod openapi;
 pub mod patch;
@@ -42,6 +43,8 @@ pub struct Config {
     pub https_port: u16,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// How long Events are kept after their last update.
+    pub event_ttl: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +136,7 @@ impl ApiServer {
         let contents = pki::kubeconfig("kubox", &server_url, pki.ca_pem(), "kubox-admin", &admin);
         pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
 
-        let api = Arc::new(Api::new(store));
+        let api = Arc::new(Api::new(store, config.event_ttl));
         let handler = Arc::new(Handler {
             api: api.clone(),
             authorizer: Box::new(authz::AllowAuthenticated),

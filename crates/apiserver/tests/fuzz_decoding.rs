@@ -95,7 +95,7 @@ proptest! {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("s.db"))).await.unwrap());
-            let api = Api::new(store.clone());
+            let api = Api::new(store.clone(), std::time::Duration::from_secs(3600));
             let (group, plural) = PLURALS[kind];
             let rtype = api.registry.get(group, "v1", plural).unwrap().clone();
             // The namespace must exist for creates to reach validation and storage.

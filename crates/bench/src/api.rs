@@ -74,6 +74,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         bind_address: "127.0.0.1".parse()?,
         https_port: 0,
         extra_sans: Vec::new(),
+        event_ttl: Duration::from_secs(3600),
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

@@ -36,6 +36,9 @@ pub struct ServerArgs {
     /// How often history older than one interval is compacted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
+    /// How long Events are kept after their last update.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
@@ -85,6 +88,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         bind_address: args.bind_address,
         https_port: args.https_port,
         extra_sans: args.tls_sans.clone(),
+        event_ttl: args.event_ttl,
     };
     let server = ApiServer::start(store, &config)
         .await

@@ -266,6 +266,28 @@ async fn apply_creates_then_leaves_unchanged_then_configures() {
     assert_eq!(replicas(), "4");
 }
 
+/// Events expire after the event TTL, as upstream stores them under leases.
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    let server = KuboxServer::start(KUBOX, &["--event-ttl", "2s"]).await;
+    let event = r#"{"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "Started", "message": "Started container", "type": "Normal"}"#;
+    let path = write_manifest(&server, "event.json", event);
+    server.kubectl_ok(&["create", "-f", &path]);
+    let listed = server.kubectl_ok(&["get", "events", "-o", "name"]);
+    assert_eq!(listed, "event/e1\n");
+    kubox_testkit::eventually(
+        "the event to expire",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = server.kubectl(&["get", "events", "-o", "name"]);
+            async move { (out.status.success() && out.stdout.is_empty()).then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// kubectl's typed commands send protobuf bodies.
 #[tokio::test]
 async fn typed_kubectl_commands_send_protobuf() {
