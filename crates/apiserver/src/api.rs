@@ -160,6 +160,7 @@ impl Api {
         let caches = registry
             .types()
             .iter()
+            .filter(|t| !t.review)
             .map(|t| (t.plural, Cache::start(store.clone(), t.key_prefix())))
             .collect();
         Self {

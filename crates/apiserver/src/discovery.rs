@@ -11,6 +11,13 @@ pub const KUBERNETES_MINOR: &str = "37";
 
 pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
+/// What a review resource allows: only create.
+const REVIEW_VERBS: &[&str] = &["create"];
+
+fn verbs(rt: &ResourceType) -> &'static [&'static str] {
+    if rt.review { REVIEW_VERBS } else { VERBS }
+}
+
 const VERBS: &[&str] = &[
     "create",
     "delete",
@@ -72,7 +79,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": VERBS,
+            "verbs": verbs(t),
         });
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
@@ -154,7 +161,7 @@ pub fn aggregated(registry: &Registry, legacy: bool) -> Value {
                                 "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
                                 "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": t.singular,
-                                "verbs": VERBS,
+                                "verbs": verbs(t),
                             });
                             if !t.short_names.is_empty() {
                                 r["shortNames"] = json!(t.short_names);

@@ -340,6 +340,7 @@ impl Handler {
             identity,
         ) {
             (Some(rt), Some(user)) => match self.authorize(user, &rr) {
+                Ok(()) if rt.review => self.review(req, &rr, &rt, user).await,
                 Ok(()) => self.resource(req, rr.clone(), &rt, q, form(&accept)).await,
                 Err(e) => Err(e),
             },
@@ -490,6 +491,85 @@ impl Handler {
             }
         }
         Ok(resp)
+    }
+
+    /// Reviews: who the caller is, and whether a user may do something.
+    async fn review(
+        &self,
+        req: Request<Incoming>,
+        rr: &ResourceRequest,
+        rt: &ResourceType,
+        caller: &Identity,
+    ) -> ApiResult<Response<Body>> {
+        if rr.verb != Verb::Create || rr.name.is_some() || rr.subresource.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let media = content_type(&req);
+        let body = read_object_body(req.into_body(), &media).await?;
+        let mut review: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+        review["apiVersion"] = json!(rt.api_version());
+        review["kind"] = json!(rt.kind);
+        if !review["metadata"].is_object() {
+            review["metadata"] = json!({});
+        }
+        review["metadata"]["creationTimestamp"] = Value::Null;
+        let status = match rt.kind {
+            "SelfSubjectReview" => {
+                json!({"userInfo": {"username": caller.user, "groups": caller.groups}})
+            }
+            _ => {
+                let spec = &review["spec"];
+                let subject = if rt.kind == "SubjectAccessReview" {
+                    Identity {
+                        user: spec["user"].as_str().unwrap_or_default().to_owned(),
+                        groups: spec["groups"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|g| g.as_str().map(str::to_owned))
+                            .collect(),
+                    }
+                } else {
+                    caller.clone()
+                };
+                let ra = &spec["resourceAttributes"];
+                let nra = &spec["nonResourceAttributes"];
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let (verb, resource) = if ra.is_object() {
+                    (text(&ra["verb"]), text(&ra["resource"]))
+                } else {
+                    (text(&nra["verb"]), text(&nra["path"]))
+                };
+                let (namespace, group, subresource, name) = (
+                    text(&ra["namespace"]),
+                    text(&ra["group"]),
+                    text(&ra["subresource"]),
+                    text(&ra["name"]),
+                );
+                let attrs = authz::Attributes {
+                    user: &subject,
+                    verb: &verb,
+                    namespace: Some(namespace.as_str()).filter(|n| !n.is_empty()),
+                    group: &group,
+                    resource: &resource,
+                    subresource: Some(subresource.as_str()).filter(|s| !s.is_empty()),
+                    name: Some(name.as_str()).filter(|n| !n.is_empty()),
+                };
+                match self.authorizer.authorize(&attrs) {
+                    Decision::Allow => json!({"allowed": true}),
+                    Decision::Deny(reason) => {
+                        json!({"allowed": false, "denied": true, "reason": reason})
+                    }
+                }
+            }
+        };
+        review["status"] = status;
+        Ok(respond_json(
+            StatusCode::CREATED,
+            &review,
+            "application/json",
+        ))
     }
 
     fn authorize(&self, user: &Identity, rr: &ResourceRequest) -> ApiResult<()> {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::{NamespaceResourceScope, Resource};
 use serde::Serialize;
@@ -48,6 +48,9 @@ pub struct ResourceType {
     pub namespaced: bool,
     pub status_subresource: bool,
     pub scale_subresource: bool,
+    /// A review (SelfSubjectReview, access reviews): only `create`, answered
+    /// from the caller's identity and the authorizer, never stored.
+    pub review: bool,
     pub normalize: Normalize,
     pub schema: SchemaOf,
     pub strategy: &'static dyn Strategy,
@@ -89,6 +92,7 @@ struct Options {
     categories: &'static [&'static str],
     status: bool,
     scale: bool,
+    review: bool,
     strategy: &'static dyn Strategy,
 }
 
@@ -97,7 +101,14 @@ const PLAIN: Options = Options {
     categories: &[],
     status: false,
     scale: false,
+    review: false,
     strategy: &strategy::Plain,
+};
+
+/// Create-only resources answered from the request, never stored.
+const REVIEW: Options = Options {
+    review: true,
+    ..PLAIN
 };
 
 fn resource<K>(o: Options) -> ResourceType
@@ -115,6 +126,7 @@ where
         namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
         status_subresource: o.status,
         scale_subresource: o.scale,
+        review: o.review,
         normalize: normalize::<K>,
         schema: schema_of::<K>,
         strategy: o.strategy,
@@ -196,6 +208,7 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
+            ..PLAIN
         }),
         resource::<core::PodTemplate>(PLAIN),
         resource::<apps::Deployment>(Options {
@@ -204,6 +217,7 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Deployment,
+            ..PLAIN
         }),
         resource::<apps::ReplicaSet>(Options {
             short_names: &["rs"],
@@ -211,6 +225,7 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
+            ..PLAIN
         }),
         resource::<apps::StatefulSet>(Options {
             short_names: &["sts"],
@@ -218,6 +233,7 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             scale: true,
             strategy: &strategy::Workload,
+            ..PLAIN
         }),
         resource::<apps::DaemonSet>(Options {
             short_names: &["ds"],
@@ -275,6 +291,9 @@ fn builtins() -> Vec<ResourceType> {
             short_names: &["sc"],
             ..PLAIN
         }),
+        resource::<authentication::SelfSubjectReview>(REVIEW),
+        resource::<authorization::SelfSubjectAccessReview>(REVIEW),
+        resource::<authorization::SubjectAccessReview>(REVIEW),
     ]
 }
 

@@ -63,10 +63,12 @@ fn identity(cert: &CertificateDer<'_>) -> Option<Identity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject();
     let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let groups = subject
+    let mut groups: Vec<String> = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_owned))
         .collect();
+    // Every authenticated user is in this group, as upstream adds it.
+    groups.push("system:authenticated".to_owned());
     Some(Identity { user, groups })
 }
 

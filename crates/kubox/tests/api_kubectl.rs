@@ -604,6 +604,30 @@ async fn kubectl_get_watch_prints_changes() {
 }
 
 #[tokio::test]
+async fn auth_whoami_and_can_i() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let whoami = server.kubectl_ok(&["auth", "whoami"]);
+    let lines: Vec<Vec<&str>> = whoami
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["ATTRIBUTE", "VALUE"]);
+    assert_eq!(lines[1], ["Username", "kubox-admin"]);
+    assert_eq!(
+        lines[2],
+        ["Groups", "[system:masters", "system:authenticated]"]
+    );
+    assert_eq!(
+        server.kubectl_ok(&["auth", "can-i", "create", "deployments", "-n", "default"]),
+        "yes\n"
+    );
+    assert_eq!(
+        server.kubectl_ok(&["auth", "can-i", "list", "pods", "--as", "backend"]),
+        "yes\n"
+    );
+}
+
+#[tokio::test]
 async fn anonymous_requests_are_refused_except_health_and_version() {
     let server = KuboxServer::start(KUBOX, &[]).await;
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", server.port());
