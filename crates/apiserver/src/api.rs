@@ -254,9 +254,19 @@ impl Api {
     }
 
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        Ok(self.load(rt, ns, name).await?.0)
+    }
+
+    /// The stored object, with its resourceVersion set, and its revision; 404 if absent.
+    async fn load(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, Revision)> {
         let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-        with_revision(&kv.value, kv.mod_revision)
+        Ok((with_revision(&kv.value, kv.mod_revision)?, kv.mod_revision))
     }
 
     fn filter(rt: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> ApiResult<Filter> {
@@ -725,16 +735,14 @@ impl Api {
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
         }
-        let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
-        let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-        let old = with_revision(&kv.value, kv.mod_revision)?;
+        let (old, revision) = self.load(rt, ns, name).await?;
         let expected = match new["metadata"]["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
         {
             Some(rv) => parse_rv(rv)?,
             // No resourceVersion: an unconditional update, as upstream allows.
-            None => kv.mod_revision,
+            None => revision,
         };
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run)
@@ -753,9 +761,7 @@ impl Api {
     ) -> ApiResult<Written> {
         let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
-            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
-            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let old = with_revision(&kv.value, kv.mod_revision)?;
+            let (old, revision) = self.load(rt, ns, name).await?;
             let mut patched = old.clone();
             patch::apply(&mut patched, patch_type, body)
                 .map_err(|e| ApiError::new(http::StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e))?;
@@ -766,7 +772,7 @@ impl Api {
                 Some(rv) if Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
                     parse_rv(rv)?
                 }
-                _ => kv.mod_revision,
+                _ => revision,
             };
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
@@ -810,9 +816,7 @@ impl Api {
             })?;
         let conflict = |why: String| ApiError::conflict("", "pods/binding", name, &why);
         loop {
-            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
-            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let mut pod = with_revision(&kv.value, kv.mod_revision)?;
+            let (mut pod, revision) = self.load(rt, ns, name).await?;
             if pod["metadata"]["deletionTimestamp"].is_string() {
                 return Err(conflict(format!(
                     "pod {name} is being deleted, cannot be assigned to a host"
@@ -843,7 +847,7 @@ impl Api {
             }
             match self
                 .store
-                .update(&rt.key(ns, name), encode(&pod), kv.mod_revision, 0)
+                .update(&rt.key(ns, name), encode(&pod), revision, 0)
                 .await
             {
                 Ok(_) => break,
@@ -874,9 +878,7 @@ impl Api {
     ) -> ApiResult<Value> {
         let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
-            let (kv, _) = self.store.get(&rt.key(ns, name)).await?;
-            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let old = with_revision(&kv.value, kv.mod_revision)?;
+            let (old, revision) = self.load(rt, ns, name).await?;
             let scale = match patch_type {
                 None => serde_json::from_slice::<Value>(body).map_err(|e| {
                     ApiError::bad_request(format!("error decoding request body: {e}"))
@@ -894,7 +896,7 @@ impl Api {
                 .filter(|rv| !rv.is_empty() && patch_type.is_none());
             let expected = match pinned {
                 Some(rv) => parse_rv(rv)?,
-                None => kv.mod_revision,
+                None => revision,
             };
             let mut new = old.clone();
             scale::apply_scale(rt, &mut new, &scale)?;
@@ -924,9 +926,7 @@ impl Api {
     ) -> ApiResult<Value> {
         let key = rt.key(ns, name);
         loop {
-            let (kv, _) = self.store.get(&key).await?;
-            let kv = kv.ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-            let mut obj = with_revision(&kv.value, kv.mod_revision)?;
+            let (mut obj, revision) = self.load(rt, ns, name).await?;
             if let Some(uid) = preconditions.and_then(|p| p["uid"].as_str())
                 && obj["metadata"]["uid"] != uid
             {
@@ -941,7 +941,7 @@ impl Api {
                 ));
             }
             if let Some(rv) = preconditions.and_then(|p| p["resourceVersion"].as_str())
-                && parse_rv(rv)? != kv.mod_revision
+                && parse_rv(rv)? != revision
             {
                 return Err(ApiError::conflict(
                     rt.group,
@@ -949,7 +949,7 @@ impl Api {
                     name,
                     &format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        kv.mod_revision
+                        revision
                     ),
                 ));
             }
@@ -992,11 +992,7 @@ impl Api {
                 if namespace {
                     obj["status"]["phase"] = json!("Terminating");
                 }
-                match self
-                    .store
-                    .update(&key, encode(&obj), kv.mod_revision, 0)
-                    .await
-                {
+                match self.store.update(&key, encode(&obj), revision, 0).await {
                     Ok(kv) => {
                         obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                         return Ok(obj);
@@ -1005,7 +1001,7 @@ impl Api {
                     Err(e) => return Err(e.into()),
                 }
             }
-            match self.store.delete(&key, Some(kv.mod_revision)).await {
+            match self.store.delete(&key, Some(revision)).await {
                 Ok(_) => {
                     if rt.plural == "services" {
                         allocator::release(&*self.store, &allocator::held(&obj)).await;
