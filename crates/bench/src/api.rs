@@ -12,6 +12,7 @@ use kube::{Client, Config};
 use kubox_apiserver::ApiServer;
 use kubox_store::{SqliteConfig, SqliteStore};
 
+use crate::load::load;
 use crate::report::{Latencies, Table};
 
 pub struct Options {
@@ -33,36 +34,15 @@ fn configmap(name: &str) -> ConfigMap {
     cm
 }
 
-/// Runs `op` from `clients` concurrent tasks for the configured time.
-async fn load<F, Fut>(clients: usize, duration: Duration, op: F) -> anyhow::Result<(f64, Latencies)>
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut lat = Latencies::default();
-                let mut i = 0;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    op(c, i).await?;
-                    lat.record(t.elapsed());
-                    i += 1;
-                }
-                anyhow::Ok(lat)
-            })
-        })
-        .collect();
-    let mut all = Latencies::default();
-    for t in tasks {
-        all.merge(&t.await??);
-    }
-    Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
+/// A row for a load phase: operation, clients, rate and latency quantiles.
+fn load_row(table: &mut Table, op: &str, clients: usize, rate: f64, lat: &Latencies) {
+    table.row(vec![
+        op.to_owned(),
+        clients.to_string(),
+        format!("{rate:.0}"),
+        format!("{:.2}", lat.ms(0.5)),
+        format!("{:.2}", lat.ms(0.99)),
+    ]);
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
@@ -95,13 +75,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
             }
         })
         .await?;
-        table.row(vec![
-            "create".into(),
-            clients.to_string(),
-            format!("{rate:.0}"),
-            format!("{:.2}", lat.ms(0.5)),
-            format!("{:.2}", lat.ms(0.99)),
-        ]);
+        load_row(&mut table, "create", clients, rate, &lat);
         // One object per client for the read and update phases.
         for c in 0..clients {
             if cms.get_opt(&format!("t{clients}-{c}")).await?.is_none() {
@@ -122,13 +96,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
             }
         })
         .await?;
-        table.row(vec![
-            "get".into(),
-            clients.to_string(),
-            format!("{rate:.0}"),
-            format!("{:.2}", lat.ms(0.5)),
-            format!("{:.2}", lat.ms(0.99)),
-        ]);
+        load_row(&mut table, "get", clients, rate, &lat);
 
         let api = cms.clone();
         let (rate, lat) = load(clients, opts.duration, move |c, i| {
@@ -142,13 +110,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
             }
         })
         .await?;
-        table.row(vec![
-            "get+update".into(),
-            clients.to_string(),
-            format!("{rate:.0}"),
-            format!("{:.2}", lat.ms(0.5)),
-            format!("{:.2}", lat.ms(0.99)),
-        ]);
+        load_row(&mut table, "get+update", clients, rate, &lat);
     }
     let api = cms.clone();
     let (rate, lat) = load(16, opts.duration, move |c, i| {
@@ -162,13 +124,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         }
     })
     .await?;
-    table.row(vec![
-        "create+delete".into(),
-        "16".into(),
-        format!("{rate:.0}"),
-        format!("{:.2}", lat.ms(0.5)),
-        format!("{:.2}", lat.ms(0.99)),
-    ]);
+    load_row(&mut table, "create+delete", 16, rate, &lat);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let template: Pod = serde_json::from_value(serde_json::json!({

@@ -3,5 +3,6 @@
 //! measured side by side in the same run.
 
 pub mod api;
+mod load;
 pub mod report;
 pub mod store;

@@ -12,6 +12,7 @@ use kubox_store::{
 };
 use kubox_testkit::EtcdProcess;
 
+use crate::load::load;
 use crate::report::{Latencies, Table};
 
 pub struct Options {
@@ -93,62 +94,34 @@ async fn measure(
 
     let mut throughput = Vec::new();
     for writers in [1usize, 16, 256] {
-        let deadline = Instant::now() + opts.duration;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| {
-                let store = store.clone();
-                let value = value.clone();
-                tokio::spawn(async move {
-                    let mut lat = Latencies::default();
-                    let mut i = 0u64;
-                    while Instant::now() < deadline {
-                        let start = Instant::now();
-                        store
-                            .create(&format!("/bench/tput/{writers}/{w}/{i}"), value.clone(), 0)
-                            .await?;
-                        lat.record(start.elapsed());
-                        i += 1;
-                    }
-                    anyhow::Ok(lat)
-                })
-            })
-            .collect();
-        let mut lat = Latencies::default();
-        for t in tasks {
-            lat.merge(&t.await??);
-        }
-        let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+        let (store, value) = (store.clone(), value.clone());
+        let (rate, lat) = load(writers, opts.duration, move |w, i| {
+            let (store, value) = (store.clone(), value.clone());
+            async move {
+                store
+                    .create(&format!("/bench/tput/{writers}/{w}/{i}"), value, 0)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
         throughput.push((writers, rate, lat.ms(0.99)));
     }
 
-    let range_per_s = {
-        let deadline = Instant::now() + opts.duration;
-        let started = Instant::now();
-        let readers: Vec<_> = (0..16)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while Instant::now() < deadline {
-                        store
-                            .range(RangeRequest {
-                                limit: 100,
-                                ..RangeRequest::prefix("/bench/seq/")
-                            })
-                            .await?;
-                        n += 1;
-                    }
-                    anyhow::Ok(n)
+    let reader = store.clone();
+    let (range_per_s, _) = load(16, opts.duration, move |_, _| {
+        let store = reader.clone();
+        async move {
+            store
+                .range(RangeRequest {
+                    limit: 100,
+                    ..RangeRequest::prefix("/bench/seq/")
                 })
-            })
-            .collect();
-        let mut total = 0;
-        for r in readers {
-            total += r.await??;
+                .await?;
+            Ok(())
         }
-        total as f64 / started.elapsed().as_secs_f64()
-    };
+    })
+    .await?;
 
     let (watch_p50, watch_p99) = watch_fanout(&store, opts.watchers).await?;
     Ok(Results {
