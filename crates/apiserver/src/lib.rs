@@ -68,6 +68,9 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
     pub api: Arc<Api>,
+    pki: pki::Pki,
+    server_url: String,
+    data_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -150,7 +153,26 @@ impl ApiServer {
             addr,
             kubeconfig,
             api,
+            pki,
+            server_url,
+            data_dir: config.data_dir.clone(),
             task,
         })
+    }
+
+    /// Writes a kubeconfig for a component of this server that talks to it
+    /// as a client (the node agent: `system:node:<name>` in `system:nodes`),
+    /// under the data directory as `<file>.kubeconfig`.
+    pub fn component_kubeconfig(
+        &self,
+        file: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<PathBuf, StartError> {
+        let creds = self.pki.client(file, user, groups)?;
+        let path = self.data_dir.join(format!("{file}.kubeconfig"));
+        let contents = pki::kubeconfig("kubox", &self.server_url, self.pki.ca_pem(), user, &creds);
+        pki::write_file(&path, contents.as_bytes(), true)?;
+        Ok(path)
     }
 }

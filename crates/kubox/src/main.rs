@@ -1,6 +1,8 @@
 //! `kubox`: Kubernetes in one binary.
 
+mod agent;
 mod bench;
+mod image;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +21,17 @@ struct Cli {
 enum Command {
     /// Run a cluster: storage, API server and, as they land, the other components.
     Server(server::ServerArgs),
+    /// Manage the node's container images.
+    Image(image::ImageArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Image(args) = cli.command {
+        return image::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
@@ -34,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Image(_) => unreachable!("handled without a runtime"),
         }
     })
 }

@@ -42,6 +42,8 @@ pub struct ServerArgs {
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
+    #[command(flatten)]
+    agent: crate::agent::AgentArgs,
 }
 
 /// Durations as `300s`, `5m`, `1h` or plain seconds.
@@ -93,6 +95,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = ApiServer::start(store, &config)
         .await
         .context("starting the API server")?;
+    let node_kubeconfig = server
+        .component_kubeconfig(
+            "node",
+            &format!("system:node:{}", crate::agent::node_name(&args.agent)),
+            &["system:nodes"],
+        )
+        .context("writing the node agent's credentials")?;
+    let _agent = crate::agent::start(&args.agent, &args.data_dir, &node_kubeconfig, true).await?;
     println!("kubox server: API at https://{}", server.addr);
     println!("kubox server: data in {}", args.data_dir.display());
     println!(

@@ -1,0 +1,244 @@
+//! The node agent: kubox's kubelet. An API client only: it registers its
+//! Node, keeps its Lease, watches the pods bound to it and runs each with
+//! a [`pod::Worker`], reporting status back through the API.
+
+mod container;
+mod events;
+pub mod image;
+mod logs;
+mod node;
+mod pod;
+pub mod runtime;
+pub mod sandbox;
+mod spec;
+mod status;
+mod volumes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::image::ImageStore;
+use crate::runtime::ContainerRuntime;
+
+pub use crate::logs::{Record as LogRecord, parse_record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the node agent needs root (it mounts filesystems and makes namespaces)")]
+    NotRoot,
+    #[error("preparing {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("registering node {0}: {1}")]
+    Register(String, #[source] kube::Error),
+}
+
+pub struct AgentConfig {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    /// Where the agent keeps images, containers, pods and logs.
+    pub state_dir: PathBuf,
+    pub runtime: Box<dyn ContainerRuntime>,
+    pub runtime_version: String,
+    pub labels: BTreeMap<String, String>,
+    /// The port the agent's HTTPS endpoint listens on (logs, exec).
+    pub port: u16,
+}
+
+/// Where the agent keeps things, under its state directory.
+pub struct Dirs {
+    pub root: PathBuf,
+    pub pods: PathBuf,
+    pub containers: PathBuf,
+    pub logs: PathBuf,
+    pub images: PathBuf,
+}
+
+impl Dirs {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            pods: root.join("pods"),
+            containers: root.join("containers"),
+            logs: root.join("logs"),
+            images: root.join("images"),
+        }
+    }
+}
+
+/// What every pod worker shares.
+pub struct Shared {
+    pub client: kube::Client,
+    pub node_name: String,
+    pub node_ip: String,
+    pub dirs: Dirs,
+    pub images: ImageStore,
+    pub runtime: Box<dyn ContainerRuntime>,
+    pub runtime_version: String,
+    pub memory_capacity: u64,
+    pub agent_port: u16,
+}
+
+/// The labels upstream puts on a node, plus the control-plane role where it applies.
+pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_owned(), node_name.to_owned()),
+        ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+        (
+            "kubernetes.io/arch".to_owned(),
+            image::platform_architecture().to_owned(),
+        ),
+        ("beta.kubernetes.io/os".to_owned(), "linux".to_owned()),
+        (
+            "beta.kubernetes.io/arch".to_owned(),
+            image::platform_architecture().to_owned(),
+        ),
+    ]);
+    if control_plane {
+        labels.insert(
+            "node-role.kubernetes.io/control-plane".to_owned(),
+            String::new(),
+        );
+    }
+    labels
+}
+
+/// A running agent; dropping it stops watching pods (containers keep running).
+pub struct Agent {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Agent {
+    /// Prepares the node and registers it; pods are then run in the background.
+    pub async fn start(client: kube::Client, config: AgentConfig) -> Result<Self, AgentError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(AgentError::NotRoot);
+        }
+        let dirs = Dirs::new(&config.state_dir);
+        for d in [&dirs.pods, &dirs.containers, &dirs.logs, &dirs.images] {
+            std::fs::create_dir_all(d).map_err(|e| AgentError::Io(d.display().to_string(), e))?;
+        }
+        runtime::become_subreaper().map_err(|e| AgentError::Io("the subreaper flag".into(), e))?;
+        let images = ImageStore::open(&dirs.images)?;
+        let shared = Arc::new(Shared {
+            client,
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip.to_string(),
+            dirs,
+            images,
+            runtime: config.runtime,
+            runtime_version: config.runtime_version,
+            memory_capacity: node::memory_capacity(),
+            agent_port: config.port,
+        });
+        let node = node::register(&shared, &config.labels)
+            .await
+            .map_err(|e| AgentError::Register(config.node_name.clone(), e))?;
+        let heartbeat = tokio::spawn(node::heartbeat(shared.clone(), node));
+        let task = tokio::spawn(async move {
+            run_pods(shared).await;
+            heartbeat.abort();
+        });
+        Ok(Self { task })
+    }
+}
+
+/// Watches the pods bound to this node and gives each its worker.
+async fn run_pods(shared: Arc<Shared>) {
+    let mut records: HashMap<String, Vec<pod::Record>> = HashMap::new();
+    for r in pod::Record::load_all(&shared) {
+        records.entry(r.pod_uid.clone()).or_default().push(r);
+    }
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
+    let mut events = std::pin::pin!(watcher(api, config));
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut listed: Vec<String> = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("watching pods: {e}");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let Some(uid) = pod.metadata.uid.clone() else {
+                    continue;
+                };
+                listed.push(uid.clone());
+                workers.retain(|_, tx| !tx.is_closed());
+                match workers.get(&uid) {
+                    Some(tx) => {
+                        let _ = tx.send(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(pod.clone()));
+                        let adopted = records.remove(&uid).unwrap_or_default();
+                        tokio::spawn(pod::Worker::new(shared.clone(), pod, rx, adopted).run());
+                        workers.insert(uid, tx);
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(tx) = pod
+                    .metadata
+                    .uid
+                    .as_ref()
+                    .and_then(|uid| workers.remove(uid))
+                {
+                    let _ = tx.send(None);
+                }
+            }
+            watcher::Event::InitDone => {
+                // Containers and sandboxes of pods that no longer exist: stop and forget them.
+                let mut orphans: Vec<String> = records
+                    .keys()
+                    .filter(|uid| !listed.contains(uid))
+                    .cloned()
+                    .collect();
+                let pod_dirs = std::fs::read_dir(&shared.dirs.pods)
+                    .into_iter()
+                    .flatten()
+                    .flatten();
+                let stray: Vec<String> = pod_dirs
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|uid| {
+                        !listed.contains(uid)
+                            && !orphans.contains(uid)
+                            && !workers.contains_key(uid)
+                    })
+                    .collect();
+                orphans.extend(stray);
+                for uid in orphans {
+                    let adopted = records.remove(&uid).unwrap_or_default();
+                    pod::remove_orphans(&shared, &uid, adopted).await;
+                }
+                // Pods gone while the watch was down.
+                for (uid, tx) in workers.iter() {
+                    if !listed.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+                workers.retain(|uid, _| listed.contains(uid));
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Container output to log files in the CRI format
+//! (`<RFC 3339 time> <stream> <P|F> <text>`). A container writes to named
+//! pipes it holds open for both reading and writing, so its writes never
+//! fail while the agent is away: they wait in the pipe until an agent
+//! (perhaps a restarted one) reopens the pipe and copies them on.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::Mutex;
+
+/// Lines longer than this are split into partial (`P`) records, as containerd does.
+const MAX_RECORD: usize = 16 * 1024;
+
+pub struct Pipes {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Pipes {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+        }
+    }
+
+    pub fn create(&self) -> io::Result<()> {
+        for p in [&self.stdout, &self.stderr] {
+            match rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            ) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ends the container writes to.
+    pub fn writers(&self) -> io::Result<(OwnedFd, OwnedFd)> {
+        let open = |p: &Path| -> io::Result<OwnedFd> {
+            Ok(std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)?
+                .into())
+        };
+        Ok((open(&self.stdout)?, open(&self.stderr)?))
+    }
+
+    /// Copies both pipes into `log` until the container's side is closed.
+    pub fn copy_to(&self, log: &Path) -> io::Result<tokio::task::JoinHandle<()>> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let file = Arc::new(Mutex::new(tokio::fs::File::from_std(file)));
+        let readers = [
+            (
+                "stdout",
+                pipe::OpenOptions::new().open_receiver(&self.stdout)?,
+            ),
+            (
+                "stderr",
+                pipe::OpenOptions::new().open_receiver(&self.stderr)?,
+            ),
+        ];
+        Ok(tokio::spawn(async move {
+            let copies = readers.map(|(stream, rx)| copy(stream, rx, file.clone()));
+            futures::future::join_all(copies).await;
+        }))
+    }
+}
+
+async fn copy(stream: &'static str, rx: pipe::Receiver, file: Arc<Mutex<tokio::fs::File>>) {
+    let mut reader = BufReader::with_capacity(MAX_RECORD, rx);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_RECORD as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("reading container {stream}: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let record = record(stream, &line);
+        if let Err(e) = file.lock().await.write_all(&record).await {
+            tracing::warn!("writing a container log: {e}");
+            return;
+        }
+    }
+}
+
+fn record(stream: &str, line: &[u8]) -> Vec<u8> {
+    let (tag, text) = match line.strip_suffix(b"\n") {
+        Some(text) => ("F", text),
+        None => ("P", line),
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut out = format!("{now:.9} {stream} {tag} ").into_bytes();
+    out.extend_from_slice(text);
+    out.push(b'\n');
+    out
+}
+
+/// One record of a CRI log file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub time: &'a str,
+    pub stream: &'a str,
+    pub partial: bool,
+    pub text: &'a [u8],
+}
+
+pub fn parse_record(line: &[u8]) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
+    let stream = std::str::from_utf8(parts.next()?).ok()?;
+    let partial = parts.next()? == b"P";
+    let text = parts.next().unwrap_or_default();
+    Some(Record {
+        time,
+        stream,
+        partial,
+        text: text.strip_suffix(b"\n").unwrap_or(text),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = record("stdout", b"hello world\n");
+        let parsed = parse_record(&r).unwrap();
+        assert_eq!(
+            (parsed.stream, parsed.partial, parsed.text),
+            ("stdout", false, &b"hello world"[..])
+        );
+        assert!(parsed.time.ends_with('Z'));
+        let p = record("stderr", b"no newline");
+        assert!(parse_record(&p).unwrap().partial);
+    }
+
+    #[tokio::test]
+    async fn output_written_before_the_reader_opens_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipes = Pipes::in_dir(dir.path());
+        pipes.create().unwrap();
+        let (out, err) = pipes.writers().unwrap();
+        let mut out = std::fs::File::from(out);
+        let mut err = std::fs::File::from(err);
+        std::io::Write::write_all(&mut out, b"one\ntwo\n").unwrap();
+        std::io::Write::write_all(&mut err, b"oops\n").unwrap();
+        let log = dir.path().join("0.log");
+        let copier = pipes.copy_to(&log).unwrap();
+        drop((out, err));
+        copier.await.unwrap();
+        let text = std::fs::read(&log).unwrap();
+        let records: Vec<_> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(parse_record)
+            .collect();
+        let mut lines: Vec<_> = records.iter().map(|r| (r.stream, r.text)).collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                ("stderr", &b"oops"[..]),
+                ("stdout", b"one"),
+                ("stdout", b"two")
+            ]
+        );
+    }
+}

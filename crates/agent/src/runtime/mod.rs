@@ -1,0 +1,61 @@
+//! How the agent runs containers: an OCI runtime takes a bundle (rootfs and
+//! config.json the agent prepared) and runs it. Pod namespaces are made by
+//! the agent itself (`crate::sandbox`), so runtimes only see containers.
+
+mod cli;
+mod exit;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+pub use cli::RuntimeCli;
+pub use exit::{ExitWatch, Exited, become_subreaper};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{runtime} {action} {id}: {message}")]
+    Failed {
+        runtime: String,
+        action: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("running {0}: {1}")]
+    Spawn(String, #[source] std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerState {
+    pub status: Status,
+    pub pid: Option<u32>,
+}
+
+/// What a container's standard output and error are connected to.
+pub struct Stdio {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// A short name for container IDs (`runc://...`) and error messages.
+    fn name(&self) -> &str;
+    /// Creates the container from its bundle, stopped before its process
+    /// runs; returns the process's PID.
+    async fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError>;
+    /// Lets a created container's process run.
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// `None` when the runtime does not know the container.
+    async fn state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError>;
+    async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+    /// Forgets a container, killing it first if it still runs.
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+}

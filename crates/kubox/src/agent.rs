@@ -1,0 +1,103 @@
+//! The node agent's flags and start-up, shared by `kubox server` (which runs
+//! an agent for its own node) and, later, `kubox agent`.
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use kubox_agent::runtime::RuntimeCli;
+use kubox_agent::{Agent, AgentConfig, node_labels};
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    /// The node's name; the machine's hostname by default.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address other nodes and the API server reach this node at.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// The OCI runtime binary containers run with (runc, crun).
+    #[arg(long, default_value = "runc")]
+    runtime: String,
+    /// The node agent's HTTPS port (logs, exec), as kubelet's 10250.
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// Run no node agent on this server: it schedules pods onto other nodes only.
+    #[arg(long)]
+    disable_agent: bool,
+}
+
+/// The agent's state directory under a data directory.
+pub fn state_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("agent")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The address the machine's default route leaves from; loopback when it has none.
+fn default_ip() -> IpAddr {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn runtime_version(program: &str) -> String {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn node_name(args: &AgentArgs) -> String {
+    args.node_name.clone().unwrap_or_else(hostname)
+}
+
+/// Starts the node agent with `kubeconfig`'s identity, unless disabled.
+pub async fn start(
+    args: &AgentArgs,
+    data_dir: &Path,
+    kubeconfig: &Path,
+    control_plane: bool,
+) -> anyhow::Result<Option<Agent>> {
+    if args.disable_agent {
+        return Ok(None);
+    }
+    let node_name = node_name(args);
+    let state = state_dir(data_dir);
+    let runtime = RuntimeCli::new(&args.runtime, &state.join("runtime"));
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let agent = Agent::start(
+        client,
+        AgentConfig {
+            labels: node_labels(&node_name, control_plane),
+            node_name,
+            node_ip: args.node_ip.unwrap_or_else(default_ip),
+            state_dir: state,
+            runtime: Box::new(runtime),
+            runtime_version: runtime_version(&args.runtime),
+            port: args.agent_port,
+        },
+    )
+    .await
+    .context("starting the node agent")?;
+    Ok(Some(agent))
+}

@@ -1,0 +1,353 @@
+//! The node agent end to end: a real `kubox server` with its agent, real
+//! runc containers from an image built here, driven with real kubectl.
+
+use std::time::Duration;
+
+use kubox_testkit::{KuboxServer, eventually};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// A server whose node is named `node` and has busybox imported.
+async fn server_with_busybox() -> KuboxServer {
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+    let archive = server.data_dir().join("busybox.tar");
+    kubox_testkit::images::write_busybox_archive(&archive, BUSYBOX);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubox"))
+        .args(["image", "import", "--data-dir"])
+        .arg(server.data_dir())
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(BUSYBOX));
+    server
+}
+
+fn pod_json(server: &KuboxServer, name: &str) -> Value {
+    serde_json::from_str(&server.kubectl_ok(&["get", "pod", name, "-o", "json"])).unwrap()
+}
+
+/// The text a container wrote, from its CRI log files.
+fn container_output(server: &KuboxServer, pod: &str, container: &str) -> String {
+    let uid = uid(server, pod);
+    let dir = server
+        .data_dir()
+        .join(format!("agent/logs/default_{pod}_{uid}/{container}"));
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let raw = std::fs::read(entry.path()).unwrap();
+        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let record = kubox_agent::parse_record(line).expect("CRI log records");
+            text.push_str(&String::from_utf8_lossy(record.text));
+            if !record.partial {
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+fn uid(server: &KuboxServer, pod: &str) -> String {
+    pod_json(server, pod)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Mounts the agent made, and the cgroups of these pods; none should outlive them.
+fn leftovers(server: &KuboxServer, uids: &[String]) -> Vec<String> {
+    let data = server.data_dir().join("agent").display().to_string();
+    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&data))
+        .map(str::to_owned)
+        .collect();
+    for hierarchy in ["memory", "cpu", "pids"] {
+        for qos in ["besteffort", "burstable"] {
+            let dir = format!("/sys/fs/cgroup/{hierarchy}/kubepods/{qos}");
+            for uid in uids {
+                let pod = format!("{dir}/pod{uid}");
+                if std::path::Path::new(&pod).exists() {
+                    found.push(pod);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_node_registers_ready_with_a_lease() {
+    let server = server_with_busybox().await;
+    // Images imported while the node runs show in its status at the next heartbeat.
+    let node: Value = eventually(
+        "the node is ready and lists its images",
+        TIMEOUT,
+        || async {
+            let out = server.kubectl(&["get", "node", "node", "-o", "json"]);
+            let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ready = node["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (ready && node["status"]["images"].to_string().contains(BUSYBOX)).then_some(node)
+        },
+    )
+    .await;
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], "node");
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert!(
+        labels
+            .get("node-role.kubernetes.io/control-plane")
+            .is_some()
+    );
+    assert_eq!(node["status"]["capacity"]["pods"], "110");
+    let table = server.kubectl_ok(&["get", "nodes"]);
+    assert!(
+        table.contains("Ready") && table.contains("control-plane"),
+        "{table}"
+    );
+    let lease = server.kubectl_ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        "node",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(lease, "node");
+}
+
+#[tokio::test]
+async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
+    let server = server_with_busybox().await;
+    server.kubectl_ok(&[
+        "create",
+        "configmap",
+        "app",
+        "--from-literal=greeting=hello",
+    ]);
+    server.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=s3cret",
+    ]);
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "once"},
+        "spec": {
+            "nodeName": "node",
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", "cat /config/greeting; echo; echo \"pw=$PASSWORD\"; hostname; echo $(MSG) >&2"],
+                "env": [
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "MSG", "value": "to-stderr"},
+                ],
+                "volumeMounts": [{"name": "config", "mountPath": "/config"}],
+            }],
+            "volumes": [{"name": "config", "configMap": {"name": "app"}}],
+        }
+    });
+    let file = server.data_dir().join("once.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let pod = eventually("the pod succeeds", TIMEOUT, || async {
+        let pod = pod_json(&server, "once");
+        (pod["status"]["phase"] == "Succeeded").then_some(pod)
+    })
+    .await;
+    let state = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(state["exitCode"], 0);
+    assert_eq!(state["reason"], "Completed");
+    assert!(
+        pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("runc://")
+    );
+    assert_eq!(pod["status"]["containerStatuses"][0]["image"], BUSYBOX);
+    let output = container_output(&server, "once", "main");
+    for expected in ["hello", "pw=s3cret", "once", "to-stderr"] {
+        assert!(
+            output.lines().any(|l| l == expected),
+            "{expected:?} missing from {output:?}"
+        );
+    }
+    let table = server.kubectl_ok(&["get", "pod", "once"]);
+    assert!(table.contains("Completed"), "{table}");
+    let uids = [uid(&server, "once")];
+    server.kubectl_ok(&["delete", "pod", "once"]);
+    eventually("the pod's mounts and cgroups are gone", TIMEOUT, || async {
+        leftovers(&server, &uids).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn crashing_containers_back_off_and_missing_config_waits() {
+    let server = server_with_busybox().await;
+    server.kubectl_ok(&[
+        "run",
+        "crash",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"nodeName":"node"}}"#,
+        "--",
+        "sh",
+        "-c",
+        "echo boom; exit 3",
+    ]);
+    let status = eventually("the container is in CrashLoopBackOff", TIMEOUT, || async {
+        let pod = pod_json(&server, "crash");
+        let s = pod["status"]["containerStatuses"][0].clone();
+        (s["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(s)
+    })
+    .await;
+    assert!(status["restartCount"].as_i64().unwrap() >= 1);
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(status["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(pod_json(&server, "crash")["status"]["phase"], "Running");
+    let table = server.kubectl_ok(&["get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "waits"},
+        "spec": {
+            "nodeName": "node",
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"],
+                            "volumeMounts": [{"name": "c", "mountPath": "/c"}]}],
+            "volumes": [{"name": "c", "configMap": {"name": "later"}}],
+        }
+    });
+    let file = server.data_dir().join("waits.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    eventually("a FailedMount event", TIMEOUT, || async {
+        let events = server.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=waits",
+            "-o",
+            "json",
+        ]);
+        events.contains("FailedMount").then_some(())
+    })
+    .await;
+    let table = server.kubectl_ok(&["get", "pod", "waits"]);
+    assert!(table.contains("ContainerCreating"), "{table}");
+    server.kubectl_ok(&["create", "configmap", "later", "--from-literal=k=v"]);
+    eventually(
+        "the pod runs once its ConfigMap exists",
+        Duration::from_secs(90),
+        || async { (pod_json(&server, "waits")["status"]["phase"] == "Running").then_some(()) },
+    )
+    .await;
+
+    // sh as PID 1 ignores SIGTERM: the grace period ends in SIGKILL.
+    let uids = [uid(&server, "crash"), uid(&server, "waits")];
+    server.kubectl_ok(&["delete", "pod", "crash", "waits", "--grace-period=2"]);
+    let pods = server.kubectl_ok(&["get", "pods", "-o", "name"]);
+    assert!(pods.is_empty(), "{pods}");
+    eventually("the pods' mounts and cgroups are gone", TIMEOUT, || async {
+        leftovers(&server, &uids).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn containers_outlive_a_killed_agent_and_are_adopted() {
+    let mut server = server_with_busybox().await;
+    server.kubectl_ok(&[
+        "run",
+        "long",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"nodeName":"node"}}"#,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let before = eventually("the pod runs", TIMEOUT, || async {
+        let pod = pod_json(&server, "long");
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["status"]["containerStatuses"][0]["containerID"].clone())
+    })
+    .await;
+    let runtime_root = server.data_dir().join("agent/runtime");
+    let running = || {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&runtime_root)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(running().len(), 1);
+
+    server.kill();
+    server.restart().await;
+    let uid = uid(&server, "long");
+    let id = before
+        .as_str()
+        .unwrap()
+        .trim_start_matches("runc://")
+        .to_owned();
+    assert_eq!(
+        running(),
+        std::slice::from_ref(&id),
+        "the container outlived its agent"
+    );
+
+    // The restarted agent owns the old container: when it dies, it is
+    // restarted once, and the old one is cleaned away.
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runtime_root)
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    let pid = serde_json::from_slice::<Value>(&state.stdout).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("the container is restarted", TIMEOUT, || async {
+        let pod = pod_json(&server, "long");
+        let status = pod["status"]["containerStatuses"][0].clone();
+        (status["restartCount"] == 1 && status["state"]["running"].is_object()).then_some(status)
+    })
+    .await;
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 137);
+    assert_ne!(status["containerID"], before);
+    assert_eq!(running().len(), 1, "exactly one container runs for the pod");
+
+    server.kubectl_ok(&["delete", "pod", "long", "--grace-period=1"]);
+    assert!(running().is_empty());
+    eventually("the pod's mounts and cgroups are gone", TIMEOUT, || async {
+        leftovers(&server, std::slice::from_ref(&uid))
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
