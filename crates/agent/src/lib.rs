@@ -5,11 +5,13 @@
 mod container;
 mod events;
 pub mod image;
+mod log_reader;
 mod logs;
 mod node;
 mod pod;
 pub mod runtime;
 pub mod sandbox;
+mod server;
 mod spec;
 mod status;
 mod volumes;
@@ -38,6 +40,8 @@ pub enum AgentError {
     Io(String, #[source] std::io::Error),
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Endpoint(#[from] server::ServerError),
     #[error("registering node {0}: {1}")]
     Register(String, #[source] kube::Error),
 }
@@ -50,8 +54,10 @@ pub struct AgentConfig {
     pub runtime: Box<dyn ContainerRuntime>,
     pub runtime_version: String,
     pub labels: BTreeMap<String, String>,
-    /// The port the agent's HTTPS endpoint listens on (logs, exec).
+    /// The port the agent's HTTPS endpoint listens on (logs, exec), on all addresses.
     pub port: u16,
+    /// The CA whose client certificates the endpoint accepts (the cluster's).
+    pub client_ca_pem: String,
 }
 
 /// Where the agent keeps things, under its state directory.
@@ -86,6 +92,7 @@ pub struct Shared {
     pub runtime_version: String,
     pub memory_capacity: u64,
     pub agent_port: u16,
+    pub active_logs: Arc<logs::Active>,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -114,12 +121,14 @@ pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, Str
 
 /// A running agent; dropping it stops watching pods (containers keep running).
 pub struct Agent {
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -145,16 +154,22 @@ impl Agent {
             runtime_version: config.runtime_version,
             memory_capacity: node::memory_capacity(),
             agent_port: config.port,
+            active_logs: Arc::default(),
         });
+        let endpoint = server::start(
+            shared.clone(),
+            std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.port),
+            &config.client_ca_pem,
+        )
+        .await?;
         let node = node::register(&shared, &config.labels)
             .await
             .map_err(|e| AgentError::Register(config.node_name.clone(), e))?;
         let heartbeat = tokio::spawn(node::heartbeat(shared.clone(), node));
-        let task = tokio::spawn(async move {
-            run_pods(shared).await;
-            heartbeat.abort();
-        });
-        Ok(Self { task })
+        let pods = tokio::spawn(run_pods(shared));
+        Ok(Self {
+            tasks: vec![pods, heartbeat, endpoint],
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 //! fail while the agent is away: they wait in the pipe until an agent
 //! (perhaps a restarted one) reopens the pipe and copies them on.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,43 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// Lines longer than this are split into partial (`P`) records, as containerd does.
 const MAX_RECORD: usize = 16 * 1024;
+
+/// The log files being written now, each with a counter bumped after every
+/// record, so `kubectl logs -f` is woken by writes instead of polling, and
+/// learns the container ended when the writer drops its end.
+#[derive(Default)]
+pub struct Active(std::sync::Mutex<HashMap<PathBuf, watch::Receiver<u64>>>);
+
+impl Active {
+    fn register(&self, path: &Path) -> watch::Sender<u64> {
+        let (tx, rx) = watch::channel(0);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned(), rx);
+        tx
+    }
+
+    fn unregister(&self, path: &Path) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+    }
+
+    /// Changes to a log being written; `None` when nothing writes it.
+    pub fn subscribe(&self, path: &Path) -> Option<watch::Receiver<u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+    }
+}
 
 pub struct Pipes {
     pub stdout: PathBuf,
@@ -58,7 +92,11 @@ impl Pipes {
     }
 
     /// Copies both pipes into `log` until the container's side is closed.
-    pub fn copy_to(&self, log: &Path) -> io::Result<tokio::task::JoinHandle<()>> {
+    pub fn copy_to(
+        &self,
+        log: &Path,
+        active: &Arc<Active>,
+    ) -> io::Result<tokio::task::JoinHandle<()>> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -77,14 +115,23 @@ impl Pipes {
                 pipe::OpenOptions::new().open_receiver(&self.stderr)?,
             ),
         ];
+        let written = Arc::new(active.register(log));
+        let (active, log) = (active.clone(), log.to_owned());
         Ok(tokio::spawn(async move {
-            let copies = readers.map(|(stream, rx)| copy(stream, rx, file.clone()));
+            let copies =
+                readers.map(|(stream, rx)| copy(stream, rx, file.clone(), written.clone()));
             futures::future::join_all(copies).await;
+            active.unregister(&log);
         }))
     }
 }
 
-async fn copy(stream: &'static str, rx: pipe::Receiver, file: Arc<Mutex<tokio::fs::File>>) {
+async fn copy(
+    stream: &'static str,
+    rx: pipe::Receiver,
+    file: Arc<Mutex<tokio::fs::File>>,
+    written: Arc<watch::Sender<u64>>,
+) {
     let mut reader = BufReader::with_capacity(MAX_RECORD, rx);
     let mut line = Vec::new();
     loop {
@@ -108,6 +155,7 @@ async fn copy(stream: &'static str, rx: pipe::Receiver, file: Arc<Mutex<tokio::f
             tracing::warn!("writing a container log: {e}");
             return;
         }
+        written.send_modify(|n| *n += 1);
     }
 }
 
@@ -174,7 +222,7 @@ mod tests {
         std::io::Write::write_all(&mut out, b"one\ntwo\n").unwrap();
         std::io::Write::write_all(&mut err, b"oops\n").unwrap();
         let log = dir.path().join("0.log");
-        let copier = pipes.copy_to(&log).unwrap();
+        let copier = pipes.copy_to(&log, &Arc::default()).unwrap();
         drop((out, err));
         copier.await.unwrap();
         let text = std::fs::read(&log).unwrap();

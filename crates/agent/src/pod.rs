@@ -263,7 +263,9 @@ impl Worker {
             }
             match self.shared.runtime.state(&r.id).await {
                 Ok(Some(state)) if state.status == RuntimeStatus::Running => {
-                    if let Err(e) = Pipes::in_dir(&r.dir(&self.shared)).copy_to(&r.log_path) {
+                    if let Err(e) = Pipes::in_dir(&r.dir(&self.shared))
+                        .copy_to(&r.log_path, &self.shared.active_logs)
+                    {
                         tracing::warn!("reattaching logs of {}: {e}", r.id);
                     }
                     self.watch_exit(&r.name, r.pid);
@@ -709,7 +711,7 @@ impl Worker {
             .join(format!("{}_{}_{}", self.namespace(), self.name(), self.uid))
             .join(&c.name)
             .join(format!("{attempt}.log"));
-        if let Err(e) = pipes.copy_to(&log_path) {
+        if let Err(e) = pipes.copy_to(&log_path, &shared.active_logs) {
             return Err(fail_cleanup("opening the log file", &e));
         }
         let pid = match shared

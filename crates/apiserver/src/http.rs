@@ -42,6 +42,8 @@ pub struct Handler {
     pub api: Arc<Api>,
     pub authorizer: Box<dyn Authorizer>,
     pub metrics: crate::metrics::Metrics,
+    /// How `pods/log` reaches node agents.
+    pub nodes: crate::pod_log::NodeClient,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -380,6 +382,11 @@ impl Handler {
                     && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
+            }
+            Some("log") if rt.plural == "pods" && rr.verb == Verb::Get => {
+                let name = rr.name.as_deref().unwrap_or_default();
+                return crate::pod_log::pod_log(api, &self.nodes, ns.unwrap_or_default(), name, &q)
+                    .await;
             }
             Some("binding") if rt.plural == "pods" && rr.verb == Verb::Create => {
                 let target = ObjectRef {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+mod pod_log;
 pub mod registry;
 pub mod request;
 pub mod scale;
@@ -144,6 +145,11 @@ impl ApiServer {
             api: api.clone(),
             authorizer: Box::new(authz::AllowAuthenticated),
             metrics: Default::default(),
+            nodes: pod_log::NodeClient::new(&pki.client(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                &["system:masters"],
+            )?)?,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
         bootstrap::run(&api, addr.port())

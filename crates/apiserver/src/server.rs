@@ -27,7 +27,7 @@ pub enum TlsError {
     Verifier(String),
 }
 
-fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Pem(e.to_string()))

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::Path;
 
 use anyhow::Context;
+use base64::Engine;
 use clap::Args;
 use kubox_agent::runtime::RuntimeCli;
 use kubox_agent::{Agent, AgentConfig, node_labels};
@@ -79,8 +80,18 @@ pub async fn start(
     let node_name = node_name(args);
     let state = state_dir(data_dir);
     let runtime = RuntimeCli::new(&args.runtime, &state.join("runtime"));
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    // The agent's endpoint trusts the clients of the cluster CA its kubeconfig trusts.
+    let client_ca_pem = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|pem| String::from_utf8(pem).ok())
+        .context("the node kubeconfig names no certificate authority")?;
     let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await?;
@@ -95,6 +106,7 @@ pub async fn start(
             runtime: Box::new(runtime),
             runtime_version: runtime_version(&args.runtime),
             port: args.agent_port,
+            client_ca_pem,
         },
     )
     .await

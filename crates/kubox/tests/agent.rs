@@ -29,6 +29,16 @@ async fn server_with_busybox() -> KuboxServer {
     server
 }
 
+/// `kubectl apply` of a manifest given as JSON.
+fn apply(server: &KuboxServer, manifest: &Value) {
+    let file = server.data_dir().join(format!(
+        "{}.json",
+        manifest["metadata"]["name"].as_str().unwrap()
+    ));
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+}
+
 fn pod_json(server: &KuboxServer, name: &str) -> Value {
     serde_json::from_str(&server.kubectl_ok(&["get", "pod", name, "-o", "json"])).unwrap()
 }
@@ -161,9 +171,7 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
             "volumes": [{"name": "config", "configMap": {"name": "app"}}],
         }
     });
-    let file = server.data_dir().join("once.json");
-    std::fs::write(&file, manifest.to_string()).unwrap();
-    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    apply(&server, &manifest);
     let pod = eventually("the pod succeeds", TIMEOUT, || async {
         let pod = pod_json(&server, "once");
         (pod["status"]["phase"] == "Succeeded").then_some(pod)
@@ -179,7 +187,12 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
             .starts_with("runc://")
     );
     assert_eq!(pod["status"]["containerStatuses"][0]["image"], BUSYBOX);
-    let output = container_output(&server, "once", "main");
+    let output = server.kubectl_ok(&["logs", "once"]);
+    assert_eq!(
+        output,
+        container_output(&server, "once", "main"),
+        "kubectl logs shows what the log files hold"
+    );
     for expected in ["hello", "pw=s3cret", "once", "to-stderr"] {
         assert!(
             output.lines().any(|l| l == expected),
@@ -222,6 +235,11 @@ async fn crashing_containers_back_off_and_missing_config_waits() {
     assert_eq!(pod_json(&server, "crash")["status"]["phase"], "Running");
     let table = server.kubectl_ok(&["get", "pod", "crash"]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
+    assert_eq!(server.kubectl_ok(&["logs", "crash"]), "boom\n");
+    assert_eq!(
+        server.kubectl_ok(&["logs", "crash", "--previous"]),
+        "boom\n"
+    );
 
     let manifest = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -233,9 +251,7 @@ async fn crashing_containers_back_off_and_missing_config_waits() {
             "volumes": [{"name": "c", "configMap": {"name": "later"}}],
         }
     });
-    let file = server.data_dir().join("waits.json");
-    std::fs::write(&file, manifest.to_string()).unwrap();
-    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    apply(&server, &manifest);
     eventually("a FailedMount event", TIMEOUT, || async {
         let events = server.kubectl_ok(&[
             "get",
@@ -250,6 +266,11 @@ async fn crashing_containers_back_off_and_missing_config_waits() {
     .await;
     let table = server.kubectl_ok(&["get", "pod", "waits"]);
     assert!(table.contains("ContainerCreating"), "{table}");
+    let early = server.kubectl(&["logs", "waits"]);
+    assert_eq!(
+        String::from_utf8_lossy(&early.stderr).trim(),
+        "Error from server (BadRequest): container \"main\" in pod \"waits\" is waiting to start: ContainerCreating"
+    );
     server.kubectl_ok(&["create", "configmap", "later", "--from-literal=k=v"]);
     eventually(
         "the pod runs once its ConfigMap exists",
@@ -350,4 +371,60 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn kubectl_logs_follows_tails_and_picks_containers() {
+    let server = server_with_busybox().await;
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "talker"},
+        "spec": {
+            "nodeName": "node",
+            "restartPolicy": "Never",
+            "initContainers": [{"name": "setup", "image": "busybox", "command": ["echo", "init done"]}],
+            "containers": [
+                {"name": "counter", "image": "busybox",
+                 "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done"]},
+                {"name": "quiet", "image": "busybox", "command": ["true"]},
+            ],
+        }
+    });
+    apply(&server, &manifest);
+    // kubectl picks a container itself; the API's own answer to a bare request:
+    let ambiguous = server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/talker/log"]);
+    let stderr = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        stderr.contains("a container name must be specified for pod talker, choose one of: [counter quiet] or one of the init containers: [setup]"),
+        "{stderr}"
+    );
+    eventually("the counter starts", TIMEOUT, || async {
+        let pod = pod_json(&server, "talker");
+        pod["status"]["containerStatuses"]
+            .to_string()
+            .contains("startedAt")
+            .then_some(())
+    })
+    .await;
+    // -f streams until the container ends, so every line arrives.
+    let followed = server.kubectl_ok(&["logs", "-f", "talker", "-c", "counter"]);
+    assert_eq!(followed, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+    assert_eq!(
+        server.kubectl_ok(&["logs", "talker", "-c", "counter", "--tail=2"]),
+        "line 4\nline 5\n"
+    );
+    assert_eq!(
+        server.kubectl_ok(&["logs", "talker", "-c", "setup"]),
+        "init done\n"
+    );
+    let stamped = server.kubectl_ok(&["logs", "talker", "-c", "setup", "--timestamps"]);
+    let (time, text) = stamped.trim_end().split_once(' ').unwrap();
+    assert!(time.ends_with('Z') && time.contains('T'), "{stamped}");
+    assert_eq!(text, "init done");
+    let all = server.kubectl_ok(&["logs", "talker", "--all-containers", "--prefix"]);
+    assert!(
+        all.contains("[pod/talker/setup] init done") && all.contains("[pod/talker/counter] line 5"),
+        "{all}"
+    );
+    server.kubectl_ok(&["delete", "pod", "talker", "--grace-period=1"]);
 }

@@ -147,6 +147,7 @@ pub struct KuboxServer {
     args: Vec<String>,
     dir: tempfile::TempDir,
     port: u16,
+    agent_port: u16,
 }
 
 impl KuboxServer {
@@ -158,6 +159,7 @@ impl KuboxServer {
             args: extra_args.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("temporary data directory"),
             port: free_port(),
+            agent_port: free_port(),
         };
         server.spawn().await;
         server
@@ -219,6 +221,10 @@ impl KuboxServer {
             .arg("--https-port")
             .arg(self.port.to_string())
             .arg("--bind-address")
+            .arg("127.0.0.1")
+            .arg("--agent-port")
+            .arg(self.agent_port.to_string())
+            .arg("--node-ip")
             .arg("127.0.0.1")
             .args(&self.args)
             .stdout(Stdio::null())
