@@ -3,7 +3,6 @@
 //! a [`pod::Worker`], reporting status back through the API.
 
 mod container;
-mod events;
 pub mod image;
 mod log_reader;
 mod logs;
@@ -52,7 +51,8 @@ pub struct AgentConfig {
     /// Where the agent keeps images, containers, pods and logs.
     pub state_dir: PathBuf,
     pub runtime: Box<dyn ContainerRuntime>,
-    pub runtime_version: String,
+    /// `None` when the runtime is missing: the node then reports itself not ready.
+    pub runtime_version: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// The port the agent's HTTPS endpoint listens on (logs, exec), on all addresses.
     pub port: u16,
@@ -89,10 +89,11 @@ pub struct Shared {
     pub dirs: Dirs,
     pub images: ImageStore,
     pub runtime: Box<dyn ContainerRuntime>,
-    pub runtime_version: String,
+    pub runtime_version: Option<String>,
     pub memory_capacity: u64,
     pub agent_port: u16,
     pub active_logs: Arc<logs::Active>,
+    pub events: kubox_client::events::Recorder,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -145,6 +146,11 @@ impl Agent {
         runtime::become_subreaper().map_err(|e| AgentError::Io("the subreaper flag".into(), e))?;
         let images = ImageStore::open(&dirs.images)?;
         let shared = Arc::new(Shared {
+            events: kubox_client::events::Recorder::new(
+                client.clone(),
+                "kubelet",
+                Some(&config.node_name),
+            ),
             client,
             node_name: config.node_name.clone(),
             node_ip: config.node_ip.to_string(),

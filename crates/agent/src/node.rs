@@ -140,12 +140,23 @@ fn status(shared: &Shared, previous: Option<&NodeStatus>) -> NodeStatus {
                 "KubeletHasSufficientPID",
                 "kubelet has sufficient PID available",
             ),
-            condition(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            ),
+            match &shared.runtime_version {
+                Some(_) => condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+                None => condition(
+                    "Ready",
+                    "False",
+                    "KubeletNotReady",
+                    &format!(
+                        "container runtime is down: {} was not found",
+                        shared.runtime.name()
+                    ),
+                ),
+            },
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
@@ -159,7 +170,7 @@ fn status(shared: &Shared, previous: Option<&NodeStatus>) -> NodeStatus {
             container_runtime_version: format!(
                 "{}://{}",
                 shared.runtime.name(),
-                shared.runtime_version
+                shared.runtime_version.as_deref().unwrap_or("unknown")
             ),
             kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
             kube_proxy_version: String::new(),

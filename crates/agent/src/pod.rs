@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::container;
-use crate::events::{self, Type};
 use crate::image::Reference;
 use crate::logs::Pipes;
 use crate::runtime::{ExitWatch, Exited, Status as RuntimeStatus, Stdio};
@@ -29,6 +28,7 @@ use crate::sandbox::{HostShared, Sandbox};
 use crate::spec::{ContainerConfig, oci_spec};
 use crate::volumes::Source;
 use crate::{Shared, status, volumes};
+use kubox_client::events::{Type, pod_reference};
 
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -170,15 +170,9 @@ impl Worker {
             };
             format!("spec.{kind}{{{c}}}")
         });
-        events::record(
-            &self.shared.client,
-            &self.shared.node_name,
-            &self.pod,
-            field_path,
-            type_,
-            reason,
-            message,
-        );
+        self.shared
+            .events
+            .record(pod_reference(&self.pod, field_path), type_, reason, message);
     }
 
     /// Remembers why the pod cannot go on, telling it once per new reason.
@@ -633,11 +627,12 @@ impl Worker {
             >,
              key: &str| { map.as_ref().and_then(|m| m.get(key)).map(|q| q.0.clone()) };
         let memory_limit = quantity(&resources.limits, "memory")
-            .and_then(|q| parse_quantity(&q))
+            .and_then(|q| kubox_client::quantity::parse(&q))
             .map(|v| v as i64);
-        let cpu_limit = quantity(&resources.limits, "cpu").and_then(|q| parse_quantity(&q));
+        let cpu_limit =
+            quantity(&resources.limits, "cpu").and_then(|q| kubox_client::quantity::parse(&q));
         let cpu_request = quantity(&resources.requests, "cpu")
-            .and_then(|q| parse_quantity(&q))
+            .and_then(|q| kubox_client::quantity::parse(&q))
             .or(cpu_limit);
         let qos = self
             .pod
@@ -912,11 +907,12 @@ impl Worker {
             } else {
                 resources.limits
             };
-            let value = map.and_then(|m| m.get(key).and_then(|q| parse_quantity(&q.0)));
+            let value =
+                map.and_then(|m| m.get(key).and_then(|q| kubox_client::quantity::parse(&q.0)));
             let divisor = r
                 .divisor
                 .as_ref()
-                .and_then(|d| parse_quantity(&d.0))
+                .and_then(|d| kubox_client::quantity::parse(&d.0))
                 .unwrap_or(1.0);
             let value = match (value, key) {
                 (Some(v), _) => v,
@@ -1215,29 +1211,6 @@ fn termination_message(shared: &Shared, r: &Record) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// `1`, `500m`, `64Mi`, `1G`, `1e3` as a number of base units.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let factor = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return None,
-    };
-    Some(n * factor)
-}
-
 fn num_cpus() -> f64 {
     std::thread::available_parallelism()
         .map(|n| n.get() as f64)
@@ -1361,15 +1334,6 @@ fn remove_pod_cgroups(uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_quantity("500m"), Some(0.5));
-        assert_eq!(parse_quantity("2"), Some(2.0));
-        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
-        assert_eq!(parse_quantity("1G"), Some(1e9));
-        assert_eq!(parse_quantity("1x"), None);
-    }
 
     #[test]
     fn back_off_messages_read_as_upstream() {

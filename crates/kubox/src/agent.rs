@@ -49,18 +49,18 @@ fn default_ip() -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-fn runtime_version(program: &str) -> String {
-    std::process::Command::new(program)
+/// The runtime's version, from `--version`; `None` when it cannot run.
+fn runtime_version(program: &str) -> Option<String> {
+    let out = std::process::Command::new(program)
         .arg("--version")
         .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
-        })
-        .unwrap_or_else(|| "unknown".into())
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    Some(version)
 }
 
 pub fn node_name(args: &AgentArgs) -> String {
@@ -80,7 +80,7 @@ pub async fn start(
     let node_name = node_name(args);
     let state = state_dir(data_dir);
     let runtime = RuntimeCli::new(&args.runtime, &state.join("runtime"));
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let (client, kubeconfig) = kubox_client::connect(kubeconfig).await?;
     // The agent's endpoint trusts the clients of the cluster CA its kubeconfig trusts.
     let client_ca_pem = kubeconfig
         .clusters
@@ -90,12 +90,6 @@ pub async fn start(
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|pem| String::from_utf8(pem).ok())
         .context("the node kubeconfig names no certificate authority")?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let client = kube::Client::try_from(config)?;
     let agent = Agent::start(
         client,
         AgentConfig {
@@ -104,7 +98,13 @@ pub async fn start(
             node_ip: args.node_ip.unwrap_or_else(default_ip),
             state_dir: state,
             runtime: Box::new(runtime),
-            runtime_version: runtime_version(&args.runtime),
+            runtime_version: {
+                let version = runtime_version(&args.runtime);
+                if version.is_none() {
+                    tracing::warn!("container runtime {} not found: pods cannot run until it is installed (Debian: apt install runc)", args.runtime);
+                }
+                version
+            },
             port: args.agent_port,
             client_ca_pem,
         },

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use kubox_agent::image::ImageStore;
+use kubox_agent::image::{ImageStore, Removal};
 
 #[derive(Args)]
 pub struct ImageArgs {
@@ -61,8 +61,10 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         }
         ImageCommand::Rm { images } => {
             for what in images {
-                let removed = store.remove(&what)?;
-                println!("Deleted: {}", removed.id);
+                match store.remove(&what)? {
+                    Removal::Untagged(tag) => println!("Untagged: {tag}"),
+                    Removal::Deleted(id) => println!("Deleted: {id}"),
+                }
             }
         }
     }

@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
+    /// Run no scheduler in this server (another one places pods).
+    #[arg(long)]
+    disable_scheduler: bool,
     #[command(flatten)]
     agent: crate::agent::AgentArgs,
 }
@@ -103,6 +106,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .context("writing the node agent's credentials")?;
     let _agent = crate::agent::start(&args.agent, &args.data_dir, &node_kubeconfig, true).await?;
+    let _scheduler = if args.disable_scheduler {
+        None
+    } else {
+        let kubeconfig = server
+            .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
+            .context("writing the scheduler's credentials")?;
+        let (client, _) = kubox_client::connect(&kubeconfig).await?;
+        Some(kubox_scheduler::Scheduler::start(client))
+    };
     println!("kubox server: API at https://{}", server.addr);
     println!("kubox server: data in {}", args.data_dir.display());
     println!(

@@ -12,20 +12,7 @@ const BUSYBOX: &str = "docker.io/library/busybox:latest";
 /// A server whose node is named `node` and has busybox imported.
 async fn server_with_busybox() -> KuboxServer {
     let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
-    let archive = server.data_dir().join("busybox.tar");
-    kubox_testkit::images::write_busybox_archive(&archive, BUSYBOX);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubox"))
-        .args(["image", "import", "--data-dir"])
-        .arg(server.data_dir())
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(BUSYBOX));
+    server.import_busybox();
     server
 }
 
@@ -427,4 +414,50 @@ async fn kubectl_logs_follows_tails_and_picks_containers() {
         "{all}"
     );
     server.kubectl_ok(&["delete", "pod", "talker", "--grace-period=1"]);
+}
+
+#[test]
+fn images_from_skopeo_archives_are_imported_listed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("busybox-oci.tar");
+    kubox_testkit::images::write_busybox_archive(&oci, BUSYBOX);
+    let docker = dir.path().join("busybox-docker.tar");
+    let copied = std::process::Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci-archive:{}", oci.display()))
+        .arg(format!(
+            "docker-archive:{}:example.com/tools/busybox:v3",
+            docker.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let kubox = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubox"))
+            .arg("image")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    kubox(&["import", docker.to_str().unwrap()]);
+    kubox(&["import", oci.to_str().unwrap()]);
+    let listed = kubox(&["ls"]);
+    assert!(
+        listed.contains("example.com/tools/busybox:v3") && listed.contains(BUSYBOX),
+        "{listed}"
+    );
+    kubox(&["rm", "example.com/tools/busybox:v3"]);
+    let listed = kubox(&["ls"]);
+    assert!(
+        !listed.contains("example.com/tools/busybox:v3") && listed.contains(BUSYBOX),
+        "{listed}"
+    );
 }

@@ -93,7 +93,8 @@ async fn kube_rs_watcher_and_reflector_follow_changes() {
 /// The scheduler's way of placing a pod: the binding subresource.
 #[tokio::test]
 async fn pods_bind_to_a_node_once() {
-    let server = KuboxServer::start(KUBOX, &[]).await;
+    // This test is the scheduler: the built-in one must not race it.
+    let server = KuboxServer::start(KUBOX, &["--disable-scheduler"]).await;
     let pods: Api<Pod> = Api::namespaced(client(&server).await, "default");
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "p"},

@@ -200,6 +200,24 @@ impl KuboxServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Imports a busybox image built on the spot (`images::write_busybox_archive`)
+    /// into the server's node as `docker.io/library/busybox:latest`.
+    pub fn import_busybox(&self) {
+        let archive = self.dir.path().join("busybox.tar");
+        images::write_busybox_archive(&archive, "docker.io/library/busybox:latest");
+        let out = Command::new(&self.bin)
+            .args(["image", "import", "--data-dir"])
+            .arg(self.dir.path())
+            .arg(&archive)
+            .output()
+            .expect("running kubox image import");
+        assert!(
+            out.status.success(),
+            "kubox image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// SIGKILL, as a crash or power cut of the process would.
     pub fn kill(&mut self) {
         kill(&mut self.child);

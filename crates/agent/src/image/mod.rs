@@ -5,4 +5,4 @@ pub mod reference;
 mod store;
 
 pub use reference::{InvalidImageName, Reference};
-pub use store::{ImageError, ImageRecord, ImageStore, platform_architecture};
+pub use store::{ImageError, ImageRecord, ImageStore, Removal, platform_architecture};

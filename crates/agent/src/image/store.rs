@@ -55,6 +55,15 @@ pub struct ImageRecord {
     pub size: u64,
 }
 
+/// What `remove` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Only this tag went; the image has others.
+    Untagged(String),
+    /// The image went, with the blobs no other image shares.
+    Deleted(String),
+}
+
 pub struct ImageStore {
     root: PathBuf,
     /// The index as last read from `images.json`, with that file's
@@ -274,12 +283,10 @@ impl ImageStore {
         let guard = self.index().ok()?;
         let index = &guard.0;
         let found = match &reference.digest {
-            Some(digest) => index.values().find(|r| {
-                r.manifest_digest == *digest
-                    && r.repo_digests
-                        .iter()
-                        .any(|d| d.starts_with(&format!("{}@", reference.name())))
-            }),
+            Some(digest) => {
+                let pinned = format!("{}@{digest}", reference.name());
+                index.values().find(|r| r.repo_digests.contains(&pinned))
+            }
             None => index
                 .values()
                 .find(|r| r.tags.contains(&reference.to_string())),
@@ -302,9 +309,10 @@ impl ImageStore {
             .unwrap_or_default()
     }
 
-    /// Forgets an image, by full reference or ID (a unique ID prefix will
-    /// do), and drops the blobs and layers no other image uses.
-    pub fn remove(&self, what: &str) -> Result<ImageRecord> {
+    /// Forgets an image by ID (a unique prefix will do), or a tag of it: an
+    /// image with other tags only loses that one, as `docker rmi` does. Blobs
+    /// and layers no other image uses are dropped.
+    pub fn remove(&self, what: &str) -> Result<Removal> {
         let _lock = self.lock()?;
         let mut guard = self.index()?;
         let index = &mut guard.0;
@@ -322,6 +330,19 @@ impl ImageStore {
         let [id] = matches.as_slice() else {
             return Err(ImageError::NotFound(what.to_owned()));
         };
+        if let Some(tag) = &by_ref
+            && let Some(record) = index.get_mut(id)
+            && record.tags.contains(tag)
+            && record.tags.len() > 1
+        {
+            record.tags.retain(|t| t != tag);
+            let name = tag.rsplit_once(':').map_or(tag.as_str(), |(n, _)| n);
+            record
+                .repo_digests
+                .retain(|d| !d.starts_with(&format!("{name}@")));
+            self.save_index(index)?;
+            return Ok(Removal::Untagged(tag.clone()));
+        }
         let removed = index.remove(id).expect("matched above");
         self.save_index(index)?;
         let still_used = |digest: &String| {
@@ -343,7 +364,7 @@ impl ImageStore {
                 let _ = fs::remove_dir_all(self.root.join("layers").join(hex));
             }
         }
-        Ok(removed)
+        Ok(Removal::Deleted(removed.id))
     }
 
     /// Imports every image in an OCI image layout or docker-archive tarball.

@@ -1,0 +1,33 @@
+//! What kubox's components share as API clients.
+
+pub mod events;
+pub mod quantity;
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading kubeconfig {0}: {1}")]
+    Read(String, #[source] kube::config::KubeconfigError),
+    #[error("kubeconfig {0}: {1}")]
+    Config(String, #[source] kube::config::KubeconfigError),
+    #[error("kubeconfig {0}: {1}")]
+    Client(String, #[source] kube::Error),
+}
+
+/// A client with the identity and server of a kubeconfig file, and the file's contents.
+pub async fn connect(
+    path: &Path,
+) -> Result<(kube::Client, kube::config::Kubeconfig), ConnectError> {
+    let shown = path.display().to_string();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| ConnectError::Read(shown.clone(), e))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig.clone(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| ConnectError::Config(shown.clone(), e))?;
+    let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(shown, e))?;
+    Ok((client, kubeconfig))
+}

@@ -1,0 +1,343 @@
+//! The filters of upstream's default profile, in its order: each says why a
+//! node cannot take a pod, in upstream's words.
+
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
+
+use crate::node_info::{NodeInfo, host_ports};
+use crate::resources::{Resources, allocatable};
+
+/// Why a node was rejected, and whether evicting pods (preemption) could change that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reasons: Vec<String>,
+    pub resolvable: bool,
+}
+
+fn unresolvable(reason: impl Into<String>) -> Rejection {
+    Rejection {
+        reasons: vec![reason.into()],
+        resolvable: false,
+    }
+}
+
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => {
+                t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
+            }
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn tolerations(pod: &Pod) -> &[Toleration] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default()
+}
+
+fn node_unschedulable(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+    let cordoned = info
+        .node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let taint = Taint {
+        key: "node.kubernetes.io/unschedulable".into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    if cordoned && !tolerates(tolerations(pod), &taint) {
+        return Err(unresolvable("node(s) were unschedulable"));
+    }
+    Ok(())
+}
+
+fn taint_toleration(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+    let taints = info
+        .node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    let untolerated = taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tolerates(tolerations(pod), t));
+    match untolerated {
+        Some(t) => Err(unresolvable(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or_default()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a node matches a term: all its expressions on labels and fields.
+pub fn term_matches(term: &NodeSelectorTerm, info: &NodeInfo) -> bool {
+    let labels = info.node.metadata.labels.clone().unwrap_or_default();
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        && fields
+            .iter()
+            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(info.name())))
+}
+
+fn node_affinity(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+    let spec = pod.spec.as_ref();
+    let labels = info.node.metadata.labels.clone().unwrap_or_default();
+    let selector_ok = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let required = spec
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok =
+        required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, info)));
+    if selector_ok && affinity_ok {
+        Ok(())
+    } else {
+        Err(unresolvable(
+            "node(s) didn't match Pod's node affinity/selector",
+        ))
+    }
+}
+
+fn node_ports(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+    let conflict = host_ports(pod).iter().any(|(proto, ip, port)| {
+        info.ports
+            .iter()
+            .any(|(p, i, n)| p == proto && n == port && (i.is_empty() || ip.is_empty() || i == ip))
+    });
+    if conflict {
+        return Err(Rejection {
+            reasons: vec!["node(s) didn't have free ports for the requested pod ports".into()],
+            resolvable: true,
+        });
+    }
+    Ok(())
+}
+
+fn resources_fit(requests: &Resources, info: &NodeInfo) -> Result<(), Rejection> {
+    let alloc = allocatable(&info.node);
+    let mut reasons = Vec::new();
+    if info.pods as i64 + 1 > alloc.get("pods").copied().unwrap_or(0) {
+        reasons.push("Too many pods".to_owned());
+    }
+    for (resource, want) in requests {
+        if *want <= 0 {
+            continue;
+        }
+        let used = info.requested.get(resource).copied().unwrap_or(0);
+        if used + want > alloc.get(resource).copied().unwrap_or(0) {
+            reasons.push(format!("Insufficient {resource}"));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Rejection {
+            reasons,
+            resolvable: true,
+        })
+    }
+}
+
+/// Runs every filter in order; the first to reject decides.
+pub fn filter(pod: &Pod, requests: &Resources, info: &NodeInfo) -> Result<(), Rejection> {
+    node_unschedulable(pod, info)?;
+    taint_toleration(pod, info)?;
+    node_affinity(pod, info)?;
+    node_ports(pod, info)?;
+    resources_fit(requests, info)
+}
+
+/// Upstream's FitError text: `0/3 nodes are available: 1 node(s) had
+/// untolerated taint {k: v}, 2 Insufficient cpu. preemption: ...`.
+pub fn fit_error(total: usize, rejections: &[Rejection]) -> String {
+    let histogram = |items: Vec<String>| {
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for i in items {
+            *counts.entry(i).or_default() += 1;
+        }
+        let mut lines: Vec<String> = counts
+            .into_iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        lines.sort();
+        lines.join(", ")
+    };
+    let reasons = histogram(rejections.iter().flat_map(|r| r.reasons.clone()).collect());
+    let preemption = histogram(
+        rejections
+            .iter()
+            .map(|r| {
+                if r.resolvable {
+                    "No preemption victims found for incoming pod"
+                } else {
+                    "Preemption is not helpful for scheduling"
+                }
+                .to_owned()
+            })
+            .collect(),
+    );
+    let mut message = format!("0/{total} nodes are available:");
+    if !reasons.is_empty() {
+        message.push_str(&format!(" {reasons}."));
+    }
+    message.push_str(&format!(
+        " preemption: 0/{total} nodes are available: {preemption}."
+    ));
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn node(v: serde_json::Value) -> NodeInfo {
+        let mut base = json!({"metadata": {"name": "n1", "labels": {"disk": "ssd", "zone": "3"}},
+                              "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}}});
+        json_patch::merge(&mut base, &v);
+        NodeInfo::new(Arc::new(serde_json::from_value::<Node>(base).unwrap()))
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut base = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+        json_patch::merge(&mut base, &json!({"spec": spec}));
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn check(p: &Pod, n: &NodeInfo) -> Result<(), Rejection> {
+        filter(p, &crate::resources::pod_requests(p), n)
+    }
+
+    #[test]
+    fn taints_need_tolerations() {
+        let n = node(json!({"spec": {"taints": [{"key": "role/log", "effect": "NoSchedule"}]}}));
+        assert_eq!(
+            check(&pod(json!({})), &n).unwrap_err().reasons,
+            ["node(s) had untolerated taint {role/log: }"]
+        );
+        let tolerant = pod(
+            json!({"tolerations": [{"key": "role/log", "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
+        assert!(check(&tolerant, &n).is_ok());
+        let everything = pod(json!({"tolerations": [{"operator": "Exists"}]}));
+        assert!(check(&everything, &n).is_ok());
+    }
+
+    #[test]
+    fn selectors_and_affinity_match_labels() {
+        let n = node(json!({}));
+        assert!(check(&pod(json!({"nodeSelector": {"disk": "ssd"}})), &n).is_ok());
+        assert!(
+            !check(&pod(json!({"nodeSelector": {"disk": "hdd"}})), &n)
+                .unwrap_err()
+                .resolvable
+        );
+        let gt = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "Gt", "values": ["2"]}]}]}}}});
+        assert!(check(&pod(gt), &n).is_ok());
+        let by_name = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]}}}});
+        assert!(check(&pod(by_name), &n).is_err());
+    }
+
+    #[test]
+    fn resources_and_ports_must_fit() {
+        let mut n = node(json!({}));
+        let big = pod(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3", "memory": "8Gi"}}}]}),
+        );
+        assert_eq!(
+            check(&big, &n).unwrap_err().reasons,
+            ["Insufficient cpu", "Insufficient memory"]
+        );
+        let web = pod(
+            json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+        );
+        assert!(check(&web, &n).is_ok());
+        n.add(&web);
+        assert_eq!(
+            check(&web, &n).unwrap_err().reasons,
+            ["node(s) didn't have free ports for the requested pod ports"]
+        );
+    }
+
+    #[test]
+    fn cordoned_nodes_take_nothing() {
+        let n = node(json!({"spec": {"unschedulable": true}}));
+        assert_eq!(
+            check(&pod(json!({})), &n).unwrap_err().reasons,
+            ["node(s) were unschedulable"]
+        );
+    }
+
+    #[test]
+    fn fit_errors_read_as_upstream() {
+        let taint =
+            unresolvable("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }");
+        let cpu = Rejection {
+            reasons: vec!["Insufficient cpu".into()],
+            resolvable: true,
+        };
+        assert_eq!(
+            fit_error(3, &[taint, cpu.clone(), cpu]),
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
+             preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+        );
+    }
+}
