@@ -8,6 +8,8 @@ mod log_reader;
 mod logs;
 mod node;
 mod pod;
+mod probe;
+mod prober;
 pub mod runtime;
 pub mod sandbox;
 mod server;

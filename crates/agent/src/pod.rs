@@ -24,10 +24,10 @@ use crate::container;
 use crate::image::Reference;
 use crate::logs::Pipes;
 use crate::runtime::{ExitWatch, Exited, Status as RuntimeStatus, Stdio};
-use crate::sandbox::{HostShared, Sandbox};
+use crate::sandbox::{self, HostShared, Sandbox};
 use crate::spec::{ContainerConfig, oci_spec};
 use crate::volumes::Source;
-use crate::{Shared, status, volumes};
+use crate::{Shared, probe, prober, status, volumes};
 use kubox_client::events::{Type, pod_reference};
 
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -93,6 +93,11 @@ struct Slot {
     waiting: Option<(String, String)>,
     backoff: Duration,
     not_before: Option<Instant>,
+    /// The startup probe passed (or there is none) for the current run.
+    started: bool,
+    /// The readiness probe passed for the current run.
+    ready: bool,
+    prober: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Slot {
@@ -117,6 +122,8 @@ pub struct Worker {
     pod_rx: watch::Receiver<Option<Pod>>,
     exit_tx: mpsc::UnboundedSender<(String, Exited)>,
     exit_rx: mpsc::UnboundedReceiver<(String, Exited)>,
+    verdict_tx: mpsc::UnboundedSender<prober::Verdict>,
+    verdict_rx: mpsc::UnboundedReceiver<prober::Verdict>,
     slots: BTreeMap<String, Slot>,
     volumes: HashMap<String, PathBuf>,
     sandbox_ready: bool,
@@ -138,6 +145,7 @@ impl Worker {
     ) -> Self {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
         let start_time = pod
             .status
             .as_ref()
@@ -150,6 +158,8 @@ impl Worker {
             pod_rx,
             exit_tx,
             exit_rx,
+            verdict_tx,
+            verdict_rx,
             slots: BTreeMap::new(),
             volumes: HashMap::new(),
             sandbox_ready: false,
@@ -263,6 +273,7 @@ impl Worker {
                         tracing::warn!("reattaching logs of {}: {e}", r.id);
                     }
                     self.watch_exit(&r.name, r.pid);
+                    self.start_probing(&r.name, &r.id);
                 }
                 _ => {
                     let _ = self.exit_tx.send((r.name.clone(), Exited::UNKNOWN));
@@ -289,9 +300,110 @@ impl Worker {
                     }
                 }
                 Some((name, exited)) = self.exit_rx.recv() => self.on_exit(&name, exited).await,
+                Some(verdict) = self.verdict_rx.recv() => self.on_verdict(verdict).await,
                 _ = sleep => {}
             }
         }
+    }
+
+    /// Starts the probes of a container's run, if it has any; until the
+    /// startup probe passes it is not started, until readiness passes not ready.
+    fn start_probing(&mut self, name: &str, id: &str) {
+        let Some(c) = self.containers(false).into_iter().find(|c| c.name == name) else {
+            return;
+        };
+        let slot = self.slots.entry(name.to_owned()).or_default();
+        if let Some(old) = slot.prober.take() {
+            old.abort();
+        }
+        slot.started = c.startup_probe.is_none();
+        slot.ready = c.readiness_probe.is_none();
+        if !prober::Run::needed(&c) {
+            return;
+        }
+        let run = prober::Run {
+            shared: self.shared.clone(),
+            pod: self.pod.clone(),
+            container: c,
+            container_id: id.to_owned(),
+            netns: self.sandbox().path(sandbox::Kind::Network),
+            verdicts: self.verdict_tx.clone(),
+        };
+        let handle = tokio::spawn(run.probe());
+        self.slots.entry(name.to_owned()).or_default().prober = Some(handle);
+    }
+
+    async fn on_verdict(&mut self, v: prober::Verdict) {
+        let grace = self.grace_period();
+        let Some(slot) = self.slots.get_mut(&v.container) else {
+            return;
+        };
+        if slot
+            .current
+            .as_ref()
+            .is_none_or(|r| r.id != v.container_id || r.exit_code.is_some())
+        {
+            return;
+        }
+        match (v.kind, v.healthy) {
+            (prober::Kind::Startup, true) => slot.started = true,
+            (prober::Kind::Readiness, ready) => slot.ready = ready,
+            (kind, _) => {
+                let which = if kind == prober::Kind::Startup {
+                    "startup"
+                } else {
+                    "liveness"
+                };
+                let message = format!(
+                    "Container {} failed {which} probe, will be restarted",
+                    v.container
+                );
+                self.event(Some(&v.container), Type::Normal, "Killing", message);
+                self.stop_container(&v.container_id, grace);
+            }
+        }
+    }
+
+    /// SIGTERM now and SIGKILL once the grace period is over, in the background.
+    fn stop_container(&self, id: &str, grace: u64) {
+        let (shared, id) = (self.shared.clone(), id.to_owned());
+        tokio::spawn(async move {
+            let _ = shared.runtime.kill(&id, libc::SIGTERM).await;
+            tokio::time::sleep(Duration::from_secs(grace)).await;
+            let _ = shared.runtime.kill(&id, libc::SIGKILL).await;
+        });
+    }
+
+    fn grace_period(&self) -> u64 {
+        self.pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0) as u64
+    }
+
+    /// Runs a lifecycle hook against a container's run within `limit`.
+    async fn run_hook(
+        &self,
+        id: &str,
+        c: &Container,
+        handler: &k8s_openapi::api::core::v1::LifecycleHandler,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let action = probe::Action::from_handler(handler, c)?
+            .ok_or_else(|| "the hook names no action".to_owned())?;
+        let target = probe::Target {
+            container_id: id,
+            netns: self.sandbox().path(sandbox::Kind::Network),
+            runtime: self.shared.runtime.as_ref(),
+        };
+        probe::run(&action, &target, limit).await
     }
 
     fn watch_exit(&self, name: &str, pid: u32) {
@@ -316,6 +428,9 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
+        if let Some(prober) = slot.prober.take() {
+            prober.abort();
+        }
         let Some(record) = slot.current.as_mut() else {
             return;
         };
@@ -757,6 +872,9 @@ impl Worker {
             slot.restart_count = attempt;
         }
         slot.waiting = None;
+        if !init {
+            self.start_probing(&c.name, &id);
+        }
         self.event(
             Some(&c.name),
             Type::Normal,
@@ -769,6 +887,14 @@ impl Worker {
             "Started",
             format!("Started container {}", c.name),
         );
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let limit = Duration::from_secs(self.grace_period().max(1));
+            if let Err(e) = self.run_hook(&id, c, hook, limit).await {
+                let message = format!("PostStartHook failed: {e}");
+                self.event(Some(&c.name), Type::Warning, "FailedPostStartHook", message);
+                self.stop_container(&id, self.grace_period());
+            }
+        }
         Ok(())
     }
 
@@ -989,6 +1115,8 @@ impl Worker {
                     ),
                 };
                 let running = state.running.is_some();
+                let started = running && slot.is_some_and(|s| s.started || s.prober.is_none());
+                let ready = started && !init && slot.is_some_and(|s| s.ready || s.prober.is_none());
                 ContainerStatus {
                     name: c.name.clone(),
                     image: current
@@ -1002,8 +1130,8 @@ impl Worker {
                         .unwrap_or_default(),
                     image_id: current.map(|r| r.image_id.clone()).unwrap_or_default(),
                     container_id: current.map(|r| format!("{runtime}://{}", r.id)),
-                    ready: running && !init,
-                    started: Some(running),
+                    ready,
+                    started: Some(started),
                     restart_count: slot.map(|s| s.restart_count).unwrap_or(0),
                     state: Some(state),
                     last_state: Some(last.unwrap_or_default()),
@@ -1100,24 +1228,37 @@ impl Worker {
     /// Stops every container within the grace period, releases the pod's
     /// resources and, unless the pod is already gone, finishes its deletion.
     async fn terminate(&mut self, removed: bool) {
-        let grace = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                self.pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30)
-            .max(0) as u64;
+        let grace = self.grace_period();
+        let deadline = Instant::now() + Duration::from_secs(grace);
         let running: Vec<String> = self
             .slots
             .iter()
             .filter(|(_, s)| s.current.as_ref().is_some_and(|r| r.exit_code.is_none()))
             .map(|(n, _)| n.clone())
             .collect();
+        // preStop hooks first, all at once, within the grace period.
+        let this = &*self;
+        let hooks = running.iter().filter_map(|name| {
+            let c = this
+                .containers(false)
+                .into_iter()
+                .find(|c| c.name == *name)?;
+            let hook = c.lifecycle.as_ref()?.pre_stop.clone()?;
+            let id = this.slots[name].current.as_ref()?.id.clone();
+            Some(async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = this.run_hook(&id, &c, &hook, left).await {
+                    this.event(
+                        Some(&c.name),
+                        Type::Warning,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {e}"),
+                    );
+                }
+            })
+        });
+        let hooks: Vec<_> = hooks.collect();
+        futures::future::join_all(hooks).await;
         for name in &running {
             self.event(
                 Some(name),
@@ -1137,7 +1278,6 @@ impl Worker {
             };
             let _ = self.shared.runtime.kill(&id, signal).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(grace);
         let mut left: Vec<String> = running;
         let mut killed = false;
         while !left.is_empty() {

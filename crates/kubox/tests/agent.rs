@@ -461,3 +461,121 @@ fn images_from_skopeo_archives_are_imported_listed_and_removed() {
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn a_container_over_its_memory_limit_is_oom_killed() {
+    let server = server_with_busybox().await;
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "hungry"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": "busybox",
+                // dd holds a 64 MiB block in memory, twice the limit.
+                "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=4"],
+                "resources": {"limits": {"memory": "32Mi", "cpu": "500m"}},
+            }],
+        }
+    });
+    apply(&server, &manifest);
+    let pod = eventually("the pod fails", TIMEOUT, || async {
+        let pod = pod_json(&server, "hungry");
+        (pod["status"]["phase"] == "Failed").then_some(pod)
+    })
+    .await;
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled");
+    assert_eq!(terminated["exitCode"], 137);
+    let table = server.kubectl_ok(&["get", "pod", "hungry"]);
+    assert!(table.contains("OOMKilled"), "{table}");
+    server.kubectl_ok(&["delete", "pod", "hungry"]);
+}
+
+#[tokio::test]
+async fn probes_drive_readiness_and_restarts_and_hooks_run() {
+    let server = server_with_busybox().await;
+    let shared = server.data_dir().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probed"},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "volumes": [{"name": "shared", "hostPath": {"path": shared.to_str().unwrap()}}],
+            "containers": [
+                {
+                    // Serves HTTP only after two seconds: ready then, not before.
+                    "name": "web", "image": "busybox",
+                    "command": ["sh", "-c", "mkdir /www && echo ok > /www/index.html && sleep 2 && exec httpd -f -p 8080 -h /www"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 1},
+                    "livenessProbe": {"tcpSocket": {"port": 8080}, "initialDelaySeconds": 4, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                    "lifecycle": {
+                        "postStart": {"exec": {"command": ["sh", "-c", "echo started > /shared/post-start"]}},
+                        "preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /shared/pre-stop"]}},
+                    },
+                },
+                {
+                    // Healthy until /tmp/dead appears, then restarted by its liveness probe.
+                    "name": "mortal", "image": "busybox",
+                    "command": ["sh", "-c", "sleep 2; touch /tmp/dead; sleep 3600"],
+                    "livenessProbe": {"exec": {"command": ["sh", "-c", "test ! -f /tmp/dead"]}, "periodSeconds": 1, "failureThreshold": 1},
+                },
+            ],
+        }
+    });
+    apply(&server, &manifest);
+    let status = |name: &'static str| {
+        let pod = pod_json(&server, "probed");
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    eventually("web runs but is not ready yet", TIMEOUT, || async {
+        let s = status("web");
+        (s["state"]["running"].is_object() && s["ready"] == false).then_some(())
+    })
+    .await;
+    eventually("web turns ready once it serves HTTP", TIMEOUT, || async {
+        (status("web")["ready"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(shared.join("post-start")).unwrap(),
+        "started\n"
+    );
+    eventually(
+        "mortal is restarted by its liveness probe",
+        TIMEOUT,
+        || async { (status("mortal")["restartCount"].as_i64() >= Some(1)).then_some(()) },
+    )
+    .await;
+    let events = server.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=probed",
+        "-o",
+        "json",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(
+        events.contains("Container mortal failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    assert_eq!(
+        status("web")["restartCount"],
+        0,
+        "web's liveness probe keeps passing"
+    );
+
+    server.kubectl_ok(&["delete", "pod", "probed"]);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("pre-stop")).unwrap(),
+        "stopping\n"
+    );
+}

@@ -159,6 +159,24 @@ impl ContainerRuntime for RuntimeCli {
         }))
     }
 
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i32, Vec<u8>), RuntimeError> {
+        let out = self
+            .command(id)
+            .arg("exec")
+            .arg(id)
+            .args(argv)
+            .stdout(ProcessStdio::piped())
+            .stderr(ProcessStdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| RuntimeError::Spawn(self.program.display().to_string(), e))?;
+        let mut output = out.stdout;
+        output.extend_from_slice(&out.stderr);
+        // runc exits with the command's code, or 255 when it could not run it.
+        Ok((out.status.code().unwrap_or(255), output))
+    }
+
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         self.run("kill", id, &["kill", id, &signal.to_string()])
             .await

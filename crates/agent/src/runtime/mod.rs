@@ -56,6 +56,9 @@ pub trait ContainerRuntime: Send + Sync {
     /// `None` when the runtime does not know the container.
     async fn state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError>;
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+    /// Runs a command in a running container (probes, hooks), returning its
+    /// exit code and combined output. Dropping the future ends the command.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i32, Vec<u8>), RuntimeError>;
     /// Forgets a container, killing it first if it still runs.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
 }
