@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub port: u16,
     /// The CA whose client certificates the endpoint accepts (the cluster's).
     pub client_ca_pem: String,
+    /// Registries (`host:port`) pulled from over plain HTTP; those on this machine always are.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where the agent keeps things, under its state directory.
@@ -96,6 +98,7 @@ pub struct Shared {
     pub agent_port: u16,
     pub active_logs: Arc<logs::Active>,
     pub events: kubox_client::events::Recorder,
+    pub insecure_registries: Vec<String>,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -163,6 +166,7 @@ impl Agent {
             memory_capacity: node::memory_capacity(),
             agent_port: config.port,
             active_logs: Arc::default(),
+            insecure_registries: config.insecure_registries,
         });
         let endpoint = server::start(
             shared.clone(),

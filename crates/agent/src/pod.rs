@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::container;
-use crate::image::Reference;
+use crate::image::{self, Reference};
 use crate::logs::Pipes;
 use crate::runtime::{ExitWatch, Exited, Status as RuntimeStatus, Stdio};
 use crate::sandbox::{self, HostShared, Sandbox};
@@ -588,7 +588,18 @@ impl Worker {
                     .is_some_and(|w| w.0 == reason && w.1 == message);
                 slot.waiting = Some((reason.clone(), message.clone()));
                 if !again {
-                    self.event(Some(&c.name), Type::Warning, "Failed", message);
+                    // As upstream: image pull errors were told when pulling.
+                    let told = if reason == "ErrImagePull" {
+                        reason.clone()
+                    } else {
+                        message
+                    };
+                    self.event(
+                        Some(&c.name),
+                        Type::Warning,
+                        "Failed",
+                        format!("Error: {told}"),
+                    );
                 }
                 Some(at)
             }
@@ -621,17 +632,105 @@ impl Worker {
         std::fs::write(dir.join("resolv.conf"), resolv)
     }
 
+    /// The image a container runs, pulled as its imagePullPolicy asks.
+    async fn ensure_image(
+        &self,
+        c: &Container,
+        reference: &Reference,
+    ) -> Result<image::ImageRecord, (String, String)> {
+        let shown = c.image.clone().unwrap_or_default();
+        let present = self.shared.images.resolve(reference);
+        let latest = reference.digest.is_none() && reference.tag.as_deref() == Some("latest");
+        let policy = c.image_pull_policy.as_deref().unwrap_or(if latest {
+            "Always"
+        } else {
+            "IfNotPresent"
+        });
+        match (policy, present.clone()) {
+            ("Never", None) => {
+                return Err((
+                    "ErrImageNeverPull".into(),
+                    format!("Container image \"{shown}\" is not present with pull policy of Never"),
+                ));
+            }
+            ("Never" | "IfNotPresent", Some(found)) => {
+                let message = format!("Container image \"{shown}\" already present on machine");
+                self.event(Some(&c.name), Type::Normal, "Pulled", message);
+                return Ok(found);
+            }
+            _ => {}
+        }
+        self.event(
+            Some(&c.name),
+            Type::Normal,
+            "Pulling",
+            format!("Pulling image \"{shown}\""),
+        );
+        let mut docker_configs = Vec::new();
+        let ns = self.namespace();
+        for secret in self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+        {
+            if let Ok(Some(data)) =
+                volumes::key_values(&self.shared.client, &ns, Source::Secret, &secret.name).await
+                && let Some(config) = data.get(".dockerconfigjson")
+            {
+                docker_configs.push(config.clone());
+            }
+        }
+        let auth = image::auth_for(&reference.registry, &docker_configs);
+        let started = std::time::Instant::now();
+        match image::pull(
+            &self.shared.images,
+            reference,
+            &auth,
+            &self.shared.insecure_registries,
+        )
+        .await
+        {
+            Ok(pulled) => {
+                let message = format!(
+                    "Successfully pulled image \"{shown}\" in {:.3}s. Image size: {} bytes.",
+                    started.elapsed().as_secs_f64(),
+                    pulled.size
+                );
+                self.event(Some(&c.name), Type::Normal, "Pulled", message);
+                Ok(pulled)
+            }
+            // Off the network, an image already on the node (imported for an
+            // air-gapped node) still runs, with a warning.
+            Err(image::PullError::Unreachable(e)) if present.is_some() => {
+                let message = format!(
+                    "Failed to pull image \"{shown}\": {e}; running the copy present on the node"
+                );
+                self.event(Some(&c.name), Type::Warning, "Failed", message);
+                Ok(present.expect("checked above"))
+            }
+            Err(e) => {
+                self.event(
+                    Some(&c.name),
+                    Type::Warning,
+                    "Failed",
+                    format!("Failed to pull image \"{shown}\": {e}"),
+                );
+                Err((
+                    "ErrImagePull".into(),
+                    format!("failed to pull and unpack image \"{reference}\": {e}"),
+                ))
+            }
+        }
+    }
+
     /// Starts one container; on failure, the waiting reason and message.
     async fn start(&mut self, c: &Container, init: bool) -> Result<(), (String, String)> {
         let shared = self.shared.clone();
         let reference = Reference::parse(c.image.as_deref().unwrap_or_default())
             .map_err(|e| ("InvalidImageName".to_owned(), e.to_string()))?;
-        let image = shared.images.resolve(&reference).ok_or_else(|| {
-            (
-                "ErrImagePull".to_owned(),
-                format!("failed to pull and unpack image \"{reference}\": image not found on the node (import it with `kubox image import`)"),
-            )
-        })?;
+        let image = self.ensure_image(c, &reference).await?;
         let config_err = |e: String| ("CreateContainerConfigError".to_owned(), e);
         let image_config = shared
             .images

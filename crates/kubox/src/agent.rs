@@ -24,6 +24,9 @@ pub struct AgentArgs {
     /// The node agent's HTTPS port (logs, exec), as kubelet's 10250.
     #[arg(long, default_value_t = 10250)]
     agent_port: u16,
+    /// Registries (`host:port`) to pull from over plain HTTP; those on this machine always are.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
     /// Run no node agent on this server: it schedules pods onto other nodes only.
     #[arg(long)]
     disable_agent: bool,
@@ -107,6 +110,7 @@ pub async fn start(
             },
             port: args.agent_port,
             client_ca_pem,
+            insecure_registries: args.insecure_registries.clone(),
         },
     )
     .await

@@ -28,6 +28,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // One TLS provider for every client in the process (kube-rs, registry pulls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Command::Image(args) = cli.command {
         return image::run(args);

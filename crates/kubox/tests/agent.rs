@@ -579,3 +579,79 @@ async fn probes_drive_readiness_and_restarts_and_hooks_run() {
         "stopping\n"
     );
 }
+
+#[tokio::test]
+async fn images_are_pulled_from_a_registry_by_tag_and_digest() {
+    let registry = kubox_testkit::Registry::start().await;
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+    let archive = server.data_dir().join("image.tar");
+    kubox_testkit::images::write_busybox_archive(&archive, BUSYBOX);
+    registry.push(&archive, "tools/busybox:1.0");
+    let image = format!("{}/tools/busybox:1.0", registry.host());
+
+    let run = |name: &str, image: &str| {
+        server.kubectl_ok(&[
+            "run",
+            name,
+            &format!("--image={image}"),
+            "--restart=Never",
+            "--",
+            "echo",
+            "pulled",
+        ]);
+    };
+    run("by-tag", &image);
+    let pod = eventually("the pulled image runs", TIMEOUT, || async {
+        let pod = pod_json(&server, "by-tag");
+        (pod["status"]["phase"] == "Succeeded").then_some(pod)
+    })
+    .await;
+    assert_eq!(server.kubectl_ok(&["logs", "by-tag"]), "pulled\n");
+    let image_id = pod["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digest = image_id.split_once('@').unwrap().1.to_owned();
+    assert!(digest.starts_with("sha256:"), "{image_id}");
+    let events = server.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=by-tag",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains(&format!("Pulling image \\\"{image}\\\"")),
+        "{events}"
+    );
+    assert!(events.contains("Successfully pulled image"), "{events}");
+
+    // Pinned by the digest the registry gave: runs. Pinned by another: refused.
+    let pinned = format!("{}/tools/busybox@{digest}", registry.host());
+    run("by-digest", &pinned);
+    eventually("the pinned image runs", TIMEOUT, || async {
+        (pod_json(&server, "by-digest")["status"]["phase"] == "Succeeded").then_some(())
+    })
+    .await;
+    let wrong = format!(
+        "{}/tools/busybox@sha256:{}",
+        registry.host(),
+        "0".repeat(64)
+    );
+    run("wrong-digest", &wrong);
+    run("missing", &format!("{}/tools/nothing:1.0", registry.host()));
+    for name in ["wrong-digest", "missing"] {
+        eventually("a pull that fails backs off", TIMEOUT, || async {
+            let reason = pod_json(&server, name)["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
+            (reason == "ImagePullBackOff").then_some(())
+        })
+        .await;
+    }
+    let table = server.kubectl_ok(&["get", "pod", "missing"]);
+    assert!(
+        table.contains("ImagePullBackOff") || table.contains("ErrImagePull"),
+        "{table}"
+    );
+    server.kubectl_ok(&["delete", "pods", "--all", "--grace-period=1"]);
+}

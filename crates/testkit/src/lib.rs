@@ -139,6 +139,71 @@ impl Drop for EtcdProcess {
     }
 }
 
+/// A real OCI registry (Debian's docker-registry) on a free loopback port,
+/// with its storage in a temporary directory; killed on drop.
+pub struct Registry {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Registry {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary registry directory");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("writing the registry's configuration");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        let registry = Self {
+            child: Some(child),
+            _dir: dir,
+            port,
+        };
+        eventually("the registry answers", Duration::from_secs(30), || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        })
+        .await;
+        registry
+    }
+
+    /// `127.0.0.1:<port>`, the registry part of image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes an image archive as `<host>/<name>` with skopeo.
+    pub fn push(&self, archive: &std::path::Path, name: &str) {
+        let status = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{name}", self.host()))
+            .status()
+            .expect("running skopeo");
+        assert!(status.success(), "skopeo could not push {name}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
 /// A `kubox server` process on a free port with its own data directory,
 /// killed on drop.
 pub struct KuboxServer {

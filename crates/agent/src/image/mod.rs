@@ -1,8 +1,10 @@
 //! Images on the node: references, the content-addressed store, layers.
 
 mod layer;
+mod pull;
 pub mod reference;
 mod store;
 
+pub use pull::{PullError, auth_for, pull};
 pub use reference::{InvalidImageName, Reference};
 pub use store::{ImageError, ImageRecord, ImageStore, Removal, platform_architecture};

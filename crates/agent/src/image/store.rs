@@ -86,6 +86,24 @@ fn hex_of(digest: &str) -> Result<&str> {
         .ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest:?}")))
 }
 
+/// When `bytes` is a multi-platform index, the digest of its manifest for
+/// this machine (linux and its architecture), or why there is none.
+pub(crate) fn platform_manifest(bytes: &[u8]) -> Option<std::result::Result<String, String>> {
+    let index = serde_json::from_slice::<ImageIndex>(bytes).ok()?;
+    if !index.manifests().iter().any(|m| m.platform().is_some()) {
+        return None;
+    }
+    let arch = platform_architecture();
+    let chosen = index.manifests().iter().find(|m| {
+        m.platform()
+            .as_ref()
+            .is_some_and(|p| p.architecture().to_string() == arch && p.os().to_string() == "linux")
+    });
+    Some(chosen.map(|m| m.digest().to_string()).ok_or_else(|| {
+        format!("no matching manifest for linux/{arch} in the manifest list entries")
+    }))
+}
+
 /// The architecture name images use for this machine.
 pub fn platform_architecture() -> &'static str {
     match std::env::consts::ARCH {
@@ -148,7 +166,8 @@ impl ImageStore {
         Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
     }
 
-    fn temp_path(&self, what: &str) -> PathBuf {
+    /// A fresh path in the store's scratch directory (emptied on open).
+    pub(crate) fn temp_path(&self, what: &str) -> PathBuf {
         self.root
             .join("tmp")
             .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()))
@@ -226,7 +245,14 @@ impl ImageStore {
 
     /// Records the image a stored manifest describes under `names`, making
     /// sure every blob it needs is present and its layers are unpacked.
-    pub fn commit(&self, manifest_digest: &str, names: &[Reference]) -> Result<ImageRecord> {
+    /// `index_digest` is the multi-platform index it was chosen from, which
+    /// also pins it.
+    pub fn commit(
+        &self,
+        manifest_digest: &str,
+        names: &[Reference],
+        index_digest: Option<&str>,
+    ) -> Result<ImageRecord> {
         let manifest: ImageManifest = serde_json::from_slice(&self.read_blob(manifest_digest)?)
             .map_err(|e| ImageError::Invalid(format!("manifest {manifest_digest}: {e}")))?;
         let config = manifest.config().digest().to_string();
@@ -265,9 +291,11 @@ impl ImageStore {
                     record.tags.push(full);
                 }
             }
-            let pinned = format!("{}@{manifest_digest}", name.name());
-            if !record.repo_digests.contains(&pinned) {
-                record.repo_digests.push(pinned);
+            for digest in std::iter::once(manifest_digest).chain(index_digest) {
+                let pinned = format!("{}@{digest}", name.name());
+                if !record.repo_digests.contains(&pinned) {
+                    record.repo_digests.push(pinned);
+                }
             }
         }
         index.insert(config, record.clone());
@@ -422,22 +450,12 @@ impl ImageStore {
             .take(1)
             .collect();
             let mut digest = desc.digest().to_string();
+            let outer = digest.clone();
             let mut bytes = read_json(&digest)?;
             // A multi-platform image: pick this machine's manifest.
-            if let Ok(nested) = serde_json::from_slice::<ImageIndex>(&bytes)
-                && nested.manifests().iter().any(|m| m.platform().is_some())
-            {
-                let arch = platform_architecture();
-                let chosen = nested
-                    .manifests()
-                    .iter()
-                    .find(|m| {
-                        m.platform()
-                            .as_ref()
-                            .is_some_and(|p| p.architecture().to_string() == arch)
-                    })
-                    .ok_or_else(|| ImageError::Invalid(format!("no manifest for linux/{arch}")))?;
-                digest = chosen.digest().to_string();
+            if let Some(chosen) = platform_manifest(&bytes) {
+                let chosen = chosen.map_err(ImageError::Invalid)?;
+                digest = chosen;
                 bytes = read_json(&digest)?;
             }
             let manifest: ImageManifest = serde_json::from_slice(&bytes)
@@ -446,7 +464,8 @@ impl ImageStore {
             for l in manifest.layers() {
                 self.copy_blob_from(dir, l.digest().as_ref())?;
             }
-            records.push(self.commit(&digest, &names)?);
+            let index_digest = (outer != digest).then_some(outer.as_str());
+            records.push(self.commit(&digest, &names, index_digest)?);
         }
         Ok(records)
     }
@@ -504,7 +523,7 @@ impl ImageStore {
                 .iter()
                 .filter_map(|t| Reference::parse(t).ok())
                 .collect();
-            records.push(self.commit(&digest, &names)?);
+            records.push(self.commit(&digest, &names, None)?);
         }
         Ok(records)
     }
