@@ -4,5 +4,6 @@
 
 pub mod api;
 mod load;
+pub mod pods;
 pub mod report;
 pub mod store;

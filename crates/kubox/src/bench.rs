@@ -23,6 +23,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
     },
+    /// Pods on one node of a real server (scheduler, agent, runc): startup
+    /// latency, memory and CPU with pods running, leftovers after cycles.
+    Pods {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Create/run/delete cycles before counting what is left behind.
+        #[arg(long, default_value_t = 200)]
+        cycles: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -51,6 +60,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 watchers,
             })
             .await?;
+            println!("{table}");
+        }
+        BenchCommand::Pods { pods, cycles } => {
+            let table = kubox_bench::pods::run(kubox_bench::pods::Options { pods, cycles }).await?;
             println!("{table}");
         }
         BenchCommand::Store {

@@ -655,3 +655,51 @@ async fn images_are_pulled_from_a_registry_by_tag_and_digest() {
     );
     server.kubectl_ok(&["delete", "pods", "--all", "--grace-period=1"]);
 }
+
+#[tokio::test]
+async fn create_delete_cycles_leave_nothing_behind() {
+    let server = server_with_busybox().await;
+    let mut uids = Vec::new();
+    for i in 0..20 {
+        let name = format!("cycle-{i}");
+        server.kubectl_ok(&[
+            "run",
+            &name,
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--",
+            "sleep",
+            "3600",
+        ]);
+        eventually("the pod runs", TIMEOUT, || async {
+            (pod_json(&server, &name)["status"]["phase"] == "Running").then_some(())
+        })
+        .await;
+        uids.push(uid(&server, &name));
+        server.kubectl_ok(&["delete", "pod", &name, "--grace-period=0"]);
+    }
+    eventually("every mount and cgroup is released", TIMEOUT, || async {
+        leftovers(&server, &uids).is_empty().then_some(())
+    })
+    .await;
+    let runtime_root = server.data_dir().join("agent/runtime");
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runtime_root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "no container is left"
+    );
+    let pod_dirs = std::fs::read_dir(server.data_dir().join("agent/pods"))
+        .unwrap()
+        .count();
+    assert_eq!(pod_dirs, 0, "no pod directory is left");
+    let container_dirs = std::fs::read_dir(server.data_dir().join("agent/containers"))
+        .unwrap()
+        .count();
+    assert_eq!(container_dirs, 0, "no container directory is left");
+}

@@ -234,6 +234,11 @@ impl KuboxServer {
         self.dir.path()
     }
 
+    /// The server's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
