@@ -50,6 +50,20 @@ fn container_output(server: &KuboxServer, pod: &str, container: &str) -> String 
     text
 }
 
+/// The IDs of the containers runc runs for the server's node.
+fn containers(server: &KuboxServer) -> Vec<String> {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(server.data_dir().join("agent/runtime"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn uid(server: &KuboxServer, pod: &str) -> String {
     pod_json(server, pod)["metadata"]["uid"]
         .as_str()
@@ -296,20 +310,7 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
             .then(|| pod["status"]["containerStatuses"][0]["containerID"].clone())
     })
     .await;
-    let runtime_root = server.data_dir().join("agent/runtime");
-    let running = || {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&runtime_root)
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(running().len(), 1);
+    assert_eq!(containers(&server).len(), 1);
 
     server.kill();
     server.restart().await;
@@ -320,7 +321,7 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
         .trim_start_matches("runc://")
         .to_owned();
     assert_eq!(
-        running(),
+        containers(&server),
         std::slice::from_ref(&id),
         "the container outlived its agent"
     );
@@ -329,7 +330,7 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
     // restarted once, and the old one is cleaned away.
     let state = std::process::Command::new("runc")
         .arg("--root")
-        .arg(&runtime_root)
+        .arg(server.data_dir().join("agent/runtime"))
         .args(["state", &id])
         .output()
         .unwrap();
@@ -348,10 +349,14 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
     .await;
     assert_eq!(status["lastState"]["terminated"]["exitCode"], 137);
     assert_ne!(status["containerID"], before);
-    assert_eq!(running().len(), 1, "exactly one container runs for the pod");
+    assert_eq!(
+        containers(&server).len(),
+        1,
+        "exactly one container runs for the pod"
+    );
 
     server.kubectl_ok(&["delete", "pod", "long", "--grace-period=1"]);
-    assert!(running().is_empty());
+    assert!(containers(&server).is_empty());
     eventually("the pod's mounts and cgroups are gone", TIMEOUT, || async {
         leftovers(&server, std::slice::from_ref(&uid))
             .is_empty()
@@ -682,16 +687,9 @@ async fn create_delete_cycles_leave_nothing_behind() {
         leftovers(&server, &uids).is_empty().then_some(())
     })
     .await;
-    let runtime_root = server.data_dir().join("agent/runtime");
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&runtime_root)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "",
+        containers(&server),
+        Vec::<String>::new(),
         "no container is left"
     );
     let pod_dirs = std::fs::read_dir(server.data_dir().join("agent/pods"))
