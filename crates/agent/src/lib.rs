@@ -3,6 +3,7 @@
 //! a [`pod::Worker`], reporting status back through the API.
 
 mod container;
+mod exec;
 pub mod image;
 mod log_reader;
 mod logs;
@@ -99,6 +100,8 @@ pub struct Shared {
     pub active_logs: Arc<logs::Active>,
     pub events: kubox_client::events::Recorder,
     pub insecure_registries: Vec<String>,
+    /// Running containers by namespace, pod and container name, for exec.
+    pub running: std::sync::Mutex<HashMap<(String, String, String), String>>,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -167,6 +170,7 @@ impl Agent {
             agent_port: config.port,
             active_logs: Arc::default(),
             insecure_registries: config.insecure_registries,
+            running: Default::default(),
         });
         let endpoint = server::start(
             shared.clone(),

@@ -273,6 +273,7 @@ impl Worker {
                         tracing::warn!("reattaching logs of {}: {e}", r.id);
                     }
                     self.watch_exit(&r.name, r.pid);
+                    self.set_running(&r.name, Some(&r.id));
                     self.start_probing(&r.name, &r.id);
                 }
                 _ => {
@@ -423,7 +424,22 @@ impl Worker {
         }
     }
 
+    /// Tells the agent's endpoint which container runs under a name (or none).
+    fn set_running(&self, name: &str, id: Option<&str>) {
+        let key = (self.namespace(), self.name(), name.to_owned());
+        let mut running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match id {
+            Some(id) => running.insert(key, id.to_owned()),
+            None => running.remove(&key),
+        };
+    }
+
     async fn on_exit(&mut self, name: &str, exited: Exited) {
+        self.set_running(name, None);
         let shared = self.shared.clone();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
@@ -971,6 +987,7 @@ impl Worker {
             slot.restart_count = attempt;
         }
         slot.waiting = None;
+        self.set_running(&c.name, Some(&id));
         if !init {
             self.start_probing(&c.name, &id);
         }

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::Shared;
 use crate::log_reader::{self, ReadOptions};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -89,14 +89,14 @@ pub async fn start(
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
         }
     }))
 }
 
-fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = code;
     resp.headers_mut().insert(
@@ -117,6 +117,22 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, &query).await
+        }
+        (&Method::GET, ["exec", ns, pod, container]) => {
+            let key = (ns.to_string(), pod.to_string(), container.to_string());
+            let id = shared
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned();
+            match id {
+                Some(id) => crate::exec::upgrade(shared, req, id),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("container not found (\"{container}\")"),
+                ),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }

@@ -43,7 +43,7 @@ pub struct Handler {
     pub authorizer: Box<dyn Authorizer>,
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
-    pub nodes: crate::pod_log::NodeClient,
+    pub nodes: crate::node_proxy::NodeClient,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -383,10 +383,27 @@ impl Handler {
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
+            Some("exec") if rt.plural == "pods" => {
+                let name = rr.name.as_deref().unwrap_or_default();
+                return crate::node_proxy::pod_exec(
+                    api,
+                    &self.nodes,
+                    ns.unwrap_or_default(),
+                    name,
+                    req,
+                )
+                .await;
+            }
             Some("log") if rt.plural == "pods" && rr.verb == Verb::Get => {
                 let name = rr.name.as_deref().unwrap_or_default();
-                return crate::pod_log::pod_log(api, &self.nodes, ns.unwrap_or_default(), name, &q)
-                    .await;
+                return crate::node_proxy::pod_log(
+                    api,
+                    &self.nodes,
+                    ns.unwrap_or_default(),
+                    name,
+                    &q,
+                )
+                .await;
             }
             Some("binding") if rt.plural == "pods" && rr.verb == Verb::Create => {
                 let target = ObjectRef {

@@ -11,10 +11,10 @@ pub mod discovery;
 pub mod http;
 pub mod leases;
 pub mod metrics;
+mod node_proxy;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
-mod pod_log;
 pub mod registry;
 pub mod request;
 pub mod scale;
@@ -145,7 +145,7 @@ impl ApiServer {
             api: api.clone(),
             authorizer: Box::new(authz::AllowAuthenticated),
             metrics: Default::default(),
-            nodes: pod_log::NodeClient::new(&pki.client(
+            nodes: node_proxy::NodeClient::new(&pki.client(
                 "apiserver-kubelet-client",
                 "kube-apiserver-kubelet-client",
                 &["system:masters"],

@@ -667,19 +667,7 @@ async fn create_delete_cycles_leave_nothing_behind() {
     let mut uids = Vec::new();
     for i in 0..20 {
         let name = format!("cycle-{i}");
-        server.kubectl_ok(&[
-            "run",
-            &name,
-            "--image=busybox",
-            "--image-pull-policy=IfNotPresent",
-            "--",
-            "sleep",
-            "3600",
-        ]);
-        eventually("the pod runs", TIMEOUT, || async {
-            (pod_json(&server, &name)["status"]["phase"] == "Running").then_some(())
-        })
-        .await;
+        server.run_sleeper(&name).await;
         uids.push(uid(&server, &name));
         server.kubectl_ok(&["delete", "pod", &name, "--grace-period=0"]);
     }

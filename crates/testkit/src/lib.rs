@@ -288,6 +288,24 @@ impl KuboxServer {
         );
     }
 
+    /// Starts a busybox pod that sleeps, and waits until it runs.
+    pub async fn run_sleeper(&self, name: &str) {
+        self.kubectl_ok(&[
+            "run",
+            name,
+            "--image=busybox",
+            "--image-pull-policy=IfNotPresent",
+            "--",
+            "sleep",
+            "3600",
+        ]);
+        eventually("the pod runs", Duration::from_secs(60), || async {
+            let out = self.kubectl(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
+            (out.stdout == b"Running").then_some(())
+        })
+        .await;
+    }
+
     /// SIGKILL, as a crash or power cut of the process would.
     pub fn kill(&mut self) {
         kill(&mut self.child);

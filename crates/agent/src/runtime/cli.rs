@@ -159,15 +159,21 @@ impl ContainerRuntime for RuntimeCli {
         }))
     }
 
+    fn exec_command(&self, id: &str, argv: &[String], console_socket: Option<&Path>) -> Command {
+        let mut c = self.command(id);
+        c.arg("exec");
+        if let Some(socket) = console_socket {
+            c.arg("--tty").arg("--console-socket").arg(socket);
+        }
+        c.arg(id).args(argv).kill_on_drop(true);
+        c
+    }
+
     async fn exec(&self, id: &str, argv: &[String]) -> Result<(i32, Vec<u8>), RuntimeError> {
         let out = self
-            .command(id)
-            .arg("exec")
-            .arg(id)
-            .args(argv)
+            .exec_command(id, argv, None)
             .stdout(ProcessStdio::piped())
             .stderr(ProcessStdio::piped())
-            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| RuntimeError::Spawn(self.program.display().to_string(), e))?;

@@ -1,6 +1,8 @@
-//! `pods/log`: the API server finds the pod's node and container and
-//! streams the log from the node agent's endpoint (kubelet's
-//! `/containerLogs`), authenticating with its own client certificate.
+//! What the API server asks of node agents for pods: `pods/log` streams
+//! the log from the agent's `/containerLogs`, `pods/exec` hands the
+//! client's connection upgrade (WebSocket) to the agent's `/exec` and then
+//! copies bytes both ways. The API server authenticates to the agent with
+//! its own client certificate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,11 +95,14 @@ impl NodeClient {
         })
     }
 
+    /// GET `path_and_query` from a node agent, with extra headers (those of
+    /// a connection upgrade); the connection can be upgraded afterwards.
     async fn get(
         &self,
         host: &str,
         port: u16,
         path_and_query: &str,
+        headers: &http::HeaderMap,
     ) -> Result<Response<hyper::body::Incoming>, String> {
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
@@ -111,11 +116,12 @@ impl NodeClient {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path_and_query)
+        tokio::spawn(conn.with_upgrades());
+        let mut req = http::Request::get(path_and_query)
             .header(header::HOST, format!("{host}:{port}"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
+        req.headers_mut().extend(headers.clone());
         sender.send_request(req).await.map_err(|e| e.to_string())
     }
 }
@@ -185,45 +191,10 @@ fn not_started(pod: &Value, name: &str, container: &str, previous: bool) -> Opti
     }
 }
 
-fn crashed_and_waiting(pod: &Value, container: &str) -> bool {
-    ["containerStatuses", "initContainerStatuses"]
-        .iter()
-        .filter_map(|f| pod["status"][f].as_array())
-        .flatten()
-        .find(|s| s["name"] == container)
-        .is_some_and(|s| {
-            s["state"]["waiting"].is_object() && s["lastState"]["terminated"].is_object()
-        })
-}
-
-pub async fn pod_log(
-    api: &Api,
-    nodes: &NodeClient,
-    ns: &str,
-    name: &str,
-    q: &HashMap<String, String>,
-) -> ApiResult<Response<Body>> {
-    let registry = &api.registry;
-    let pods = registry
-        .get("", "v1", "pods")
-        .ok_or_else(ApiError::no_route)?
-        .clone();
-    let pod = api.get(&pods, Some(ns), name).await?;
-    let container = container_name(&pod, name, q.get("container").map(String::as_str))?;
-    let mut previous = q.get("previous").is_some_and(|v| v == "true");
-    if let Some(message) = not_started(&pod, name, &container, previous) {
-        return Err(ApiError::bad_request(message));
-    }
-    // A container waiting to restart: its current log is its last run's, which
-    // is also what upstream shows for --previous.
-    if crashed_and_waiting(&pod, &container) {
-        previous = false;
-    }
-    let node_name = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty());
-    let node_name = node_name.ok_or_else(|| {
-        ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-    })?;
-    let node_type = registry
+/// Where a node's agent listens: its InternalIP and the port it reports.
+async fn agent_endpoint(api: &Api, node_name: &str) -> ApiResult<(String, u16)> {
+    let node_type = api
+        .registry
         .get("", "v1", "nodes")
         .ok_or_else(ApiError::no_route)?
         .clone();
@@ -242,6 +213,137 @@ pub async fn pod_log(
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no agent port")))?;
+    Ok((address, port))
+}
+
+/// An agent's refusal as the API's error, with its text.
+async fn node_error(resp: Response<hyper::body::Incoming>) -> ApiError {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_owned();
+    match status {
+        StatusCode::BAD_REQUEST => ApiError::bad_request(message),
+        StatusCode::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "NotFound", message),
+        _ => ApiError::internal(message),
+    }
+}
+
+/// The node of a pod that can run commands: bound and not finished.
+fn running_node<'a>(pod: &'a Value, name: &str) -> ApiResult<&'a str> {
+    let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))
+}
+
+/// `pods/exec`: hands the client's WebSocket upgrade to the pod's agent and,
+/// once the agent switches protocols, joins the two connections.
+pub async fn pod_exec(
+    api: &Api,
+    nodes: &NodeClient,
+    ns: &str,
+    name: &str,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> ApiResult<Response<Body>> {
+    let pods = api
+        .registry
+        .get("", "v1", "pods")
+        .ok_or_else(ApiError::no_route)?
+        .clone();
+    let pod = api.get(&pods, Some(ns), name).await?;
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let asked: Option<String> = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.into_owned());
+    let container = container_name(&pod, name, asked.as_deref())?;
+    let node_name = running_node(&pod, name)?;
+    let (address, port) = agent_endpoint(api, node_name).await?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in req.headers() {
+        let forwarded = k == header::CONNECTION
+            || k == header::UPGRADE
+            || k.as_str().starts_with("sec-websocket-");
+        if forwarded {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let path = format!("/exec/{ns}/{name}/{container}?{query}");
+    let node_resp = nodes
+        .get(&address, port, &path, &headers)
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
+    if node_resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(node_error(node_resp).await);
+    }
+    let mut out = Response::new(BodyExt::boxed(
+        http_body_util::Empty::new().map_err(|never| match never {}),
+    ));
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in node_resp.headers() {
+        out.headers_mut().append(k.clone(), v.clone());
+    }
+    tokio::spawn(async move {
+        let (client, node) =
+            futures::join!(hyper::upgrade::on(&mut req), hyper::upgrade::on(node_resp));
+        if let (Ok(client), Ok(node)) = (client, node) {
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(node))
+                    .await;
+        }
+    });
+    Ok(out)
+}
+
+fn crashed_and_waiting(pod: &Value, container: &str) -> bool {
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .filter_map(|f| pod["status"][f].as_array())
+        .flatten()
+        .find(|s| s["name"] == container)
+        .is_some_and(|s| {
+            s["state"]["waiting"].is_object() && s["lastState"]["terminated"].is_object()
+        })
+}
+
+pub async fn pod_log(
+    api: &Api,
+    nodes: &NodeClient,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> ApiResult<Response<Body>> {
+    let pods = api
+        .registry
+        .get("", "v1", "pods")
+        .ok_or_else(ApiError::no_route)?
+        .clone();
+    let pod = api.get(&pods, Some(ns), name).await?;
+    let container = container_name(&pod, name, q.get("container").map(String::as_str))?;
+    let mut previous = q.get("previous").is_some_and(|v| v == "true");
+    if let Some(message) = not_started(&pod, name, &container, previous) {
+        return Err(ApiError::bad_request(message));
+    }
+    // A container waiting to restart: its current log is its last run's, which
+    // is also what upstream shows for --previous.
+    if crashed_and_waiting(&pod, &container) {
+        previous = false;
+    }
+    let node_name = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty());
+    let node_name = node_name.ok_or_else(|| {
+        ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+    })?;
+    let (address, port) = agent_endpoint(api, node_name).await?;
     let query = {
         let mut forwarded = form_urlencoded::Serializer::new(String::new());
         if previous {
@@ -263,22 +365,11 @@ pub async fn pod_log(
     };
     let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
     let resp = nodes
-        .get(&address, port, &path)
+        .get(&address, port, &path, &http::HeaderMap::new())
         .await
         .map_err(|e| ApiError::internal(format!("Get \"https://{address}:{port}{path}\": {e}")))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&body).trim().to_owned();
-        return Err(match status {
-            StatusCode::BAD_REQUEST => ApiError::bad_request(message),
-            _ => ApiError::internal(message),
-        });
+    if !resp.status().is_success() {
+        return Err(node_error(resp).await);
     }
     // A broken node connection ends the stream, as upstream's proxy does.
     let data = resp

@@ -1,0 +1,282 @@
+//! `kubectl exec` on the node: a WebSocket session in Kubernetes' channel
+//! protocol (`v5.channel.k8s.io`, `v4.channel.k8s.io`): every binary
+//! message starts with its channel, 0 stdin, 1 stdout, 2 stderr, 3 the
+//! final status, 4 terminal resizes; v5 adds 255, the client closing a
+//! channel (its stdin). The command runs through the runtime's exec.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::Shared;
+use crate::server::{Body, text};
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// The channel protocols offered, best first.
+const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// What an exec request asks for, from its query.
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    pub fn from_query(query: &str) -> Self {
+        let mut r = ExecRequest {
+            command: vec![],
+            stdin: false,
+            stdout: false,
+            stderr: false,
+            tty: false,
+        };
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let on = v == "1" || v == "true";
+            match k.as_ref() {
+                "command" => r.command.push(v.into_owned()),
+                "input" | "stdin" => r.stdin = on,
+                "output" | "stdout" => r.stdout = on,
+                "error" | "stderr" => r.stderr = on,
+                "tty" => r.tty = on,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// The final status on the error channel, as upstream writes it.
+fn status(code: Option<i32>, argv: &[String]) -> Vec<u8> {
+    let body = match code {
+        Some(0) => json!({"metadata": {}, "status": "Success"}),
+        Some(code) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command [{}], exit code {code}", argv.join(" ")),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        }),
+        None => {
+            json!({"metadata": {}, "status": "Failure", "message": "the command could not be run in the container"})
+        }
+    };
+    let mut out = vec![ERROR];
+    out.extend(body.to_string().into_bytes());
+    out
+}
+
+/// Answers the WebSocket upgrade and runs the session in the background.
+pub fn upgrade(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    container_id: String,
+) -> Response<Body> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "none of the requested protocols {offered:?} is supported; supports {PROTOCOLS:?}"
+            ),
+        );
+    };
+    let Some(key) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade is required");
+    };
+    let request = ExecRequest::from_query(req.uri().query().unwrap_or_default());
+    let closable = *protocol == PROTOCOLS[0];
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                session(&shared, ws, &container_id, request, closable).await;
+            }
+            Err(e) => tracing::debug!("exec upgrade: {e}"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// Forwards one output stream to the client, prefixed with its channel.
+async fn pump(mut from: impl AsyncRead + Unpin, channel: u8, to: mpsc::Sender<Message>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf[0] = channel;
+                if to.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn session<S>(
+    shared: &Shared,
+    ws: WebSocketStream<S>,
+    id: &str,
+    req: ExecRequest,
+    closable: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut incoming) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // A close without a code reads as an error to client-go; 1000 is the end of the stream.
+        let normal = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(normal))).await;
+        let _ = sink.close().await;
+    });
+    let mut cmd = shared.runtime.exec_command(id, &req.command, None::<&Path>);
+    cmd.stdin(if req.stdin {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    })
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("exec in {id}: {e}");
+            let _ = out_tx
+                .send(Message::binary(status(None, &req.command)))
+                .await;
+            drop(out_tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut stdin = child.stdin.take();
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, STDOUT, out_tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, STDERR, out_tx.clone())));
+    }
+    let outputs = futures::future::join_all(pumps);
+    tokio::pin!(outputs);
+    let mut client_open = true;
+    let code = loop {
+        tokio::select! {
+            message = incoming.next(), if client_open => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => match (data[0], data.get(1)) {
+                    (STDIN, _) => {
+                        if let Some(input) = stdin.as_mut()
+                            && input.write_all(&data[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    (CLOSE, Some(&STDIN)) if closable => stdin = None,
+                    (RESIZE, _) => {}
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client is gone: its command goes too.
+                    client_open = false;
+                    stdin = None;
+                    let _ = child.start_kill();
+                }
+                Some(Ok(_)) => {}
+            },
+            _ = &mut outputs => {
+                let status = child.wait().await.ok().and_then(|s| s.code());
+                break status;
+            }
+        }
+    };
+    if client_open {
+        let _ = out_tx
+            .send(Message::binary(status(code, &req.command)))
+            .await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_name_the_command_and_streams() {
+        let r = ExecRequest::from_query(
+            "command=sh&command=-c&command=echo+hi&stdin=true&stdout=true&tty=false",
+        );
+        assert_eq!(r.command, ["sh", "-c", "echo hi"]);
+        assert!(r.stdin && r.stdout && !r.stderr && !r.tty);
+    }
+
+    #[test]
+    fn exit_codes_become_upstream_statuses() {
+        let ok = status(Some(0), &[]);
+        assert_eq!(ok[0], ERROR);
+        assert_eq!(&ok[1..], br#"{"metadata":{},"status":"Success"}"#);
+        let failed: serde_json::Value =
+            serde_json::from_slice(&status(Some(3), &["sh".into()])[1..]).unwrap();
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0]["message"], "3");
+    }
+}

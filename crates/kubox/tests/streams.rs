@@ -1,0 +1,88 @@
+//! Interactive streams end to end with stock kubectl: exec (WebSocket),
+//! stdin piping, cp.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use kubox_testkit::KuboxServer;
+
+async fn server_with_shell() -> KuboxServer {
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+    server.import_busybox();
+    server.run_sleeper("sh").await;
+    server
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open("/dev/urandom").unwrap();
+    let mut buf = vec![0u8; len];
+    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn exec_runs_commands_with_their_output_and_exit_code() {
+    let server = server_with_shell().await;
+    let out = server.kubectl(&[
+        "exec",
+        "sh",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("oops") && stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+    assert_eq!(server.kubectl_ok(&["exec", "sh", "--", "hostname"]), "sh\n");
+
+    // stdin is piped through byte for byte, and its end ends `cat`.
+    let input = random_bytes(8 << 20);
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["exec", "-i", "sh", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let input = input.clone();
+        std::thread::spawn(move || stdin.write_all(&input).unwrap())
+    };
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == input,
+        "cat returned {} of {} bytes, or other bytes",
+        out.stdout.len(),
+        input.len()
+    );
+
+    let missing = server.kubectl(&["exec", "sh", "-c", "nope", "--", "true"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("container nope is not valid for pod sh")
+    );
+}
+
+#[tokio::test]
+async fn kubectl_cp_copies_both_ways_byte_exact() {
+    let server = server_with_shell().await;
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("data.bin");
+    std::fs::write(&original, random_bytes(4 << 20)).unwrap();
+    server.kubectl_ok(&["cp", original.to_str().unwrap(), "sh:/tmp/data.bin"]);
+    let back = dir.path().join("back.bin");
+    server.kubectl_ok(&["cp", "sh:/tmp/data.bin", back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&original).unwrap() == std::fs::read(&back).unwrap(),
+        "the copies differ"
+    );
+}
