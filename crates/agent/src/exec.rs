@@ -4,7 +4,8 @@
 //! final status, 4 terminal resizes; v5 adds 255, the client closing a
 //! channel (its stdin). The command runs through the runtime's exec.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,6 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::Shared;
+use crate::console::{self, ConsoleSocket};
+use crate::runtime::ExitWatch;
 use crate::server::{Body, text};
 
 const STDIN: u8 = 0;
@@ -187,27 +190,52 @@ async fn session<S>(
         let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     });
-    let mut cmd = shared.runtime.exec_command(id, &req.command, None::<&Path>);
-    cmd.stdin(if req.stdin {
-        std::process::Stdio::piped()
+    // Both runtimes' exec detaches once the process runs and writes its PID;
+    // the process is then the agent's child (it is a subreaper) and watched.
+    let scratch =
+        std::env::temp_dir().join(format!("kubox-exec-{}", uuid::Uuid::new_v4().simple()));
+    let pid_file = scratch.with_extension("pid");
+    let console = if req.tty {
+        // Socket paths are limited to 107 bytes: the state directory may be deeper.
+        match ConsoleSocket::bind(&scratch.with_extension("sock")) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!("exec in {id}: a console socket: {e}");
+                return finish(out_tx, writer, status(None, &req.command)).await;
+            }
+        }
     } else {
-        std::process::Stdio::null()
-    })
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+        None
+    };
+    let mut cmd = shared.runtime.exec_command(
+        id,
+        &req.command,
+        &pid_file,
+        console.as_ref().map(ConsoleSocket::path),
+    );
+    match &console {
+        None => cmd
+            .stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Some(_) => cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("exec in {id}: {e}");
-            let _ = out_tx
-                .send(Message::binary(status(None, &req.command)))
-                .await;
-            drop(out_tx);
-            let _ = writer.await;
-            return;
+            return finish(out_tx, writer, status(None, &req.command)).await;
         }
     };
-    let mut stdin = child.stdin.take();
+    let mut input: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+        child.stdin.take().map(|s| Box::new(s) as _);
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, STDOUT, out_tx.clone())));
@@ -215,44 +243,108 @@ async fn session<S>(
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, STDERR, out_tx.clone())));
     }
+    // With a terminal, its master end carries input and output both ways.
+    let mut terminal: Option<OwnedFd> = None;
+    if let Some(socket) = &console {
+        let master = tokio::select! {
+            fd = socket.receive() => fd,
+            status = child.wait() => Err(std::io::Error::other(format!("the runtime ended first: {status:?}"))),
+        };
+        let dups = master.and_then(|fd| Ok((fd.try_clone()?, fd.try_clone()?, fd)));
+        let (reader, writer_fd, control) = match dups {
+            Ok(fds) => fds,
+            Err(e) => {
+                tracing::warn!("exec in {id}: the terminal: {e}");
+                return finish(out_tx, writer, status(None, &req.command)).await;
+            }
+        };
+        pumps.push(tokio::spawn(pump(
+            tokio::fs::File::from_std(reader.into()),
+            STDOUT,
+            out_tx.clone(),
+        )));
+        if req.stdin {
+            input = Some(Box::new(tokio::fs::File::from_std(writer_fd.into())));
+        }
+        terminal = Some(control);
+    }
+    let started = child.wait().await.is_ok_and(|s| s.success());
+    let pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let _ = std::fs::remove_file(&pid_file);
+    let (Some(pid), true) = (pid, started) else {
+        tracing::warn!(
+            "exec in {id}: the runtime could not start {:?}",
+            req.command
+        );
+        return finish(out_tx, writer, status(None, &req.command)).await;
+    };
+    let Ok(watch) = ExitWatch::new(pid) else {
+        return finish(out_tx, writer, status(None, &req.command)).await;
+    };
+    let exited = watch.wait();
+    tokio::pin!(exited);
     let outputs = futures::future::join_all(pumps);
     tokio::pin!(outputs);
     let mut client_open = true;
-    let code = loop {
+    let mut code = None;
+    loop {
         tokio::select! {
             message = incoming.next(), if client_open => match message {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => match (data[0], data.get(1)) {
                     (STDIN, _) => {
-                        if let Some(input) = stdin.as_mut()
-                            && input.write_all(&data[1..]).await.is_err()
+                        if let Some(w) = input.as_mut()
+                            && (w.write_all(&data[1..]).await.is_err() || w.flush().await.is_err())
                         {
-                            stdin = None;
+                            input = None;
                         }
                     }
-                    (CLOSE, Some(&STDIN)) if closable => stdin = None,
-                    (RESIZE, _) => {}
+                    (CLOSE, Some(&STDIN)) if closable => input = None,
+                    (RESIZE, _) => {
+                        let size: serde_json::Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
+                        if let (Some(fd), Some(w), Some(h)) = (&terminal, size["Width"].as_u64(), size["Height"].as_u64()) {
+                            let _ = console::resize(fd, w as u16, h as u16);
+                        }
+                    }
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                     // The client is gone: its command goes too.
                     client_open = false;
-                    stdin = None;
-                    let _ = child.start_kill();
+                    input = None;
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
                 }
                 Some(Ok(_)) => {}
             },
-            _ = &mut outputs => {
-                let status = child.wait().await.ok().and_then(|s| s.code());
-                break status;
+            done = &mut exited, if code.is_none() => {
+                code = Some(done.code);
+                if terminal.is_some() {
+                    // A terminal stays open while anything holds it: take
+                    // what the command wrote last, then stop reading.
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), &mut outputs).await;
+                    break;
+                }
+            }
+            _ = &mut outputs, if terminal.is_none() => {
+                if code.is_none() {
+                    code = Some((&mut exited).await.code);
+                }
+                break;
             }
         }
-    };
-    if client_open {
-        let _ = out_tx
-            .send(Message::binary(status(code, &req.command)))
-            .await;
     }
-    drop(out_tx);
+    if client_open {
+        finish(out_tx, writer, status(code, &req.command)).await;
+    }
+}
+
+/// Sends the final status and waits until everything queued is written.
+async fn finish(out: mpsc::Sender<Message>, writer: tokio::task::JoinHandle<()>, status: Vec<u8>) {
+    let _ = out.send(Message::binary(status)).await;
+    drop(out);
     let _ = writer.await;
 }
 

@@ -2,6 +2,7 @@
 //! Node, keeps its Lease, watches the pods bound to it and runs each with
 //! a [`pod::Worker`], reporting status back through the API.
 
+mod console;
 mod container;
 mod exec;
 pub mod image;

@@ -86,3 +86,39 @@ async fn kubectl_cp_copies_both_ways_byte_exact() {
         "the copies differ"
     );
 }
+
+#[tokio::test]
+async fn exec_with_a_terminal_is_interactive() {
+    let server = server_with_shell().await;
+    // `script` gives kubectl a terminal, as a person at a shell would have.
+    let kubectl = format!("kubectl --kubeconfig {}", server.kubeconfig().display());
+    let session = |command: &str, input: &str| {
+        let mut child = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{kubectl} exec -it sh -- {command}"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = session("sh -c 'tty; exit 4'", "");
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    let (code, out) = session("sh", "echo typed-$((6*7))\nexit 5\n");
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("typed-42"), "{out}");
+}

@@ -159,11 +159,17 @@ impl ContainerRuntime for RuntimeCli {
         }))
     }
 
-    fn exec_command(&self, id: &str, argv: &[String], console_socket: Option<&Path>) -> Command {
+    fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+    ) -> Command {
         let mut c = self.command(id);
-        c.arg("exec");
+        c.args(["exec", "--detach", "--pid-file"]).arg(pid_file);
         if let Some(socket) = console_socket {
-            c.arg("--tty").arg("--console-socket").arg(socket);
+            c.args(["--tty", "--console-socket"]).arg(socket);
         }
         c.arg(id).args(argv).kill_on_drop(true);
         c
@@ -171,7 +177,11 @@ impl ContainerRuntime for RuntimeCli {
 
     async fn exec(&self, id: &str, argv: &[String]) -> Result<(i32, Vec<u8>), RuntimeError> {
         let out = self
-            .exec_command(id, argv, None)
+            .command(id)
+            .arg("exec")
+            .arg(id)
+            .args(argv)
+            .kill_on_drop(true)
             .stdout(ProcessStdio::piped())
             .stderr(ProcessStdio::piped())
             .output()

@@ -56,13 +56,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// `None` when the runtime does not know the container.
     async fn state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError>;
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
-    /// The command that runs `argv` in a running container, its standard
-    /// streams left for the caller to connect; with a console socket, on a
-    /// terminal whose master end the runtime sends to that socket.
+    /// The command that starts `argv` in a running container and returns
+    /// once it runs, writing its PID to `pid_file`; the process keeps the
+    /// standard streams the caller connects. With a console socket it gets a
+    /// terminal instead, whose master end the runtime sends to that socket.
     fn exec_command(
         &self,
         id: &str,
         argv: &[String],
+        pid_file: &Path,
         console_socket: Option<&Path>,
     ) -> tokio::process::Command;
     /// Runs a command in a running container (probes, hooks), returning its
