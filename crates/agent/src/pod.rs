@@ -1445,8 +1445,11 @@ impl Worker {
             }),
             ..Default::default()
         };
-        if let Err(e) = api.delete(&self.name(), &params).await {
-            tracing::warn!(pod = %self.name(), "finishing deletion: {e}");
+        match api.delete(&self.name(), &params).await {
+            // Deleted already (with grace period 0): nothing left to finish.
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(pod = %self.name(), "finishing deletion: {e}"),
         }
     }
 }

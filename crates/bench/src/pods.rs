@@ -182,9 +182,24 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     // Create/delete cycles, then count what the node holds: nothing, when all is well.
     let cycles_started = Instant::now();
     for i in 0..opts.cycles {
-        api.create(&PostParams::default(), &pod(&format!("cycle-{i}")))
+        let made = api
+            .create(&PostParams::default(), &pod(&format!("cycle-{i}")))
             .await?;
-        running(&api, 1).await?;
+        uids.extend(made.metadata.uid);
+        if let Err(e) = running(&api, 1).await {
+            let stuck = api
+                .get(&format!("cycle-{i}"))
+                .await
+                .map(|p| serde_json::to_string(&p.status))
+                .ok();
+            let log =
+                std::fs::read_to_string(server.data_dir().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            anyhow::bail!(
+                "{e}: cycle {i}: {stuck:?}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         api.delete(&format!("cycle-{i}"), &DeleteParams::default())
             .await?;
         gone(&api).await?;

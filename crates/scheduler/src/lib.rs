@@ -162,6 +162,18 @@ impl Scheduler {
     }
 }
 
+/// Keeps the assumptions about pods the store still shows pending: a pod
+/// seen bound is counted from the store, and one already gone (deleted,
+/// even before its binding was seen) must not hold its node's room.
+fn prune_assumed(assumed: &mut HashMap<Key, (String, Arc<Pod>)>, pods: &[Arc<Pod>]) {
+    let pending: std::collections::HashSet<Key> = pods
+        .iter()
+        .filter(|p| is_pending_for_us(p))
+        .map(|p| key(p))
+        .collect();
+    assumed.retain(|k, _| pending.contains(k));
+}
+
 impl Context {
     fn on_pod(&self, pod: &Pod) {
         let k = key(pod);
@@ -208,19 +220,20 @@ impl Context {
             .into_iter()
             .map(|n| (n.name_any(), NodeInfo::new(n)))
             .collect();
+        let pods = self.pods.state();
         let mut assumed = self.assumed.lock().unwrap_or_else(|e| e.into_inner());
-        for pod in self.pods.state() {
-            if !occupies_node(&pod) {
+        prune_assumed(&mut assumed, &pods);
+        for pod in &pods {
+            if !occupies_node(pod) {
                 continue;
             }
-            assumed.remove(&key(&pod));
             let node = pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_default();
             if let Some(info) = infos.get_mut(&node) {
-                info.add(&pod);
+                info.add(pod);
             }
         }
         for (node, pod) in assumed.values() {
@@ -372,5 +385,31 @@ impl Context {
         {
             tracing::warn!(pod = %key(pod), "reporting unschedulable: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn assumptions_end_when_the_pod_is_seen_bound_or_is_gone() {
+        let mut assumed: HashMap<Key, (String, Arc<Pod>)> = ["lagging", "bound", "deleted"]
+            .iter()
+            .map(|n| (format!("default/{n}"), ("node".to_owned(), pod(n, None))))
+            .collect();
+        let store = [pod("lagging", None), pod("bound", Some("node"))];
+        prune_assumed(&mut assumed, &store);
+        assert_eq!(assumed.keys().collect::<Vec<_>>(), ["default/lagging"]);
     }
 }
