@@ -246,9 +246,17 @@ async fn session<S>(
     // With a terminal, its master end carries input and output both ways.
     let mut terminal: Option<OwnedFd> = None;
     if let Some(socket) = &console {
+        // runc sends the terminal before it exits: wait for both, the
+        // terminal first, so a quick exit cannot hide a terminal already sent.
         let master = tokio::select! {
+            biased;
             fd = socket.receive() => fd,
-            status = child.wait() => Err(std::io::Error::other(format!("the runtime ended first: {status:?}"))),
+            status = child.wait() => match status {
+                Ok(s) if s.success() => tokio::time::timeout(std::time::Duration::from_secs(5), socket.receive())
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal"))),
+                other => Err(std::io::Error::other(format!("the runtime ended first: {other:?}"))),
+            },
         };
         let dups = master.and_then(|fd| Ok((fd.try_clone()?, fd.try_clone()?, fd)));
         let (reader, writer_fd, control) = match dups {

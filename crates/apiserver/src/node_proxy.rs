@@ -297,12 +297,33 @@ pub async fn pod_exec(
         let (client, node) =
             futures::join!(hyper::upgrade::on(&mut req), hyper::upgrade::on(node_resp));
         if let (Ok(client), Ok(node)) = (client, node) {
-            let _ =
-                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(node))
-                    .await;
+            splice(TokioIo::new(client), TokioIo::new(node)).await;
         }
     });
     Ok(out)
+}
+
+/// Copies bytes both ways until each side has finished. Unlike
+/// `copy_bidirectional`, a side that ends abruptly (a TLS peer closing
+/// without close_notify) does not cut short what it sent before: that is
+/// flushed through, which for exec is the final status and close frame.
+async fn splice<A, B>(a: A, b: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let forward = async {
+        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+    };
+    let backward = async {
+        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+    };
+    futures::join!(forward, backward);
 }
 
 fn crashed_and_waiting(pod: &Value, container: &str) -> bool {
