@@ -131,15 +131,7 @@ pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, Str
 
 /// A running agent; dropping it stops watching pods (containers keep running).
 pub struct Agent {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    _tasks: kubox_client::Tasks,
 }
 
 impl Agent {
@@ -185,7 +177,7 @@ impl Agent {
         let heartbeat = tokio::spawn(node::heartbeat(shared.clone(), node));
         let pods = tokio::spawn(run_pods(shared));
         Ok(Self {
-            tasks: vec![pods, heartbeat, endpoint],
+            _tasks: kubox_client::Tasks::new(vec![pods, heartbeat, endpoint]),
         })
     }
 }

@@ -2,6 +2,9 @@
 
 pub mod events;
 pub mod quantity;
+mod tasks;
+
+pub use tasks::Tasks;
 
 use std::path::Path;
 

@@ -31,15 +31,7 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 /// A running scheduler; dropping it stops it.
 pub struct Scheduler {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _tasks: kubox_client::Tasks,
 }
 
 struct Context {
@@ -157,7 +149,7 @@ impl Scheduler {
             }
         });
         Self {
-            tasks: vec![pod_events, node_events, scheduling],
+            _tasks: kubox_client::Tasks::new(vec![pod_events, node_events, scheduling]),
         }
     }
 }
