@@ -27,7 +27,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::image::ImageStore;
@@ -190,7 +190,8 @@ async fn run_pods(shared: Arc<Shared>) {
     }
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
-    let mut events = std::pin::pin!(watcher(api, config));
+    // Back off between retries while the API server cannot be reached.
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: Vec<String> = Vec::new();
     while let Some(event) = events.next().await {
