@@ -1,6 +1,7 @@
 //! What kubox's components share as API clients.
 
 pub mod events;
+pub mod leader;
 pub mod quantity;
 mod tasks;
 

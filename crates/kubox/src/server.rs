@@ -45,6 +45,9 @@ pub struct ServerArgs {
     /// Run no scheduler in this server (another one places pods).
     #[arg(long)]
     disable_scheduler: bool,
+    /// Run no controller manager in this server (another one runs the control loops).
+    #[arg(long)]
+    disable_controllers: bool,
     #[command(flatten)]
     agent: crate::agent::AgentArgs,
 }
@@ -114,6 +117,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .context("writing the scheduler's credentials")?;
         let (client, _) = kubox_client::connect(&kubeconfig).await?;
         Some(kubox_scheduler::Scheduler::start(client))
+    };
+    let _controllers = if args.disable_controllers {
+        None
+    } else {
+        let kubeconfig = server
+            .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
+            .context("writing the controller manager's credentials")?;
+        let (client, _) = kubox_client::connect(&kubeconfig).await?;
+        Some(kubox_controllers::ControllerManager::start(client))
     };
     println!("kubox server: API at https://{}", server.addr);
     println!("kubox server: data in {}", args.data_dir.display());
