@@ -18,12 +18,7 @@ async fn server_with_busybox() -> KuboxServer {
 
 /// `kubectl apply` of a manifest given as JSON.
 fn apply(server: &KuboxServer, manifest: &Value) {
-    let file = server.data_dir().join(format!(
-        "{}.json",
-        manifest["metadata"]["name"].as_str().unwrap()
-    ));
-    std::fs::write(&file, manifest.to_string()).unwrap();
-    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    server.apply_json(manifest);
 }
 
 fn pod_json(server: &KuboxServer, name: &str) -> Value {

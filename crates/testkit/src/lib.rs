@@ -47,6 +47,32 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
+/// The path of one of the example applications' binaries (examples/apps),
+/// built first if needed; they sit beside the `kubox` binary `beside`.
+pub fn example_binary(beside: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = beside
+        .parent()
+        .expect("the kubox binary is in a target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "kubox-example-apps",
+        "--bin",
+        name,
+    ]);
+    if dir.file_name().is_some_and(|d| d == "release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .expect("running cargo build for the example apps");
+    assert!(status.success(), "building example {name}");
+    dir.join(name)
+}
+
 /// A single-member etcd cluster on free loopback ports, with its data in a
 /// temporary directory. Killed and removed on drop.
 pub struct EtcdProcess {
@@ -286,6 +312,78 @@ impl KuboxServer {
             "kubox image import: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `kubectl apply` of a manifest given as JSON (written to a file in the data directory).
+    pub fn apply_json(&self, manifest: &serde_json::Value) {
+        let file = self.dir.path().join(format!(
+            "{}.json",
+            manifest["metadata"]["name"].as_str().unwrap_or("manifest")
+        ));
+        std::fs::write(&file, manifest.to_string()).expect("writing a manifest");
+        self.kubectl_ok(&["apply", "-f", file.to_str().expect("a UTF-8 path")]);
+    }
+
+    /// Runs `kubox image build` against this server's node with `args`
+    /// (after `image build`), failing the test unless it succeeds.
+    pub fn build_image(&self, args: &[&str]) {
+        let out = Command::new(&self.bin)
+            .args(["image", "build", "--data-dir"])
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .expect("running kubox image build");
+        assert!(
+            out.status.success(),
+            "kubox image build {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Builds the example applications' images on this server's node, on
+    /// busybox (imported first): `kubox.local/go-multiroute:v1` and `:v2`
+    /// (the same program, saying which version it is), `kubox.local/redis:7`
+    /// (Debian's redis-server and redis-cli) and `kubox.local/saythx:1.0`.
+    pub fn build_example_images(&self) {
+        self.import_busybox();
+        let kubox = self.bin.clone();
+        let add = |bin: &std::path::Path, at: &str| format!("{}:{at}", bin.display());
+        let multiroute = example_binary(&kubox, "multiroute");
+        for version in ["v1", "v2"] {
+            self.build_image(&[
+                "-t",
+                &format!("kubox.local/go-multiroute:{version}"),
+                "--from=busybox",
+                "--add",
+                &add(&multiroute, "/multiroute"),
+                "--libraries",
+                &format!("--env=VERSION={version}"),
+                "--entrypoint=/multiroute",
+                "--expose=3000",
+            ]);
+        }
+        let saythx = example_binary(&kubox, "saythx");
+        self.build_image(&[
+            "-t",
+            "kubox.local/saythx:1.0",
+            "--from=busybox",
+            "--add",
+            &add(&saythx, "/usr/bin/saythx"),
+            "--libraries",
+            "--entrypoint=/usr/bin/saythx",
+        ]);
+        self.build_image(&[
+            "-t",
+            "kubox.local/redis:7",
+            "--from=busybox",
+            "--add=/usr/bin/redis-server:/usr/bin/redis-server",
+            "--add=/usr/bin/redis-cli:/usr/bin/redis-cli",
+            "--libraries",
+            "--entrypoint=redis-server",
+            r#"--cmd=["--protected-mode","no"]"#,
+            "--expose=6379",
+        ]);
     }
 
     /// Starts a busybox pod that sleeps, and waits until it runs.
