@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kubox_testkit::{KuboxServer, eventually};
 
 /// Forces kubectl onto SPDY for exec, attach, cp and port-forward.
@@ -571,4 +572,124 @@ async fn logs_follow_a_container_as_it_writes() {
     );
     child.kill().unwrap();
     let _ = child.wait();
+}
+
+async fn client(server: &KuboxServer) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Runs `argv` in pod `sh` over WebSocket with kube-rs; its stdout and final status.
+async fn kube_exec(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    argv: &[&str],
+) -> (Vec<u8>, k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) {
+    use tokio::io::AsyncReadExt;
+    let params = kube::api::AttachParams::default().stderr(false);
+    let mut attached = pods.exec("sh", argv.to_vec(), &params).await.unwrap();
+    let mut stdout = attached.stdout().unwrap();
+    let status = attached.take_status().unwrap();
+    let mut out = Vec::new();
+    stdout.read_to_end(&mut out).await.unwrap();
+    let status = status.await.unwrap();
+    attached.join().await.unwrap();
+    (out, status)
+}
+
+fn count(dir: String) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn kube_rs_execs_and_the_agent_returns_to_its_baseline() {
+    let server = server_with_shell().await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::default_namespaced(client(&server).await);
+    let (out, status) = kube_exec(&pods, &["sh", "-c", "echo hi; exit 3"]).await;
+    assert_eq!(out, b"hi\n");
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let (_, status) = kube_exec(&pods, &["true"]).await;
+    assert_eq!(status.status.as_deref(), Some("Success"));
+
+    // The agent runs inside the server: its descriptors and threads are the server's.
+    let pid = server.pid().unwrap();
+    let (fds, tasks) = (format!("/proc/{pid}/fd"), format!("/proc/{pid}/task"));
+    let (base_fds, base_tasks) = (count(fds.clone()), count(tasks.clone()));
+    let pods = &pods;
+    let runs = futures::stream::iter(0..500)
+        .map(|_| async move { kube_exec(pods, &["true"]).await.1 })
+        .buffer_unordered(4);
+    let statuses: Vec<_> = runs.collect().await;
+    assert!(statuses.iter().all(|s| s.status.as_deref() == Some("Success")));
+    eventually(
+        "the server's descriptors and threads back at their baseline",
+        Duration::from_secs(60),
+        || {
+            let (fds, tasks) = (fds.clone(), tasks.clone());
+            async move {
+                let now = (count(fds), count(tasks));
+                (now.0 <= base_fds && now.1 <= base_tasks).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_takes_its_command_along() {
+    let server = server_with_shell().await;
+    let ps = || server.kubectl_ok(&["exec", "sh", "--", "ps", "-o", "args"]);
+    for env in [&[][..], &SPDY[..]] {
+        let mut child = kubectl(&server, "kubectl", env)
+            .args(["exec", "-i", "sh", "--", "sleep", "4321"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the command runs", Duration::from_secs(30), || async {
+            ps().contains("sleep 4321").then_some(())
+        })
+        .await;
+        child.kill().unwrap();
+        let _ = child.wait();
+        eventually("the command is gone", Duration::from_secs(30), || async {
+            (!ps().contains("sleep 4321")).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_agent_refuses_clients_without_the_clusters_certificate() {
+    use base64::Engine;
+    let server = server_with_shell().await;
+    let url = format!("https://127.0.0.1:{}/healthz", server.agent_port());
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sk", "--max-time", "10"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let anonymous = curl(&[]);
+    assert!(!anonymous.status.success(), "{anonymous:?}");
+    // The same request with a certificate the cluster's CA signed is served.
+    let config = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let field = |name: &str| -> String {
+        let line = config.lines().find_map(|l| l.trim().strip_prefix(name)).unwrap();
+        line.trim_start_matches(':').trim().trim_matches('"').to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, file) in [("client-certificate-data", "c.pem"), ("client-key-data", "k.pem")] {
+        let pem = base64::engine::general_purpose::STANDARD.decode(field(name)).unwrap();
+        std::fs::write(dir.path().join(file), pem).unwrap();
+    }
+    let cert = dir.path().join("c.pem").display().to_string();
+    let key = dir.path().join("k.pem").display().to_string();
+    let admitted = curl(&["--cert", &cert, "--key", &key]);
+    assert_eq!(String::from_utf8_lossy(&admitted.stdout), "ok");
 }

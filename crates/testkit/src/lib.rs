@@ -243,6 +243,11 @@ impl KuboxServer {
         self.port
     }
 
+    /// The port the node agent's HTTPS endpoint listens on.
+    pub fn agent_port(&self) -> u16 {
+        self.agent_port
+    }
+
     pub fn kubeconfig(&self) -> std::path::PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
