@@ -586,7 +586,10 @@ async fn client(server: &KuboxServer) -> kube::Client {
 async fn kube_exec(
     pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
     argv: &[&str],
-) -> (Vec<u8>, k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) {
+) -> (
+    Vec<u8>,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) {
     use tokio::io::AsyncReadExt;
     let params = kube::api::AttachParams::default().stderr(false);
     let mut attached = pods.exec("sh", argv.to_vec(), &params).await.unwrap();
@@ -623,7 +626,11 @@ async fn kube_rs_execs_and_the_agent_returns_to_its_baseline() {
         .map(|_| async move { kube_exec(pods, &["true"]).await.1 })
         .buffer_unordered(4);
     let statuses: Vec<_> = runs.collect().await;
-    assert!(statuses.iter().all(|s| s.status.as_deref() == Some("Success")));
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.status.as_deref() == Some("Success"))
+    );
     eventually(
         "the server's descriptors and threads back at their baseline",
         Duration::from_secs(60),
@@ -680,12 +687,23 @@ async fn the_agent_refuses_clients_without_the_clusters_certificate() {
     // The same request with a certificate the cluster's CA signed is served.
     let config = std::fs::read_to_string(server.kubeconfig()).unwrap();
     let field = |name: &str| -> String {
-        let line = config.lines().find_map(|l| l.trim().strip_prefix(name)).unwrap();
-        line.trim_start_matches(':').trim().trim_matches('"').to_owned()
+        let line = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap();
+        line.trim_start_matches(':')
+            .trim()
+            .trim_matches('"')
+            .to_owned()
     };
     let dir = tempfile::tempdir().unwrap();
-    for (name, file) in [("client-certificate-data", "c.pem"), ("client-key-data", "k.pem")] {
-        let pem = base64::engine::general_purpose::STANDARD.decode(field(name)).unwrap();
+    for (name, file) in [
+        ("client-certificate-data", "c.pem"),
+        ("client-key-data", "k.pem"),
+    ] {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(field(name))
+            .unwrap();
         std::fs::write(dir.path().join(file), pem).unwrap();
     }
     let cert = dir.path().join("c.pem").display().to_string();

@@ -281,7 +281,11 @@ impl KuboxServer {
         // The agent opens (and tidies) its image store before it registers its
         // node: an import before that could lose its files to the tidying.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.kubectl(&["get", "nodes", "-o", "name"]).stdout.starts_with(b"node/") {
+        while !self
+            .kubectl(&["get", "nodes", "-o", "name"])
+            .stdout
+            .starts_with(b"node/")
+        {
             assert!(Instant::now() < deadline, "no node registered within 60s");
             std::thread::sleep(Duration::from_millis(50));
         }
