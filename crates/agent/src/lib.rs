@@ -2,6 +2,7 @@
 //! Node, keeps its Lease, watches the pods bound to it and runs each with
 //! a [`pod::Worker`], reporting status back through the API.
 
+mod attach;
 mod console;
 mod container;
 mod exec;
@@ -10,13 +11,18 @@ mod log_reader;
 mod logs;
 mod node;
 mod pod;
+mod portforward;
 mod probe;
 mod prober;
+mod remote;
 pub mod runtime;
 pub mod sandbox;
 mod server;
+mod spdy;
 mod spec;
 mod status;
+mod tunnel;
+mod upgrade;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,8 +107,16 @@ pub struct Shared {
     pub active_logs: Arc<logs::Active>,
     pub events: kubox_client::events::Recorder,
     pub insecure_registries: Vec<String>,
-    /// Running containers by namespace, pod and container name, for exec.
-    pub running: std::sync::Mutex<HashMap<(String, String, String), String>>,
+    /// Running containers by namespace, pod and container name, for exec and attach.
+    pub running: std::sync::Mutex<HashMap<(String, String, String), Running>>,
+    /// Pods whose sandbox exists, by namespace and name, for port-forward.
+    pub sandboxes: std::sync::Mutex<HashMap<(String, String), portforward::Target>>,
+}
+
+/// A running container, as exec and attach find it.
+pub struct Running {
+    pub id: String,
+    pub io: Arc<attach::ContainerIo>,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -164,6 +178,7 @@ impl Agent {
             active_logs: Arc::default(),
             insecure_registries: config.insecure_registries,
             running: Default::default(),
+            sandboxes: Default::default(),
         });
         let endpoint = server::start(
             shared.clone(),

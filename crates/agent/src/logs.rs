@@ -10,7 +10,11 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::attach::ContainerIo;
+use crate::console::{Terminal, TerminalReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, watch};
 
@@ -91,20 +95,14 @@ impl Pipes {
         Ok((open(&self.stdout)?, open(&self.stderr)?))
     }
 
-    /// Copies both pipes into `log` until the container's side is closed.
+    /// Copies both pipes into `log` until the container's side is closed,
+    /// handing each chunk to attached clients too.
     pub fn copy_to(
         &self,
         log: &Path,
         active: &Arc<Active>,
+        attached: Arc<ContainerIo>,
     ) -> io::Result<tokio::task::JoinHandle<()>> {
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let file = Arc::new(Mutex::new(tokio::fs::File::from_std(file)));
         let readers = [
             (
                 "stdout",
@@ -115,48 +113,107 @@ impl Pipes {
                 pipe::OpenOptions::new().open_receiver(&self.stderr)?,
             ),
         ];
-        let written = Arc::new(active.register(log));
-        let (active, log) = (active.clone(), log.to_owned());
-        Ok(tokio::spawn(async move {
-            let copies =
-                readers.map(|(stream, rx)| copy(stream, rx, file.clone(), written.clone()));
-            futures::future::join_all(copies).await;
-            active.unregister(&log);
-        }))
+        copy_all(log, active, attached, readers)
     }
 }
 
-async fn copy(
+/// Copies a terminal's output into `log` as stdout, until the terminal is
+/// left, handing each chunk to attached clients too.
+pub fn copy_terminal(
+    terminal: Arc<Terminal>,
+    log: &Path,
+    active: &Arc<Active>,
+    attached: Arc<ContainerIo>,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    copy_all(
+        log,
+        active,
+        attached,
+        [("stdout", TerminalReader::new(terminal))],
+    )
+}
+
+fn copy_all<R, const N: usize>(
+    log: &Path,
+    active: &Arc<Active>,
+    attached: Arc<ContainerIo>,
+    readers: [(&'static str, R); N],
+) -> io::Result<tokio::task::JoinHandle<()>>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let file = Arc::new(Mutex::new(tokio::fs::File::from_std(file)));
+    let written = Arc::new(active.register(log));
+    let (active, log) = (active.clone(), log.to_owned());
+    Ok(tokio::spawn(async move {
+        let copies = readers
+            .map(|(stream, rx)| copy(stream, rx, file.clone(), written.clone(), attached.clone()));
+        futures::future::join_all(copies).await;
+        attached.output_ended();
+        active.unregister(&log);
+    }))
+}
+
+async fn copy<R: AsyncRead + Unpin>(
     stream: &'static str,
-    rx: pipe::Receiver,
+    mut rx: R,
     file: Arc<Mutex<tokio::fs::File>>,
     written: Arc<watch::Sender<u64>>,
+    attached: Arc<ContainerIo>,
 ) {
-    let mut reader = BufReader::with_capacity(MAX_RECORD, rx);
-    let mut line = Vec::new();
+    let mut buf = vec![0u8; MAX_RECORD];
+    let mut line: Vec<u8> = Vec::new();
+    let wrap = crate::attach::wrap(stream);
     loop {
-        line.clear();
-        let n = match (&mut reader)
-            .take(MAX_RECORD as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
+        let n = match rx.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!("reading container {stream}: {e}");
-                return;
+                0
             }
         };
         if n == 0 {
+            break;
+        }
+        // Attached clients get output as it comes; the log gets it by lines.
+        attached.publish(wrap(Bytes::copy_from_slice(&buf[..n])));
+        line.extend_from_slice(&buf[..n]);
+        let mut records = Vec::new();
+        while let Some(end) = line.iter().position(|b| *b == b'\n') {
+            records.extend(record(stream, &line[..=end]));
+            line.drain(..=end);
+        }
+        while line.len() >= MAX_RECORD {
+            records.extend(record(stream, &line[..MAX_RECORD]));
+            line.drain(..MAX_RECORD);
+        }
+        if !records.is_empty() && !write_records(&file, &written, &records).await {
             return;
         }
-        let record = record(stream, &line);
-        if let Err(e) = file.lock().await.write_all(&record).await {
-            tracing::warn!("writing a container log: {e}");
-            return;
-        }
-        written.send_modify(|n| *n += 1);
     }
+    if !line.is_empty() {
+        write_records(&file, &written, &record(stream, &line)).await;
+    }
+}
+
+async fn write_records(
+    file: &Mutex<tokio::fs::File>,
+    written: &watch::Sender<u64>,
+    records: &[u8],
+) -> bool {
+    if let Err(e) = file.lock().await.write_all(records).await {
+        tracing::warn!("writing a container log: {e}");
+        return false;
+    }
+    written.send_modify(|n| *n += 1);
+    true
 }
 
 fn record(stream: &str, line: &[u8]) -> Vec<u8> {
@@ -222,7 +279,9 @@ mod tests {
         std::io::Write::write_all(&mut out, b"one\ntwo\n").unwrap();
         std::io::Write::write_all(&mut err, b"oops\n").unwrap();
         let log = dir.path().join("0.log");
-        let copier = pipes.copy_to(&log, &Arc::default()).unwrap();
+        let copier = pipes
+            .copy_to(&log, &Arc::default(), ContainerIo::new(false))
+            .unwrap();
         drop((out, err));
         copier.await.unwrap();
         let text = std::fs::read(&log).unwrap();

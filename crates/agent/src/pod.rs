@@ -20,14 +20,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::attach::{self, ContainerIo};
+use crate::console::{ConsoleSocket, Terminal};
 use crate::container;
 use crate::image::{self, Reference};
-use crate::logs::Pipes;
+use crate::logs::{self, Pipes};
 use crate::runtime::{ExitWatch, Exited, Status as RuntimeStatus, Stdio};
 use crate::sandbox::{self, HostShared, Sandbox};
 use crate::spec::{ContainerConfig, oci_spec};
 use crate::volumes::Source;
-use crate::{Shared, probe, prober, status, volumes};
+use crate::{Running, Shared, portforward, probe, prober, status, volumes};
 use kubox_client::events::{Type, pod_reference};
 
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -267,13 +269,28 @@ impl Worker {
             }
             match self.shared.runtime.state(&r.id).await {
                 Ok(Some(state)) if state.status == RuntimeStatus::Running => {
-                    if let Err(e) = Pipes::in_dir(&r.dir(&self.shared))
-                        .copy_to(&r.log_path, &self.shared.active_logs)
-                    {
+                    let once = self
+                        .containers(false)
+                        .iter()
+                        .find(|c| c.name == r.name)
+                        .is_some_and(|c| c.stdin_once.unwrap_or(false));
+                    let io = ContainerIo::new(once);
+                    let dir = r.dir(&self.shared);
+                    if let Err(e) = Pipes::in_dir(&dir).copy_to(
+                        &r.log_path,
+                        &self.shared.active_logs,
+                        io.clone(),
+                    ) {
                         tracing::warn!("reattaching logs of {}: {e}", r.id);
                     }
+                    if dir.join("stdin").exists() {
+                        match attach::reopen_stdin(&dir.join("stdin")) {
+                            Ok(w) => io.set_stdin_pipe(w).await,
+                            Err(e) => tracing::warn!("reopening the stdin of {}: {e}", r.id),
+                        }
+                    }
                     self.watch_exit(&r.name, r.pid);
-                    self.set_running(&r.name, Some(&r.id));
+                    self.set_running(&r.name, Some((&r.id, io)));
                     self.start_probing(&r.name, &r.id);
                 }
                 _ => {
@@ -425,17 +442,44 @@ impl Worker {
     }
 
     /// Tells the agent's endpoint which container runs under a name (or none).
-    fn set_running(&self, name: &str, id: Option<&str>) {
+    fn set_running(&self, name: &str, run: Option<(&str, Arc<ContainerIo>)>) {
         let key = (self.namespace(), self.name(), name.to_owned());
         let mut running = self
             .shared
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match id {
-            Some(id) => running.insert(key, id.to_owned()),
+        match run {
+            Some((id, io)) => running.insert(
+                key,
+                Running {
+                    id: id.to_owned(),
+                    io,
+                },
+            ),
             None => running.remove(&key),
         };
+    }
+
+    /// Tells the agent's endpoint where the pod's network is (or that it is gone).
+    fn set_sandbox(&self, ready: bool) {
+        let key = (self.namespace(), self.name());
+        let mut sandboxes = self
+            .shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ready {
+            sandboxes.insert(
+                key,
+                portforward::Target {
+                    sandbox: self.uid.clone(),
+                    netns: self.sandbox().path(sandbox::Kind::Network),
+                },
+            );
+        } else {
+            sandboxes.remove(&key);
+        }
     }
 
     async fn on_exit(&mut self, name: &str, exited: Exited) {
@@ -503,6 +547,7 @@ impl Worker {
             }
             self.sandbox_ready = true;
         }
+        self.set_sandbox(true);
         match volumes::prepare(&self.shared.client, &self.pod, &self.pod_dir()).await {
             Ok(v) => {
                 self.volumes = v;
@@ -757,7 +802,11 @@ impl Worker {
             .layer_dirs(&image)
             .map_err(|e| config_err(e.to_string()))?;
 
-        let env = self.env(c, &image_config).await.map_err(config_err)?;
+        let mut env = self.env(c, &image_config).await.map_err(config_err)?;
+        if c.tty.unwrap_or(false) {
+            // As containerd gives a container with a terminal.
+            env = container::merge_env(env.into_iter().chain([("TERM".into(), "xterm".into())]));
+        }
         let env_map: HashMap<String, String> = env.iter().cloned().collect();
         let args = container::command_line(c, &image_config, &env_map);
         if args.is_empty() {
@@ -876,6 +925,7 @@ impl Worker {
             _ => format!("/kubepods/besteffort/pod{}", self.uid),
         };
         let config = ContainerConfig {
+            terminal: c.tty.unwrap_or(false),
             args,
             env,
             cwd: c
@@ -936,20 +986,63 @@ impl Worker {
             .join(format!("{}_{}_{}", self.namespace(), self.name(), self.uid))
             .join(&c.name)
             .join(format!("{attempt}.log"));
-        if let Err(e) = pipes.copy_to(&log_path, &shared.active_logs) {
-            return Err(fail_cleanup("opening the log file", &e));
+        let tty = c.tty.unwrap_or(false);
+        let io = ContainerIo::new(c.stdin_once.unwrap_or(false));
+        let mut stdin = None;
+        if c.stdin.unwrap_or(false) && !tty {
+            match attach::stdin_pipe(&dir.join("stdin"), c.stdin_once.unwrap_or(false)) {
+                Ok((theirs, ours)) => {
+                    stdin = Some(theirs);
+                    io.set_stdin_pipe(ours).await;
+                }
+                Err(e) => return Err(fail_cleanup("creating the stdin pipe", &e)),
+            }
         }
-        let pid = match shared
-            .runtime
-            .create(&id, &dir, Stdio { stdout, stderr })
-            .await
-        {
+        // A terminal's master end comes over a socket; its path must be short.
+        let console = if tty {
+            let path = std::env::temp_dir().join(format!("kubox-tty-{}.sock", &id[..16]));
+            match ConsoleSocket::bind(&path) {
+                Ok(socket) => Some(socket),
+                Err(e) => return Err(fail_cleanup("creating the console socket", &e)),
+            }
+        } else {
+            if let Err(e) = pipes.copy_to(&log_path, &shared.active_logs, io.clone()) {
+                return Err(fail_cleanup("opening the log file", &e));
+            }
+            None
+        };
+        let stdio = Stdio {
+            stdin,
+            stdout,
+            stderr,
+            console_socket: console.as_ref().map(|s| s.path().to_owned()),
+        };
+        let pid = match shared.runtime.create(&id, &dir, stdio).await {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = shared.runtime.delete(&id).await;
                 return Err(fail_cleanup("creating the container", &e));
             }
         };
+        if let Some(socket) = console {
+            let received = tokio::time::timeout(Duration::from_secs(10), socket.receive())
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal")));
+            let terminal = match received.and_then(Terminal::new) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    let _ = shared.runtime.delete(&id).await;
+                    return Err(fail_cleanup("taking the terminal", &e));
+                }
+            };
+            io.set_terminal(terminal.clone()).await;
+            if let Err(e) =
+                logs::copy_terminal(terminal, &log_path, &shared.active_logs, io.clone())
+            {
+                let _ = shared.runtime.delete(&id).await;
+                return Err(fail_cleanup("opening the log file", &e));
+            }
+        }
         let record = Record {
             id: id.clone(),
             pod_uid: self.uid.clone(),
@@ -987,7 +1080,7 @@ impl Worker {
             slot.restart_count = attempt;
         }
         slot.waiting = None;
-        self.set_running(&c.name, Some(&id));
+        self.set_running(&c.name, Some((&id, io)));
         if !init {
             self.start_probing(&c.name, &id);
         }
@@ -1421,6 +1514,7 @@ impl Worker {
                 remove_container_files(&self.shared, r);
             }
         }
+        self.set_sandbox(false);
         if let Err(e) = self.sandbox().destroy() {
             tracing::warn!(pod = %self.name(), "releasing the sandbox: {e}");
         }

@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::runtime::ContainerRuntime;
+use crate::sandbox::in_netns;
 
 /// What a probe or hook does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,29 +101,6 @@ pub struct Target<'a> {
     /// The pod's network namespace; `None` on the host network.
     pub netns: Option<PathBuf>,
     pub runtime: &'a dyn ContainerRuntime,
-}
-
-/// Runs `f` in a thread that has joined `netns`, so sockets it opens live there.
-async fn in_netns<T: Send + 'static>(
-    netns: Option<PathBuf>,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let result = (|| {
-            if let Some(ns) = netns {
-                let file = std::fs::File::open(ns)?;
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
-            }
-            f()
-        })();
-        let _ = tx.send(result);
-    });
-    rx.await
-        .unwrap_or_else(|_| Err(io::Error::other("the probe thread ended early")))
 }
 
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {

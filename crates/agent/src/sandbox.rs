@@ -143,6 +143,31 @@ impl Sandbox {
     }
 }
 
+/// Runs `f` in a short-lived thread that has joined `netns` (the node's
+/// own when `None`), so sockets it opens live there; they stay in that
+/// namespace when used from any other thread afterwards.
+pub async fn in_netns<T: Send + 'static>(
+    netns: Option<PathBuf>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = (|| {
+            if let Some(ns) = netns {
+                let file = std::fs::File::open(ns)?;
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&file),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+            }
+            f()
+        })();
+        let _ = tx.send(result);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("the network namespace thread ended early")))
+}
+
 /// `ip link set lo up` in the calling thread's network namespace.
 fn loopback_up() -> io::Result<()> {
     // SAFETY: plain socket and ioctl calls on a zeroed ifreq we own; the

@@ -1,5 +1,5 @@
 //! The agent's HTTPS endpoint (kubelet's port 10250), which the API server
-//! calls for `kubectl logs`. Clients must present a certificate from the
+//! calls for `kubectl logs`, exec, attach and port-forward. Clients must present a certificate from the
 //! cluster's CA; the agent's own certificate is self-signed, which the API
 //! server accepts as upstream's does without --kubelet-certificate-authority.
 
@@ -23,7 +23,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
+use crate::attach::ContainerIo;
 use crate::log_reader::{self, ReadOptions};
+use crate::portforward::{self, Target};
+use crate::remote::{self, Client, Streams};
+use crate::spdy::Session;
+use crate::tunnel;
+use crate::upgrade::{self, Transport};
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
@@ -118,23 +124,146 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         (&Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, &query).await
         }
-        (&Method::GET, ["exec", ns, pod, container]) => {
-            let key = (ns.to_string(), pod.to_string(), container.to_string());
-            let id = shared
-                .running
+        // client-go upgrades with GET over WebSocket, POST over SPDY.
+        (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
+            let found = running(shared, ns, pod, container);
+            match found {
+                Ok((id, _)) => {
+                    let streams = Streams::from_query(req.uri().query().unwrap_or_default());
+                    let shared = shared.clone();
+                    remote_command(req, streams.clone(), move |client| {
+                        crate::exec::run(shared, id, streams, client)
+                    })
+                }
+                Err(resp) => resp,
+            }
+        }
+        (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
+            match running(shared, ns, pod, container) {
+                Ok((_, io)) => {
+                    let streams = Streams::from_query(req.uri().query().unwrap_or_default());
+                    remote_command(req, streams.clone(), move |client| {
+                        crate::attach::run(io, streams, client)
+                    })
+                }
+                Err(resp) => resp,
+            }
+        }
+        (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
+            let target = shared
+                .sandboxes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
+                .get(&(ns.to_string(), pod.to_string()))
                 .cloned();
-            match id {
-                Some(id) => crate::exec::upgrade(shared, req, id),
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    format!("container not found (\"{container}\")"),
-                ),
+            match target {
+                Some(target) => port_forward(req, target),
+                None => text(StatusCode::NOT_FOUND, "pod does not exist"),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// The running container a stream request names, or kubelet's refusal.
+fn running(
+    shared: &Shared,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(String, Arc<ContainerIo>), Response<Body>> {
+    let key = (ns.to_string(), pod.to_string(), container.to_string());
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .map(|r| (r.id.clone(), r.io.clone()))
+        .ok_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("container not found (\"{container}\")"),
+            )
+        })
+}
+
+/// Upgrades an exec or attach request to the protocol the client asks
+/// for and serves it with `serve`.
+fn remote_command<F, Fut>(req: Request<Incoming>, streams: Streams, serve: F) -> Response<Body>
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    if let Err(message) = streams.check() {
+        return text(StatusCode::BAD_REQUEST, message);
+    }
+    match Transport::of(&req) {
+        Err(resp) => resp,
+        Ok(Transport::WebSocket { key, protocols }) => {
+            match upgrade::negotiate(&protocols, &remote::WEBSOCKET_PROTOCOLS) {
+                None => upgrade::unsupported_websocket(&protocols, &remote::WEBSOCKET_PROTOCOLS),
+                Some(p) => upgrade::websocket(req, &key, p, move |ws| async move {
+                    serve(remote::websocket(ws, p == remote::WEBSOCKET_PROTOCOLS[0])).await;
+                }),
+            }
+        }
+        Ok(Transport::Spdy { protocols }) => {
+            match upgrade::negotiate(&protocols, &remote::SPDY_PROTOCOLS) {
+                None => upgrade::unsupported_spdy(&protocols, &remote::SPDY_PROTOCOLS),
+                Some(p) => upgrade::spdy(req, p, move |io| async move {
+                    let (r, w) = tokio::io::split(io);
+                    if let Some(client) = remote::spdy(Session::start(r, w), p, &streams).await {
+                        serve(client).await;
+                    }
+                }),
+            }
+        }
+    }
+}
+
+/// Upgrades a port-forward request: SPDY, SPDY inside a WebSocket, or the
+/// WebSocket channel protocol.
+fn port_forward(req: Request<Incoming>, target: Target) -> Response<Body> {
+    match Transport::of(&req) {
+        Err(resp) => resp,
+        Ok(Transport::WebSocket { key, protocols }) => {
+            let tunnel = [portforward::TUNNEL_PROTOCOL];
+            if let Some(p) = upgrade::negotiate(&protocols, &tunnel) {
+                return upgrade::websocket(req, &key, p, move |ws| async move {
+                    let (sink, messages) = ws.split();
+                    let session =
+                        Session::start(tunnel::reader(messages), tunnel::Writer::new(sink));
+                    portforward::spdy(session, target).await;
+                });
+            }
+            let channels = [portforward::WEBSOCKET_PROTOCOL];
+            let Some(p) = upgrade::negotiate(&protocols, &channels) else {
+                return upgrade::unsupported_websocket(
+                    &protocols,
+                    &[
+                        portforward::TUNNEL_PROTOCOL,
+                        portforward::WEBSOCKET_PROTOCOL,
+                    ],
+                );
+            };
+            let ports = match portforward::ports_from_query(req.uri().query().unwrap_or_default()) {
+                Ok(ports) => ports,
+                Err(message) => return text(StatusCode::BAD_REQUEST, message),
+            };
+            upgrade::websocket(req, &key, p, move |ws| {
+                portforward::websocket(ws, ports, target)
+            })
+        }
+        Ok(Transport::Spdy { protocols }) => {
+            let supported = [portforward::SPDY_PROTOCOL];
+            match upgrade::negotiate(&protocols, &supported) {
+                None => upgrade::unsupported_spdy(&protocols, &supported),
+                Some(p) => upgrade::spdy(req, p, move |io| async move {
+                    let (r, w) = tokio::io::split(io);
+                    portforward::spdy(Session::start(r, w), target).await;
+                }),
+            }
+        }
     }
 }
 

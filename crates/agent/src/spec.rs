@@ -31,6 +31,8 @@ const DEFAULT_CAPABILITIES: [Capability; 14] = [
 /// Everything about one container the runtime needs to know.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerConfig {
+    /// The process gets a terminal (its master end goes to the runtime's console socket).
+    pub terminal: bool,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: String,
@@ -170,6 +172,7 @@ pub fn oci_spec(c: &ContainerConfig, sandbox: &Sandbox) -> Spec {
                 .collect::<Vec<_>>(),
         )
         .cwd(c.cwd.clone())
+        .terminal(c.terminal)
         .user(
             UserBuilder::default()
                 .uid(c.uid)

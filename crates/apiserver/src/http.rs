@@ -383,13 +383,19 @@ impl Handler {
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
-            Some("exec") if rt.plural == "pods" => {
+            Some(sub @ ("exec" | "attach" | "portforward")) if rt.plural == "pods" => {
+                let kind = match sub {
+                    "exec" => crate::node_proxy::Stream::Exec,
+                    "attach" => crate::node_proxy::Stream::Attach,
+                    _ => crate::node_proxy::Stream::PortForward,
+                };
                 let name = rr.name.as_deref().unwrap_or_default();
-                return crate::node_proxy::pod_exec(
+                return crate::node_proxy::pod_stream(
                     api,
                     &self.nodes,
                     ns.unwrap_or_default(),
                     name,
+                    kind,
                     req,
                 )
                 .await;

@@ -1,7 +1,7 @@
 //! What the API server asks of node agents for pods: `pods/log` streams
-//! the log from the agent's `/containerLogs`, `pods/exec` hands the
-//! client's connection upgrade (WebSocket) to the agent's `/exec` and then
-//! copies bytes both ways. The API server authenticates to the agent with
+//! the log from the agent's `/containerLogs`; `pods/exec`, `pods/attach`
+//! and `pods/portforward` hand the client's connection upgrade (WebSocket
+//! or SPDY) to the agent and then copy bytes both ways. The API server authenticates to the agent with
 //! its own client certificate.
 
 use std::collections::HashMap;
@@ -234,11 +234,11 @@ async fn node_error(resp: Response<hyper::body::Incoming>) -> ApiError {
 }
 
 /// The node of a pod that can run commands: bound and not finished.
-fn running_node<'a>(pod: &'a Value, name: &str) -> ApiResult<&'a str> {
+fn running_node<'a>(pod: &'a Value, name: &str, action: &str) -> ApiResult<&'a str> {
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     if phase == "Succeeded" || phase == "Failed" {
         return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
+            "cannot {action} a container in a completed pod; current phase is {phase}"
         )));
     }
     pod["spec"]["nodeName"]
@@ -247,13 +247,23 @@ fn running_node<'a>(pod: &'a Value, name: &str) -> ApiResult<&'a str> {
         .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))
 }
 
-/// `pods/exec`: hands the client's WebSocket upgrade to the pod's agent and,
-/// once the agent switches protocols, joins the two connections.
-pub async fn pod_exec(
+/// The streaming subresources of pods, each served by the pod's node agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward`: hands the client's
+/// connection upgrade (WebSocket or SPDY) to the pod's agent and, once the
+/// agent switches protocols, joins the two connections.
+pub async fn pod_stream(
     api: &Api,
     nodes: &NodeClient,
     ns: &str,
     name: &str,
+    kind: Stream,
     mut req: http::Request<hyper::body::Incoming>,
 ) -> ApiResult<Response<Body>> {
     let pods = api
@@ -263,22 +273,38 @@ pub async fn pod_exec(
         .clone();
     let pod = api.get(&pods, Some(ns), name).await?;
     let query = req.uri().query().unwrap_or_default().to_owned();
-    let asked: Option<String> = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "container")
-        .map(|(_, v)| v.into_owned());
-    let container = container_name(&pod, name, asked.as_deref())?;
-    let node_name = running_node(&pod, name)?;
+    let path = match kind {
+        Stream::Exec | Stream::Attach => {
+            let asked: Option<String> = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "container")
+                .map(|(_, v)| v.into_owned());
+            let container = container_name(&pod, name, asked.as_deref())?;
+            let (action, route) = match kind {
+                Stream::Exec => ("exec into", "exec"),
+                _ => ("attach to", "attach"),
+            };
+            running_node(&pod, name, action)?;
+            format!("/{route}/{ns}/{name}/{container}?{query}")
+        }
+        Stream::PortForward => format!("/portForward/{ns}/{name}?{query}"),
+    };
+    let node_name = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
     let (address, port) = agent_endpoint(api, node_name).await?;
     let mut headers = http::HeaderMap::new();
     for (k, v) in req.headers() {
         let forwarded = k == header::CONNECTION
             || k == header::UPGRADE
-            || k.as_str().starts_with("sec-websocket-");
+            || k.as_str().starts_with("sec-websocket-")
+            || k.as_str() == "x-stream-protocol-version";
         if forwarded {
             headers.append(k.clone(), v.clone());
         }
     }
-    let path = format!("/exec/{ns}/{name}/{container}?{query}");
     let node_resp = nodes
         .get(&address, port, &path, &headers)
         .await

@@ -7,3 +7,4 @@ mod load;
 pub mod pods;
 pub mod report;
 pub mod store;
+pub mod streams;

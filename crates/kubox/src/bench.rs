@@ -32,6 +32,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         cycles: usize,
     },
+    /// Interactive streams on a real server: exec round-trip latency
+    /// (kube-rs over WebSocket), port-forward throughput through kubectl
+    /// against a direct connection to the same pod listener.
+    Streams {
+        #[arg(long, default_value_t = 200)]
+        execs: usize,
+        /// MiB read through each port-forward.
+        #[arg(long, default_value_t = 1024)]
+        megabytes: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -64,6 +74,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Pods { pods, cycles } => {
             let table = kubox_bench::pods::run(kubox_bench::pods::Options { pods, cycles }).await?;
+            println!("{table}");
+        }
+        BenchCommand::Streams { execs, megabytes } => {
+            let table =
+                kubox_bench::streams::run(kubox_bench::streams::Options { execs, megabytes })
+                    .await?;
             println!("{table}");
         }
         BenchCommand::Store {

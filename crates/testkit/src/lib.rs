@@ -269,6 +269,11 @@ impl KuboxServer {
         self.port
     }
 
+    /// The port the node agent's HTTPS endpoint listens on.
+    pub fn agent_port(&self) -> u16 {
+        self.agent_port
+    }
+
     pub fn kubeconfig(&self) -> std::path::PathBuf {
         self.dir.path().join("admin.kubeconfig")
     }
@@ -299,6 +304,17 @@ impl KuboxServer {
     /// Imports a busybox image built on the spot (`images::write_busybox_archive`)
     /// into the server's node as `docker.io/library/busybox:latest`.
     pub fn import_busybox(&self) {
+        // The agent opens (and tidies) its image store before it registers its
+        // node: an import before that could lose its files to the tidying.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .kubectl(&["get", "nodes", "-o", "name"])
+            .stdout
+            .starts_with(b"node/")
+        {
+            assert!(Instant::now() < deadline, "no node registered within 60s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let archive = self.dir.path().join("busybox.tar");
         images::write_busybox_archive(&archive, "docker.io/library/busybox:latest");
         let out = Command::new(&self.bin)

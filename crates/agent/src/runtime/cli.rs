@@ -110,13 +110,20 @@ impl ContainerRuntime for RuntimeCli {
         let _ = std::fs::remove_file(self.log_path(id));
         // runc passes its own standard output and error through to the
         // container's process, so they are the container's log pipes.
-        let status = self
-            .command(id)
+        let mut create = self.command(id);
+        create
             .arg("create")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
+            .arg(&pid_file);
+        if let Some(socket) = &stdio.console_socket {
+            create.arg("--console-socket").arg(socket);
+        }
+        if let Some(stdin) = stdio.stdin {
+            create.stdin(ProcessStdio::from(stdin));
+        }
+        let status = create
             .arg(id)
             .stdout(ProcessStdio::from(stdio.stdout))
             .stderr(ProcessStdio::from(stdio.stderr))
@@ -169,7 +176,9 @@ impl ContainerRuntime for RuntimeCli {
         let mut c = self.command(id);
         c.args(["exec", "--detach", "--pid-file"]).arg(pid_file);
         if let Some(socket) = console_socket {
-            c.args(["--tty", "--console-socket"]).arg(socket);
+            // As containerd gives a command run with a terminal.
+            c.args(["--tty", "--env", "TERM=xterm", "--console-socket"])
+                .arg(socket);
         }
         c.arg(id).args(argv).kill_on_drop(true);
         c

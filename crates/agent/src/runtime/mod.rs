@@ -6,7 +6,7 @@ mod cli;
 mod exit;
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use cli::RuntimeCli;
 pub use exit::{ExitWatch, Exited, become_subreaper};
@@ -38,10 +38,16 @@ pub struct ContainerState {
     pub pid: Option<u32>,
 }
 
-/// What a container's standard output and error are connected to.
+/// What a container's standard streams are connected to.
 pub struct Stdio {
+    /// `None`: no input (/dev/null).
+    pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// For a process with a terminal (`process.terminal` in config.json):
+    /// where the runtime sends the terminal's master end. Its standard
+    /// streams are then the terminal; `stdout`/`stderr` get the runtime's own.
+    pub console_socket: Option<PathBuf>,
 }
 
 #[async_trait::async_trait]
