@@ -336,7 +336,7 @@ where
             match m {
                 Message::Binary(data) if !data.is_empty() => {
                     let channel = data[0] as usize;
-                    if channel % 2 == 0
+                    if channel.is_multiple_of(2)
                         && let Some(tx) = inputs.get(channel / 2)
                     {
                         let _ = tx.send(data.slice(1..)).await;

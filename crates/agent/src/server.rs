@@ -135,7 +135,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                         crate::exec::run(shared, id, streams, client)
                     })
                 }
-                Err(resp) => resp,
+                Err(resp) => *resp,
             }
         }
         (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
@@ -146,7 +146,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                         crate::attach::run(io, streams, client)
                     })
                 }
-                Err(resp) => resp,
+                Err(resp) => *resp,
             }
         }
         (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
@@ -171,7 +171,7 @@ fn running(
     ns: &str,
     pod: &str,
     container: &str,
-) -> Result<(String, Arc<ContainerIo>), Response<Body>> {
+) -> Result<(String, Arc<ContainerIo>), Box<Response<Body>>> {
     let key = (ns.to_string(), pod.to_string(), container.to_string());
     shared
         .running
@@ -180,10 +180,10 @@ fn running(
         .get(&key)
         .map(|r| (r.id.clone(), r.io.clone()))
         .ok_or_else(|| {
-            text(
+            Box::new(text(
                 StatusCode::NOT_FOUND,
                 format!("container not found (\"{container}\")"),
-            )
+            ))
         })
 }
 
@@ -198,7 +198,7 @@ where
         return text(StatusCode::BAD_REQUEST, message);
     }
     match Transport::of(&req) {
-        Err(resp) => resp,
+        Err(resp) => *resp,
         Ok(Transport::WebSocket { key, protocols }) => {
             match upgrade::negotiate(&protocols, &remote::WEBSOCKET_PROTOCOLS) {
                 None => upgrade::unsupported_websocket(&protocols, &remote::WEBSOCKET_PROTOCOLS),
@@ -225,7 +225,7 @@ where
 /// WebSocket channel protocol.
 fn port_forward(req: Request<Incoming>, target: Target) -> Response<Body> {
     match Transport::of(&req) {
-        Err(resp) => resp,
+        Err(resp) => *resp,
         Ok(Transport::WebSocket { key, protocols }) => {
             let tunnel = [portforward::TUNNEL_PROTOCOL];
             if let Some(p) = upgrade::negotiate(&protocols, &tunnel) {

@@ -52,13 +52,15 @@ fn mentions(headers: &HeaderMap, name: impl hyper::header::AsHeaderName, word: &
 
 impl Transport {
     /// Which upgrade a request asks for; kubelet's refusal when none.
-    pub fn of(req: &Request<Incoming>) -> Result<Self, Response<Body>> {
+    pub fn of(req: &Request<Incoming>) -> Result<Self, Box<Response<Body>>> {
         let h = req.headers();
         if mentions(h, UPGRADE, "websocket") {
             let key = h
                 .get(SEC_WEBSOCKET_KEY)
                 .and_then(|k| k.to_str().ok())
-                .ok_or_else(|| text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"))?;
+                .ok_or_else(|| {
+                    Box::new(text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"))
+                })?;
             return Ok(Self::WebSocket {
                 key: key.to_owned(),
                 protocols: values(h, SEC_WEBSOCKET_PROTOCOL.as_str()),
@@ -69,10 +71,10 @@ impl Transport {
                 protocols: values(h, STREAM_PROTOCOL),
             });
         }
-        Err(text(
+        Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: missing upgrade headers in request",
-        ))
+        )))
     }
 }
 
