@@ -5,7 +5,6 @@
 //! channel (its stdin). The command runs through the runtime's exec.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::Shared;
 use crate::console::{self, ConsoleSocket};
-use crate::runtime::ExitWatch;
+use crate::runtime::{self, ExecStdio, ExitWatch};
 use crate::server::{Body, text};
 
 const STDIN: u8 = 0;
@@ -190,14 +190,13 @@ async fn session<S>(
         let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     });
-    // Both runtimes' exec detaches once the process runs and writes its PID;
-    // the process is then the agent's child (it is a subreaper) and watched.
-    let scratch =
-        std::env::temp_dir().join(format!("kubox-exec-{}", uuid::Uuid::new_v4().simple()));
-    let pid_file = scratch.with_extension("pid");
+    // The runtime returns once the process runs; it is then the agent's
+    // child (the agent is a subreaper) and watched.
     let console = if req.tty {
         // Socket paths are limited to 107 bytes: the state directory may be deeper.
-        match ConsoleSocket::bind(&scratch.with_extension("sock")) {
+        let path =
+            std::env::temp_dir().join(format!("kubox-exec-{}.sock", uuid::Uuid::new_v4().simple()));
+        match ConsoleSocket::bind(&path) {
             Ok(socket) => Some(socket),
             Err(e) => {
                 tracing::warn!("exec in {id}: a console socket: {e}");
@@ -207,57 +206,37 @@ async fn session<S>(
     } else {
         None
     };
-    let mut cmd = shared.runtime.exec_command(
-        id,
-        &req.command,
-        &pid_file,
-        console.as_ref().map(ConsoleSocket::path),
-    );
-    match &console {
-        None => cmd
-            .stdin(if req.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        Some(_) => cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+    let mut input: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
+    let mut pumps = Vec::new();
+    let stdio = match &console {
+        Some(socket) => ExecStdio::Console(socket.path().to_owned()),
+        None => match pipes(req.stdin) {
+            Ok((stdio, stdin, stdout, stderr)) => {
+                input = stdin.map(|s| Box::new(s) as _);
+                pumps.push(tokio::spawn(pump(stdout, STDOUT, out_tx.clone())));
+                pumps.push(tokio::spawn(pump(stderr, STDERR, out_tx.clone())));
+                stdio
+            }
+            Err(e) => {
+                tracing::warn!("exec in {id}: pipes: {e}");
+                return finish(out_tx, writer, status(None, &req.command)).await;
+            }
+        },
     };
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let pid = match shared.runtime.exec_detached(id, &req.command, stdio).await {
+        Ok(pid) => pid,
         Err(e) => {
             tracing::warn!("exec in {id}: {e}");
             return finish(out_tx, writer, status(None, &req.command)).await;
         }
     };
-    let mut input: Option<Box<dyn AsyncWrite + Unpin + Send>> =
-        child.stdin.take().map(|s| Box::new(s) as _);
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(out, STDOUT, out_tx.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(err, STDERR, out_tx.clone())));
-    }
     // With a terminal, its master end carries input and output both ways.
     let mut terminal: Option<OwnedFd> = None;
     if let Some(socket) = &console {
-        // runc sends the terminal before it exits: wait for both, the
-        // terminal first, so a quick exit cannot hide a terminal already sent.
-        let master = tokio::select! {
-            biased;
-            fd = socket.receive() => fd,
-            status = child.wait() => match status {
-                Ok(s) if s.success() => tokio::time::timeout(std::time::Duration::from_secs(5), socket.receive())
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal"))),
-                other => Err(std::io::Error::other(format!("the runtime ended first: {other:?}"))),
-            },
-        };
+        // The runtime sent the terminal before the process ran.
+        let master = tokio::time::timeout(std::time::Duration::from_secs(5), socket.receive())
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal")));
         let dups = master.and_then(|fd| Ok((fd.try_clone()?, fd.try_clone()?, fd)));
         let (reader, writer_fd, control) = match dups {
             Ok(fds) => fds,
@@ -276,18 +255,6 @@ async fn session<S>(
         }
         terminal = Some(control);
     }
-    let started = child.wait().await.is_ok_and(|s| s.success());
-    let pid = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok());
-    let _ = std::fs::remove_file(&pid_file);
-    let (Some(pid), true) = (pid, started) else {
-        tracing::warn!(
-            "exec in {id}: the runtime could not start {:?}",
-            req.command
-        );
-        return finish(out_tx, writer, status(None, &req.command)).await;
-    };
     let Ok(watch) = ExitWatch::new(pid) else {
         return finish(out_tx, writer, status(None, &req.command)).await;
     };
@@ -347,6 +314,37 @@ async fn session<S>(
     if client_open {
         finish(out_tx, writer, status(code, &req.command)).await;
     }
+}
+
+/// The exec's standard streams, and the agent's ends of them: stdin's (when
+/// asked for; the process reads /dev/null otherwise), stdout's and stderr's.
+fn pipes(
+    stdin: bool,
+) -> std::io::Result<(
+    ExecStdio,
+    Option<pipe::Sender>,
+    pipe::Receiver,
+    pipe::Receiver,
+)> {
+    let (stdin, input) = if stdin {
+        let (read, write) = runtime::pipe()?;
+        (read, Some(pipe::Sender::from_owned_fd(write)?))
+    } else {
+        (std::fs::File::open("/dev/null")?.into(), None)
+    };
+    let (out_read, out_write) = runtime::pipe()?;
+    let (err_read, err_write) = runtime::pipe()?;
+    let stdio = ExecStdio::Pipes {
+        stdin,
+        stdout: out_write,
+        stderr: err_write,
+    };
+    Ok((
+        stdio,
+        input,
+        pipe::Receiver::from_owned_fd(out_read)?,
+        pipe::Receiver::from_owned_fd(err_read)?,
+    ))
 }
 
 /// Sends the final status and waits until everything queued is written.

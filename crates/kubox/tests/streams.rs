@@ -1,13 +1,19 @@
 //! Interactive streams end to end with stock kubectl: exec (WebSocket),
-//! stdin piping, cp.
+//! stdin piping, cp. Exec, which each container runtime does its own way,
+//! is tested with each.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use kubox_testkit::KuboxServer;
+use kubox_testkit::{KuboxServer, Runtime, with_each_runtime};
 
-async fn server_with_shell() -> KuboxServer {
-    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+with_each_runtime!(
+    exec_runs_commands_with_their_output_and_exit_code,
+    exec_with_a_terminal_is_interactive,
+);
+
+async fn server_with_shell(runtime: Runtime) -> KuboxServer {
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &runtime.server_args()).await;
     server.import_busybox();
     server.run_sleeper("sh").await;
     server
@@ -20,9 +26,8 @@ fn random_bytes(len: usize) -> Vec<u8> {
     buf
 }
 
-#[tokio::test]
-async fn exec_runs_commands_with_their_output_and_exit_code() {
-    let server = server_with_shell().await;
+async fn exec_runs_commands_with_their_output_and_exit_code(runtime: Runtime) {
+    let server = server_with_shell(runtime).await;
     let out = server.kubectl(&[
         "exec",
         "sh",
@@ -65,6 +70,25 @@ async fn exec_runs_commands_with_their_output_and_exit_code() {
         input.len()
     );
 
+    // A command runs as the container's own process does: its user, its
+    // working directory.
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "user"},
+        "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"], "workingDir": "/tmp"}],
+        }
+    });
+    let file = server.data_dir().join("user.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    server.kubectl_ok(&["wait", "--for=condition=Ready", "pod/user", "--timeout=60s"]);
+    assert_eq!(
+        server.kubectl_ok(&["exec", "user", "--", "sh", "-c", "id -u; id -g; pwd"]),
+        "1000\n1000\n/tmp\n"
+    );
+
     let missing = server.kubectl(&["exec", "sh", "-c", "nope", "--", "true"]);
     assert!(!missing.status.success());
     assert!(
@@ -74,7 +98,7 @@ async fn exec_runs_commands_with_their_output_and_exit_code() {
 
 #[tokio::test]
 async fn kubectl_cp_copies_both_ways_byte_exact() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let dir = tempfile::tempdir().unwrap();
     let original = dir.path().join("data.bin");
     std::fs::write(&original, random_bytes(4 << 20)).unwrap();
@@ -87,9 +111,8 @@ async fn kubectl_cp_copies_both_ways_byte_exact() {
     );
 }
 
-#[tokio::test]
-async fn exec_with_a_terminal_is_interactive() {
-    let server = server_with_shell().await;
+async fn exec_with_a_terminal_is_interactive(runtime: Runtime) {
+    let server = server_with_shell(runtime).await;
     // `script` gives kubectl a terminal, as a person at a shell would have.
     let kubectl = format!("kubectl --kubeconfig {}", server.kubeconfig().display());
     let session = |command: &str, input: &str| {
