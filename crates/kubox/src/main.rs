@@ -10,9 +10,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "kubox", version, about = "Kubernetes in one binary")]
 struct Cli {
-    /// Log filter, e.g. `info` or `kubox_apiserver=debug`. libcgroups, in
-    /// the embedded container runtime, says at info and warn level which
-    /// cgroup controllers it uses and which the machine lacks, for every container.
+    /// Log filter, e.g. `info` or `kubox_apiserver=debug`.
+    // libcgroups (in the embedded container runtime) tells at info and warn
+    // level, for every container, which cgroup version it uses and each
+    // controller the machine lacks.
     #[arg(
         long,
         global = true,

@@ -73,6 +73,26 @@ fn record(server: &KuboxServer, container_id: &str) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The embedded runtime's helper process, a child of the server.
+fn helper_pid(server: &KuboxServer) -> Option<i64> {
+    let server = server.pid().unwrap().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let parent = rest.split_whitespace().nth(1)?;
+        (name == "kubox-runtime" && parent == server)
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+fn kill_9(pid: i64) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
 fn uid(server: &KuboxServer, pod: &str) -> String {
     pod_json(server, pod)["metadata"]["uid"]
         .as_str()
@@ -346,13 +366,24 @@ async fn containers_outlive_a_killed_agent_and_are_adopted(runtime: Runtime) {
         "the container outlived its agent"
     );
 
+    // The embedded runtime's helper, killed, is started again by the next
+    // call that needs it: the restart below.
+    let helper = match runtime {
+        Runtime::Embedded => {
+            let helper = eventually("the runtime's helper runs", TIMEOUT, || async {
+                helper_pid(&server)
+            })
+            .await;
+            kill_9(helper);
+            Some(helper)
+        }
+        Runtime::Runc => None,
+    };
+
     // The restarted agent owns the old container: when it dies, it is
     // restarted once, and the old one is cleaned away.
     let pid = record(&server, before)["pid"].as_i64().unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    kill_9(pid);
     let status = eventually("the container is restarted", TIMEOUT, || async {
         let pod = pod_json(&server, "long");
         let status = pod["status"]["containerStatuses"][0].clone();
@@ -366,6 +397,9 @@ async fn containers_outlive_a_killed_agent_and_are_adopted(runtime: Runtime) {
         1,
         "exactly one container runs for the pod"
     );
+    if let Some(helper) = helper {
+        assert!(helper_pid(&server).is_some_and(|p| p != helper));
+    }
 
     server.kubectl_ok(&["delete", "pod", "long", "--grace-period=1"]);
     assert!(containers(&server).is_empty());

@@ -35,10 +35,14 @@ enum Hold {
     Write { _guard: OwnedRwLockWriteGuard<()> },
 }
 
+/// A call the helper took on: its reply socket, its worker's pidfd, and
+/// the worker's outcome when it came before the pidfd.
+type Handed = (AsyncFd<OwnedFd>, OwnedFd, Option<Result<Answer, String>>);
+
 /// A running helper and the agent's end of its socket.
 struct Helper {
     control: AsyncFd<OwnedFd>,
-    process: Mutex<Child>,
+    process: Child,
 }
 
 impl Helper {
@@ -72,22 +76,16 @@ impl Helper {
         rustix::io::ioctl_fionbio(&ours, true)?;
         Ok(Self {
             control: async_fd(ours)?,
-            process: Mutex::new(process),
+            process,
         })
-    }
-
-    fn gone(&self) -> bool {
-        let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
-        !matches!(process.try_wait(), Ok(None))
     }
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
         // The helper ends once its socket closes, which follows this drop.
-        let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = process.kill();
-        let _ = process.wait();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 
@@ -151,7 +149,13 @@ impl Embedded {
             })
             .await;
         match sent {
-            Err(e) if helper.gone() => {
+            // The helper never closes its end: it has ended.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 tracing::warn!("the embedded runtime's helper ended ({e}): starting it again");
                 let fresh = {
                     let mut current = self.helper.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,6 +175,41 @@ impl Embedded {
         }
     }
 
+    /// Sends a call with a new reply socket and waits until the helper has
+    /// forked its worker: the reply socket, the worker's pidfd and the
+    /// worker's answer if it came first; `None` when the helper ended first.
+    async fn hand_over(
+        &self,
+        request: &Request,
+        fds: &[OwnedFd],
+    ) -> Result<Option<Handed>, io::Error> {
+        let (ours, theirs) = socket_pair()?;
+        rustix::io::ioctl_fionbio(&ours, true)?;
+        let mut passed = vec![theirs.as_fd()];
+        passed.extend(fds.iter().map(|f| f.as_fd()));
+        self.send(request, &passed).await?;
+        drop(passed);
+        drop(theirs);
+        let replies = async_fd(ours)?;
+        let mut done = None;
+        loop {
+            let reply = replies
+                .async_io(Interest::READABLE, |fd| wire::recv::<Reply>(fd.as_fd()))
+                .await?;
+            match reply {
+                Some((Reply::Forked, mut pidfd)) if !pidfd.is_empty() => {
+                    return Ok(Some((replies, pidfd.remove(0), done)));
+                }
+                Some((Reply::NotForked(e), _)) => {
+                    return Err(io::Error::other(format!("forking a worker: {e}")));
+                }
+                Some((Reply::Done(outcome), _)) => done = Some(outcome),
+                Some((Reply::Forked, _)) => return Err(io::Error::other("no worker pidfd")),
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// Runs one call and returns once its worker has ended.
     async fn call(
         &self,
@@ -186,31 +225,21 @@ impl Embedded {
             message,
         };
         let io_failed = |e: io::Error| failed(format!("the runtime's helper: {e}"));
+        let began = std::time::Instant::now();
         let writes = !matches!(request, Request::State { .. } | Request::Exec { .. });
         let deletes = matches!(request, Request::Delete { .. });
         let hold = self.hold(id, writes).await;
-        let (ours, theirs) = socket_pair().map_err(io_failed)?;
-        rustix::io::ioctl_fionbio(&ours, true).map_err(|e| io_failed(e.into()))?;
-        let mut passed = vec![theirs.as_fd()];
-        passed.extend(fds.iter().map(|f| f.as_fd()));
-        self.send(&request, &passed).await.map_err(io_failed)?;
-        drop(passed);
-        drop((theirs, fds));
-        let replies = async_fd(ours).map_err(io_failed)?;
-        let next = || async {
-            replies
-                .async_io(Interest::READABLE, |fd| wire::recv::<Reply>(fd.as_fd()))
-                .await
-        };
-        let mut done = None;
-        let worker = loop {
-            match next().await.map_err(io_failed)? {
-                Some((Reply::Forked, mut pidfd)) if !pidfd.is_empty() => break pidfd.remove(0),
-                Some((Reply::NotForked(e), _)) => return Err(failed(e)),
-                Some((Reply::Done(outcome), _)) => done = Some(outcome),
-                Some((Reply::Forked, _)) => return Err(failed("no worker pidfd".into())),
-                None => return Err(failed("the runtime's helper ended".into())),
+        // A helper that ends (killed) with the call still unread has taken
+        // nothing on: the call goes to its successor.
+        let mut handed = None;
+        for _ in 0..2 {
+            handed = self.hand_over(&request, &fds).await.map_err(io_failed)?;
+            if handed.is_some() {
+                break;
             }
+        }
+        let Some((replies, worker, mut done)) = handed else {
+            return Err(failed("the runtime's helper ended".into()));
         };
         // A pidfd turns readable once its process has ended.
         let worker = async_fd(worker).map_err(io_failed)?;
@@ -221,6 +250,7 @@ impl Embedded {
             done = Some(outcome);
         }
         drop(hold);
+        tracing::debug!(id, "{action} took {:?}", began.elapsed());
         if deletes && matches!(done, Some(Ok(_))) {
             self.locks
                 .lock()

@@ -20,8 +20,9 @@
 //! has been reparented to the agent, which is a subreaper and so reads its
 //! exit status.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
@@ -51,15 +52,16 @@ pub fn serve_helper() -> ! {
 
 fn serve() -> std::io::Result<()> {
     let _ = rustix::thread::set_name(c"kubox-runtime");
-    // SAFETY: the agent starts the helper with its socket as this
-    // descriptor, which nothing else in this process owns; it is checked to
-    // be a SEQPACKET socket before any use.
-    let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
-    if rustix::net::sockopt::socket_type(&control)? != rustix::net::SocketType::SEQPACKET {
+    // SAFETY: only looked at here, while nothing can close it.
+    let given = unsafe { BorrowedFd::borrow_raw(CONTROL_FD) };
+    if rustix::net::sockopt::socket_type(given).ok() != Some(rustix::net::SocketType::SEQPACKET) {
         return Err(std::io::Error::other(
             "descriptor 3 is not the agent's socket: the helper is started by the node agent",
         ));
     }
+    // SAFETY: the agent starts the helper with its socket as this
+    // descriptor, open (checked above) and owned by nothing else here.
+    let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)?;
     // Workers are reaped by the kernel; the agent learns of their end
     // through their pidfds.
@@ -151,6 +153,30 @@ fn worker(reply: OwnedFd, request: Request, fds: Vec<OwnedFd>) -> ! {
     unsafe { libc::_exit(0) }
 }
 
+/// How long a delete waits for the container's process to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits, at most `bound`, until a process is gone from the process table.
+/// A cgroup v1 hierarchy counts a zombie among its cgroup's tasks, so the
+/// cgroup cannot be removed before; and a container adopted after an agent
+/// restart is reaped by init, not by the agent, whenever init gets to it.
+fn wait_reaped(pid: i32, bound: Duration) {
+    // Its start time tells the process from a later one given the same PID.
+    let start_time = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, fields) = stat.rsplit_once(')')?;
+        // starttime is field 22; fields after the command name start at 3.
+        fields.split_whitespace().nth(19).map(str::to_owned)
+    };
+    let Some(first) = start_time() else {
+        return;
+    };
+    let deadline = Instant::now() + bound;
+    while start_time().as_ref() == Some(&first) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// An error with its causes, as one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -172,8 +198,14 @@ fn builder(root: &Path, id: &str) -> Result<ContainerBuilder, String> {
         .map_err(|e| chain(&e))
 }
 
+/// A container's state; a container libcontainer does not know is an error
+/// told here, as runc tells it, not by libcontainer's error log.
 fn load(root: &Path, id: &str) -> Result<Container, String> {
-    Container::load(root.join(id)).map_err(|e| chain(&e))
+    let dir = root.join(id);
+    if !dir.exists() {
+        return Err("container does not exist".to_owned());
+    }
+    Container::load(dir).map_err(|e| chain(&e))
 }
 
 fn call(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
@@ -238,9 +270,19 @@ fn call(request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
             exec(&root, &id, argv, stdio, console)
         }
         Request::Delete { root, id } => {
-            if root.join(&id).exists() {
-                load(&root, &id)?.delete(true).map_err(|e| chain(&e))?;
+            if !root.join(&id).exists() {
+                return Ok(Answer::Nothing);
             }
+            let mut container = load(&root, &id)?;
+            if let Some(pid) = container.pid() {
+                // Whatever still runs in its cgroups goes first (an error
+                // only means nothing does).
+                let sigkill =
+                    libcontainer::signal::Signal::try_from(libc::SIGKILL).map_err(|e| chain(&e))?;
+                let _ = container.kill(sigkill, true);
+                wait_reaped(pid.as_raw(), REAP_WAIT);
+            }
+            load(&root, &id)?.delete(true).map_err(|e| chain(&e))?;
             Ok(Answer::Nothing)
         }
     }
