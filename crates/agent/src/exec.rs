@@ -1,27 +1,26 @@
-//! `kubectl exec` on the node: the command runs through the runtime's exec,
-//! detached (`--detach --pid-file`), so its process becomes the agent's
-//! child (the agent is a subreaper) and its exit status is read through a
-//! pidfd. A client that leaves gets its process killed. With a terminal
-//! the runtime hands its master end over a console socket.
+//! `kubectl exec` on the node: the runtime starts the command in the
+//! container and returns once it runs, so its process is the agent's child
+//! (the agent is a subreaper) and its exit status is read through a pidfd.
+//! A client that leaves gets its process killed. With a terminal the
+//! runtime hands its master end over a console socket.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::ChildStdin;
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::Shared;
 use crate::console::{ConsoleSocket, Terminal, TerminalReader};
 use crate::remote::{self, Client, Input, Output, Streams};
-use crate::runtime::ExitWatch;
+use crate::runtime::{self, ExecStdio, ExitWatch};
 
 /// Where a client's input goes.
 enum InputSink {
-    Pipe(ChildStdin),
+    Pipe(pipe::Sender),
     Terminal(Arc<Terminal>),
 }
 
@@ -86,7 +85,6 @@ async fn execute(shared: &Shared, id: &str, req: &Streams, client: &mut Client) 
     // Socket paths are limited to 107 bytes: the state directory may be deeper.
     let scratch =
         std::env::temp_dir().join(format!("kubox-exec-{}", uuid::Uuid::new_v4().simple()));
-    let pid_file = scratch.with_extension("pid");
     let console = if req.tty {
         match ConsoleSocket::bind(&scratch.with_extension("sock")) {
             Ok(socket) => Some(socket),
@@ -95,57 +93,39 @@ async fn execute(shared: &Shared, id: &str, req: &Streams, client: &mut Client) 
     } else {
         None
     };
-    let mut cmd = shared.runtime.exec_command(
-        id,
-        argv,
-        &pid_file,
-        console.as_ref().map(ConsoleSocket::path),
-    );
-    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    match &console {
-        None => cmd
-            .stdin(piped(req.stdin))
-            .stdout(piped(req.stdout))
-            .stderr(piped(req.stderr)),
-        Some(_) => cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    };
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Some(not_run(argv, &e.to_string())),
-    };
-    let mut input = child.stdin.take().map(InputSink::Pipe);
+    let mut input = None;
     let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(
-            out,
-            Output::Stdout,
-            client.output.clone(),
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(
-            err,
-            Output::Stderr,
-            client.output.clone(),
-        )));
-    }
+    let stdio = match &console {
+        Some(socket) => ExecStdio::Console(socket.path().to_owned()),
+        None => match pipes(req) {
+            Ok((stdio, stdin, stdout, stderr)) => {
+                input = stdin.map(InputSink::Pipe);
+                for (from, wrap) in [
+                    (stdout, Output::Stdout as fn(Bytes) -> Output),
+                    (stderr, Output::Stderr),
+                ] {
+                    if let Some(from) = from {
+                        pumps.push(tokio::spawn(pump(from, wrap, client.output.clone())));
+                    }
+                }
+                stdio
+            }
+            Err(e) => return Some(not_run(argv, &format!("pipes: {e}"))),
+        },
+    };
+    let pid = match shared.runtime.exec_detached(id, argv, stdio).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            tracing::warn!("exec in {id}: {e}");
+            return Some(not_run(argv, "the runtime could not start the command"));
+        }
+    };
     let mut terminal = None;
     if let Some(socket) = &console {
-        // runc sends the terminal before it exits: wait for both, the
-        // terminal first, so a quick exit cannot hide a terminal already sent.
-        let master = tokio::select! {
-            biased;
-            fd = socket.receive() => fd,
-            status = child.wait() => match status {
-                Ok(s) if s.success() => tokio::time::timeout(Duration::from_secs(5), socket.receive())
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal"))),
-                other => Err(std::io::Error::other(format!("the runtime ended first: {other:?}"))),
-            },
-        };
+        // The runtime sent the terminal before the process ran.
+        let master = tokio::time::timeout(Duration::from_secs(5), socket.receive())
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the runtime sent no terminal")));
         let t = match master.and_then(Terminal::new) {
             Ok(t) => Arc::new(t),
             Err(e) => return Some(not_run(argv, &format!("the terminal: {e}"))),
@@ -160,17 +140,6 @@ async fn execute(shared: &Shared, id: &str, req: &Streams, client: &mut Client) 
         }
         terminal = Some(t);
     }
-    let started = child.wait().await.is_ok_and(|s| s.success());
-    let pid = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok());
-    let _ = std::fs::remove_file(&pid_file);
-    let (Some(pid), true) = (pid, started) else {
-        for p in pumps {
-            let _ = p.await;
-        }
-        return Some(not_run(argv, "the runtime could not start the command"));
-    };
     let Ok(watch) = ExitWatch::new(pid) else {
         return Some(not_run(argv, "the command's process is gone"));
     };
@@ -231,4 +200,49 @@ async fn execute(shared: &Shared, id: &str, req: &Streams, client: &mut Client) 
         Some(code) => remote::exited(code, argv),
         None => not_run(argv, "the command's end was not seen"),
     })
+}
+
+/// The exec's standard streams, and the agent's ends of those the client
+/// asked for: stdin's to write, stdout's and stderr's to read. A stream not
+/// asked for is /dev/null.
+type Pipes = (
+    ExecStdio,
+    Option<pipe::Sender>,
+    Option<pipe::Receiver>,
+    Option<pipe::Receiver>,
+);
+
+fn pipes(req: &Streams) -> std::io::Result<Pipes> {
+    let null = || -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?
+            .into())
+    };
+    let (stdin, input) = if req.stdin {
+        let (read, write) = runtime::pipe()?;
+        (read, Some(pipe::Sender::from_owned_fd(write)?))
+    } else {
+        (null()?, None)
+    };
+    let output = |wanted: bool| -> std::io::Result<_> {
+        if !wanted {
+            return Ok((null()?, None));
+        }
+        let (read, write) = runtime::pipe()?;
+        Ok((write, Some(pipe::Receiver::from_owned_fd(read)?)))
+    };
+    let (stdout, out) = output(req.stdout)?;
+    let (stderr, err) = output(req.stderr)?;
+    Ok((
+        ExecStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+        input,
+        out,
+        err,
+    ))
 }

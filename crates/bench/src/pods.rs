@@ -1,7 +1,7 @@
 //! `kubox bench pods`: pods on one node of a real `kubox server` (scheduler,
-//! node agent, runc): startup latency from create to Running as a watch
-//! sees it, the server's memory and CPU with the pods running, and what is
-//! left on the machine after many create/delete cycles.
+//! node agent, container runtime): startup latency from create to Running
+//! as a watch sees it, the server's memory and CPU with the pods running,
+//! and what is left on the machine after many create/delete cycles.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use crate::report::{Latencies, Table};
 pub struct Options {
     pub pods: usize,
     pub cycles: usize,
+    /// `kubox server --runtime`.
+    pub runtime: String,
 }
 
 fn pod(name: &str) -> Pod {
@@ -49,6 +51,26 @@ fn usage(pid: u32) -> (u64, u64) {
         .collect();
     let cpu = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     (rss, cpu)
+}
+
+/// The processes whose parent is `pid`, containers (orphans the agent
+/// adopted as a subreaper) left out: those in a cgroup of the node's pods.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|f| f.parse::<u32>().ok());
+            let cgroups = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+            parent == Some(pid) && !cgroups.contains("/kubepods/")
+        })
+        .collect()
 }
 
 /// Linux reports CPU times in USER_HZ ticks, 100 a second on every architecture.
@@ -122,7 +144,8 @@ async fn gone(api: &Api<Pod>) -> anyhow::Result<()> {
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let server = KuboxServer::start(&exe, &["--node-name", "bench"]).await;
+    let server =
+        KuboxServer::start(&exe, &["--node-name", "bench", "--runtime", &opts.runtime]).await;
     server.import_busybox();
     let pid = server
         .pid()
@@ -168,6 +191,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let all_running = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (busy_rss, _) = usage(pid);
+    let helper_rss: u64 = children(pid).into_iter().map(|c| usage(c).0).sum();
     let busy_cpu = cpu_percent(pid, Duration::from_secs(10)).await;
 
     let delete_started = Instant::now();
@@ -208,6 +232,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
 
     let mut table = Table::new(&["measure", "value"]);
     let mut row = |k: &str, v: String| table.row(vec![k.to_owned(), v]);
+    row("runtime", opts.runtime.clone());
     row("pods", opts.pods.to_string());
     row(
         "startup p50 (create → Running, watch)",
@@ -225,6 +250,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     row(
         &format!("server RSS, {} pods running", opts.pods),
         format!("{:.1} MiB", busy_rss as f64 / 1024.0),
+    );
+    row(
+        "server's child processes' RSS (the embedded runtime's helper)",
+        format!("{:.1} MiB", helper_rss as f64 / 1024.0),
     );
     row("server CPU, no pods", format!("{idle_cpu:.1} % of a core"));
     row(

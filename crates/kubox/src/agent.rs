@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use base64::Engine;
 use clap::Args;
-use kubox_agent::runtime::RuntimeCli;
+use kubox_agent::runtime::{ContainerRuntime, Embedded, RuntimeCli};
 use kubox_agent::{Agent, AgentConfig, node_labels};
 
 #[derive(Args, Clone)]
@@ -18,8 +18,10 @@ pub struct AgentArgs {
     /// The address other nodes and the API server reach this node at.
     #[arg(long)]
     node_ip: Option<IpAddr>,
-    /// The OCI runtime binary containers run with (runc, crun).
-    #[arg(long, default_value = "runc")]
+    /// The container runtime: `embedded`, youki's libcontainer built into
+    /// kubox, or a runc-compatible binary by name on PATH or by path
+    /// (`runc`, `crun`, `/usr/local/bin/runc`).
+    #[arg(long, default_value = Embedded::NAME)]
     runtime: String,
     /// The node agent's HTTPS port (logs, exec), as kubelet's 10250.
     #[arg(long, default_value_t = 10250)]
@@ -82,7 +84,27 @@ pub async fn start(
     }
     let node_name = node_name(args);
     let state = state_dir(data_dir);
-    let runtime = RuntimeCli::new(&args.runtime, &state.join("runtime"));
+    let runtimes = state.join("runtime");
+    let (runtime, runtime_version): (Box<dyn ContainerRuntime>, _) = if args.runtime
+        == Embedded::NAME
+    {
+        let embedded =
+            Embedded::start(&runtimes).context("starting the embedded container runtime")?;
+        // Built into kubox, the runtime's version is kubox's.
+        (
+            Box::new(embedded),
+            Some(env!("CARGO_PKG_VERSION").to_owned()),
+        )
+    } else {
+        let version = runtime_version(&args.runtime);
+        if version.is_none() {
+            tracing::warn!(
+                "container runtime {} not found: pods cannot run until it is installed (Debian: apt install runc)",
+                args.runtime
+            );
+        }
+        (Box::new(RuntimeCli::new(&args.runtime, &runtimes)), version)
+    };
     let (client, kubeconfig) = kubox_client::connect(kubeconfig).await?;
     // The agent's endpoint trusts the clients of the cluster CA its kubeconfig trusts.
     let client_ca_pem = kubeconfig
@@ -100,14 +122,8 @@ pub async fn start(
             node_name,
             node_ip: args.node_ip.unwrap_or_else(default_ip),
             state_dir: state,
-            runtime: Box::new(runtime),
-            runtime_version: {
-                let version = runtime_version(&args.runtime);
-                if version.is_none() {
-                    tracing::warn!("container runtime {} not found: pods cannot run until it is installed (Debian: apt install runc)", args.runtime);
-                }
-                version
-            },
+            runtime,
+            runtime_version,
             port: args.agent_port,
             client_ca_pem,
             insecure_registries: args.insecure_registries.clone(),

@@ -23,14 +23,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
     },
-    /// Pods on one node of a real server (scheduler, agent, runc): startup
-    /// latency, memory and CPU with pods running, leftovers after cycles.
+    /// Pods on one node of a real server (scheduler, agent, container
+    /// runtime): startup latency, memory and CPU with pods running,
+    /// leftovers after cycles.
     Pods {
         #[arg(long, default_value_t = 100)]
         pods: usize,
         /// Create/run/delete cycles before counting what is left behind.
         #[arg(long, default_value_t = 200)]
         cycles: usize,
+        /// The node agent's container runtime, as `kubox server --runtime`.
+        #[arg(long, default_value = "embedded")]
+        runtime: String,
     },
     /// Interactive streams on a real server: exec round-trip latency
     /// (kube-rs over WebSocket), port-forward throughput through kubectl
@@ -72,8 +76,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("{table}");
         }
-        BenchCommand::Pods { pods, cycles } => {
-            let table = kubox_bench::pods::run(kubox_bench::pods::Options { pods, cycles }).await?;
+        BenchCommand::Pods {
+            pods,
+            cycles,
+            runtime,
+        } => {
+            let table = kubox_bench::pods::run(kubox_bench::pods::Options {
+                pods,
+                cycles,
+                runtime,
+            })
+            .await?;
             println!("{table}");
         }
         BenchCommand::Streams { execs, megabytes } => {

@@ -11,7 +11,15 @@ use clap::{Parser, Subcommand};
 #[command(name = "kubox", version, about = "Kubernetes in one binary")]
 struct Cli {
     /// Log filter, e.g. `info` or `kubox_apiserver=debug`.
-    #[arg(long, global = true, env = "KUBOX_LOG", default_value = "info")]
+    // libcgroups (in the embedded container runtime) tells at info and warn
+    // level, for every container, which cgroup version it uses and each
+    // controller the machine lacks.
+    #[arg(
+        long,
+        global = true,
+        env = "KUBOX_LOG",
+        default_value = "info,libcgroups=error"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -25,6 +33,9 @@ enum Command {
     Image(image::ImageArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
+    /// The embedded container runtime's helper, which the node agent starts.
+    #[command(name = kubox_agent::runtime::HELPER_COMMAND, hide = true)]
+    RuntimeHelper,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,12 +49,18 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
         .init();
+    // Before any thread starts: the helper forks.
+    if let Command::RuntimeHelper = cli.command {
+        kubox_agent::runtime::serve_helper();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Image(_) => unreachable!("handled without a runtime"),
+            Command::Image(_) | Command::RuntimeHelper => {
+                unreachable!("handled without a runtime")
+            }
         }
     })
 }

@@ -1,17 +1,26 @@
 //! The node agent end to end: a real `kubox server` with its agent, real
-//! runc containers from an image built here, driven with real kubectl.
+//! containers from an image built here, driven with real kubectl. Tests of
+//! what each container runtime does for itself (lifecycle, limits, restart
+//! adoption, leftovers) run once per runtime; the others on the default.
 
 use std::time::Duration;
 
-use kubox_testkit::{KuboxServer, eventually};
+use kubox_testkit::{KuboxServer, Runtime, eventually, with_each_runtime};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const BUSYBOX: &str = "docker.io/library/busybox:latest";
 
-/// A server whose node is named `node` and has busybox imported.
-async fn server_with_busybox() -> KuboxServer {
-    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+with_each_runtime!(
+    a_pod_runs_to_completion_with_config_from_configmaps_and_secrets,
+    containers_outlive_a_killed_agent_and_are_adopted,
+    limits_are_applied_and_a_container_over_its_memory_limit_is_oom_killed,
+    create_delete_cycles_leave_nothing_behind,
+);
+
+/// A server whose node is named `node`, runs `runtime` and has busybox imported.
+async fn server_with_busybox(runtime: Runtime) -> KuboxServer {
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &runtime.server_args()).await;
     server.import_busybox();
     server
 }
@@ -45,18 +54,38 @@ fn container_output(server: &KuboxServer, pod: &str, container: &str) -> String 
     text
 }
 
-/// The IDs of the containers runc runs for the server's node.
+/// The IDs of the containers the node's runtime holds.
 fn containers(server: &KuboxServer) -> Vec<String> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(server.data_dir().join("agent/runtime"))
-        .args(["list", "-q"])
-        .output()
+    kubox_testkit::node::containers(server.data_dir())
+}
+
+/// What the agent recorded of a container, from the ID in a pod's status.
+fn record(server: &KuboxServer, container_id: &str) -> Value {
+    let id = container_id.split_once("://").unwrap().1;
+    let path = server
+        .data_dir()
+        .join(format!("agent/containers/{id}/record.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The embedded runtime's helper process, a child of the server.
+fn helper_pid(server: &KuboxServer) -> Option<i64> {
+    let server = server.pid().unwrap().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let parent = rest.split_whitespace().nth(1)?;
+        (name == "kubox-runtime" && parent == server)
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+fn kill_9(pid: i64) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 fn uid(server: &KuboxServer, pod: &str) -> String {
@@ -75,13 +104,12 @@ fn leftovers(server: &KuboxServer, uids: &[String]) -> Vec<String> {
         .filter(|l| l.contains(&data))
         .map(str::to_owned)
         .collect();
-    for hierarchy in ["memory", "cpu", "pids"] {
-        for qos in ["besteffort", "burstable"] {
-            let dir = format!("/sys/fs/cgroup/{hierarchy}/kubepods/{qos}");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for qos in ["", "besteffort/", "burstable/"] {
             for uid in uids {
-                let pod = format!("{dir}/pod{uid}");
-                if std::path::Path::new(&pod).exists() {
-                    found.push(pod);
+                let pod = hierarchy.path().join(format!("kubepods/{qos}pod{uid}"));
+                if pod.exists() {
+                    found.push(pod.display().to_string());
                 }
             }
         }
@@ -91,7 +119,9 @@ fn leftovers(server: &KuboxServer, uids: &[String]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_node_registers_ready_with_a_lease() {
-    let server = server_with_busybox().await;
+    // No --runtime: the default, embedded one.
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+    server.import_busybox();
     // Images imported while the node runs show in its status at the next heartbeat.
     let node: Value = eventually(
         "the node is ready and lists its images",
@@ -116,6 +146,10 @@ async fn the_node_registers_ready_with_a_lease() {
             .is_some()
     );
     assert_eq!(node["status"]["capacity"]["pods"], "110");
+    assert_eq!(
+        node["status"]["nodeInfo"]["containerRuntimeVersion"],
+        format!("embedded://{}", env!("CARGO_PKG_VERSION"))
+    );
     let table = server.kubectl_ok(&["get", "nodes"]);
     assert!(
         table.contains("Ready") && table.contains("control-plane"),
@@ -133,9 +167,8 @@ async fn the_node_registers_ready_with_a_lease() {
     assert_eq!(lease, "node");
 }
 
-#[tokio::test]
-async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
-    let server = server_with_busybox().await;
+async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets(runtime: Runtime) {
+    let server = server_with_busybox(runtime).await;
     server.kubectl_ok(&[
         "create",
         "configmap",
@@ -157,7 +190,7 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
             "restartPolicy": "Never",
             "containers": [{
                 "name": "main", "image": "busybox",
-                "command": ["sh", "-c", "cat /config/greeting; echo; echo \"pw=$PASSWORD\"; hostname; echo $(MSG) >&2"],
+                "command": ["sh", "-c", "cat /config/greeting; echo; echo \"pw=$PASSWORD\"; hostname; grep SigIgn /proc/self/status; echo $(MSG) >&2"],
                 "env": [
                     {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
                     {"name": "MSG", "value": "to-stderr"},
@@ -180,7 +213,7 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
         pod["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .unwrap()
-            .starts_with("runc://")
+            .starts_with(&format!("{}://", runtime.name()))
     );
     assert_eq!(pod["status"]["containerStatuses"][0]["image"], BUSYBOX);
     let output = server.kubectl_ok(&["logs", "once"]);
@@ -195,6 +228,14 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
             "{expected:?} missing from {output:?}"
         );
     }
+    // The runtime passes on no signal disposition of its own: SIGPIPE
+    // (ignored by Rust programs) and SIGCHLD are not ignored in the container.
+    let ignored = output
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+        .expect("the container's ignored signals");
+    assert_eq!(ignored & (1 << (13 - 1) | 1 << (17 - 1)), 0, "{ignored:x}");
     let table = server.kubectl_ok(&["get", "pod", "once"]);
     assert!(table.contains("Completed"), "{table}");
     let uids = [uid(&server, "once")];
@@ -207,7 +248,7 @@ async fn a_pod_runs_to_completion_with_config_from_configmaps_and_secrets() {
 
 #[tokio::test]
 async fn crashing_containers_back_off_and_missing_config_waits() {
-    let server = server_with_busybox().await;
+    let server = server_with_busybox(Runtime::Embedded).await;
     server.kubectl_ok(&[
         "run",
         "crash",
@@ -286,9 +327,8 @@ async fn crashing_containers_back_off_and_missing_config_waits() {
     .await;
 }
 
-#[tokio::test]
-async fn containers_outlive_a_killed_agent_and_are_adopted() {
-    let mut server = server_with_busybox().await;
+async fn containers_outlive_a_killed_agent_and_are_adopted(runtime: Runtime) {
+    let mut server = server_with_busybox(runtime).await;
     server.kubectl_ok(&[
         "run",
         "long",
@@ -310,10 +350,10 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
     server.kill();
     server.restart().await;
     let uid = uid(&server, "long");
+    let before = before.as_str().unwrap();
     let id = before
-        .as_str()
+        .strip_prefix(&format!("{}://", runtime.name()))
         .unwrap()
-        .trim_start_matches("runc://")
         .to_owned();
     assert_eq!(
         containers(&server),
@@ -321,21 +361,24 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
         "the container outlived its agent"
     );
 
+    // The embedded runtime's helper, killed, is started again by the next
+    // call that needs it: the restart below.
+    let helper = match runtime {
+        Runtime::Embedded => {
+            let helper = eventually("the runtime's helper runs", TIMEOUT, || async {
+                helper_pid(&server)
+            })
+            .await;
+            kill_9(helper);
+            Some(helper)
+        }
+        Runtime::Runc => None,
+    };
+
     // The restarted agent owns the old container: when it dies, it is
     // restarted once, and the old one is cleaned away.
-    let state = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(server.data_dir().join("agent/runtime"))
-        .args(["state", &id])
-        .output()
-        .unwrap();
-    let pid = serde_json::from_slice::<Value>(&state.stdout).unwrap()["pid"]
-        .as_i64()
-        .unwrap();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    let pid = record(&server, before)["pid"].as_i64().unwrap();
+    kill_9(pid);
     let status = eventually("the container is restarted", TIMEOUT, || async {
         let pod = pod_json(&server, "long");
         let status = pod["status"]["containerStatuses"][0].clone();
@@ -349,6 +392,9 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
         1,
         "exactly one container runs for the pod"
     );
+    if let Some(helper) = helper {
+        assert!(helper_pid(&server).is_some_and(|p| p != helper));
+    }
 
     server.kubectl_ok(&["delete", "pod", "long", "--grace-period=1"]);
     assert!(containers(&server).is_empty());
@@ -362,7 +408,7 @@ async fn containers_outlive_a_killed_agent_and_are_adopted() {
 
 #[tokio::test]
 async fn kubectl_logs_follows_tails_and_picks_containers() {
-    let server = server_with_busybox().await;
+    let server = server_with_busybox(Runtime::Embedded).await;
     let manifest = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "talker"},
@@ -462,10 +508,84 @@ fn images_from_skopeo_archives_are_imported_listed_and_removed() {
     );
 }
 
-#[tokio::test]
-async fn a_container_over_its_memory_limit_is_oom_killed() {
-    let server = server_with_busybox().await;
-    let manifest = serde_json::json!({
+async fn limits_are_applied_and_a_container_over_its_memory_limit_is_oom_killed(runtime: Runtime) {
+    let server = server_with_busybox(runtime).await;
+    let limited = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "limited"},
+        "spec": {
+            "containers": [{
+                "name": "main", "image": "busybox", "command": ["sleep", "3600"],
+                "resources": {
+                    "requests": {"cpu": "100m"},
+                    "limits": {"memory": "64Mi", "cpu": "250m"},
+                },
+            }],
+        }
+    });
+    apply(&server, &limited);
+    let pod = eventually("the limited pod runs", TIMEOUT, || async {
+        let pod = pod_json(&server, "limited");
+        (pod["status"]["phase"] == "Running").then_some(pod)
+    })
+    .await;
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
+    let container_id = pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap();
+    let cgroup = format!(
+        "kubepods/burstable/pod{}/{}",
+        pod["metadata"]["uid"].as_str().unwrap(),
+        container_id.split_once("://").unwrap().1
+    );
+    let read = |hierarchy: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{hierarchy}/{cgroup}/{file}"))
+            .unwrap_or_else(|e| panic!("{hierarchy}/{cgroup}/{file}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    // Upstream's conversions: 1024 shares a CPU, the quota per 100 ms period.
+    assert_eq!(read("cpu", "cpu.shares"), "102");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64 << 20).to_string()
+    );
+    // cpuacct is a hierarchy of its own here: the container is in it too.
+    let pid = record(&server, container_id)["pid"].as_i64().unwrap();
+    assert!(
+        read("cpuacct", "cgroup.procs")
+            .lines()
+            .any(|p| p == pid.to_string()),
+        "the container's process is in its cpuacct cgroup"
+    );
+    // A Burstable container's OOM score is upstream's, from its memory
+    // request (its limit here) over the node's memory; the agent's own
+    // score is untouched.
+    let node: Value =
+        serde_json::from_str(&server.kubectl_ok(&["get", "node", "node", "-o", "json"])).unwrap();
+    let capacity: i64 = node["status"]["capacity"]["memory"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("Ki")
+        .parse::<i64>()
+        .unwrap()
+        * 1024;
+    let score = (1000 - 1000 * (64 << 20) / capacity).clamp(2, 999);
+    let oom_score_adj = |pid: i64| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(oom_score_adj(pid), score.to_string());
+    assert_eq!(
+        oom_score_adj(server.pid().unwrap() as i64),
+        oom_score_adj(std::process::id() as i64)
+    );
+
+    let hungry = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "hungry"},
         "spec": {
@@ -478,7 +598,7 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
             }],
         }
     });
-    apply(&server, &manifest);
+    apply(&server, &hungry);
     let pod = eventually("the pod fails", TIMEOUT, || async {
         let pod = pod_json(&server, "hungry");
         (pod["status"]["phase"] == "Failed").then_some(pod)
@@ -490,12 +610,12 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
     assert_eq!(terminated["exitCode"], 137);
     let table = server.kubectl_ok(&["get", "pod", "hungry"]);
     assert!(table.contains("OOMKilled"), "{table}");
-    server.kubectl_ok(&["delete", "pod", "hungry"]);
+    server.kubectl_ok(&["delete", "pod", "hungry", "limited", "--grace-period=1"]);
 }
 
 #[tokio::test]
 async fn probes_drive_readiness_and_restarts_and_hooks_run() {
-    let server = server_with_busybox().await;
+    let server = server_with_busybox(Runtime::Embedded).await;
     let shared = server.data_dir().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let manifest = serde_json::json!({
@@ -656,9 +776,8 @@ async fn images_are_pulled_from_a_registry_by_tag_and_digest() {
     server.kubectl_ok(&["delete", "pods", "--all", "--grace-period=1"]);
 }
 
-#[tokio::test]
-async fn create_delete_cycles_leave_nothing_behind() {
-    let server = server_with_busybox().await;
+async fn create_delete_cycles_leave_nothing_behind(runtime: Runtime) {
+    let server = server_with_busybox(runtime).await;
     let mut uids = Vec::new();
     for i in 0..20 {
         let name = format!("cycle-{i}");

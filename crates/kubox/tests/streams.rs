@@ -1,13 +1,14 @@
 //! Interactive streams end to end with stock kubectl: exec, cp, attach,
 //! port-forward and logs -f, over WebSocket (kubectl's default) and SPDY
 //! (forced, and spoken natively by older kubectl minors when present).
+//! Exec, which each container runtime does its own way, is tested with each.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kubox_testkit::{KuboxServer, eventually};
+use kubox_testkit::{KuboxServer, Runtime, eventually, with_each_runtime};
 
 /// Forces kubectl onto SPDY for exec, attach, cp and port-forward.
 const SPDY: [(&str, &str); 2] = [
@@ -15,8 +16,13 @@ const SPDY: [(&str, &str); 2] = [
     ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
 ];
 
-async fn server_with_shell() -> KuboxServer {
-    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &["--node-name", "node"]).await;
+with_each_runtime!(
+    exec_runs_commands_with_their_output_and_exit_code,
+    exec_with_a_terminal_is_interactive,
+);
+
+async fn server_with_shell(runtime: Runtime) -> KuboxServer {
+    let server = KuboxServer::start(env!("CARGO_BIN_EXE_kubox"), &runtime.server_args()).await;
     server.import_busybox();
     server.run_sleeper("sh").await;
     server
@@ -135,9 +141,8 @@ fn check_exec(server: &KuboxServer, program: &str, env: &[(&str, &str)]) {
     );
 }
 
-#[tokio::test]
-async fn exec_runs_commands_with_their_output_and_exit_code() {
-    let server = server_with_shell().await;
+async fn exec_runs_commands_with_their_output_and_exit_code(runtime: Runtime) {
+    let server = server_with_shell(runtime).await;
     check_exec(&server, "kubectl", &[]);
     assert_eq!(server.kubectl_ok(&["exec", "sh", "--", "hostname"]), "sh\n");
 
@@ -150,11 +155,27 @@ async fn exec_runs_commands_with_their_output_and_exit_code() {
         back.len(),
         input.len()
     );
+
+    // A command runs as the container's own process does: its user, its
+    // working directory.
+    server.apply_json(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "user"},
+        "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"], "workingDir": "/tmp"}],
+        }
+    }));
+    server.kubectl_ok(&["wait", "--for=condition=Ready", "pod/user", "--timeout=60s"]);
+    assert_eq!(
+        server.kubectl_ok(&["exec", "user", "--", "sh", "-c", "id -u; id -g; pwd"]),
+        "1000\n1000\n/tmp\n"
+    );
 }
 
 #[tokio::test]
 async fn exec_over_spdy_with_this_and_older_kubectl() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     check_exec(&server, "kubectl", &SPDY);
     // Older minors (1.27-1.29 use SPDY for exec by default), where the machine has them.
     for program in other_kubectls() {
@@ -181,7 +202,7 @@ async fn exec_over_spdy_with_this_and_older_kubectl() {
 
 #[tokio::test]
 async fn exec_errors_read_as_upstreams() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let missing = server.kubectl(&["exec", "sh", "-c", "nope", "--", "true"]);
     assert!(!missing.status.success());
     assert!(
@@ -213,7 +234,7 @@ async fn exec_errors_read_as_upstreams() {
 
 #[tokio::test]
 async fn kubectl_cp_copies_both_ways_byte_exact() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let dir = tempfile::tempdir().unwrap();
     let original = dir.path().join("data.bin");
     std::fs::write(&original, random_bytes(20 << 20)).unwrap();
@@ -255,9 +276,8 @@ fn with_terminal(command: &str, input: &str) -> (Option<i32>, String) {
     )
 }
 
-#[tokio::test]
-async fn exec_with_a_terminal_is_interactive() {
-    let server = server_with_shell().await;
+async fn exec_with_a_terminal_is_interactive(runtime: Runtime) {
+    let server = server_with_shell(runtime).await;
     let kubectl = format!("kubectl --kubeconfig {}", server.kubeconfig().display());
     let (code, out) = with_terminal(&format!("{kubectl} exec -it sh -- sh -c 'tty; exit 4'"), "");
     assert_eq!(code, Some(4), "{out}");
@@ -608,7 +628,7 @@ fn count(dir: String) -> usize {
 
 #[tokio::test]
 async fn kube_rs_execs_and_the_agent_returns_to_its_baseline() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::default_namespaced(client(&server).await);
     let (out, status) = kube_exec(&pods, &["sh", "-c", "echo hi; exit 3"]).await;
@@ -647,7 +667,7 @@ async fn kube_rs_execs_and_the_agent_returns_to_its_baseline() {
 
 #[tokio::test]
 async fn a_client_that_leaves_takes_its_command_along() {
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let ps = || server.kubectl_ok(&["exec", "sh", "--", "ps", "-o", "args"]);
     for env in [&[][..], &SPDY[..]] {
         let mut child = kubectl(&server, "kubectl", env)
@@ -672,7 +692,7 @@ async fn a_client_that_leaves_takes_its_command_along() {
 #[tokio::test]
 async fn the_agent_refuses_clients_without_the_clusters_certificate() {
     use base64::Engine;
-    let server = server_with_shell().await;
+    let server = server_with_shell(Runtime::Embedded).await;
     let url = format!("https://127.0.0.1:{}/healthz", server.agent_port());
     let curl = |extra: &[&str]| {
         Command::new("curl")

@@ -3,6 +3,9 @@
 //! when dropped.
 
 pub mod images;
+pub mod node;
+
+pub use node::Runtime;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -479,56 +482,6 @@ impl KuboxServer {
 impl Drop for KuboxServer {
     fn drop(&mut self) {
         self.kill();
-        release_node(self.dir.path());
-    }
-}
-
-/// Containers outlive their node agent by design; a test's must not outlive
-/// the test. Deletes the containers of the agent under `data_dir`, and
-/// unmounts its namespaces and root filesystems, so the directory can go.
-fn release_node(data_dir: &std::path::Path) {
-    let agent = data_dir.join("agent");
-    let runtime_root = agent.join("runtime");
-    if let Ok(out) = Command::new("runc")
-        .arg("--root")
-        .arg(&runtime_root)
-        .args(["list", "-q"])
-        .output()
-    {
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runtime_root)
-                .args(["delete", "--force", id])
-                .output();
-        }
-    }
-    let prefix = agent.display().to_string();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&prefix))
-        .collect();
-    points.reverse();
-    for point in points {
-        let _ = Command::new("umount").args(["-l", point]).output();
-    }
-    for pod in std::fs::read_dir(agent.join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let uid = pod.file_name().to_string_lossy().into_owned();
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for qos in ["", "burstable/", "besteffort/"] {
-                let _ =
-                    std::fs::remove_dir(hierarchy.path().join(format!("kubepods/{qos}pod{uid}")));
-            }
-        }
+        node::release(self.dir.path());
     }
 }

@@ -7,7 +7,7 @@ use std::process::Stdio as ProcessStdio;
 use serde::Deserialize;
 use tokio::process::Command;
 
-use super::{ContainerRuntime, ContainerState, RuntimeError, Status, Stdio};
+use super::{ContainerRuntime, ContainerState, ExecStdio, RuntimeError, Status, Stdio};
 
 pub struct RuntimeCli {
     name: String,
@@ -17,16 +17,18 @@ pub struct RuntimeCli {
 }
 
 impl RuntimeCli {
-    pub fn new(program: impl Into<PathBuf>, root: &Path) -> Self {
+    /// A runtime binary (a name on PATH or a path) keeping its state in a
+    /// directory named for it under `runtimes`.
+    pub fn new(program: impl Into<PathBuf>, runtimes: &Path) -> Self {
         let program = program.into();
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "runc".into());
         Self {
+            root: runtimes.join(&name),
             name,
             program,
-            root: root.to_owned(),
         }
     }
 
@@ -166,40 +168,47 @@ impl ContainerRuntime for RuntimeCli {
         }))
     }
 
-    fn exec_command(
+    async fn exec_detached(
         &self,
         id: &str,
         argv: &[String],
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-    ) -> Command {
+        stdio: ExecStdio,
+    ) -> Result<u32, RuntimeError> {
+        let pid_file = self
+            .root
+            .join(format!("{id}.exec-{}.pid", uuid::Uuid::new_v4().simple()));
         let mut c = self.command(id);
-        c.args(["exec", "--detach", "--pid-file"]).arg(pid_file);
-        if let Some(socket) = console_socket {
-            // As containerd gives a command run with a terminal.
-            c.args(["--tty", "--env", "TERM=xterm", "--console-socket"])
-                .arg(socket);
-        }
-        c.arg(id).args(argv).kill_on_drop(true);
-        c
-    }
-
-    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i32, Vec<u8>), RuntimeError> {
-        let out = self
-            .command(id)
-            .arg("exec")
+        c.args(["exec", "--detach", "--pid-file"]).arg(&pid_file);
+        // Detached without a terminal, runc hands its own standard streams
+        // to the process.
+        match stdio {
+            ExecStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => c.stdin(stdin).stdout(stdout).stderr(stderr),
+            ExecStdio::Console(socket) => c
+                // As containerd gives a command run with a terminal.
+                .args(["--tty", "--env", "TERM=xterm", "--console-socket"])
+                .arg(socket)
+                .stdout(ProcessStdio::null())
+                .stderr(ProcessStdio::null()),
+        };
+        let status = c
             .arg(id)
             .args(argv)
             .kill_on_drop(true)
-            .stdout(ProcessStdio::piped())
-            .stderr(ProcessStdio::piped())
-            .output()
+            .status()
             .await
             .map_err(|e| RuntimeError::Spawn(self.program.display().to_string(), e))?;
-        let mut output = out.stdout;
-        output.extend_from_slice(&out.stderr);
-        // runc exits with the command's code, or 255 when it could not run it.
-        Ok((out.status.code().unwrap_or(255), output))
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let _ = std::fs::remove_file(&pid_file);
+        match pid {
+            Some(pid) if status.success() => Ok(pid),
+            _ => Err(self.failed("exec", id, b"could not start the process")),
+        }
     }
 
     async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {

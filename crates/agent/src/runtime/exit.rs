@@ -41,10 +41,13 @@ impl ExitWatch {
         let pid = Pid::from_raw(pid as i32)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = rustix::process::pidfd_open(pid, PidfdFlags::NONBLOCK)?;
-        // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open
-        // and unchanged until it is dropped.
-        let pidfd = unsafe { AsyncFd::register(fd) }?;
+        let pidfd = super::async_fd(fd)?;
         Ok(Self { pidfd })
+    }
+
+    /// Something that kills the process when dropped, unless disarmed first.
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer(Some(self.pidfd.get_ref().try_clone()?)))
     }
 
     /// Waits for the process to end and reaps it when it is this process's child.
@@ -66,6 +69,24 @@ impl ExitWatch {
                 known: true,
             },
             _ => Exited::UNKNOWN,
+        }
+    }
+}
+
+/// Kills a process through its pidfd, which cannot name another process
+/// that reused the PID, when dropped while still armed.
+pub struct Killer(Option<OwnedFd>);
+
+impl Killer {
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.0 {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
         }
     }
 }
