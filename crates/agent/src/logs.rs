@@ -208,7 +208,15 @@ async fn write_records(
     written: &watch::Sender<u64>,
     records: &[u8],
 ) -> bool {
-    if let Err(e) = file.lock().await.write_all(records).await {
+    // tokio's File writes in the background: the flush is what waits for
+    // the bytes to be in the file, before readers are told of them.
+    let mut file = file.lock().await;
+    if let Err(e) = async {
+        file.write_all(records).await?;
+        file.flush().await
+    }
+    .await
+    {
         tracing::warn!("writing a container log: {e}");
         return false;
     }
