@@ -240,6 +240,17 @@ impl Api {
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
         }
+        // Empty metadata lists and maps are omitted, as Go's `omitempty`
+        // leaves them (a patch removing the last owner reference, say).
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.retain(|k, v| {
+                !matches!(
+                    k.as_str(),
+                    "ownerReferences" | "finalizers" | "labels" | "annotations" | "managedFields"
+                ) || !(v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty()))
+            });
+        }
         Ok((obj, warnings))
     }
 
