@@ -273,8 +273,14 @@ impl KuboxServer {
     /// Imports a busybox image built on the spot (`images::write_busybox_archive`)
     /// into the server's node as `docker.io/library/busybox:latest`.
     pub fn import_busybox(&self) {
+        self.import_busybox_as("docker.io/library/busybox:latest");
+    }
+
+    /// Imports the busybox image under another reference (a second tag to
+    /// roll out, say).
+    pub fn import_busybox_as(&self, reference: &str) {
         let archive = self.dir.path().join("busybox.tar");
-        images::write_busybox_archive(&archive, "docker.io/library/busybox:latest");
+        images::write_busybox_archive(&archive, reference);
         let out = Command::new(&self.bin)
             .args(["image", "import", "--data-dir"])
             .arg(self.dir.path())
