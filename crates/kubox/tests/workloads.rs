@@ -701,7 +701,28 @@ async fn a_broken_image_stalls_the_rollout_while_the_old_pods_serve() {
         "error: deployment \"web\" exceeded its progress deadline"
     );
 
-    // Undo brings back the old template; the broken pod goes.
+    // Scaled mid-rollout, both ReplicaSets grow in proportion: 6 replicas
+    // and 2 of surge, split 3:1 as the 4 pods were. The rollout then goes
+    // on: the old ReplicaSet gives up its one pod that is not available
+    // yet, the new one takes the room, and there it stays: 5 available old
+    // pods are the minimum 6 replicas with 1 unavailable allow.
+    server.kubectl_ok(&["scale", "deploy/web", "--replicas=6"]);
+    let old_name = replica_sets(&server, "web")
+        .into_iter()
+        .find(|rs| rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1")
+        .map(|rs| rs["metadata"]["name"].as_str().unwrap().to_owned())
+        .unwrap();
+    let new_name = new_rs["metadata"]["name"].as_str().unwrap().to_owned();
+    deploy_shows(&server, "web", "5/6", "3", "5").await;
+    let scaled = messages(&events(&server, "Deployment", "web", "ScalingReplicaSet"));
+    for proportional in [
+        format!("Scaled up replica set {old_name} from 3 to 6"),
+        format!("Scaled up replica set {new_name} from 1 to 2"),
+    ] {
+        assert!(scaled.contains(&proportional), "{scaled:?}");
+    }
+
+    // Undo brings back the old template; the broken pods go.
     server.kubectl_ok(&["rollout", "undo", "deploy/web"]);
     let status = rollout_status(&server, "web");
     assert!(
@@ -710,7 +731,7 @@ async fn a_broken_image_stalls_the_rollout_while_the_old_pods_serve() {
     );
     eventually("only old-image pods", TIMEOUT, || async {
         let pods = active_pods(&server, "web");
-        (pods.len() == 3 && images_of(&pods) == BTreeSet::from(["busybox:1.0".to_string()]))
+        (pods.len() == 6 && images_of(&pods) == BTreeSet::from(["busybox:1.0".to_string()]))
             .then_some(())
     })
     .await;
@@ -778,7 +799,9 @@ async fn recreate_stops_every_old_pod_before_starting_new_ones() {
 #[tokio::test]
 async fn paused_rollouts_restarts_and_the_set_commands() {
     let server = cluster().await;
-    apply(&server, &deployment("web", 1, "busybox:1.0"));
+    let mut web = deployment("web", 1, "busybox:1.0");
+    web["spec"]["revisionHistoryLimit"] = json!(2);
+    apply(&server, &web);
     deploy_shows(&server, "web", "1/1", "1", "1").await;
 
     assert_eq!(
@@ -892,13 +915,18 @@ async fn paused_rollouts_restarts_and_the_set_commands() {
         .then_some(())
     })
     .await;
-    let history = server.kubectl_ok(&["rollout", "history", "deploy/web"]);
-    let revisions: Vec<&str> = history
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(revisions, ["1", "2", "3", "4", "5"]);
+    // revisionHistoryLimit 2: the current revision and two before it stay.
+    eventually("old revisions cleaned up", TIMEOUT, || async {
+        let history = server.kubectl_ok(&["rollout", "history", "deploy/web"]);
+        let revisions: Vec<String> = history
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        (revisions == ["3", "4", "5"]).then_some(())
+    })
+    .await;
+    assert_eq!(replica_sets(&server, "web").len(), 3);
 }
 
 /// A ReplicaSet of busybox `sleep`s labelled `app=<name>`.
