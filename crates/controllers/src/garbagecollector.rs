@@ -7,7 +7,7 @@
 //! gone; one deleted with `orphan` has its dependents' references removed
 //! first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,10 +92,36 @@ enum GraphEvent {
     Gone(Identity),
 }
 
+/// The most recently found absent owners (upstream keeps 500 too).
+#[derive(Default)]
+struct Absent {
+    set: HashSet<Identity>,
+    order: VecDeque<Identity>,
+}
+
+const ABSENT_OWNERS: usize = 500;
+
+impl Absent {
+    fn insert(&mut self, id: Identity) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > ABSENT_OWNERS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: &Identity) -> bool {
+        self.set.contains(id)
+    }
+}
+
 struct Graph {
     nodes: HashMap<String, Node>,
     /// Owners known to be gone, so their other dependents need no lookup.
-    absent: HashSet<Identity>,
+    absent: Absent,
 }
 
 struct Collector {
@@ -136,7 +162,7 @@ pub async fn run(ctx: Arc<Context>) {
         client: ctx.client.clone(),
         graph: Mutex::new(Graph {
             nodes: HashMap::new(),
-            absent: HashSet::new(),
+            absent: Absent::default(),
         }),
         kinds: resources
             .into_iter()
