@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use kubox_store::Store;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult, qualified};
@@ -132,11 +132,17 @@ impl AdmissionPlugin for NamespaceLifecycle {
         if namespace["status"]["phase"] == "Terminating"
             || namespace["metadata"]["deletionTimestamp"].is_string()
         {
+            // The cause tells controllers not to report the failure.
             return Err(ApiError::forbidden(format!(
                 "{} {:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 qualified(rt.group, rt.plural),
                 attrs.name,
-            )));
+            ))
+            .with_causes(vec![json!({
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {ns} is being terminated"),
+                "field": "metadata.namespace",
+            })]));
         }
         Ok(())
     }

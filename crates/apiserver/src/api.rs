@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::admission::{Attributes, Chain, Operation};
 use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
+use crate::deletion::{self, DeleteOptions};
 use crate::leases::ExpiringLeases;
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
@@ -238,6 +239,17 @@ impl Api {
         obj["kind"] = json!(rt.kind);
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
+        }
+        // Empty metadata lists and maps are omitted, as Go's `omitempty`
+        // leaves them (a patch removing the last owner reference, say).
+        if let Some(meta) = obj["metadata"].as_object_mut() {
+            meta.retain(|k, v| {
+                !matches!(
+                    k.as_str(),
+                    "ownerReferences" | "finalizers" | "labels" | "annotations" | "managedFields"
+                ) || !(v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty()))
+            });
         }
         Ok((obj, warnings))
     }
@@ -613,7 +625,10 @@ impl Api {
             new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
         }
         match subresource {
-            // The status subresource changes only status.
+            // The status subresource changes status and metadata, never the
+            // spec (a Deployment's labels neither), as upstream's status
+            // strategies: the Deployment controller records revisions in
+            // annotations this way.
             Some("status") => {
                 let status = new.get("status").cloned();
                 let mut merged = old.clone();
@@ -625,7 +640,40 @@ impl Api {
                         }
                     }
                 }
+                merged["metadata"] = new["metadata"].take();
+                if rt.plural == "deployments" {
+                    match old["metadata"].get("labels") {
+                        Some(l) => merged["metadata"]["labels"] = l.clone(),
+                        None => {
+                            if let Some(m) = merged["metadata"].as_object_mut() {
+                                m.remove("labels");
+                            }
+                        }
+                    }
+                }
                 new = merged;
+            }
+            // A namespace's `finalize` changes its spec (the finalizers)
+            // and metadata, never its status.
+            Some("finalize") => match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            },
+            // Only `finalize` changes a namespace's finalizers.
+            _ if rt.plural == "namespaces" => {
+                let finalizers = old["spec"].get("finalizers").cloned();
+                match (finalizers, new["spec"].as_object_mut()) {
+                    (Some(f), _) => new["spec"]["finalizers"] = f,
+                    (None, Some(spec)) => {
+                        spec.remove("finalizers");
+                    }
+                    (None, None) => {}
+                }
+                new["status"] = old["status"].clone();
             }
             // With a status subresource, the main resource cannot change status.
             _ if rt.status_subresource => match old.get("status") {
@@ -669,11 +717,12 @@ impl Api {
         if dry_run {
             return Ok(new);
         }
-        // An object whose finalizers are all gone while it is being deleted goes now.
+        // An object whose finalizers are all gone while it is being deleted
+        // goes now; a namespace also waits for its spec's finalizers.
+        let empty = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
         let finalized = new["metadata"]["deletionTimestamp"].is_string()
-            && new["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(Vec::is_empty);
+            && empty(&new["metadata"]["finalizers"])
+            && (rt.plural != "namespaces" || empty(&new["spec"]["finalizers"]));
         let key = rt.key(ns, name);
         if finalized {
             self.store
@@ -914,20 +963,21 @@ impl Api {
     }
 
     /// DELETE: immediate, or marked for deletion while finalizers remain or a
-    /// pod on a node shuts down gracefully.
+    /// pod on a node shuts down gracefully. The options' propagation policy
+    /// (else the object's finalizers, else the resource's default) sets the
+    /// garbage collector's `orphan` or `foregroundDeletion` finalizer, as
+    /// upstream's registry does.
     pub async fn delete(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         name: &str,
-        grace_period: Option<i64>,
-        preconditions: Option<&Value>,
-        dry_run: bool,
+        opts: &DeleteOptions,
     ) -> ApiResult<Value> {
         let key = rt.key(ns, name);
         loop {
             let (mut obj, revision) = self.load(rt, ns, name).await?;
-            if let Some(uid) = preconditions.and_then(|p| p["uid"].as_str())
+            if let Some(uid) = opts.preconditions.as_ref().and_then(|p| p["uid"].as_str())
                 && obj["metadata"]["uid"] != uid
             {
                 return Err(ApiError::conflict(
@@ -940,7 +990,10 @@ impl Api {
                     ),
                 ));
             }
-            if let Some(rv) = preconditions.and_then(|p| p["resourceVersion"].as_str())
+            if let Some(rv) = opts
+                .preconditions
+                .as_ref()
+                .and_then(|p| p["resourceVersion"].as_str())
                 && parse_rv(rv)? != revision
             {
                 return Err(ApiError::conflict(
@@ -953,45 +1006,74 @@ impl Api {
                     ),
                 ));
             }
-            let has_finalizers = obj["metadata"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| !f.is_empty());
-            let graceful_pod = rt.plural == "pods"
-                && obj["spec"]["nodeName"]
-                    .as_str()
-                    .is_some_and(|n| !n.is_empty())
-                && grace_period != Some(0)
-                && obj["status"]["phase"] != "Succeeded"
-                && obj["status"]["phase"] != "Failed";
-            let namespace = rt.plural == "namespaces";
             let attrs = Attributes {
                 operation: Operation::Delete,
                 resource: rt,
                 subresource: None,
                 namespace: ns,
                 name,
-                dry_run,
+                dry_run: opts.dry_run,
             };
             self.admission.validate(&attrs, &obj, &*self.store).await?;
-            if dry_run {
+            let being_deleted = obj["metadata"]["deletionTimestamp"].is_string();
+            let changed = if rt.plural == "namespaces" && !being_deleted {
+                // The first DELETE of a namespace starts its termination;
+                // the namespace controller empties and finalizes it.
+                obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                obj["status"]["phase"] = json!("Terminating");
+                obj["metadata"]["finalizers"] =
+                    json!(deletion::namespace_gc_finalizers(&obj, opts));
+                true
+            } else if rt.plural == "namespaces"
+                && obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+            {
                 return Ok(obj);
-            }
-            if has_finalizers || graceful_pod || namespace {
-                if obj["metadata"]["deletionTimestamp"].is_string() {
+            } else {
+                let graceful_pod = rt.plural == "pods"
+                    && obj["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
+                    && opts.grace_period != Some(0)
+                    && obj["status"]["phase"] != "Succeeded"
+                    && obj["status"]["phase"] != "Failed";
+                // A graceful deletion under way keeps its finalizers as they are.
+                if being_deleted && graceful_pod {
                     return Ok(obj);
                 }
-                obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                let grace = if graceful_pod {
-                    grace_period
-                        .or(obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                        .unwrap_or(30)
-                } else {
-                    0
-                };
-                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                if namespace {
-                    obj["status"]["phase"] = json!("Terminating");
+                let gc_finalizers = deletion::gc_finalizers(rt, &obj, opts);
+                if let Some(f) = &gc_finalizers {
+                    obj["metadata"]["finalizers"] = json!(f);
                 }
+                let pending = !deletion::finalizers(&obj).is_empty();
+                if !being_deleted && (graceful_pod || pending) {
+                    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    let grace = if graceful_pod {
+                        opts.grace_period
+                            .or(obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                            .unwrap_or(30)
+                    } else {
+                        0
+                    };
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                    if let Some(g) = obj["metadata"]["generation"].as_i64().filter(|g| *g > 0) {
+                        obj["metadata"]["generation"] = json!(g + 1);
+                    }
+                    true
+                } else if pending {
+                    if gc_finalizers.is_none() {
+                        return Ok(obj);
+                    }
+                    true
+                } else {
+                    false
+                }
+            };
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            if changed {
                 match self.store.update(&key, encode(&obj), revision, 0).await {
                     Ok(kv) => {
                         obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
@@ -1022,19 +1104,15 @@ impl Api {
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
-        opts: &ListOptions,
-        grace_period: Option<i64>,
-        dry_run: bool,
+        list_opts: &ListOptions,
+        opts: &DeleteOptions,
     ) -> ApiResult<Value> {
-        let list = self.list(rt, ns, opts).await?;
+        let list = self.list(rt, ns, list_opts).await?;
         let mut items = Vec::new();
         for item in list["items"].as_array().into_iter().flatten() {
             let name = item["metadata"]["name"].as_str().unwrap_or_default();
             let item_ns = item["metadata"]["namespace"].as_str();
-            match self
-                .delete(rt, item_ns.or(ns), name, grace_period, None, dry_run)
-                .await
-            {
+            match self.delete(rt, item_ns.or(ns), name, opts).await {
                 Ok(obj) => items.push(obj),
                 Err(e) if e.reason == "NotFound" => {}
                 Err(e) => return Err(e),

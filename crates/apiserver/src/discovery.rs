@@ -63,6 +63,9 @@ fn subresources(
             &["get", "patch", "update"][..],
         ));
     }
+    if rt.plural == "namespaces" {
+        subs.push(("finalize", rt.kind, rt.group, &["update"][..]));
+    }
     subs
 }
 

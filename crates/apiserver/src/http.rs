@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
 use crate::authz::{self, Authorizer, Decision};
 use crate::cache::WatchEvent;
+use crate::deletion::DeleteOptions;
 use crate::discovery;
 use crate::openapi;
 use crate::patch::PatchType;
@@ -380,6 +381,9 @@ impl Handler {
             Some("status")
                 if rt.status_subresource
                     && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
+            // The namespace controller hands a namespace back through
+            // `finalize` once it is empty.
+            Some("finalize") if rt.plural == "namespaces" && rr.verb == Verb::Update => {}
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
@@ -483,32 +487,17 @@ impl Handler {
             }
             Verb::Delete | Verb::DeleteCollection => {
                 let body = read_object_body(req.into_body(), &content_type).await?;
-                let delete_opts: Value = if body.is_empty() {
+                let body: Value = if body.is_empty() {
                     json!({})
                 } else {
                     serde_json::from_slice(&body)
                         .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
                 };
-                let grace = q
-                    .get("gracePeriodSeconds")
-                    .and_then(|g| g.parse().ok())
-                    .or(delete_opts["gracePeriodSeconds"].as_i64());
-                let dry_run = wopts.dry_run
-                    || delete_opts["dryRun"]
-                        .as_array()
-                        .is_some_and(|d| d.iter().any(|v| v == "All"));
+                let opts = DeleteOptions::parse(&body, &q)?;
                 let obj = if rr.verb == Verb::Delete {
-                    api.delete(
-                        rt,
-                        ns,
-                        name.unwrap_or_default(),
-                        grace,
-                        delete_opts.get("preconditions"),
-                        dry_run,
-                    )
-                    .await?
+                    api.delete(rt, ns, name.unwrap_or_default(), &opts).await?
                 } else {
-                    api.delete_collection(rt, ns, &list_options(&q, None)?, grace, dry_run)
+                    api.delete_collection(rt, ns, &list_options(&q, None)?, &opts)
                         .await?
                 };
                 (StatusCode::OK, obj, Vec::new())

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod api;
 pub mod authz;
 pub mod cache;
+pub mod deletion;
 pub mod discovery;
 pub mod http;
 pub mod leases;

@@ -37,6 +37,19 @@ fn schema_of<K: schemars::JsonSchema>(
     generator.subschema_for::<K>()
 }
 
+/// What deleting an object does to its dependents unless the request
+/// says (upstream's DefaultGarbageCollectionPolicy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcPolicy {
+    /// Deleted by the garbage collector (in the background).
+    DeleteDependents,
+    /// Left, with the owner reference removed: the legacy default of
+    /// ReplicationControllers in v1 and Jobs in batch/v1.
+    OrphanDependents,
+    /// No cascading at all (Events).
+    Unsupported,
+}
+
 pub struct ResourceType {
     pub group: &'static str,
     pub version: &'static str,
@@ -51,6 +64,7 @@ pub struct ResourceType {
     /// A review (SelfSubjectReview, access reviews): only `create`, answered
     /// from the caller's identity and the authorizer, never stored.
     pub review: bool,
+    pub gc: GcPolicy,
     pub normalize: Normalize,
     pub schema: SchemaOf,
     pub strategy: &'static dyn Strategy,
@@ -93,6 +107,7 @@ struct Options {
     status: bool,
     scale: bool,
     review: bool,
+    gc: GcPolicy,
     strategy: &'static dyn Strategy,
 }
 
@@ -102,6 +117,7 @@ const PLAIN: Options = Options {
     status: false,
     scale: false,
     review: false,
+    gc: GcPolicy::DeleteDependents,
     strategy: &strategy::Plain,
 };
 
@@ -127,6 +143,7 @@ where
         status_subresource: o.status,
         scale_subresource: o.scale,
         review: o.review,
+        gc: o.gc,
         normalize: normalize::<K>,
         schema: schema_of::<K>,
         strategy: o.strategy,
@@ -176,6 +193,7 @@ fn builtins() -> Vec<ResourceType> {
         }),
         resource::<core::Event>(Options {
             short_names: &["ev"],
+            gc: GcPolicy::Unsupported,
             ..PLAIN
         }),
         resource::<core::Node>(Options {
@@ -207,6 +225,7 @@ fn builtins() -> Vec<ResourceType> {
             categories: ALL,
             status: true,
             scale: true,
+            gc: GcPolicy::OrphanDependents,
             strategy: &strategy::Workload,
             ..PLAIN
         }),
@@ -246,6 +265,7 @@ fn builtins() -> Vec<ResourceType> {
         resource::<batch::Job>(Options {
             categories: ALL,
             status: true,
+            gc: GcPolicy::OrphanDependents,
             strategy: &strategy::Workload,
             ..PLAIN
         }),

@@ -102,6 +102,13 @@ impl ApiError {
         self
     }
 
+    /// Adds `details.causes` (upstream's StatusCause objects).
+    pub fn with_causes(mut self, causes: Vec<Value>) -> Self {
+        let details = self.details.get_or_insert_with(|| json!({}));
+        details["causes"] = json!(causes);
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }

@@ -298,6 +298,9 @@ pub struct Workload;
 impl Strategy for Workload {
     fn default(&self, obj: &mut Value) {
         let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        if kind == "ReplicationController" {
+            default_from_template_labels(obj);
+        }
         let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
             return;
         };
@@ -383,6 +386,22 @@ impl Strategy for Workload {
 
     fn tracks_generation(&self) -> bool {
         true
+    }
+}
+
+/// A ReplicationController without a selector selects its template's
+/// labels, and one without labels takes them too (upstream's defaulting).
+fn default_from_template_labels(obj: &mut Value) {
+    let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        return;
+    }
+    let empty = |v: &Value| v.as_object().is_none_or(|m| m.is_empty());
+    if empty(&obj["spec"]["selector"]) {
+        obj["spec"]["selector"] = labels.clone();
+    }
+    if empty(&obj["metadata"]["labels"]) {
+        obj["metadata"]["labels"] = labels;
     }
 }
 

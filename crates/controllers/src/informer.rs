@@ -1,24 +1,24 @@
 //! Shared informers: one watch and one in-memory cache per resource type,
 //! however many controllers read it, as client-go's SharedInformerFactory.
-//! Each subscriber gets every object applied or deleted, as a trigger
-//! stream for a kube-runtime `Controller`.
+//! Each subscriber gets the changes client-go's event handlers would see
+//! (`changes`: added, updated with the previous state, deleted), or just the
+//! objects as a trigger stream for a kube-runtime `Controller` (`stream`).
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use kube::runtime::reflector::{self, Store};
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// How many changes a slow subscriber may fall behind before it is handed
-/// the whole cache again instead.
-const BACKLOG: usize = 4096;
 
 /// What a resource type must be to be informed on.
 pub trait Informed:
@@ -31,46 +31,191 @@ impl<K> Informed for K where
 {
 }
 
-/// The cache and the change feed of one resource type.
-pub struct Informer<K: Informed> {
-    store: Store<K>,
-    changes: broadcast::Sender<Arc<K>>,
+/// Any watchable object, typed or dynamic.
+pub trait Watched:
+    Resource<DynamicType: Clone + Eq + Hash + Send + Sync>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-impl<K: Informed> Clone for Informer<K> {
+impl<K> Watched for K where
+    K: Resource<DynamicType: Clone + Eq + Hash + Send + Sync>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Only the metadata of an object of some served resource (the garbage
+/// collector's view).
+pub type Metadata = PartialObjectMeta<DynamicObject>;
+
+/// One change to the cache, as client-go's event handlers get them.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// Added (`old` is `None`) or updated.
+    Applied { old: Option<Arc<K>>, new: Arc<K> },
+    /// Deleted, in its last known state.
+    Deleted(Arc<K>),
+}
+
+impl<K> Clone for Change<K> {
     fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            changes: self.changes.clone(),
+        match self {
+            Self::Applied { old, new } => Self::Applied {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Self::Deleted(obj) => Self::Deleted(obj.clone()),
         }
     }
 }
 
-impl<K: Informed> Informer<K> {
+impl<K> Change<K> {
+    /// The object as it is now, or was when deleted.
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Self::Applied { new, .. } => new,
+            Self::Deleted(obj) => obj,
+        }
+    }
+}
+
+struct Subscribers<K>(Vec<mpsc::UnboundedSender<Change<K>>>);
+
+impl<K: Resource> Subscribers<K> {
+    fn send(&mut self, change: Change<K>) {
+        self.0.retain(|s| s.send(change.clone()).is_ok());
+    }
+
+    /// `new` was applied over `old`; a new object under an old name is a
+    /// delete and an add.
+    fn applied(&mut self, old: Option<Arc<K>>, new: Arc<K>) {
+        let old = match old {
+            Some(o) if o.meta().uid != new.meta().uid => {
+                self.send(Change::Deleted(o));
+                None
+            }
+            o => o,
+        };
+        self.send(Change::Applied { old, new });
+    }
+}
+
+/// The cache and the change feed of one resource type.
+pub struct Informer<K: Watched> {
+    store: Store<K>,
+    subscribers: Arc<Mutex<Subscribers<K>>>,
+}
+
+impl<K: Watched> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            subscribers: self.subscribers.clone(),
+        }
+    }
+}
+
+impl<K: Watched> Informer<K> {
     /// Every object of the type as last seen.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
 
-    /// The objects in the cache now, then each object as it is applied or
-    /// deleted (deleted ones in their last state). A subscriber that falls
-    /// behind gets the whole cache again rather than a gap.
+    /// Waits until the cache holds a complete first list.
+    pub async fn synced(&self) {
+        // The writer lives as long as the informer's task; if that is gone
+        // the controllers are being dropped too.
+        let _ = self.store.wait_until_ready().await;
+    }
+
+    /// The objects in the cache now (as added), then every change, in
+    /// order, with nothing missed or repeated.
+    pub fn changes(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Under the lock the task writes the cache with, so the snapshot and
+        // the feed meet exactly.
+        let current = {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            subscribers.0.push(tx);
+            self.store.state()
+        };
+        let current = current
+            .into_iter()
+            .map(|new| Change::Applied { old: None, new });
+        futures::stream::iter(current)
+            .chain(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    }
+
+    /// Each object as it is applied or deleted (deleted ones in their last
+    /// state, so owners hear of their children going), starting with the
+    /// cached ones: a `Controller`'s trigger stream.
     pub fn stream(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        let rx = self.changes.subscribe();
-        let store = self.store.clone();
-        let current = futures::stream::iter(self.store.state());
-        let changes = futures::stream::unfold(rx, move |mut rx| {
-            let store = store.clone();
-            async move {
-                match rx.recv().await {
-                    Ok(obj) => Some((vec![obj], rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => Some((store.state(), rx)),
-                    Err(broadcast::error::RecvError::Closed) => None,
+        self.changes().map(|c| Ok((**c.object()).clone()))
+    }
+}
+
+/// Feeds a cache from a watch and tells every subscriber what changed.
+async fn inform<K: Watched>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    mut writer: Writer<K>,
+    dyntype: K::DynamicType,
+    subscribers: Arc<Mutex<Subscribers<K>>>,
+) {
+    let store = writer.as_reader();
+    let mut events = std::pin::pin!(events.default_backoff());
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&dyntype), "watching: {e}");
+                continue;
+            }
+        };
+        let mut subscribers = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        match &event {
+            watcher::Event::Apply(obj) => {
+                let old = store.get(&ObjectRef::from_obj_with(obj, dyntype.clone()));
+                writer.apply_watcher_event(&event);
+                let new = store
+                    .get(&ObjectRef::from_obj_with(obj, dyntype.clone()))
+                    .unwrap_or_else(|| Arc::new(obj.clone()));
+                subscribers.applied(old, new);
+            }
+            watcher::Event::Delete(obj) => {
+                writer.apply_watcher_event(&event);
+                subscribers.send(Change::Deleted(Arc::new(obj.clone())));
+            }
+            // After a (re)list the cache is replaced: what vanished meanwhile
+            // was deleted, and everything else may have changed.
+            watcher::Event::InitDone => {
+                let mut before: HashMap<ObjectRef<K>, Arc<K>> = store
+                    .state()
+                    .into_iter()
+                    .map(|o| (ObjectRef::from_obj_with(&*o, dyntype.clone()), o))
+                    .collect();
+                writer.apply_watcher_event(&event);
+                for new in store.state() {
+                    let old = before.remove(&ObjectRef::from_obj_with(&*new, dyntype.clone()));
+                    subscribers.applied(old, new);
+                }
+                for gone in before.into_values() {
+                    subscribers.send(Change::Deleted(gone));
                 }
             }
-        })
-        .flat_map(futures::stream::iter);
-        current.chain(changes).map(|obj| Ok((*obj).clone()))
+            watcher::Event::Init | watcher::Event::InitApply(_) => {
+                writer.apply_watcher_event(&event);
+            }
+        }
     }
 }
 
@@ -78,7 +223,7 @@ impl<K: Informed> Informer<K> {
 #[derive(Clone)]
 pub struct Informers {
     client: kube::Client,
-    made: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send>>>>,
+    made: Arc<Mutex<HashMap<String, Box<dyn Any + Send>>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -93,52 +238,54 @@ impl Informers {
 
     /// The informer of `K`, starting its watch the first time it is asked for.
     pub fn get<K: Informed>(&self) -> Informer<K> {
+        let api: Api<K> = Api::all(self.client.clone());
+        self.informer(std::any::type_name::<K>().to_owned(), (), move || {
+            watcher(api, watcher::Config::default())
+        })
+    }
+
+    /// An informer on the metadata of every object of a served resource.
+    pub fn metadata(&self, resource: &ApiResource) -> Informer<Metadata> {
+        let api: Api<Metadata> = Api::all_with(self.client.clone(), resource);
+        let key = format!(
+            "metadata:{}/{}/{}",
+            resource.group, resource.version, resource.plural
+        );
+        self.informer(key, resource.clone(), move || {
+            watcher(api, watcher::Config::default())
+        })
+    }
+
+    fn informer<K, S>(
+        &self,
+        key: String,
+        dyntype: K::DynamicType,
+        events: impl FnOnce() -> S,
+    ) -> Informer<K>
+    where
+        K: Watched,
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(informer) = made
-            .get(&TypeId::of::<K>())
-            .and_then(|b| b.downcast_ref::<Informer<K>>())
-        {
+        if let Some(informer) = made.get(&key).and_then(|b| b.downcast_ref::<Informer<K>>()) {
             return informer.clone();
         }
-        let (store, mut writer) = reflector::store::<K>();
-        let (changes, _) = broadcast::channel(BACKLOG);
+        let writer = Writer::new(dyntype.clone());
         let informer = Informer {
-            store: store.clone(),
-            changes: changes.clone(),
+            store: writer.as_reader(),
+            subscribers: Arc::new(Mutex::new(Subscribers(Vec::new()))),
         };
-        let api: Api<K> = Api::all(self.client.clone());
-        let task = tokio::spawn(async move {
-            let mut events =
-                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(kind = %K::kind(&()), "watching: {e}");
-                        continue;
-                    }
-                };
-                writer.apply_watcher_event(&event);
-                match event {
-                    watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
-                        let _ = changes.send(Arc::new(obj));
-                    }
-                    // After a (re)list every object is news: changes during
-                    // a broken watch arrive only this way.
-                    watcher::Event::InitDone => {
-                        for obj in store.state() {
-                            let _ = changes.send(obj);
-                        }
-                    }
-                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
-                }
-            }
-        });
+        let task = tokio::spawn(inform(
+            events(),
+            writer,
+            dyntype,
+            informer.subscribers.clone(),
+        ));
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
-        made.insert(TypeId::of::<K>(), Box::new(informer.clone()));
+        made.insert(key, Box::new(informer.clone()));
         informer
     }
 }

@@ -4,16 +4,29 @@
 //! of the `kube-controller-manager` Lease in kube-system runs them, so
 //! several servers can run a controller manager for high availability.
 
+mod deployment;
+mod discovery;
+mod expectations;
+mod garbagecollector;
 mod informer;
+mod namespace;
+mod ownerref;
+mod pods;
+mod queue;
+mod replicaset;
+mod rootca;
 mod runner;
 mod serviceaccount;
 
 use std::sync::Arc;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kubox_client::events::Recorder;
 use kubox_client::leader::{self, LeaderElection};
 
-pub use informer::{Informed, Informer, Informers};
+pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
 
 /// The Lease the controller managers of a cluster elect their leader with.
 pub const LEASE: &str = "kube-controller-manager";
@@ -22,6 +35,55 @@ pub const LEASE: &str = "kube-controller-manager";
 pub struct Context {
     pub client: kube::Client,
     pub informers: Informers,
+    /// The cluster CA's certificate (PEM), which the root CA publisher
+    /// hands to every namespace.
+    pub root_ca: String,
+}
+
+impl Context {
+    /// An event recorder under a controller's upstream name
+    /// (`replicaset-controller`, shown by `kubectl describe` as the source).
+    pub fn recorder(&self, component: &str) -> Recorder {
+        Recorder::new(self.client.clone(), component, None)
+    }
+}
+
+/// Why a reconcile failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", api_message(.0))]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An API error as client-go prints it: the Status message alone.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an error is the API's Status with this reason.
+fn is_reason(e: &kube::Error, reason: &str) -> bool {
+    matches!(e, kube::Error::Api(s) if s.reason == reason)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+/// A create refused because the namespace is being deleted (the Status
+/// cause NamespaceLifecycle adds).
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+/// Now, to the second, as the API stores times.
+pub fn now() -> Time {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 /// A running controller manager; dropping it stops it.
@@ -31,10 +93,11 @@ pub struct ControllerManager {
 
 impl ControllerManager {
     /// Campaigns for leadership and runs the controllers while leading.
-    pub fn start(client: kube::Client) -> Self {
+    /// `root_ca` is the cluster CA certificate (PEM).
+    pub fn start(client: kube::Client, root_ca: String) -> Self {
         let election =
             LeaderElection::new(client.clone(), "kube-system", LEASE, leader::identity());
-        let task = tokio::spawn(election.run(move || lead(client.clone())));
+        let task = tokio::spawn(election.run(move || lead(client.clone(), root_ca.clone())));
         Self {
             _tasks: kubox_client::Tasks::new(vec![task]),
         }
@@ -43,11 +106,20 @@ impl ControllerManager {
 
 /// Every controller, until leadership is lost (then this future is dropped,
 /// and with it the controllers and their informers).
-async fn lead(client: kube::Client) {
+async fn lead(client: kube::Client, root_ca: String) {
     let ctx = Arc::new(Context {
         informers: Informers::new(client.clone()),
         client,
+        root_ca,
     });
-    let controllers = vec![serviceaccount::run(ctx.clone()).boxed()];
+    let controllers: Vec<BoxFuture<'static, ()>> = vec![
+        serviceaccount::run(ctx.clone()).boxed(),
+        replicaset::run_replicasets(ctx.clone()).boxed(),
+        replicaset::run_replication_controllers(ctx.clone()).boxed(),
+        deployment::run(ctx.clone()).boxed(),
+        garbagecollector::run(ctx.clone()).boxed(),
+        namespace::run(ctx.clone()).boxed(),
+        rootca::run(ctx.clone()).boxed(),
+    ];
     futures::future::join_all(controllers).await;
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::Resource;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -17,18 +16,25 @@ use kube::runtime::reflector::ObjectRef;
 const FIRST_RETRY: Duration = Duration::from_millis(5);
 const LAST_RETRY: Duration = Duration::from_secs(1000);
 
-/// Per-object failure counts, for exponential retry delays.
-struct Failures<K: Resource<DynamicType = ()>> {
-    counts: Mutex<HashMap<ObjectRef<K>, u32>>,
+/// Per-item failure counts, for exponential retry delays (client-go's
+/// ItemExponentialFailureRateLimiter).
+pub(crate) struct Failures<T> {
+    counts: Mutex<HashMap<T, u32>>,
 }
 
-impl<K: Resource<DynamicType = ()>> Failures<K>
-where
-    ObjectRef<K>: Hash + Eq,
-{
-    fn delay(&self, obj: &K) -> Duration {
+impl<T> Default for Failures<T> {
+    fn default() -> Self {
+        Self {
+            counts: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Hash + Eq> Failures<T> {
+    /// The delay before retrying `item` once more, counting this failure.
+    pub(crate) fn delay(&self, item: T) -> Duration {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(ObjectRef::from_obj(obj)).or_insert(0);
+        let n = counts.entry(item).or_insert(0);
         let delay = FIRST_RETRY
             .saturating_mul(1u32 << (*n).min(20))
             .min(LAST_RETRY);
@@ -36,11 +42,11 @@ where
         delay
     }
 
-    fn forget(&self, obj: &ObjectRef<K>) {
+    pub(crate) fn forget(&self, item: &T) {
         self.counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(obj);
+            .remove(item);
     }
 }
 
@@ -59,13 +65,11 @@ pub async fn run<K, C, F, Fut, E>(
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
     E: std::error::Error + Send + 'static,
 {
-    let failures = Arc::new(Failures::<K> {
-        counts: Mutex::default(),
-    });
+    let failures = Arc::new(Failures::<ObjectRef<K>>::default());
     let on_error = {
         let failures = failures.clone();
         move |obj: Arc<K>, error: &E, _: Arc<C>| {
-            let delay = failures.delay(&obj);
+            let delay = failures.delay(ObjectRef::from_obj(&*obj));
             tracing::warn!(
                 controller = name,
                 object = %ObjectRef::from_obj(&*obj),

@@ -67,6 +67,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// The CA certificate (PEM) a kubeconfig trusts its API server by.
+fn cluster_ca(kubeconfig: &kube::config::Kubeconfig) -> Option<String> {
+    use base64::Engine;
+    let cluster = kubeconfig.clusters.first()?.cluster.as_ref()?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(cluster.certificate_authority_data.as_ref()?)
+        .ok()?;
+    String::from_utf8(pem).ok()
+}
+
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match args.datastore {
         Datastore::Sqlite => {
@@ -124,8 +134,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let kubeconfig = server
             .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
             .context("writing the controller manager's credentials")?;
-        let (client, _) = kubox_client::connect(&kubeconfig).await?;
-        Some(kubox_controllers::ControllerManager::start(client))
+        let (client, config) = kubox_client::connect(&kubeconfig).await?;
+        let root_ca = cluster_ca(&config)
+            .context("the controller manager's kubeconfig names no cluster CA")?;
+        Some(kubox_controllers::ControllerManager::start(client, root_ca))
     };
     println!("kubox server: API at https://{}", server.addr);
     println!("kubox server: data in {}", args.data_dir.display());

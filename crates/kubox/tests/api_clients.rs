@@ -29,7 +29,8 @@ fn configmap(name: &str) -> ConfigMap {
 
 #[tokio::test]
 async fn kube_rs_watcher_and_reflector_follow_changes() {
-    let server = KuboxServer::start(KUBOX, &[]).await;
+    // No controller manager: it would publish kube-root-ca.crt meanwhile.
+    let server = KuboxServer::start(KUBOX, &["--disable-controllers"]).await;
     let api: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
     let (reader, writer) = reflector::store();
     let stream = reflector(

@@ -307,6 +307,12 @@ impl KuboxServer {
     /// Imports a busybox image built on the spot (`images::write_busybox_archive`)
     /// into the server's node as `docker.io/library/busybox:latest`.
     pub fn import_busybox(&self) {
+        self.import_busybox_as("docker.io/library/busybox:latest");
+    }
+
+    /// Imports the busybox image under another reference (a second tag to
+    /// roll out, say).
+    pub fn import_busybox_as(&self, reference: &str) {
         // The agent opens (and tidies) its image store before it registers its
         // node: an import before that could lose its files to the tidying.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -319,7 +325,7 @@ impl KuboxServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         let archive = self.dir.path().join("busybox.tar");
-        images::write_busybox_archive(&archive, "docker.io/library/busybox:latest");
+        images::write_busybox_archive(&archive, reference);
         let out = Command::new(&self.bin)
             .args(["image", "import", "--data-dir"])
             .arg(self.dir.path())

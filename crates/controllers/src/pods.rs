@@ -1,0 +1,353 @@
+//! What controllers ask of pods: whether they are active, ready, available,
+//! and which to delete first, as upstream's pkg/controller helpers.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// The annotation that makes a pod cheaper (or dearer) to delete.
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+/// Not finished and not being deleted.
+pub fn is_active(p: &Pod) -> bool {
+    !matches!(phase(p), "Succeeded" | "Failed") && p.metadata.deletion_timestamp.is_none()
+}
+
+/// When the pod's Ready condition last became True, if it is ready.
+fn ready_since(p: &Pod) -> Option<Option<Timestamp>> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+}
+
+pub fn is_ready(p: &Pod) -> bool {
+    ready_since(p).is_some()
+}
+
+/// Ready for at least `min_ready_seconds`.
+pub fn is_available(p: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+    match ready_since(p) {
+        None => false,
+        Some(_) if min_ready_seconds <= 0 => true,
+        Some(None) => false,
+        Some(Some(since)) => since
+            .checked_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
+            .is_ok_and(|t| t < now),
+    }
+}
+
+fn max_restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0)
+}
+
+fn deletion_cost(p: &Pod) -> i32 {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DELETION_COST))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn node_name(p: &Pod) -> &str {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default()
+}
+
+fn phase_ordinal(p: &Pod) -> u8 {
+    match phase(p) {
+        "Unknown" => 1,
+        "Running" => 2,
+        _ => 0,
+    }
+}
+
+/// `t1` is after `t2`, a missing time counting as after any other.
+fn after_or_zero(t1: Option<Timestamp>, t2: Option<Timestamp>) -> bool {
+    match (t1, t2) {
+        (None, _) | (_, None) => t1.is_none(),
+        (Some(a), Some(b)) => a > b,
+    }
+}
+
+/// The difference of base-2 logarithms of two ages, so that pods of about
+/// the same age compare equal.
+fn log_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
+    let rank = |t: Timestamp| {
+        let nanos = now.as_nanosecond() - t.as_nanosecond();
+        if nanos > 0 {
+            (nanos as f64).log2() as i64
+        } else {
+            -1
+        }
+    };
+    rank(t1) - rank(t2)
+}
+
+/// Whether `a` should be deleted before `b` (upstream's ActivePodsWithRanks,
+/// with pod deletion cost and logarithmic scale-down as enabled by default):
+/// unscheduled before scheduled; pending, then unknown, then running; not
+/// ready before ready; lower deletion cost; more pods of the same owners on
+/// its node; ready for less time; more restarts; newer.
+fn delete_first(a: (&Pod, usize), b: (&Pod, usize), now: Timestamp) -> bool {
+    let ((a, rank_a), (b, rank_b)) = (a, b);
+    let (node_a, node_b) = (node_name(a), node_name(b));
+    if node_a != node_b && (node_a.is_empty() || node_b.is_empty()) {
+        return node_a.is_empty();
+    }
+    if phase_ordinal(a) != phase_ordinal(b) {
+        return phase_ordinal(a) < phase_ordinal(b);
+    }
+    if is_ready(a) != is_ready(b) {
+        return !is_ready(a);
+    }
+    if deletion_cost(a) != deletion_cost(b) {
+        return deletion_cost(a) < deletion_cost(b);
+    }
+    if rank_a != rank_b {
+        return rank_a > rank_b;
+    }
+    let by_age = |t1: Option<Timestamp>, t2: Option<Timestamp>| match (t1, t2) {
+        (Some(t1), Some(t2)) => match log_rank_diff(t1, t2, now) {
+            0 => a.metadata.uid < b.metadata.uid,
+            d => d < 0,
+        },
+        _ => after_or_zero(t1, t2),
+    };
+    if let (Some(ready_a), Some(ready_b)) = (ready_since(a), ready_since(b))
+        && ready_a != ready_b
+    {
+        return by_age(ready_a, ready_b);
+    }
+    if max_restarts(a) != max_restarts(b) {
+        return max_restarts(a) > max_restarts(b);
+    }
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    if created(a) != created(b) {
+        return by_age(created(a), created(b));
+    }
+    false
+}
+
+/// The `n` pods of `pods` to delete first. `related` are the active pods
+/// of every controller with the same owner (a Deployment's ReplicaSets):
+/// a pod sharing its node with more of them goes first.
+pub fn to_delete(
+    mut pods: Vec<Arc<Pod>>,
+    related: &[Arc<Pod>],
+    n: usize,
+    now: Timestamp,
+) -> Vec<Arc<Pod>> {
+    if n < pods.len() {
+        let mut on_node: HashMap<&str, usize> = HashMap::new();
+        for p in related.iter().filter(|p| is_active(p)) {
+            *on_node.entry(node_name(p)).or_default() += 1;
+        }
+        let rank = |p: &Pod| on_node.get(node_name(p)).copied().unwrap_or(0);
+        pods.sort_by(|a, b| {
+            let (a, b) = ((&**a, rank(a)), (&**b, rank(b)));
+            if delete_first(a, b, now) {
+                Ordering::Less
+            } else if delete_first(b, a, now) {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            }
+        });
+    }
+    pods.truncate(n);
+    pods
+}
+
+/// A pod for a controller from its template (upstream's
+/// GetPodFromTemplate): its labels, annotations and finalizers, a name
+/// generated from the controller's, and the controller as its owner.
+pub fn from_template(template: &PodTemplateSpec, owner: &str, controller: OwnerReference) -> Pod {
+    let meta = template.metadata.clone().unwrap_or_default();
+    // `name-` unless the dash would make the prefix too long for a name.
+    let prefix = if owner.len() < 253 {
+        format!("{owner}-")
+    } else {
+        owner.to_owned()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix),
+            labels: Some(meta.labels.unwrap_or_default()),
+            annotations: Some(meta.annotations.unwrap_or_default()),
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![controller]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// A pod's labels (none as empty).
+pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn pod(
+        name: &str,
+        node: &str,
+        phase: &str,
+        ready_at: Option<i64>,
+        restarts: i32,
+        created: i64,
+    ) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(name.into()),
+                creation_timestamp: Some(Time(ts(created))),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: (!node.is_empty()).then(|| node.into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: ready_at.map(|t| {
+                    vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(ts(t))),
+                        ..Default::default()
+                    }]
+                }),
+                container_statuses: Some(vec![ContainerStatus {
+                    restart_count: restarts,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
+        pods.iter()
+            .map(|p| p.metadata.name.as_deref().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn deletion_prefers_unscheduled_pending_unready_restarted_and_new_pods() {
+        let now = ts(1_000_000);
+        let pods = vec![
+            pod("running-ready-old", "n", "Running", Some(1000), 0, 100),
+            pod("unscheduled", "", "Pending", None, 0, 100),
+            pod("pending", "n", "Pending", None, 0, 100),
+            pod("unknown", "n", "Unknown", None, 0, 100),
+            pod("running-unready", "n", "Running", None, 0, 100),
+            pod(
+                "running-ready-restarted",
+                "n",
+                "Running",
+                Some(1000),
+                5,
+                100,
+            ),
+            pod(
+                "running-ready-recently",
+                "n",
+                "Running",
+                Some(999_990),
+                0,
+                100,
+            ),
+        ];
+        let ordered = to_delete(pods, &[], 6, now);
+        assert_eq!(
+            names(&ordered),
+            [
+                "unscheduled",
+                "pending",
+                "unknown",
+                "running-unready",
+                "running-ready-recently",
+                "running-ready-restarted",
+            ]
+        );
+    }
+
+    #[test]
+    fn newer_pods_go_first_and_ages_compare_on_a_log_scale() {
+        let now = ts(1_000_000);
+        let pods = vec![
+            pod("old", "n", "Running", None, 0, 1000),
+            pod("new", "n", "Running", None, 0, 999_000),
+        ];
+        assert_eq!(names(&to_delete(pods, &[], 1, now)), ["new"]);
+        // 1000 s and 1010 s old are the same on a log scale: the UID decides.
+        let pods = vec![
+            pod("b", "n", "Running", None, 0, now.as_second() - 1000),
+            pod("a", "n", "Running", None, 0, now.as_second() - 1010),
+        ];
+        assert_eq!(names(&to_delete(pods, &[], 1, now)), ["a"]);
+    }
+
+    #[test]
+    fn pods_doubled_up_on_a_node_go_first() {
+        let now = ts(1_000_000);
+        let pods = vec![
+            pod("alone", "n1", "Running", None, 0, 100),
+            pod("crowded", "n2", "Running", None, 0, 100),
+        ];
+        let related = vec![
+            pods[0].clone(),
+            pods[1].clone(),
+            pod("sibling", "n2", "Running", None, 0, 100),
+        ];
+        assert_eq!(names(&to_delete(pods, &related, 1, now)), ["crowded"]);
+    }
+
+    #[test]
+    fn availability_waits_min_ready_seconds() {
+        let p = pod("p", "n", "Running", Some(100), 0, 0);
+        assert!(is_available(&p, 0, ts(100)));
+        assert!(!is_available(&p, 10, ts(110)));
+        assert!(is_available(&p, 10, ts(111)));
+        assert!(!is_available(
+            &pod("q", "n", "Running", None, 0, 0),
+            0,
+            ts(1)
+        ));
+    }
+}
