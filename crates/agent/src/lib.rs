@@ -70,6 +70,8 @@ pub struct AgentConfig {
     pub client_ca_pem: String,
     /// Registries (`host:port`) pulled from over plain HTTP; those on this machine always are.
     pub insecure_registries: Vec<String>,
+    /// The pod network pods are put on.
+    pub network: Arc<kubox_net::PodNetwork>,
 }
 
 /// Where the agent keeps things, under its state directory.
@@ -107,6 +109,7 @@ pub struct Shared {
     pub active_logs: Arc<logs::Active>,
     pub events: kubox_client::events::Recorder,
     pub insecure_registries: Vec<String>,
+    pub network: Arc<kubox_net::PodNetwork>,
     /// Running containers by namespace, pod and container name, for exec and attach.
     pub running: std::sync::Mutex<HashMap<(String, String, String), Running>>,
     /// Pods whose sandbox exists, by namespace and name, for port-forward.
@@ -177,6 +180,7 @@ impl Agent {
             agent_port: config.port,
             active_logs: Arc::default(),
             insecure_registries: config.insecure_registries,
+            network: config.network,
             running: Default::default(),
             sandboxes: Default::default(),
         });
@@ -270,6 +274,11 @@ async fn run_pods(shared: Arc<Shared>) {
                 for uid in orphans {
                     let adopted = records.remove(&uid).unwrap_or_default();
                     pod::remove_orphans(&shared, &uid, adopted).await;
+                }
+                // Addresses and veths of pods that went while no agent ran.
+                let live: std::collections::HashSet<String> = listed.iter().cloned().collect();
+                if let Err(e) = shared.network.reconcile(&live).await {
+                    tracing::warn!("reconciling the pod network: {e}");
                 }
                 // Pods gone while the watch was down.
                 for (uid, tx) in workers.iter() {

@@ -129,6 +129,8 @@ pub struct Worker {
     slots: BTreeMap<String, Slot>,
     volumes: HashMap<String, PathBuf>,
     sandbox_ready: bool,
+    /// The pod's address on the pod network (not for hostNetwork pods).
+    pod_ip: Option<String>,
     pod_error: Option<(String, String)>,
     reported: Option<PodStatus>,
     start_time: Time,
@@ -165,6 +167,7 @@ impl Worker {
             slots: BTreeMap::new(),
             volumes: HashMap::new(),
             sandbox_ready: false,
+            pod_ip: None,
             pod_error: None,
             reported: None,
             start_time,
@@ -253,7 +256,39 @@ impl Worker {
                 slot.last = Some(previous);
             }
         }
-        self.sandbox_ready = self.sandbox().exists();
+        self.pod_ip = self
+            .shared
+            .network
+            .pod_ip(&self.uid)
+            .map(|ip| ip.to_string());
+        // A sandbox whose pod never got its address is finished again.
+        self.sandbox_ready =
+            self.sandbox().exists() && (self.host_network() || self.pod_ip.is_some());
+    }
+
+    fn host_network(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+    }
+
+    /// Makes the namespaces, puts the pod on the pod network, and writes
+    /// its /etc files.
+    async fn create_sandbox(&mut self) -> Result<(), String> {
+        let sandbox = self.sandbox();
+        sandbox.create(&self.name()).map_err(|e| e.to_string())?;
+        if let Some(netns) = sandbox.path(sandbox::Kind::Network) {
+            let ip = self
+                .shared
+                .network
+                .attach(&self.uid, &netns)
+                .await
+                .map_err(|e| format!("setting up the pod network: {e}"))?;
+            self.pod_ip = Some(ip.to_string());
+        }
+        self.write_etc_files().map_err(|e| e.to_string())
     }
 
     pub async fn run(mut self) {
@@ -533,12 +568,7 @@ impl Worker {
             return None;
         }
         if !self.sandbox_ready {
-            let hostname = self.name();
-            if let Err(e) = self
-                .sandbox()
-                .create(&hostname)
-                .and_then(|_| self.write_etc_files())
-            {
+            if let Err(e) = self.create_sandbox().await {
                 self.set_pod_error(Some((
                     "FailedCreatePodSandBox".into(),
                     format!("Failed to create pod sandbox: {e}"),
@@ -679,6 +709,16 @@ impl Worker {
         );
         if host_network {
             hosts = std::fs::read_to_string("/etc/hosts").unwrap_or(hosts);
+        } else if let Some(ip) = &self.pod_ip {
+            // As kubelet: the pod's own name, fully qualified under its subdomain.
+            let names = match &spec.subdomain {
+                Some(sub) => format!(
+                    "{hostname}.{sub}.{}.svc.cluster.local\t{hostname}",
+                    self.namespace()
+                ),
+                None => hostname.clone(),
+            };
+            hosts.push_str(&format!("{ip}\t{names}\n"));
         }
         for alias in spec.host_aliases.unwrap_or_default() {
             hosts.push_str(&format!(
@@ -1260,12 +1300,11 @@ impl Worker {
     }
 
     fn pod_ip(&self) -> Option<String> {
-        self.pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false)
-            .then(|| self.shared.node_ip.clone())
+        if self.host_network() {
+            Some(self.shared.node_ip.clone())
+        } else {
+            self.pod_ip.clone()
+        }
     }
 
     fn container_statuses(&self, init: bool) -> Vec<ContainerStatus> {
@@ -1515,6 +1554,9 @@ impl Worker {
             }
         }
         self.set_sandbox(false);
+        if let Err(e) = self.shared.network.detach(&self.uid).await {
+            tracing::warn!(pod = %self.name(), "taking the pod off the pod network: {e}");
+        }
         if let Err(e) = self.sandbox().destroy() {
             tracing::warn!(pod = %self.name(), "releasing the sandbox: {e}");
         }
@@ -1658,6 +1700,9 @@ pub async fn remove_orphans(shared: &Shared, uid: &str, records: Vec<Record>) {
         tracing::info!("removing container {} of deleted pod {uid}", r.id);
         release_container(shared, r).await;
         remove_container_files(shared, r);
+    }
+    if let Err(e) = shared.network.detach(uid).await {
+        tracing::warn!("taking deleted pod {uid} off the pod network: {e}");
     }
     let pod_dir = shared.dirs.pods.join(uid);
     if let Err(e) = Sandbox::new(&pod_dir, HostShared::default()).destroy() {

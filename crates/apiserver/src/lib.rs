@@ -42,6 +42,8 @@ use crate::http::Handler;
 pub struct Config {
     pub data_dir: PathBuf,
     pub bind_address: IpAddr,
+    /// The address the `kubernetes` Service's endpoints name (upstream's `--advertise-address`).
+    pub advertise_address: IpAddr,
     pub https_port: u16,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
@@ -153,7 +155,7 @@ impl ApiServer {
             )?)?,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
-        bootstrap::run(&api, addr.port())
+        bootstrap::run(&api, config.advertise_address, addr.port())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
         Ok(Self {

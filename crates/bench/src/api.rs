@@ -52,6 +52,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let config = kubox_apiserver::Config {
         data_dir: dir.path().to_owned(),
         bind_address: "127.0.0.1".parse()?,
+        advertise_address: "127.0.0.1".parse()?,
         https_port: 0,
         extra_sans: Vec::new(),
         event_ttl: Duration::from_secs(3600),

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod load;
+pub mod net;
 pub mod pods;
 pub mod report;
 pub mod store;

@@ -6,10 +6,13 @@
 
 mod deployment;
 mod discovery;
+mod endpoints;
+mod endpointslice;
 mod expectations;
 mod garbagecollector;
 mod informer;
 mod namespace;
+mod nodeipam;
 mod ownerref;
 mod pods;
 mod queue;
@@ -17,6 +20,7 @@ mod replicaset;
 mod rootca;
 mod runner;
 mod serviceaccount;
+mod servicelb;
 
 use std::sync::Arc;
 
@@ -27,17 +31,25 @@ use kubox_client::events::Recorder;
 use kubox_client::leader::{self, LeaderElection};
 
 pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
+pub use nodeipam::PodRanges;
 
 /// The Lease the controller managers of a cluster elect their leader with.
 pub const LEASE: &str = "kube-controller-manager";
+
+/// What the controllers are told about the cluster.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub pod_ranges: PodRanges,
+    /// The cluster CA's certificate (PEM), which the root CA publisher
+    /// hands to every namespace.
+    pub root_ca: String,
+}
 
 /// What every controller shares.
 pub struct Context {
     pub client: kube::Client,
     pub informers: Informers,
-    /// The cluster CA's certificate (PEM), which the root CA publisher
-    /// hands to every namespace.
-    pub root_ca: String,
+    pub config: Config,
 }
 
 impl Context {
@@ -93,11 +105,10 @@ pub struct ControllerManager {
 
 impl ControllerManager {
     /// Campaigns for leadership and runs the controllers while leading.
-    /// `root_ca` is the cluster CA certificate (PEM).
-    pub fn start(client: kube::Client, root_ca: String) -> Self {
+    pub fn start(client: kube::Client, config: Config) -> Self {
         let election =
             LeaderElection::new(client.clone(), "kube-system", LEASE, leader::identity());
-        let task = tokio::spawn(election.run(move || lead(client.clone(), root_ca.clone())));
+        let task = tokio::spawn(election.run(move || lead(client.clone(), config.clone())));
         Self {
             _tasks: kubox_client::Tasks::new(vec![task]),
         }
@@ -106,11 +117,11 @@ impl ControllerManager {
 
 /// Every controller, until leadership is lost (then this future is dropped,
 /// and with it the controllers and their informers).
-async fn lead(client: kube::Client, root_ca: String) {
+async fn lead(client: kube::Client, config: Config) {
     let ctx = Arc::new(Context {
         informers: Informers::new(client.clone()),
         client,
-        root_ca,
+        config,
     });
     let controllers: Vec<BoxFuture<'static, ()>> = vec![
         serviceaccount::run(ctx.clone()).boxed(),
@@ -120,6 +131,10 @@ async fn lead(client: kube::Client, root_ca: String) {
         garbagecollector::run(ctx.clone()).boxed(),
         namespace::run(ctx.clone()).boxed(),
         rootca::run(ctx.clone()).boxed(),
+        nodeipam::run(ctx.clone()).boxed(),
+        endpoints::run(ctx.clone()).boxed(),
+        endpointslice::run(ctx.clone()).boxed(),
+        servicelb::run(ctx.clone()).boxed(),
     ];
     futures::future::join_all(controllers).await;
 }

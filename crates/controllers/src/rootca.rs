@@ -40,7 +40,7 @@ pub async fn run(ctx: Arc<Context>) {
     let state = Arc::new(State {
         client: ctx.client.clone(),
         config_maps: config_maps.store(),
-        root_ca: ctx.root_ca.clone(),
+        root_ca: ctx.config.root_ca.clone(),
     });
     runner::run("root-ca-cert-publisher", controller, reconcile, state).await;
 }

@@ -1,8 +1,10 @@
 //! The node agent's flags and start-up, shared by `kubox server` (which runs
-//! an agent for its own node) and, later, `kubox agent`.
+//! an agent for its own node) and `kubox agent` (a node that joins a
+//! running cluster with a kubeconfig). Each node also runs its pod network
+//! and its service proxy.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use base64::Engine;
@@ -46,7 +48,7 @@ fn hostname() -> String {
 }
 
 /// The address the machine's default route leaves from; loopback when it has none.
-fn default_ip() -> IpAddr {
+pub fn default_ip() -> IpAddr {
     UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
         .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
         .and_then(|s| s.local_addr())
@@ -72,18 +74,34 @@ pub fn node_name(args: &AgentArgs) -> String {
     args.node_name.clone().unwrap_or_else(hostname)
 }
 
-/// Starts the node agent with `kubeconfig`'s identity, unless disabled.
+pub fn node_ip(args: &AgentArgs) -> IpAddr {
+    args.node_ip.unwrap_or_else(default_ip)
+}
+
+/// What runs for one node; dropping it stops them (containers and rules stay).
+pub struct Node {
+    _agent: Agent,
+    _proxy: kubox_net::Proxy,
+}
+
+/// Starts the node agent, its pod network and its service proxy with
+/// `kubeconfig`'s identity, unless disabled.
 pub async fn start(
     args: &AgentArgs,
+    net: &crate::net::NetArgs,
     data_dir: &Path,
     kubeconfig: &Path,
     control_plane: bool,
-) -> anyhow::Result<Option<Agent>> {
+) -> anyhow::Result<Option<Node>> {
     if args.disable_agent {
         return Ok(None);
     }
     let node_name = node_name(args);
     let state = state_dir(data_dir);
+    let net_config = net.config()?;
+    let IpAddr::V4(node_ipv4) = node_ip(args) else {
+        anyhow::bail!("the pod network needs an IPv4 --node-ip");
+    };
     let runtimes = state.join("runtime");
     let (runtime, runtime_version): (Box<dyn ContainerRuntime>, _) = if args.runtime
         == Embedded::NAME
@@ -115,21 +133,74 @@ pub async fn start(
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|pem| String::from_utf8(pem).ok())
         .context("the node kubeconfig names no certificate authority")?;
+    let network = kubox_net::PodNetwork::start(
+        client.clone(),
+        kubox_net::PodNetConfig {
+            net: net_config.clone(),
+            node_name: node_name.clone(),
+            node_ip: node_ipv4,
+            state_dir: state.clone(),
+        },
+    )
+    .await
+    .context("starting the pod network")?;
+    let proxy = kubox_net::Proxy::start(
+        client.clone(),
+        kubox_net::ProxyConfig {
+            net: net_config,
+            node_name: node_name.clone(),
+            sync_period: net.proxy_sync_period,
+        },
+    );
     let agent = Agent::start(
         client,
         AgentConfig {
             labels: node_labels(&node_name, control_plane),
             node_name,
-            node_ip: args.node_ip.unwrap_or_else(default_ip),
+            node_ip: IpAddr::V4(node_ipv4),
             state_dir: state,
             runtime,
             runtime_version,
             port: args.agent_port,
             client_ca_pem,
             insecure_registries: args.insecure_registries.clone(),
+            network,
         },
     )
     .await
     .context("starting the node agent")?;
-    Ok(Some(agent))
+    Ok(Some(Node {
+        _agent: agent,
+        _proxy: proxy,
+    }))
+}
+
+#[derive(Args)]
+pub struct StandaloneArgs {
+    /// The node's credentials and the API server to join.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Where the node keeps its state.
+    #[arg(long, default_value = "/var/lib/kubox")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    net: crate::net::NetArgs,
+}
+
+/// `kubox agent`: one more node for a running cluster, until SIGTERM or Ctrl-C.
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
+    let _node = start(
+        &args.agent,
+        &args.net,
+        &args.data_dir,
+        &args.kubeconfig,
+        false,
+    )
+    .await?;
+    println!("kubox agent: node {} running", node_name(&args.agent));
+    crate::server::wait_for_shutdown().await
 }

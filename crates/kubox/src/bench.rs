@@ -46,6 +46,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         megabytes: usize,
     },
+    /// The service proxy and pod network: rule programming latency with
+    /// many Services, throughput through a ClusterIP against a pod's IP.
+    Net {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// EndpointSlice changes timed one after another.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The size of the file downloaded for throughput.
+        #[arg(long, default_value_t = 256)]
+        megabytes: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -93,6 +107,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let table =
                 kubox_bench::streams::run(kubox_bench::streams::Options { execs, megabytes })
                     .await?;
+            println!("{table}");
+        }
+        BenchCommand::Net {
+            services,
+            endpoints,
+            changes,
+            megabytes,
+        } => {
+            let table = kubox_bench::net::run(kubox_bench::net::Options {
+                services,
+                endpoints,
+                changes,
+                megabytes,
+            })
+            .await?;
             println!("{table}");
         }
         BenchCommand::Store {

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod image;
+mod net;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,10 @@ enum Command {
     Server(server::ServerArgs),
     /// Manage the node's container images.
     Image(image::ImageArgs),
+    /// Run a node agent (and its service proxy) that joins a running cluster.
+    Agent(agent::StandaloneArgs),
+    /// Remove what a node's network made: nft tables, bridge, veths, routes.
+    Uninstall(net::UninstallArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
     /// The embedded container runtime's helper, which the node agent starts.
@@ -57,6 +62,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Image(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")

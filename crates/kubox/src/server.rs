@@ -28,6 +28,13 @@ pub struct ServerArgs {
     https_port: u16,
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
+    /// The address the `kubernetes` Service sends pods to: the bind
+    /// address when it is one, else the node's address.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// The prefix length of each node's pod range within --cluster-cidr.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
     #[arg(long, value_enum, default_value = "sqlite")]
     datastore: Datastore,
     /// Comma-separated etcd client URLs, with --datastore etcd.
@@ -50,10 +57,12 @@ pub struct ServerArgs {
     disable_controllers: bool,
     #[command(flatten)]
     agent: crate::agent::AgentArgs,
+    #[command(flatten)]
+    net: crate::net::NetArgs,
 }
 
 /// Durations as `300s`, `5m`, `1h` or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = number
         .parse()
@@ -101,9 +110,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     let _compactor = (!args.compaction_interval.is_zero())
         .then(|| spawn_compactor(store.clone(), args.compaction_interval));
+    let advertise_address =
+        args.advertise_address
+            .unwrap_or(if args.bind_address.is_unspecified() {
+                crate::agent::node_ip(&args.agent)
+            } else {
+                args.bind_address
+            });
     let config = Config {
         data_dir: args.data_dir.clone(),
         bind_address: args.bind_address,
+        advertise_address,
         https_port: args.https_port,
         extra_sans: args.tls_sans.clone(),
         event_ttl: args.event_ttl,
@@ -118,7 +135,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             &["system:nodes"],
         )
         .context("writing the node agent's credentials")?;
-    let _agent = crate::agent::start(&args.agent, &args.data_dir, &node_kubeconfig, true).await?;
+    let _node = crate::agent::start(
+        &args.agent,
+        &args.net,
+        &args.data_dir,
+        &node_kubeconfig,
+        true,
+    )
+    .await?;
     let _scheduler = if args.disable_scheduler {
         None
     } else {
@@ -134,10 +158,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let kubeconfig = server
             .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
             .context("writing the controller manager's credentials")?;
-        let (client, config) = kubox_client::connect(&kubeconfig).await?;
-        let root_ca = cluster_ca(&config)
+        let (client, kubeconfig) = kubox_client::connect(&kubeconfig).await?;
+        let root_ca = cluster_ca(&kubeconfig)
             .context("the controller manager's kubeconfig names no cluster CA")?;
-        Some(kubox_controllers::ControllerManager::start(client, root_ca))
+        if args.node_cidr_mask_size < args.net.cluster_cidr.prefix_len() {
+            anyhow::bail!("--node-cidr-mask-size is shorter than --cluster-cidr's prefix");
+        }
+        let config = kubox_controllers::Config {
+            pod_ranges: kubox_controllers::PodRanges {
+                cluster_cidr: args.net.cluster_cidr.trunc(),
+                node_mask: args.node_cidr_mask_size,
+            },
+            root_ca,
+        };
+        Some(kubox_controllers::ControllerManager::start(client, config))
     };
     println!("kubox server: API at https://{}", server.addr);
     println!("kubox server: data in {}", args.data_dir.display());
@@ -145,6 +179,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "kubox server: admin kubeconfig at {}",
         server.kubeconfig.display()
     );
+    wait_for_shutdown().await
+}
+
+/// Until SIGTERM or Ctrl-C.
+pub async fn wait_for_shutdown() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
     tokio::select! {

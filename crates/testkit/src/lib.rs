@@ -42,6 +42,25 @@ where
     }
 }
 
+/// Imports a busybox image built on the spot (`images::write_busybox_archive`)
+/// as `reference` into the node whose data directory is `data_dir`, with
+/// `bin image import`.
+pub fn import_busybox(bin: &std::path::Path, data_dir: &std::path::Path, reference: &str) {
+    let archive = data_dir.join("busybox.tar");
+    images::write_busybox_archive(&archive, reference);
+    let out = Command::new(bin)
+        .args(["image", "import", "--data-dir"])
+        .arg(data_dir)
+        .arg(&archive)
+        .output()
+        .expect("running kubox image import");
+    assert!(
+        out.status.success(),
+        "kubox image import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SIGKILLs a fixture's process, if running, and reaps it.
 fn kill(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
@@ -233,8 +252,86 @@ impl Drop for Registry {
     }
 }
 
-/// A `kubox server` process on a free port with its own data directory,
-/// killed on drop.
+/// The network names of one test cluster: its own bridge, nft tables,
+/// cluster CIDR and VXLAN identifier, so clusters running at once in one
+/// network namespace never meet. A slot is held through a file lock for as
+/// long as this lives, so test processes never share one.
+pub struct TestNet {
+    slot: u16,
+    _lock: std::fs::File,
+}
+
+/// How many clusters can run at once (10.100.0.0/16 up to 10.227.0.0/16).
+const NET_SLOTS: u16 = 128;
+
+impl TestNet {
+    pub fn claim() -> Self {
+        let dir = std::env::temp_dir().join("kubox-test-net");
+        std::fs::create_dir_all(&dir).expect("the network slots' directory");
+        for slot in 0..NET_SLOTS {
+            let file = std::fs::File::create(dir.join(format!("{slot}.lock")))
+                .expect("a network slot's lock file");
+            if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok()
+            {
+                return Self { slot, _lock: file };
+            }
+        }
+        panic!("all {NET_SLOTS} test network slots are taken");
+    }
+
+    /// The pod addresses of this cluster.
+    pub fn cluster_cidr(&self) -> String {
+        format!("10.{}.0.0/16", 100 + self.slot)
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("kbxt{}", self.slot)
+    }
+
+    pub fn nft_prefix(&self) -> String {
+        format!("kubox-t{}", self.slot)
+    }
+
+    /// A number of this slot's own, for names a test makes (netns, links).
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// The flags that give a server or agent these names.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--cluster-cidr".into(),
+            self.cluster_cidr(),
+            "--pod-bridge".into(),
+            self.bridge(),
+            "--nft-table-prefix".into(),
+            self.nft_prefix(),
+            "--vxlan-vni".into(),
+            (1000 + u32::from(self.slot)).to_string(),
+        ]
+    }
+
+    /// Removes what a node of this cluster made in this network namespace
+    /// (nft tables, bridge, veths, VXLAN device, routes), with `kubox uninstall`.
+    pub fn uninstall(&self, bin: &std::path::Path, data_dir: &std::path::Path) {
+        let out = Command::new(bin)
+            .arg("uninstall")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(self.args())
+            .output()
+            .expect("running kubox uninstall");
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "kubox uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A `kubox server` process on a free port with its own data directory
+/// and network names ([`TestNet`]), killed and its network removed on drop.
 pub struct KuboxServer {
     child: Option<Child>,
     bin: std::path::PathBuf,
@@ -242,6 +339,7 @@ pub struct KuboxServer {
     dir: tempfile::TempDir,
     port: u16,
     agent_port: u16,
+    net: TestNet,
 }
 
 impl KuboxServer {
@@ -254,13 +352,24 @@ impl KuboxServer {
             dir: tempfile::tempdir().expect("temporary data directory"),
             port: free_port(),
             agent_port: free_port(),
+            net: TestNet::claim(),
         };
+        // What a crashed holder of the slot may have left.
+        server.net.uninstall(&server.bin, server.dir.path());
         server.spawn().await;
         server
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    pub fn net(&self) -> &TestNet {
+        &self.net
+    }
+
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
     }
 
     /// The server's process ID while it runs.
@@ -304,8 +413,7 @@ impl KuboxServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Imports a busybox image built on the spot (`images::write_busybox_archive`)
-    /// into the server's node as `docker.io/library/busybox:latest`.
+    /// Imports a busybox image built on the spot into the server's node.
     pub fn import_busybox(&self) {
         self.import_busybox_as("docker.io/library/busybox:latest");
     }
@@ -324,19 +432,7 @@ impl KuboxServer {
             assert!(Instant::now() < deadline, "no node registered within 60s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let archive = self.dir.path().join("busybox.tar");
-        images::write_busybox_archive(&archive, reference);
-        let out = Command::new(&self.bin)
-            .args(["image", "import", "--data-dir"])
-            .arg(self.dir.path())
-            .arg(&archive)
-            .output()
-            .expect("running kubox image import");
-        assert!(
-            out.status.success(),
-            "kubox image import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import_busybox(&self.bin, self.dir.path(), reference);
     }
 
     /// `kubectl apply` of a manifest given as JSON (written to a file in the data directory).
@@ -443,18 +539,23 @@ impl KuboxServer {
     async fn spawn(&mut self) {
         let log_path = self.dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).expect("server log file");
-        let mut child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("server")
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--https-port")
             .arg(self.port.to_string())
-            .arg("--bind-address")
-            .arg("127.0.0.1")
             .arg("--agent-port")
             .arg(self.agent_port.to_string())
-            .arg("--node-ip")
-            .arg("127.0.0.1")
+            .args(self.net.args());
+        // Loopback unless the test gives the server other addresses.
+        for flag in ["--bind-address", "--node-ip"] {
+            if !self.args.iter().any(|a| a == flag) {
+                command.arg(flag).arg("127.0.0.1");
+            }
+        }
+        let mut child = command
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -489,5 +590,6 @@ impl Drop for KuboxServer {
     fn drop(&mut self) {
         self.kill();
         node::release(self.dir.path());
+        self.net.uninstall(&self.bin, self.dir.path());
     }
 }

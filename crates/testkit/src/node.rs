@@ -134,7 +134,7 @@ fn release_embedded(state_dir: &Path) {
 /// Containers outlive their node agent by design; a test's must not outlive
 /// the test. Deletes the containers of the agent under `data_dir`, and
 /// unmounts its namespaces and root filesystems, so the directory can go.
-pub(crate) fn release(data_dir: &Path) {
+pub fn release(data_dir: &Path) {
     for id in runc(data_dir, &["list", "-q"])
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .unwrap_or_default()
