@@ -38,6 +38,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often a worker with nothing to do looks again (ConfigMap and Secret volumes refresh).
 const RESYNC: Duration = Duration::from_secs(60);
+/// The sandbox file written last: once it exists, the sandbox is complete.
+const LAST_ETC_FILE: &str = "resolv.conf";
 
 /// What the agent keeps on disk about each container it started, so a
 /// restarted agent can adopt it.
@@ -261,9 +263,11 @@ impl Worker {
             .network
             .pod_ip(&self.uid)
             .map(|ip| ip.to_string());
-        // A sandbox whose pod never got its address is finished again.
-        self.sandbox_ready =
-            self.sandbox().exists() && (self.host_network() || self.pod_ip.is_some());
+        // A sandbox an agent was killed in the middle of making (its pod
+        // without an address or its /etc files) is finished again.
+        self.sandbox_ready = self.sandbox().exists()
+            && (self.host_network() || self.pod_ip.is_some())
+            && self.pod_dir().join(LAST_ETC_FILE).exists();
     }
 
     fn host_network(&self) -> bool {
@@ -697,6 +701,8 @@ impl Worker {
         }
     }
 
+    /// Writes the pod's hosts, hostname and resolv.conf, the last step of
+    /// making its sandbox; `LAST_ETC_FILE` is written last.
     fn write_etc_files(&self) -> std::io::Result<()> {
         let dir = self.pod_dir();
         std::fs::create_dir_all(&dir)?;
@@ -730,7 +736,10 @@ impl Worker {
         std::fs::write(dir.join("hosts"), hosts)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(dir.join("resolv.conf"), resolv)
+        // Renamed into place, as its presence says the sandbox is complete.
+        let tmp = dir.join(format!("{LAST_ETC_FILE}.tmp"));
+        std::fs::write(&tmp, resolv)?;
+        std::fs::rename(tmp, dir.join(LAST_ETC_FILE))
     }
 
     /// The image a container runs, pulled as its imagePullPolicy asks.

@@ -538,7 +538,12 @@ impl KuboxServer {
 
     async fn spawn(&mut self) {
         let log_path = self.dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).expect("server log file");
+        // Appended, so a restarted server's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log file");
         let mut command = Command::new(&self.bin);
         command
             .arg("server")
