@@ -224,11 +224,34 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// A limit without a request asks for what it allows. Upstream does this for
+/// pods only, not pod templates, so a template keeps what its author wrote.
+fn default_requests_to_limits(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        let Some(Value::Array(containers)) = spec.get_mut(list) else {
+            continue;
+        };
+        for resources in containers.iter_mut().filter_map(|c| c.get_mut("resources")) {
+            let Some(Value::Object(limits)) = resources.get("limits").cloned() else {
+                continue;
+            };
+            if !resources["requests"].is_object() {
+                resources["requests"] = json!({});
+            }
+            let requests = &mut resources["requests"];
+            for (name, quantity) in limits {
+                or_insert(requests, &name, quantity);
+            }
+        }
+    }
+}
+
 pub struct Pod;
 impl Strategy for Pod {
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj.get_mut("spec") {
             default_pod_spec(spec);
+            default_requests_to_limits(spec);
         }
     }
 
@@ -501,6 +524,24 @@ mod tests {
         let mixed =
             json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}, {}]});
         assert_eq!(qos_class(&mixed), "Burstable");
+    }
+
+    #[test]
+    fn a_pods_limits_default_its_missing_requests_but_not_a_templates() {
+        let spec = json!({"containers": [{"name": "c", "image": "i", "resources": {
+            "limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "100m"}}}]});
+        let mut pod = json!({"spec": spec.clone()});
+        Pod.default(&mut pod);
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "100m", "memory": "1Gi"})
+        );
+        let mut template = spec;
+        default_pod_spec(&mut template);
+        assert_eq!(
+            template["containers"][0]["resources"]["requests"],
+            json!({"cpu": "100m"})
+        );
     }
 
     #[test]

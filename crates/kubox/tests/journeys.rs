@@ -1,0 +1,598 @@
+//! The seeds' journeys (../shared/spec/seed-features.md, J1–J37) as a user
+//! walks them: real kubectl against a real `kubox server` with real
+//! containers, checked the way a user reads the output (columns and
+//! values, not ages).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use kubox_testkit::{KuboxServer, eventually};
+use serde_json::{Value, json};
+
+const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn cluster() -> KuboxServer {
+    KuboxServer::start(KUBOX, &["--node-name", "node"]).await
+}
+
+/// The whitespace-separated columns of each line of `kubectl args`.
+fn rows(server: &KuboxServer, args: &[&str]) -> Vec<Vec<String>> {
+    server
+        .kubectl_ok(args)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// The row of `kubectl args` whose first column starts with `name`.
+fn row(server: &KuboxServer, args: &[&str], name: &str) -> Option<Vec<String>> {
+    rows(server, args)
+        .into_iter()
+        .find(|r| r.first().is_some_and(|c| c.starts_with(name)))
+}
+
+fn jsonpath(server: &KuboxServer, args: &[&str], path: &str) -> String {
+    let path = format!("jsonpath={path}");
+    let mut all = args.to_vec();
+    all.extend(["-o", &path]);
+    server.kubectl_ok(&all)
+}
+
+/// Names of the pods labelled `app=<app>` that are Running and ready.
+fn ready_pods(server: &KuboxServer, app: &str) -> Vec<String> {
+    let out = server.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn await_ready_pods(server: &KuboxServer, app: &str, n: usize) -> Vec<String> {
+    eventually(&format!("{n} ready pods of {app}"), TIMEOUT, || async {
+        let pods = ready_pods(server, app);
+        (pods.len() == n).then_some(pods)
+    })
+    .await
+}
+
+/// `redis-cli -h host -p port ping`'s answer, once it is PONG.
+async fn redis_pong(what: &str, host: &str, port: u16) {
+    eventually(&format!("PONG from redis {what}"), TIMEOUT, || async {
+        let out = Command::new("redis-cli")
+            .args(["-h", host, "-p", &port.to_string(), "ping"])
+            .output()
+            .expect("running redis-cli");
+        (String::from_utf8_lossy(&out.stdout).trim() == "PONG").then_some(())
+    })
+    .await;
+}
+
+/// A background kubectl (port-forward, proxy), killed when dropped.
+struct Background(Child);
+
+impl Background {
+    /// Starts `kubectl args` and returns it with the first line it prints.
+    fn start(server: &KuboxServer, args: &[&str]) -> (Self, String) {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting kubectl");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reading kubectl's output");
+        // Drained, as kubectl dies of a closed pipe when it prints
+        // `Handling connection for ...`.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        (Self(child), line)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The port in a line like `Forwarding from 127.0.0.1:39211 -> 6379` or
+/// `Starting to serve on 127.0.0.1:39211`.
+fn local_port(line: &str) -> u16 {
+    let after = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no local address in {line:?}"));
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// J7 (and J17): Redis as a Deployment, exposed as ClusterIP and NodePort,
+/// reached through port-forward and the NodePort, scaled with Endpoints
+/// following.
+#[tokio::test]
+async fn j7_redis_is_run_exposed_forwarded_and_scaled() {
+    let server = cluster().await;
+    server.build_example_images();
+    assert_eq!(
+        server.kubectl_ok(&[
+            "create",
+            "deployment",
+            "redis",
+            "--image=kubox.local/redis:7"
+        ]),
+        "deployment.apps/redis created\n"
+    );
+    let pod = await_ready_pods(&server, "redis", 1).await.remove(0);
+
+    let all = rows(&server, &["get", "all"]);
+    let find = |prefix: &str| {
+        all.iter()
+            .find(|r| r[0].starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in get all: {all:?}"))
+            .clone()
+    };
+    assert_eq!(find(&format!("pod/{pod}"))[1..4], ["1/1", "Running", "0"]);
+    assert_eq!(find("service/kubernetes")[1], "ClusterIP");
+    let deploy = find("deployment.apps/redis");
+    assert_eq!(deploy[1..4], ["1/1", "1", "1"]);
+    let rs = find("replicaset.apps/redis-");
+    assert_eq!(rs[1..4], ["1", "1", "1"]);
+    let hash = rs[0]
+        .trim_start_matches("replicaset.apps/redis-")
+        .to_owned();
+
+    let wide = rows(&server, &["get", "deploy", "redis", "-o", "wide"]);
+    assert_eq!(
+        wide[0],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
+    assert_eq!(wide[1][..4], ["redis", "1/1", "1", "1"]);
+    assert_eq!(wide[1][5..], ["redis", "kubox.local/redis:7", "app=redis"]);
+    assert_eq!(
+        rows(&server, &["get", "deploy", "-l", "app=redis", "-o", "wide"])[1][0],
+        "redis"
+    );
+    let none = server.kubectl(&["get", "deploy", "-l", "app=test", "-o", "wide"]);
+    assert!(none.status.success());
+    assert!(none.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&none.stderr),
+        "No resources found in default namespace.\n"
+    );
+    let rs_wide = row(&server, &["get", "rs", "-o", "wide"], "redis-").unwrap();
+    assert_eq!(
+        rs_wide[5..],
+        [
+            "redis".to_owned(),
+            "kubox.local/redis:7".to_owned(),
+            format!("app=redis,pod-template-hash={hash}")
+        ]
+    );
+
+    assert_eq!(
+        server.kubectl_ok(&[
+            "expose",
+            "deploy/redis",
+            "--port=6379",
+            "--protocol=TCP",
+            "--target-port=6379",
+            "--name=redis-server"
+        ]),
+        "service/redis-server exposed\n"
+    );
+    let svc = row(&server, &["get", "svc", "-o", "wide"], "redis-server").unwrap();
+    assert_eq!(svc[1], "ClusterIP");
+    assert!(svc[2].starts_with("10.43."), "{svc:?}");
+    assert_eq!(svc[3..5], ["<none>", "6379/TCP"]);
+    assert_eq!(svc[6], "app=redis");
+
+    let (forward, line) =
+        Background::start(&server, &["port-forward", "svc/redis-server", ":6379"]);
+    assert!(line.ends_with(" -> 6379\n"), "{line:?}");
+    redis_pong("through port-forward", "127.0.0.1", local_port(&line)).await;
+    drop(forward);
+
+    assert_eq!(
+        server.kubectl_ok(&[
+            "expose",
+            "deploy/redis",
+            "--port=6379",
+            "--protocol=TCP",
+            "--target-port=6379",
+            "--name=redis-server-nodeport",
+            "--type=NodePort"
+        ]),
+        "service/redis-server-nodeport exposed\n"
+    );
+    let svc = row(
+        &server,
+        &["get", "service/redis-server-nodeport", "-o", "wide"],
+        "redis-server-nodeport",
+    )
+    .unwrap();
+    assert_eq!(svc[1], "NodePort");
+    let node_port: u16 = svc[4]
+        .strip_prefix("6379:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .unwrap_or_else(|| panic!("PORT(S) {}", svc[4]))
+        .parse()
+        .unwrap();
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+    redis_pong("on its NodePort", "127.0.0.1", node_port).await;
+
+    assert_eq!(
+        server.kubectl_ok(&["scale", "deploy/redis", "--replicas=2"]),
+        "deployment.apps/redis scaled\n"
+    );
+    let pods = await_ready_pods(&server, "redis", 2).await;
+    assert!(pods.contains(&pod), "the first pod stays: {pods:?}");
+    let ips: Vec<String> = pods
+        .iter()
+        .map(|p| jsonpath(&server, &["get", "pod", p], "{.status.podIP}"))
+        .collect();
+    eventually("the Endpoints to list both pods", TIMEOUT, || async {
+        let ep = row(
+            &server,
+            &["get", "endpoints", "redis-server"],
+            "redis-server",
+        )?;
+        let mut listed: Vec<&str> = ep[1].split(',').collect();
+        listed.sort();
+        let mut want: Vec<String> = ips.iter().map(|ip| format!("{ip}:6379")).collect();
+        want.sort();
+        (listed == want).then_some(())
+    })
+    .await;
+}
+
+/// J6 and J16: the node as kubectl shows it, output formats and explain.
+#[tokio::test]
+async fn j6_j16_nodes_output_formats_and_explain() {
+    let server = cluster().await;
+    server.import_busybox();
+    server.run_sleeper("sleeper").await;
+    for name in ["nodes", "node", "no"] {
+        let got = rows(&server, &["get", name]);
+        assert_eq!(got[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+        assert_eq!(got[1][..3], ["node", "Ready", "control-plane"]);
+        assert!(got[1][4].starts_with("v1."), "{got:?}");
+    }
+    let wide = rows(&server, &["get", "nodes", "-o", "wide"]);
+    assert_eq!(
+        wide[0],
+        [
+            "NAME",
+            "STATUS",
+            "ROLES",
+            "AGE",
+            "VERSION",
+            "INTERNAL-IP",
+            "EXTERNAL-IP",
+            "OS-IMAGE",
+            "KERNEL-VERSION",
+            "CONTAINER-RUNTIME"
+        ]
+    );
+    assert_eq!(wide[1][5..7], ["127.0.0.1", "<none>"]);
+    let nodes: Value =
+        serde_json::from_str(&server.kubectl_ok(&["get", "nodes", "-o", "json"])).unwrap();
+    let info = &nodes["items"][0]["status"]["nodeInfo"];
+    assert_eq!(info["operatingSystem"], "linux");
+    assert_eq!(info["architecture"], "amd64");
+    for field in [
+        "kernelVersion",
+        "kubeletVersion",
+        "containerRuntimeVersion",
+        "bootID",
+        "machineID",
+    ] {
+        assert!(
+            info[field].as_str().is_some_and(|v| !v.is_empty()),
+            "nodeInfo.{field}: {info}"
+        );
+    }
+    assert_eq!(
+        jsonpath(&server, &["get", "nodes"], "{.items[*].metadata.name}"),
+        "node"
+    );
+
+    let describe = server.kubectl_ok(&["describe", "node", "node"]);
+    for part in [
+        "Name:               node",
+        "Roles:              control-plane",
+        "Conditions:",
+        "Ready ",
+        "Capacity:",
+        "Allocatable:",
+        "System Info:",
+        "Non-terminated Pods:",
+        "sleeper",
+    ] {
+        assert!(
+            describe.contains(part),
+            "describe node lacks {part:?}:\n{describe}"
+        );
+    }
+
+    let explain = server.kubectl_ok(&["explain", "node"]);
+    assert!(explain.starts_with("KIND:"), "{explain}");
+    for part in [
+        "Node",
+        "VERSION:",
+        "v1",
+        "DESCRIPTION:",
+        "Node is a worker node in Kubernetes",
+    ] {
+        assert!(
+            explain.contains(part),
+            "explain node lacks {part:?}:\n{explain}"
+        );
+    }
+    let resources = rows(&server, &["api-resources"]);
+    assert_eq!(
+        resources[0],
+        ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    );
+    for want in [
+        ["pods", "po", "v1", "true", "Pod"],
+        ["nodes", "no", "v1", "false", "Node"],
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+    ] {
+        assert!(
+            resources.iter().any(|r| r == &want),
+            "api-resources lacks {want:?}"
+        );
+    }
+    let yaml = server.kubectl_ok(&["get", "pod", "sleeper", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Pod\n") && yaml.contains("  name: sleeper\n"),
+        "{yaml}"
+    );
+    let named = server.kubectl_ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(named, "pod/sleeper\n");
+    let custom = rows(
+        &server,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName",
+        ],
+    );
+    assert_eq!(custom, [["NAME", "NODE"], ["sleeper", "node"]]);
+}
+
+/// J15 and J19: a deleted pod is replaced; an image that cannot be pulled
+/// shows why and is fixed with `set image`; a Service whose targetPort
+/// misses the container's port carries nothing until patched.
+#[tokio::test]
+async fn j15_j19_self_healing_and_troubleshooting() {
+    let server = cluster().await;
+    server.build_example_images();
+    server.kubectl_ok(&[
+        "create",
+        "deployment",
+        "redis",
+        "--image=kubox.local/redis:7",
+    ]);
+    let first = await_ready_pods(&server, "redis", 1).await.remove(0);
+    server.kubectl_ok(&["delete", "pod", &first, "--wait=false"]);
+    let second = eventually("a replacement pod", TIMEOUT, || async {
+        let pods = ready_pods(&server, "redis");
+        pods.into_iter().find(|p| p != &first)
+    })
+    .await;
+    assert!(second.starts_with("redis-"), "{second}");
+
+    server.kubectl_ok(&[
+        "create",
+        "deployment",
+        "broken",
+        "--image=kubox.local/no-such-image:1",
+    ]);
+    let broken = eventually("the broken pod to stop pulling", TIMEOUT, || async {
+        let r = row(&server, &["get", "pods", "-l", "app=broken"], "broken-")?;
+        matches!(r[2].as_str(), "ErrImagePull" | "ImagePullBackOff").then(|| r[0].clone())
+    })
+    .await;
+    eventually("pull failure events", TIMEOUT, || async {
+        let events = server.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={broken}"),
+        ]);
+        (events.contains("Failed") && events.contains("kubox.local/no-such-image:1")).then_some(())
+    })
+    .await;
+    let describe = server.kubectl_ok(&["describe", "pod", &broken]);
+    assert!(describe.contains("Waiting"), "{describe}");
+    server.kubectl_ok(&[
+        "set",
+        "image",
+        "deploy/broken",
+        "no-such-image=kubox.local/redis:7",
+    ]);
+    await_ready_pods(&server, "broken", 1).await;
+
+    server.kubectl_ok(&[
+        "expose",
+        "deploy/redis",
+        "--port=6379",
+        "--target-port=6380",
+        "--name=redis-wrong",
+    ]);
+    let ip = jsonpath(&server, &["get", "svc", "redis-wrong"], "{.spec.clusterIP}");
+    eventually("the Endpoints on the wrong port", TIMEOUT, || async {
+        let ep = row(&server, &["get", "endpoints", "redis-wrong"], "redis-wrong")?;
+        ep[1].ends_with(":6380").then_some(())
+    })
+    .await;
+    let refused = Command::new("redis-cli")
+        .args(["-h", &ip, "-p", "6379", "ping"])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&refused.stdout).trim(), "PONG");
+    let patch = json!({"spec": {"ports": [{"port": 6379, "targetPort": 6379}]}}).to_string();
+    server.kubectl_ok(&["patch", "svc", "redis-wrong", "-p", &patch]);
+    redis_pong("on the patched Service", &ip, 6379).await;
+}
+
+/// J25: the QoS class of pods by their requests and limits.
+#[tokio::test]
+async fn j25_qos_classes() {
+    let server = cluster().await;
+    let pod = |name: &str, resources: Value| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "resources": resources}]}
+        })
+    };
+    let limits = json!({"cpu": "100m", "memory": "64Mi"});
+    server.apply_json(&pod("guaranteed", json!({"limits": limits})));
+    server.apply_json(&pod("burstable", json!({"requests": {"memory": "32Mi"}})));
+    server.apply_json(&pod("besteffort", json!({})));
+    for (name, class) in [
+        ("guaranteed", "Guaranteed"),
+        ("burstable", "Burstable"),
+        ("besteffort", "BestEffort"),
+    ] {
+        assert_eq!(
+            jsonpath(&server, &["get", "po", name], "{.status.qosClass}"),
+            class
+        );
+    }
+    // Limits alone default the requests, which is what makes it Guaranteed.
+    assert_eq!(
+        jsonpath(
+            &server,
+            &["get", "po", "guaranteed"],
+            "{.spec.containers[0].resources.requests.memory}"
+        ),
+        "64Mi"
+    );
+}
+
+/// J13: versions, raw REST with the client certificate, `kubectl proxy`,
+/// and NamespaceLifecycle's refusals.
+#[tokio::test]
+async fn j13_versions_raw_rest_proxy_and_admission() {
+    let server = cluster().await;
+    let version = server.kubectl_ok(&["version"]);
+    assert!(version.contains("Client Version: v1."), "{version}");
+    assert!(version.contains("Server Version: v1."), "{version}");
+
+    let base = format!("https://127.0.0.1:{}", server.port());
+    let anonymous = Command::new("curl")
+        .args(["-sk", &format!("{base}/version")])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&anonymous.stdout).unwrap();
+    assert_eq!(info["major"], "1");
+    assert!(
+        info["gitVersion"].as_str().unwrap().starts_with("v1."),
+        "{info}"
+    );
+    assert_eq!(info["platform"], "linux/amd64");
+
+    let dir = server.data_dir();
+    for (field, file) in [
+        (
+            "{.clusters[0].cluster.certificate-authority-data}",
+            "ca.crt",
+        ),
+        ("{.users[0].user.client-certificate-data}", "admin.crt"),
+        ("{.users[0].user.client-key-data}", "admin.key"),
+    ] {
+        let b64 = jsonpath(&server, &["config", "view", "--raw"], field);
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    let raw = Command::new("curl")
+        .arg("-s")
+        .arg("--cacert")
+        .arg(dir.join("ca.crt"))
+        .arg("--cert")
+        .arg(dir.join("admin.crt"))
+        .arg("--key")
+        .arg(dir.join("admin.key"))
+        .arg(format!("{base}/api/v1/namespaces"))
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(list["kind"], "NamespaceList");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    for ns in ["default", "kube-public", "kube-system", "kube-node-lease"] {
+        assert!(names.contains(&ns), "{names:?}");
+    }
+
+    let (proxy, line) = Background::start(&server, &["proxy", "--port=0"]);
+    assert!(
+        line.starts_with("Starting to serve on 127.0.0.1:"),
+        "{line:?}"
+    );
+    let through = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://127.0.0.1:{}/api/v1/namespaces", local_port(&line)),
+        ])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&through.stdout).unwrap();
+    assert_eq!(list["kind"], "NamespaceList");
+    drop(proxy);
+
+    let ns = rows(&server, &["get", "ns"]);
+    assert_eq!(ns[0], ["NAME", "STATUS", "AGE"]);
+    assert!(ns.iter().any(|r| r[..2] == ["default", "Active"]), "{ns:?}");
+    for protected in ["kube-system", "kube-public", "default"] {
+        let out = server.kubectl(&["delete", "ns", protected]);
+        assert!(!out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "Error from server (Forbidden): namespaces \"{protected}\" is forbidden: this namespace may not be deleted\n"
+            )
+        );
+    }
+}
