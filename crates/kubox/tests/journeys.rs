@@ -596,3 +596,152 @@ async fn j13_versions_raw_rest_proxy_and_admission() {
         );
     }
 }
+
+fn pod_with(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["containers"] = json!([{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]);
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn pending_because(server: &KuboxServer, pod: &str, reason: &str) {
+    eventually(
+        &format!("{pod} pending because {reason}"),
+        TIMEOUT,
+        || async {
+            let events = server.kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={pod},reason=FailedScheduling"),
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            events
+                .contains(&format!("0/1 nodes are available: 1 {reason}."))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        jsonpath(server, &["get", "pod", pod], "{.status.phase}"),
+        "Pending"
+    );
+}
+
+async fn runs_on_node(server: &KuboxServer, pod: &str) {
+    eventually(&format!("{pod} to run on the node"), TIMEOUT, || async {
+        let r = row(server, &["get", "pod", pod, "-o", "wide"], pod)?;
+        (r[2] == "Running" && r[6] == "node").then_some(())
+    })
+    .await;
+}
+
+/// §6.4–6.5 of the seeds: nodeSelector, and a taint with and without a
+/// toleration, with the scheduler's reasons in the events.
+#[tokio::test]
+async fn node_selectors_and_taints_place_pods() {
+    let server = cluster().await;
+    server.import_busybox();
+    server.apply_json(&pod_with(
+        "ssd",
+        json!({"nodeSelector": {"disktype": "ssd"}}),
+    ));
+    pending_because(
+        &server,
+        "ssd",
+        "node(s) didn't match Pod's node affinity/selector",
+    )
+    .await;
+    assert_eq!(
+        server.kubectl_ok(&["label", "nodes", "node", "disktype=ssd"]),
+        "node/node labeled\n"
+    );
+    runs_on_node(&server, "ssd").await;
+
+    assert_eq!(
+        server.kubectl_ok(&["taint", "nodes", "node", "dedicated=db:NoSchedule"]),
+        "node/node tainted\n"
+    );
+    server.apply_json(&pod_with("plain", json!({})));
+    pending_because(
+        &server,
+        "plain",
+        "node(s) had untolerated taint {dedicated: db}",
+    )
+    .await;
+    let toleration =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]);
+    server.apply_json(&pod_with("tolerant", json!({"tolerations": toleration})));
+    runs_on_node(&server, "tolerant").await;
+    assert_eq!(
+        server.kubectl_ok(&["taint", "nodes", "node", "dedicated=db:NoSchedule-"]),
+        "node/node untainted\n"
+    );
+    runs_on_node(&server, "plain").await;
+    // NoSchedule leaves running pods alone.
+    assert_eq!(
+        jsonpath(&server, &["get", "pod", "ssd"], "{.status.phase}"),
+        "Running"
+    );
+}
+
+/// §5.8 of the seeds: blue-green by switching a Service's selector between
+/// two Deployments of the example app, v1 and v2.
+#[tokio::test]
+async fn blue_green_by_switching_the_service_selector() {
+    let server = cluster().await;
+    server.build_example_images();
+    for (colour, version) in [("blue", "v1"), ("green", "v2")] {
+        server.apply_json(&json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": format!("web-{colour}")},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "web", "colour": colour}},
+                "template": {
+                    "metadata": {"labels": {"app": "web", "colour": colour}},
+                    "spec": {"containers": [{
+                        "name": "web",
+                        "image": format!("kubox.local/go-multiroute:{version}"),
+                        // No routes are needed: every answer names the version.
+                        "args": ["--config", "/etc/hostname"],
+                        "ports": [{"containerPort": 3000}]
+                    }]}
+                }
+            }
+        }));
+    }
+    await_ready_pods(&server, "web", 2).await;
+    server.apply_json(&json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web", "colour": "blue"}, "ports": [{"port": 80, "targetPort": 3000}]}
+    }));
+    let ip = jsonpath(&server, &["get", "svc", "web"], "{.spec.clusterIP}");
+    let serves = |version: &'static str| {
+        let ip = ip.clone();
+        async move {
+            eventually(
+                &format!("the Service to answer from {version}"),
+                TIMEOUT,
+                || async {
+                    let out = Command::new("curl")
+                        .args(["-s", "--max-time", "2", &format!("http://{ip}/")])
+                        .output()
+                        .ok()?;
+                    String::from_utf8_lossy(&out.stdout)
+                        .starts_with(&format!("[{version}] "))
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    serves("v1").await;
+    let patch = json!({"spec": {"selector": {"app": "web", "colour": "green"}}}).to_string();
+    server.kubectl_ok(&["patch", "service", "web", "-p", &patch]);
+    serves("v2").await;
+}
