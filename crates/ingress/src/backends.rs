@@ -97,21 +97,42 @@ impl Catalog {
         upstream
     }
 
+    /// What is wrong with a backend whose Service or port does not exist.
+    pub fn missing(&self, namespace: &str, backend: &IngressServiceBackend) -> Option<String> {
+        self.endpoints(namespace, backend).err()
+    }
+
     fn endpoints(
         &self,
         namespace: &str,
         backend: &IngressServiceBackend,
-    ) -> Option<Vec<SocketAddr>> {
+    ) -> Result<Vec<SocketAddr>, String> {
         let key = (namespace.to_owned(), backend.name.clone());
-        let service = self.services.get(&key)?;
-        let wanted = backend.port.as_ref()?;
-        let port = service.spec.as_ref()?.ports.iter().flatten().find(|p| {
-            match (&wanted.name, wanted.number) {
+        let service = self
+            .services
+            .get(&key)
+            .ok_or_else(|| format!("service \"{namespace}/{}\" not found", backend.name))?;
+        let wanted = backend.port.clone().unwrap_or_default();
+        let port = service
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .find(|p| match (&wanted.name, wanted.number) {
                 (Some(name), _) if !name.is_empty() => p.name.as_deref() == Some(name),
                 (_, Some(number)) => p.port == number,
                 _ => false,
-            }
-        })?;
+            })
+            .ok_or_else(|| {
+                let shown = wanted
+                    .name
+                    .clone()
+                    .or(wanted.number.map(|n| n.to_string()))
+                    .unwrap_or_default();
+                format!(
+                    "service \"{namespace}/{}\" has no port {shown}",
+                    backend.name
+                )
+            })?;
         let port_name = port.name.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
         for slice in self.slices.get(&key).into_iter().flatten() {
@@ -139,7 +160,7 @@ impl Catalog {
         }
         endpoints.sort();
         endpoints.dedup();
-        Some(endpoints)
+        Ok(endpoints)
     }
 }
 
@@ -237,6 +258,18 @@ pub mod tests {
                 .upstream("e", &backend("web", json!({"number": 80})))
                 .pick()
                 .is_none()
+        );
+        assert_eq!(
+            catalog.missing("d", &backend("web", json!({"number": 81}))),
+            Some("service \"d/web\" has no port 81".into())
+        );
+        assert_eq!(
+            catalog.missing("d", &backend("gone", json!({"name": "http"}))),
+            Some("service \"d/gone\" not found".into())
+        );
+        assert_eq!(
+            catalog.missing("d", &backend("web", json!({"number": 80}))),
+            None
         );
     }
 

@@ -4,7 +4,7 @@
 //! on the table they started with), and served Ingresses get the node's
 //! address as their status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
+use kubox_client::events::{Recorder, Type};
 use kubox_controllers::{Informed, Informer, Informers};
 use serde_json::json;
 use tokio::sync::watch;
@@ -64,6 +65,10 @@ pub async fn run(
     services.synced().await;
     slices.synced().await;
     secrets.synced().await;
+    let mut missing = MissingBackends {
+        recorder: Recorder::new(client.clone(), "kubox-ingress", None),
+        reported: HashSet::new(),
+    };
     loop {
         let ours = Classes::new(classes.store().state().iter().map(|c| &**c), &extra_classes);
         let mut served: Vec<Arc<Ingress>> = ingresses
@@ -91,6 +96,7 @@ pub async fn run(
             &mut catalog,
             &secrets_by_name,
         )));
+        missing.report(&served, &catalog);
         publish_status(&client, &served, node_ip).await;
         // The next change, and every other one already waiting: one
         // rebuild for a burst.
@@ -98,6 +104,48 @@ pub async fn run(
             return;
         }
         while let Some(Some(())) = changes.next().now_or_never() {}
+    }
+}
+
+/// A Warning Event on an Ingress for each backend whose Service or port
+/// does not exist (its paths answer 503), once until it is fixed.
+struct MissingBackends {
+    recorder: Recorder,
+    /// (Ingress UID, problem) reported and still so.
+    reported: HashSet<(String, String)>,
+}
+
+impl MissingBackends {
+    fn report(&mut self, served: &[Arc<Ingress>], catalog: &Catalog) {
+        let mut now = HashSet::new();
+        for ingress in served {
+            let namespace = ingress.namespace().unwrap_or_default();
+            let Some(spec) = &ingress.spec else {
+                continue;
+            };
+            let paths = spec.rules.iter().flatten().filter_map(|r| r.http.as_ref());
+            let backends = spec
+                .default_backend
+                .iter()
+                .chain(paths.flat_map(|h| h.paths.iter().map(|p| &p.backend)))
+                .filter_map(|b| b.service.as_ref());
+            for backend in backends {
+                let Some(problem) = catalog.missing(&namespace, backend) else {
+                    continue;
+                };
+                let key = (ingress.uid().unwrap_or_default(), problem);
+                if !self.reported.contains(&key) {
+                    self.recorder.record(
+                        ingress.object_ref(&()),
+                        Type::Warning,
+                        "BackendNotFound",
+                        key.1.clone(),
+                    );
+                }
+                now.insert(key);
+            }
+        }
+        self.reported = now;
     }
 }
 

@@ -281,6 +281,23 @@ async fn ingress_routes_the_seeds_manifests_hosts_tls_and_canaries() {
         assert!(reply.body.contains("503 Service Temporarily Unavailable"));
     }
 
+    eventually(
+        "a Warning Event names the missing Service",
+        TIMEOUT,
+        || async {
+            let events = server.kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=hosts",
+            ]);
+            events
+                .contains(r#"service "default/nowhere" not found"#)
+                .then_some(())
+        },
+    )
+    .await;
+
     // Endpoints are followed as pods go and come.
     server.kubectl_ok(&["scale", "deployment", "go-multiroute-v2", "--replicas=0"]);
     answers(http, "v2.example.test", "/route1", &[], 503, "503").await;
