@@ -60,6 +60,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         megabytes: usize,
     },
+    /// The ingress controller: requests/s and latency with wrk through the
+    /// ingress against a direct connection to the same backend pod.
+    Ingress {
+        /// Seconds each measurement runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -120,6 +131,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 endpoints,
                 changes,
                 megabytes,
+            })
+            .await?;
+            println!("{table}");
+        }
+        BenchCommand::Ingress {
+            seconds,
+            connections,
+            threads,
+        } => {
+            let table = kubox_bench::ingress::run(kubox_bench::ingress::Options {
+                seconds,
+                connections,
+                threads,
             })
             .await?;
             println!("{table}");

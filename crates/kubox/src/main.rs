@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod image;
+mod ingress;
 mod net;
 mod server;
 
@@ -34,6 +35,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Run a node agent (and its service proxy) that joins a running cluster.
     Agent(agent::StandaloneArgs),
+    /// Run the ingress controller alone against a running cluster.
+    Ingress(ingress::StandaloneArgs),
     /// Remove what a node's network made: nft tables, bridge, veths, routes.
     Uninstall(net::UninstallArgs),
     /// Measure kubox's components.
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Image(_) | Command::RuntimeHelper => {

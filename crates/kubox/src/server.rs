@@ -55,6 +55,11 @@ pub struct ServerArgs {
     /// Run no controller manager in this server (another one runs the control loops).
     #[arg(long)]
     disable_controllers: bool,
+    /// Run no ingress controller in this server.
+    #[arg(long)]
+    disable_ingress: bool,
+    #[command(flatten)]
+    ingress: crate::ingress::IngressArgs,
     #[command(flatten)]
     agent: crate::agent::AgentArgs,
     #[command(flatten)]
@@ -173,7 +178,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };
+    let ingress = if args.disable_ingress {
+        None
+    } else {
+        let kubeconfig = server
+            .component_kubeconfig("ingress", "system:kubox-ingress", &[])
+            .context("writing the ingress controller's credentials")?;
+        let node_ip = crate::agent::node_ip(&args.agent);
+        Some(crate::ingress::start(&args.ingress, &kubeconfig, args.bind_address, node_ip).await?)
+    };
     println!("kubox server: API at https://{}", server.addr);
+    if let Some(ingress) = &ingress {
+        println!(
+            "kubox server: ingress on http://{} and https://{}",
+            ingress.http_addr, ingress.https_addr
+        );
+    }
     println!("kubox server: data in {}", args.data_dir.display());
     println!(
         "kubox server: admin kubeconfig at {}",

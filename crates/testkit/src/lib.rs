@@ -95,6 +95,22 @@ pub fn example_binary(beside: &std::path::Path, name: &str) -> std::path::PathBu
     dir.join(name)
 }
 
+/// The pod spec of an example go-multiroute (`image`, one of those
+/// `build_example_images` makes) serving the routes of ConfigMap
+/// `config_map` on port 3000, ready once it listens.
+pub fn multiroute_spec(image: &str, config_map: &str) -> serde_json::Value {
+    serde_json::json!({
+        "containers": [{
+            "name": "go-multiroute", "image": image,
+            "command": ["/multiroute", "--config", "/config/config.yml"],
+            "ports": [{"containerPort": 3000}],
+            "readinessProbe": {"tcpSocket": {"port": 3000}, "periodSeconds": 1},
+            "volumeMounts": [{"name": "config", "mountPath": "/config"}],
+        }],
+        "volumes": [{"name": "config", "configMap": {"name": config_map}}],
+    })
+}
+
 /// A single-member etcd cluster on free loopback ports, with its data in a
 /// temporary directory. Killed and removed on drop.
 pub struct EtcdProcess {
@@ -360,6 +376,24 @@ impl KuboxServer {
         server
     }
 
+    /// Starts `bin server` with its ingress controller on two free ports,
+    /// which are returned (HTTP, HTTPS).
+    pub async fn start_with_ingress(
+        bin: impl Into<std::path::PathBuf>,
+        extra_args: &[&str],
+    ) -> (Self, u16, u16) {
+        let (http, https) = (free_port(), free_port());
+        let (http_arg, https_arg) = (http.to_string(), https.to_string());
+        let mut args = vec![
+            "--ingress-http-port",
+            &http_arg,
+            "--ingress-https-port",
+            &https_arg,
+        ];
+        args.extend_from_slice(extra_args);
+        (Self::start(bin, &args).await, http, https)
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }
@@ -559,6 +593,11 @@ impl KuboxServer {
             if !self.args.iter().any(|a| a == flag) {
                 command.arg(flag).arg("127.0.0.1");
             }
+        }
+        // Every server would ask for ports 80 and 443: only those given
+        // ingress ports (`start_with_ingress`) run an ingress controller.
+        if !self.args.iter().any(|a| a == "--ingress-http-port") {
+            command.arg("--disable-ingress");
         }
         let mut child = command
             .args(&self.args)
