@@ -745,3 +745,106 @@ async fn blue_green_by_switching_the_service_selector() {
     server.kubectl_ok(&["patch", "service", "web", "-p", &patch]);
     serves("v2").await;
 }
+
+/// Waits until `path` on the Service `ip:3000` answers `want` six times in
+/// a row, so every pod behind it does.
+async fn all_answer(ip: &str, path: &str, want: &str) {
+    eventually(
+        &format!("{path} on {ip} to answer {want:?}"),
+        TIMEOUT,
+        || async {
+            (0..6)
+                .all(|_| {
+                    Command::new("curl")
+                        .args(["-s", "--max-time", "2", &format!("http://{ip}:3000{path}")])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == want)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// J1: the go-multiroute manifests applied from a directory, updated with
+/// `set image`, rolled back with `rollout undo`; then the versioned
+/// ConfigMap practice of §1.9: a new ConfigMap name rolls the Deployment,
+/// and undo brings the old configuration back.
+#[tokio::test]
+async fn j1_go_multiroute_is_deployed_updated_and_rolled_back() {
+    let server = cluster().await;
+    server.build_example_images();
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/go-multiroute/manifests");
+    let applied = server.kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()]);
+    for line in [
+        "configmap/go-multiroute created",
+        "deployment.apps/go-multiroute created",
+        "secret/go-multiroute-v1 created",
+        "service/go-multiroute created",
+    ] {
+        assert!(applied.contains(line), "{applied}");
+    }
+    await_ready_pods(&server, "go-multiroute", 2).await;
+    let deploy = row(&server, &["get", "deploy"], "go-multiroute").unwrap();
+    assert_eq!(deploy[1..4], ["2/2", "2", "2"]);
+    let ip = jsonpath(
+        &server,
+        &["get", "svc", "go-multiroute"],
+        "{.spec.clusterIP}",
+    );
+    let route1 = |version: &str, content: &str| {
+        format!("[{version}] Hello, You are at /route1, Got: {content}\n")
+    };
+    all_answer(&ip, "/route1", &route1("v1", "route1's content")).await;
+    all_answer(
+        &ip,
+        "/connect_db",
+        "[v1] connected to db with password \"pass123\"\n",
+    )
+    .await;
+
+    assert_eq!(
+        server.kubectl_ok(&[
+            "set",
+            "image",
+            "deploy/go-multiroute",
+            "go-multiroute=kubox.local/go-multiroute:v2"
+        ]),
+        "deployment.apps/go-multiroute image updated\n"
+    );
+    let status = server.kubectl_ok(&["rollout", "status", "deploy/go-multiroute", "--timeout=90s"]);
+    assert!(
+        status.ends_with("deployment \"go-multiroute\" successfully rolled out\n"),
+        "{status}"
+    );
+    all_answer(&ip, "/route1", &route1("v2", "route1's content")).await;
+    let history = rows(&server, &["rollout", "history", "deploy/go-multiroute"]);
+    assert_eq!(history[0], ["deployment.apps/go-multiroute"]);
+    assert_eq!(history[1], ["REVISION", "CHANGE-CAUSE"]);
+    assert_eq!(history[2..], [["1", "<none>"], ["2", "<none>"]]);
+
+    assert_eq!(
+        server.kubectl_ok(&["rollout", "undo", "deploy/go-multiroute"]),
+        "deployment.apps/go-multiroute rolled back\n"
+    );
+    server.kubectl_ok(&["rollout", "status", "deploy/go-multiroute", "--timeout=90s"]);
+    all_answer(&ip, "/route1", &route1("v1", "route1's content")).await;
+
+    server.apply_json(&json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "go-multiroute-2"},
+        "data": {"config.yml": "routes:\n  /route1: \"the second configuration\"\n"}
+    }));
+    let patch = json!({"spec": {"template": {"spec": {"volumes": [
+        {"name": "config", "configMap": {"name": "go-multiroute-2"}}
+    ]}}}})
+    .to_string();
+    server.kubectl_ok(&["patch", "deploy/go-multiroute", "-p", &patch]);
+    server.kubectl_ok(&["rollout", "status", "deploy/go-multiroute", "--timeout=90s"]);
+    all_answer(&ip, "/route1", &route1("v1", "the second configuration")).await;
+    server.kubectl_ok(&["rollout", "undo", "deploy/go-multiroute"]);
+    server.kubectl_ok(&["rollout", "status", "deploy/go-multiroute", "--timeout=90s"]);
+    all_answer(&ip, "/route1", &route1("v1", "route1's content")).await;
+}
