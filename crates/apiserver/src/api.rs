@@ -13,6 +13,7 @@ use crate::admission::{Attributes, Chain, Operation};
 use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::deletion::{self, DeleteOptions};
+use crate::eviction;
 use crate::leases::ExpiringLeases;
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
@@ -907,6 +908,65 @@ impl Api {
         Ok(
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         )
+    }
+
+    /// POST of a pod's eviction subresource: the pod is deleted (with the
+    /// Eviction's deleteOptions) if the PodDisruptionBudget guarding it
+    /// allows a disruption now, which it then has one fewer of.
+    pub async fn evict(&self, target: ObjectRef<'_>, body: &[u8]) -> ApiResult<Value> {
+        let ObjectRef { rt, ns, name, .. } = target;
+        let eviction: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding Eviction: {e}")))?;
+        if eviction["metadata"]["name"].as_str() != Some(name) {
+            return Err(ApiError::bad_request(
+                "name in URL does not match name in Eviction object",
+            ));
+        }
+        let options = DeleteOptions::parse(&eviction["deleteOptions"], &HashMap::new())?;
+        let budgets_type = self
+            .registry
+            .get("policy", "v1", "poddisruptionbudgets")
+            .cloned()
+            .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not served"))?;
+        loop {
+            let pod = self.get(rt, ns, name).await?;
+            if !eviction::ignores_budgets(&pod) {
+                let budgets = self
+                    .list(&budgets_type, ns, &ListOptions::default())
+                    .await?;
+                let budgets = budgets["items"].as_array().cloned().unwrap_or_default();
+                let guarding = eviction::guarding(&budgets, &pod);
+                if guarding.len() > 1 {
+                    return Err(ApiError::internal(
+                        "Internal error occurred: This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                    ));
+                }
+                if let Some(budget) = guarding.first() {
+                    let budget_name = budget["metadata"]["name"].as_str().unwrap_or_default();
+                    let (mut budget, revision) = self.load(&budgets_type, ns, budget_name).await?;
+                    if eviction::take(&mut budget, &pod, &now_rfc3339())? && !options.dry_run {
+                        match self
+                            .store
+                            .update(
+                                &budgets_type.key(ns, budget_name),
+                                encode(&budget),
+                                revision,
+                                0,
+                            )
+                            .await
+                        {
+                            Ok(_) => {}
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            self.delete(rt, ns, name, &options).await?;
+            return Ok(
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            );
+        }
     }
 
     /// GET of the scale subresource.

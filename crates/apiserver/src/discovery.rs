@@ -66,6 +66,10 @@ fn subresources(
     if rt.plural == "namespaces" {
         subs.push(("finalize", rt.kind, rt.group, &["update"][..]));
     }
+    // kubectl drain evicts through this when discovery lists it.
+    if rt.plural == "pods" {
+        subs.push(("eviction", "Eviction", "policy", &["create"][..]));
+    }
     subs
 }
 

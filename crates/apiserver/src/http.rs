@@ -415,6 +415,22 @@ impl Handler {
                 )
                 .await;
             }
+            Some("eviction") if rt.plural == "pods" && rr.verb == Verb::Create => {
+                let target = ObjectRef {
+                    rt,
+                    ns,
+                    name: rr.name.as_deref().unwrap_or_default(),
+                    subresource: Some("eviction"),
+                };
+                let content_type = content_type(&req);
+                let body = read_object_body(req.into_body(), &content_type).await?;
+                let status = self.api.evict(target, &body).await?;
+                return Ok(respond_json(
+                    StatusCode::CREATED,
+                    &status,
+                    "application/json",
+                ));
+            }
             Some("binding") if rt.plural == "pods" && rr.verb == Verb::Create => {
                 let target = ObjectRef {
                     rt,

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cache;
 pub mod deletion;
 pub mod discovery;
+mod eviction;
 pub mod http;
 pub mod leases;
 pub mod metrics;

@@ -6,6 +6,7 @@
 
 mod deployment;
 mod discovery;
+mod disruption;
 mod endpoints;
 mod endpointslice;
 mod expectations;
@@ -135,6 +136,7 @@ async fn lead(client: kube::Client, config: Config) {
         endpoints::run(ctx.clone()).boxed(),
         endpointslice::run(ctx.clone()).boxed(),
         servicelb::run(ctx.clone()).boxed(),
+        disruption::run(ctx.clone()).boxed(),
     ];
     futures::future::join_all(controllers).await;
 }

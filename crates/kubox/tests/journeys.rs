@@ -848,3 +848,62 @@ async fn j1_go_multiroute_is_deployed_updated_and_rolled_back() {
     server.kubectl_ok(&["rollout", "status", "deploy/go-multiroute", "--timeout=90s"]);
     all_answer(&ip, "/route1", &route1("v1", "route1's content")).await;
 }
+
+/// §6.9 of the seeds: a PodDisruptionBudget holds `kubectl drain` back
+/// once evicting another pod would leave fewer than minAvailable.
+#[tokio::test]
+async fn a_disruption_budget_holds_a_drain_back() {
+    let server = cluster().await;
+    server.import_busybox();
+    server.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    await_ready_pods(&server, "web", 2).await;
+    server.kubectl_ok(&[
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--min-available=1",
+    ]);
+    eventually("the budget to allow one disruption", TIMEOUT, || async {
+        let r = row(&server, &["get", "pdb", "web"], "web")?;
+        (r[1..4] == ["1", "N/A", "1"]).then_some(())
+    })
+    .await;
+
+    // The Eviction's deleteOptions carry the grace period to the pod.
+    let drain = server.kubectl(&[
+        "drain",
+        "node",
+        "--ignore-daemonsets",
+        "--grace-period=1",
+        "--timeout=15s",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&drain.stdout),
+        String::from_utf8_lossy(&drain.stderr),
+    );
+    assert!(!drain.status.success(), "{out}{err}");
+    assert!(out.contains("node/node cordoned"), "{out}");
+    assert_eq!(out.matches(" evicted").count(), 1, "one pod goes: {out}");
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    let r = row(&server, &["get", "pdb", "web"], "web").unwrap();
+    assert_eq!(r[3], "0", "{r:?}");
+    assert_eq!(ready_pods(&server, "web").len(), 1);
+    let node = row(&server, &["get", "nodes"], "node").unwrap();
+    assert_eq!(node[1], "Ready,SchedulingDisabled");
+
+    server.kubectl_ok(&["uncordon", "node"]);
+    await_ready_pods(&server, "web", 2).await;
+}
