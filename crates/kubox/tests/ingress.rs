@@ -218,6 +218,37 @@ async fn ingress_routes_the_seeds_manifests_hosts_tls_and_canaries() {
         "true"
     );
 
+    let service = eventually("the kubox-ingress Service", TIMEOUT, || async {
+        let out = server.kubectl(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kubox-ingress",
+            "--no-headers",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await;
+    assert!(
+        service.contains("ClusterIP") && service.contains("80/TCP,443/TCP"),
+        "{service}"
+    );
+    let slice = server.kubectl_ok(&[
+        "get",
+        "endpointslice",
+        "-n",
+        "kube-system",
+        "kubox-ingress",
+        "-o",
+        "json",
+    ]);
+    let slice: Value = serde_json::from_str(&slice).unwrap();
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["ports"][0]["port"], http);
+
     // Hosts: exact, wildcard (one label), by port name; a rewrite; 503s.
     v2(&server);
     server.apply_json(&json!({
