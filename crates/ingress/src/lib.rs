@@ -9,6 +9,7 @@ mod backends;
 pub mod class;
 mod paths;
 mod proxy;
+mod service;
 mod sync;
 mod table;
 mod tls;
@@ -86,6 +87,7 @@ impl IngressController {
                 client,
                 config.node_ip,
                 config.extra_classes,
+                (http_addr.port(), https_addr.port()),
                 table,
             )),
             tokio::spawn(proxy::serve_plain(http, proxy.clone())),

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::backends::Catalog;
 use crate::class::{self, Classes};
+use crate::service;
 use crate::table::Table;
 
 const RETRY: Duration = Duration::from_secs(2);
@@ -35,18 +36,24 @@ pub async fn run(
     client: kube::Client,
     node_ip: IpAddr,
     extra_classes: Vec<String>,
+    (http_port, https_port): (u16, u16),
     table: watch::Sender<Arc<Table>>,
 ) {
-    let ensure_class = {
+    let published = {
         let client = client.clone();
         async move {
             while let Err(e) = class::ensure(client.clone()).await {
                 tracing::warn!("creating IngressClass {}: {e}", class::CLASS);
                 tokio::time::sleep(RETRY).await;
             }
+            while let Err(e) = service::publish(&client, node_ip, http_port, https_port).await {
+                tracing::warn!("applying Service {}: {e}", service::NAME);
+                tokio::time::sleep(RETRY).await;
+            }
         }
     };
-    tokio::spawn(ensure_class);
+    // Ends with this task, as the informers do.
+    let _published = kubox_client::Tasks::new(vec![tokio::spawn(published)]);
     let informers = Informers::new(client.clone());
     let ingresses = informers.get::<Ingress>();
     let classes = informers.get::<IngressClass>();

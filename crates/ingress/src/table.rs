@@ -35,8 +35,10 @@ pub struct Table {
     exact: HashMap<String, Server>,
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, Server>,
-    /// Rules without a host, and the default backend.
+    /// Rules without a host.
     catch_all: Server,
+    /// The oldest served Ingress's `defaultBackend`, for what no rule matches.
+    default: Option<Arc<Upstream>>,
     pub certificates: Certificates,
 }
 
@@ -44,7 +46,6 @@ pub struct Table {
 struct Server {
     /// Longest path first, Exact before others of the same length.
     locations: Vec<Location>,
-    default: Option<Arc<Upstream>>,
     tls: bool,
 }
 
@@ -203,7 +204,7 @@ impl Table {
             }
         }
         if let Some(upstream) = backend(&namespace, spec.default_backend.as_ref(), catalog) {
-            self.catch_all.default.get_or_insert(upstream);
+            self.default.get_or_insert(upstream);
         }
         for rule in spec.rules.iter().flatten() {
             let host = rule.host.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -309,7 +310,7 @@ impl Table {
     ) -> Route<'a> {
         let server = self.server(host);
         let Some(location) = server.locations.iter().find(|l| l.path.matches(path)) else {
-            return match server.default.as_ref().or(self.catch_all.default.as_ref()) {
+            return match &self.default {
                 Some(upstream) => Route::Proxy {
                     upstream,
                     path: Cow::Borrowed(path),

@@ -164,7 +164,7 @@ async fn get_tls(
     let mut tls = connector.connect(name, tcp).await?;
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     if alpn.as_deref() == Some(b"h2") {
-        return Ok((alpn, None));
+        return Ok((alpn, h2_get(tls, host, path).await));
     }
     tls.write_all(request_text(host, path, &[]).as_bytes())
         .await?;
@@ -173,6 +173,31 @@ async fn get_tls(
         .await
         .map_err(|_| std::io::Error::other("timed out"))??;
     Ok((alpn, parse(&raw)))
+}
+
+/// One HTTP/2 request (no Host header: the authority names the host).
+async fn h2_get<IO>(io: IO, host: &str, path: &str) -> Option<Reply>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Empty};
+    let io = hyper_util::rt::TokioIo::new(io);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = http::Request::get(format!("https://{host}{path}"))
+        .body(Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status,
+        headers: Vec::new(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 #[tokio::test]
@@ -217,6 +242,37 @@ async fn ingress_routes_the_seeds_manifests_hosts_tls_and_canaries() {
         class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"],
         "true"
     );
+
+    let service = eventually("the kubox-ingress Service", TIMEOUT, || async {
+        let out = server.kubectl(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kubox-ingress",
+            "--no-headers",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await;
+    assert!(
+        service.contains("ClusterIP") && service.contains("80/TCP,443/TCP"),
+        "{service}"
+    );
+    let slice = server.kubectl_ok(&[
+        "get",
+        "endpointslice",
+        "-n",
+        "kube-system",
+        "kubox-ingress",
+        "-o",
+        "json",
+    ]);
+    let slice: Value = serde_json::from_str(&slice).unwrap();
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "127.0.0.1");
+    assert_eq!(slice["ports"][0]["port"], http);
 
     // Hosts: exact, wildcard (one label), by port name; a rewrite; 503s.
     v2(&server);
@@ -344,8 +400,10 @@ async fn ingress_routes_the_seeds_manifests_hosts_tls_and_canaries() {
     .await;
     assert_eq!((reply.status, reply.body), (200, hello("v1", "route1")));
     let h2 = tls_client(&cert, &[b"h2", b"http/1.1"]);
-    let (alpn, _) = get_tls(https, &h2, "secure.test", "/").await.unwrap();
+    let (alpn, reply) = get_tls(https, &h2, "secure.test", "/route2").await.unwrap();
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let reply = reply.expect("an HTTP/2 response");
+    assert_eq!((reply.status, reply.body), (200, hello("v1", "route2")));
     assert!(
         get_tls(https, &h1, "other.test", "/").await.is_err(),
         "other names get the default certificate, which the client does not trust"
