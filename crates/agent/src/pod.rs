@@ -713,14 +713,15 @@ impl Worker {
             // As kubelet: the pod's own name, fully qualified under its subdomain.
             let names = match &spec.subdomain {
                 Some(sub) => format!(
-                    "{hostname}.{sub}.{}.svc.cluster.local\t{hostname}",
-                    self.namespace()
+                    "{hostname}.{sub}.{}.svc.{}\t{hostname}",
+                    self.namespace(),
+                    self.shared.dns.domain.trim_end_matches('.'),
                 ),
                 None => hostname.clone(),
             };
             hosts.push_str(&format!("{ip}\t{names}\n"));
         }
-        for alias in spec.host_aliases.unwrap_or_default() {
+        for alias in spec.host_aliases.clone().unwrap_or_default() {
             hosts.push_str(&format!(
                 "\n# Entries added by HostAliases.\n{}\t{}\n",
                 alias.ip,
@@ -729,8 +730,10 @@ impl Worker {
         }
         std::fs::write(dir.join("hosts"), hosts)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(dir.join("resolv.conf"), resolv)
+        let dns = &self.shared.dns;
+        let node = crate::dns::host(&dns.host_resolv_conf);
+        let resolv = crate::dns::resolv_conf(dns, &node, &self.namespace(), &spec);
+        std::fs::write(dir.join("resolv.conf"), resolv.render())
     }
 
     /// The image a container runs, pulled as its imagePullPolicy asks.

@@ -12,7 +12,10 @@ use tokio::sync::Notify;
 
 /// Caches every object of a type, cluster-wide; each change (and the end of
 /// each complete list) wakes `changed`. The task ends when aborted.
-pub fn follow<K>(client: kube::Client, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+pub fn follow<K>(
+    client: kube::Client,
+    changed: Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

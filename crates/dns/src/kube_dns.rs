@@ -8,11 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
 pub const SERVICE_NAME: &str = "kube-dns";
 pub const SERVICE_NAMESPACE: &str = "kube-system";
+/// The managed-by label that keeps the EndpointSlice controller off this slice.
 const MANAGER: &str = "kubox-dns";
 
 /// Creates or updates the `kube-dns` Service at `cluster_ip` and its
@@ -42,7 +43,6 @@ pub async fn publish(
             ],
         },
     });
-    let params = PatchParams::apply(MANAGER).force();
     let services: Api<Service> = Api::namespaced(client.clone(), SERVICE_NAMESPACE);
     if let Some(current) = services.get_opt(SERVICE_NAME).await?
         && current.spec.as_ref().and_then(|s| s.cluster_ip.as_deref())
@@ -52,9 +52,7 @@ pub async fn publish(
             .delete(SERVICE_NAME, &DeleteParams::default())
             .await?;
     }
-    services
-        .patch(SERVICE_NAME, &params, &Patch::Apply(&service))
-        .await?;
+    upsert(&services, service).await?;
     let ip = endpoint.ip().to_string();
     let ports = json!([
         {"name": "dns", "port": port, "protocol": "UDP"},
@@ -68,9 +66,11 @@ pub async fn publish(
         },
         "subsets": [{"addresses": [{"ip": ip}], "ports": ports}],
     });
-    Api::<Endpoints>::namespaced(client.clone(), SERVICE_NAMESPACE)
-        .patch(SERVICE_NAME, &params, &Patch::Apply(&endpoints))
-        .await?;
+    upsert(
+        &Api::<Endpoints>::namespaced(client.clone(), SERVICE_NAMESPACE),
+        endpoints,
+    )
+    .await?;
     let address_type = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -86,8 +86,26 @@ pub async fn publish(
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
         "ports": ports,
     });
-    Api::<EndpointSlice>::namespaced(client, SERVICE_NAMESPACE)
-        .patch(SERVICE_NAME, &params, &Patch::Apply(&slice))
-        .await?;
-    Ok(())
+    upsert(
+        &Api::<EndpointSlice>::namespaced(client, SERVICE_NAMESPACE),
+        slice,
+    )
+    .await
+}
+
+/// Creates the object, or replaces the stored one with it.
+async fn upsert<K>(api: &Api<K>, object: serde_json::Value) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let mut object: K = serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
+    match api.get_opt(SERVICE_NAME).await? {
+        None => api.create(&PostParams::default(), &object).await.map(drop),
+        Some(current) => {
+            object.meta_mut().resource_version = current.meta().resource_version.clone();
+            api.replace(SERVICE_NAME, &PostParams::default(), &object)
+                .await
+                .map(drop)
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod dns;
 mod image;
 mod net;
 mod server;

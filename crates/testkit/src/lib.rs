@@ -293,6 +293,13 @@ impl TestNet {
         format!("kubox-t{}", self.slot)
     }
 
+    /// This cluster's DNS Service address: clusters sharing a network
+    /// namespace each route their own (10.43.0.10 and up, in the range's
+    /// static band, which no other Service is given).
+    pub fn cluster_dns(&self) -> String {
+        format!("10.43.0.{}", 10 + self.slot)
+    }
+
     /// A number of this slot's own, for names a test makes (netns, links).
     pub fn slot(&self) -> u16 {
         self.slot
@@ -554,6 +561,9 @@ impl KuboxServer {
             if !self.args.iter().any(|a| a == flag) {
                 command.arg(flag).arg("127.0.0.1");
             }
+        }
+        if !self.args.iter().any(|a| a == "--cluster-dns") {
+            command.arg("--cluster-dns").arg(self.net.cluster_dns());
         }
         let mut child = command
             .args(&self.args)
