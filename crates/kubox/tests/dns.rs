@@ -351,3 +351,62 @@ async fn cluster_dns_answers_from_services_and_forwards_the_rest() {
         ResponseCode::NoError
     );
 }
+
+/// What `nslookup NAME` prints inside the pod, once it answers.
+async fn nslookup_in(server: &KuboxServer, pod: &str, name: &str, expect: &str) -> String {
+    eventually(&format!("nslookup {name} in {pod}"), TIMEOUT, || async {
+        let out = server.kubectl(&["exec", pod, "--", "nslookup", name]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains(expect).then_some(text)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pods_resolve_services_through_kube_dns() {
+    // Loopback node address: cluster DNS listens on the pod bridge, where
+    // the kube-dns Service can forward pods' queries.
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    server.import_busybox();
+    server.kubectl_ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let ip = server.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    server.run_sleeper("client").await;
+
+    let resolv = server.kubectl_ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    let conf = kubox_dns::ResolvConf::parse(&resolv);
+    assert_eq!(
+        conf.nameservers,
+        [server
+            .net()
+            .cluster_dns()
+            .parse::<std::net::IpAddr>()
+            .unwrap()],
+        "{resolv}"
+    );
+    assert_eq!(
+        conf.searches[..3],
+        [
+            "default.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local"
+        ],
+        "{resolv}"
+    );
+    assert_eq!(conf.options, ["ndots:5"], "{resolv}");
+
+    let full = nslookup_in(&server, "client", "web.default.svc.cluster.local", &ip).await;
+    assert!(full.contains("web.default.svc.cluster.local"), "{full}");
+    // The short name, through the search list.
+    nslookup_in(&server, "client", "web", &ip).await;
+    nslookup_in(&server, "client", "kubernetes.default", "10.43.0.1").await;
+    let missing = server.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "nslookup",
+        "nothing.default.svc.cluster.local",
+    ]);
+    let text = String::from_utf8_lossy(&missing.stdout).into_owned()
+        + &String::from_utf8_lossy(&missing.stderr);
+    assert!(text.contains("NXDOMAIN"), "{text}");
+}
