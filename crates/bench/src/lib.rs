@@ -3,6 +3,7 @@
 //! measured side by side in the same run.
 
 pub mod api;
+pub mod dns;
 mod load;
 pub mod net;
 pub mod pods;
