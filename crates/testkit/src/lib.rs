@@ -565,6 +565,10 @@ impl KuboxServer {
         if !self.args.iter().any(|a| a == "--cluster-dns") {
             command.arg("--cluster-dns").arg(self.net.cluster_dns());
         }
+        // Servers without a node agent all answer DNS on loopback.
+        if !self.args.iter().any(|a| a == "--dns-port") {
+            command.arg("--dns-port").arg(free_port().to_string());
+        }
         let mut child = command
             .args(&self.args)
             .stdout(Stdio::null())
