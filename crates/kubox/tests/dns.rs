@@ -409,4 +409,36 @@ async fn pods_resolve_services_through_kube_dns() {
     let text = String::from_utf8_lossy(&missing.stdout).into_owned()
         + &String::from_utf8_lossy(&missing.stderr);
     assert!(text.contains("NXDOMAIN"), "{text}");
+
+    // A named pod under a subdomain, resolving only by its dnsConfig.
+    server.apply_json(&json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "named"},
+        "spec": {"hostname": "web-0", "subdomain": "sub", "dnsPolicy": "None",
+                 "dnsConfig": {"nameservers": ["192.0.2.53"], "searches": ["my.example"],
+                               "options": [{"name": "ndots", "value": "2"}]},
+                 "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                 "command": ["sleep", "3600"]}]}}));
+    let pod_ip = eventually("the named pod runs", TIMEOUT, || async {
+        let out = server.kubectl(&[
+            "get",
+            "pod",
+            "named",
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.strip_prefix("Running ").map(str::to_owned)
+    })
+    .await;
+    assert_eq!(
+        server.kubectl_ok(&["exec", "named", "--", "cat", "/etc/resolv.conf"]),
+        "search my.example\nnameserver 192.0.2.53\noptions ndots:2\n"
+    );
+    let hosts = server.kubectl_ok(&["exec", "named", "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l == format!("{pod_ip}\tweb-0.sub.default.svc.cluster.local\tweb-0")),
+        "{hosts}"
+    );
 }
