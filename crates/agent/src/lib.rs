@@ -5,6 +5,7 @@
 mod attach;
 mod console;
 mod container;
+pub mod dns;
 mod exec;
 pub mod image;
 mod log_reader;
@@ -72,6 +73,8 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// The pod network pods are put on.
     pub network: Arc<kubox_net::PodNetwork>,
+    /// The cluster DNS pods' resolv.conf names.
+    pub dns: dns::ClusterDns,
 }
 
 /// Where the agent keeps things, under its state directory.
@@ -110,6 +113,7 @@ pub struct Shared {
     pub events: kubox_client::events::Recorder,
     pub insecure_registries: Vec<String>,
     pub network: Arc<kubox_net::PodNetwork>,
+    pub dns: dns::ClusterDns,
     /// Running containers by namespace, pod and container name, for exec and attach.
     pub running: std::sync::Mutex<HashMap<(String, String, String), Running>>,
     /// Pods whose sandbox exists, by namespace and name, for port-forward.
@@ -181,6 +185,7 @@ impl Agent {
             active_logs: Arc::default(),
             insecure_registries: config.insecure_registries,
             network: config.network,
+            dns: config.dns,
             running: Default::default(),
             sandboxes: Default::default(),
         });

@@ -719,14 +719,15 @@ impl Worker {
             // As kubelet: the pod's own name, fully qualified under its subdomain.
             let names = match &spec.subdomain {
                 Some(sub) => format!(
-                    "{hostname}.{sub}.{}.svc.cluster.local\t{hostname}",
-                    self.namespace()
+                    "{hostname}.{sub}.{}.svc.{}\t{hostname}",
+                    self.namespace(),
+                    self.shared.dns.domain.trim_end_matches('.'),
                 ),
                 None => hostname.clone(),
             };
             hosts.push_str(&format!("{ip}\t{names}\n"));
         }
-        for alias in spec.host_aliases.unwrap_or_default() {
+        for alias in spec.host_aliases.clone().unwrap_or_default() {
             hosts.push_str(&format!(
                 "\n# Entries added by HostAliases.\n{}\t{}\n",
                 alias.ip,
@@ -735,10 +736,12 @@ impl Worker {
         }
         std::fs::write(dir.join("hosts"), hosts)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let dns = &self.shared.dns;
+        let node = crate::dns::host(&dns.host_resolv_conf);
+        let resolv = crate::dns::resolv_conf(dns, &node, &self.namespace(), &spec);
         // Renamed into place, as its presence says the sandbox is complete.
         let tmp = dir.join(format!("{LAST_ETC_FILE}.tmp"));
-        std::fs::write(&tmp, resolv)?;
+        std::fs::write(&tmp, resolv.render())?;
         std::fs::rename(tmp, dir.join(LAST_ETC_FILE))
     }
 

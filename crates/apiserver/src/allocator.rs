@@ -245,12 +245,21 @@ async fn allocate_into(
     Ok(())
 }
 
+/// The bottom of the range, kept for addresses chosen by name (the cluster
+/// DNS at 10.43.0.10), as upstream's static subrange: `size / 16` between
+/// 16 and 256 addresses. Free addresses are drawn above it, and from it only
+/// when the rest looks full.
+fn static_band(size: u32) -> u32 {
+    (size / 16).clamp(16, 256)
+}
+
 async fn random_ip(store: &dyn Store, owner: &str) -> ApiResult<String> {
     let (net, bits) = SERVICE_NET;
     let size = 1u32 << (32 - bits);
-    for _ in 0..256 {
+    for attempt in 0..256 {
         // Never the network or broadcast address.
-        let host = rand::rng().random_range(2..size - 1);
+        let low = if attempt < 192 { static_band(size) } else { 2 };
+        let host = rand::rng().random_range(low..size - 1);
         let ip = Ipv4Addr::from(u32::from(net) + host).to_string();
         if reserve(store, &ip_key(&ip), owner).await? {
             return Ok(ip);
@@ -276,6 +285,14 @@ async fn random_port(store: &dyn Store, owner: &str) -> ApiResult<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_static_band_is_upstreams() {
+        assert_eq!(static_band(1 << 16), 256);
+        assert_eq!(static_band(1 << 8), 16);
+        assert_eq!(static_band(1 << 12), 256);
+        assert_eq!(static_band(1 << 10), 64);
+    }
 
     #[test]
     fn service_range_bounds() {

@@ -1,10 +1,12 @@
 //! What kubox's components share as API clients.
 
+mod cache;
 pub mod events;
 pub mod leader;
 pub mod quantity;
 mod tasks;
 
+pub use cache::follow;
 pub use tasks::Tasks;
 
 use std::path::Path;

@@ -34,6 +34,16 @@ pub struct AgentArgs {
     /// Run no node agent on this server: it schedules pods onto other nodes only.
     #[arg(long)]
     disable_agent: bool,
+    /// The cluster DNS Service's address, which pods' resolv.conf names.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's resolv.conf: pods with dnsPolicy Default get it, and cluster
+    /// DNS forwards to its nameservers.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 /// The agent's state directory under a data directory.
@@ -82,6 +92,7 @@ pub fn node_ip(args: &AgentArgs) -> IpAddr {
 pub struct Node {
     _agent: Agent,
     _proxy: kubox_net::Proxy,
+    pub network: std::sync::Arc<kubox_net::PodNetwork>,
 }
 
 /// Starts the node agent, its pod network and its service proxy with
@@ -164,7 +175,12 @@ pub async fn start(
             port: args.agent_port,
             client_ca_pem,
             insecure_registries: args.insecure_registries.clone(),
-            network,
+            network: network.clone(),
+            dns: kubox_agent::dns::ClusterDns {
+                servers: vec![args.cluster_dns],
+                domain: args.cluster_domain.clone(),
+                host_resolv_conf: args.resolv_conf.clone(),
+            },
         },
     )
     .await
@@ -172,6 +188,7 @@ pub async fn start(
     Ok(Some(Node {
         _agent: agent,
         _proxy: proxy,
+        network,
     }))
 }
 

@@ -71,6 +71,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Cluster DNS on a real server: queries/s and latency for Service
+    /// names at 1/16/64 clients over UDP, and for forwarded names.
+    Dns {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Seconds each phase runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -144,6 +153,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 seconds,
                 connections,
                 threads,
+            })
+            .await?;
+            println!("{table}");
+        }
+        BenchCommand::Dns { services, seconds } => {
+            let table = kubox_bench::dns::run(kubox_bench::dns::Options {
+                services,
+                duration: Duration::from_secs(seconds),
             })
             .await?;
             println!("{table}");

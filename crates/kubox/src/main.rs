@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod dns;
 mod image;
 mod ingress;
 mod net;

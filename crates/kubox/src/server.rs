@@ -64,6 +64,8 @@ pub struct ServerArgs {
     agent: crate::agent::AgentArgs,
     #[command(flatten)]
     net: crate::net::NetArgs,
+    #[command(flatten)]
+    dns: crate::dns::DnsArgs,
 }
 
 /// Durations as `300s`, `5m`, `1h` or plain seconds.
@@ -148,6 +150,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         true,
     )
     .await?;
+    let _dns = crate::dns::start(&args.dns, &args.agent, _node.as_ref(), &server).await?;
     let _scheduler = if args.disable_scheduler {
         None
     } else {

@@ -103,6 +103,17 @@ impl PodNetwork {
         }))
     }
 
+    /// This node's pod range, once the network is set up on it (its bridge
+    /// then has the range's gateway address); `None` if it never will be.
+    pub async fn pod_range(&self) -> Option<Ipv4Net> {
+        let mut ready = self.ready.clone();
+        ready
+            .wait_for(|r| r.is_some())
+            .await
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.range))
+    }
+
     async fn wait_ready(&self) -> Result<Arc<Ready>, NetError> {
         let mut ready = self.ready.clone();
         let wait = ready.wait_for(|r| r.is_some());

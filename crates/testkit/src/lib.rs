@@ -309,6 +309,13 @@ impl TestNet {
         format!("kubox-t{}", self.slot)
     }
 
+    /// This cluster's DNS Service address: clusters sharing a network
+    /// namespace each route their own (10.43.0.10 and up, in the range's
+    /// static band, which no other Service is given).
+    pub fn cluster_dns(&self) -> String {
+        format!("10.43.0.{}", 10 + self.slot)
+    }
+
     /// A number of this slot's own, for names a test makes (netns, links).
     pub fn slot(&self) -> u16 {
         self.slot
@@ -598,6 +605,13 @@ impl KuboxServer {
         // ingress ports (`start_with_ingress`) run an ingress controller.
         if !self.args.iter().any(|a| a == "--ingress-http-port") {
             command.arg("--disable-ingress");
+        }
+        if !self.args.iter().any(|a| a == "--cluster-dns") {
+            command.arg("--cluster-dns").arg(self.net.cluster_dns());
+        }
+        // Servers without a node agent all answer DNS on loopback.
+        if !self.args.iter().any(|a| a == "--dns-port") {
+            command.arg("--dns-port").arg(free_port().to_string());
         }
         let mut child = command
             .args(&self.args)

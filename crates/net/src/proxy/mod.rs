@@ -12,12 +12,9 @@ mod program;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use tokio::sync::{Notify, watch};
 
 use crate::{NetConfig, nft};
@@ -42,8 +39,8 @@ impl Proxy {
     pub fn start(client: kube::Client, config: ProxyConfig) -> Self {
         let (applied_tx, applied) = watch::channel(0);
         let changed = Arc::new(Notify::new());
-        let services = follow::<Service>(client.clone(), changed.clone());
-        let slices = follow::<EndpointSlice>(client, changed.clone());
+        let services = kubox_client::follow::<Service>(client.clone(), changed.clone());
+        let slices = kubox_client::follow::<EndpointSlice>(client, changed.clone());
         let sync = tokio::spawn(run(
             config,
             services.0.clone(),
@@ -63,37 +60,6 @@ impl Proxy {
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
     }
-}
-
-/// A cache of every object of a type; each change wakes the syncer.
-fn follow<K>(client: kube::Client, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client);
-    let task = tokio::spawn(async move {
-        let events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => changed.notify_one(),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(kind = %K::kind(&()), "watching: {e}"),
-            }
-        }
-    });
-    (store, task)
 }
 
 /// An object's resourceVersion as the number [`Proxy::applied`] compares.

@@ -1,0 +1,46 @@
+//! A cache of every object of a type, for components that rebuild what they
+//! serve from whole caches (the service proxy, cluster DNS) rather than
+//! reconcile one object at a time.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+
+/// Caches every object of a type, cluster-wide; each change (and the end of
+/// each complete list) wakes `changed`. The task ends when aborted.
+pub fn follow<K>(
+    client: kube::Client,
+    changed: Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client);
+    let task = tokio::spawn(async move {
+        let events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer);
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => changed.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(kind = %K::kind(&()), "watching: {e}"),
+            }
+        }
+    });
+    (store, task)
+}
