@@ -11,9 +11,11 @@ mod endpointslice;
 mod expectations;
 mod garbagecollector;
 mod informer;
+mod job;
 mod namespace;
 mod nodeipam;
 mod ownerref;
+mod podowners;
 mod pods;
 mod queue;
 mod replicaset;
@@ -21,6 +23,7 @@ mod rootca;
 mod runner;
 mod serviceaccount;
 mod servicelb;
+mod ttlafterfinished;
 
 use std::sync::Arc;
 
@@ -43,6 +46,8 @@ pub struct Config {
     /// The cluster CA's certificate (PEM), which the root CA publisher
     /// hands to every namespace.
     pub root_ca: String,
+    /// Controllers not to run, by upstream's names (`job`, `daemonset`).
+    pub disabled: Vec<String>,
 }
 
 /// What every controller shares.
@@ -115,7 +120,7 @@ impl ControllerManager {
     }
 }
 
-/// Every controller, until leadership is lost (then this future is dropped,
+/// Every controller not disabled, until leadership is lost (then this future is dropped,
 /// and with it the controllers and their informers).
 async fn lead(client: kube::Client, config: Config) {
     let ctx = Arc::new(Context {
@@ -123,18 +128,37 @@ async fn lead(client: kube::Client, config: Config) {
         client,
         config,
     });
-    let controllers: Vec<BoxFuture<'static, ()>> = vec![
-        serviceaccount::run(ctx.clone()).boxed(),
-        replicaset::run_replicasets(ctx.clone()).boxed(),
-        replicaset::run_replication_controllers(ctx.clone()).boxed(),
-        deployment::run(ctx.clone()).boxed(),
-        garbagecollector::run(ctx.clone()).boxed(),
-        namespace::run(ctx.clone()).boxed(),
-        rootca::run(ctx.clone()).boxed(),
-        nodeipam::run(ctx.clone()).boxed(),
-        endpoints::run(ctx.clone()).boxed(),
-        endpointslice::run(ctx.clone()).boxed(),
-        servicelb::run(ctx.clone()).boxed(),
+    let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
+        ("serviceaccount", serviceaccount::run(ctx.clone()).boxed()),
+        (
+            "replicaset",
+            replicaset::run_replicasets(ctx.clone()).boxed(),
+        ),
+        (
+            "replicationcontroller",
+            replicaset::run_replication_controllers(ctx.clone()).boxed(),
+        ),
+        ("deployment", deployment::run(ctx.clone()).boxed()),
+        ("job", job::run(ctx.clone()).boxed()),
+        (
+            "ttl-after-finished",
+            ttlafterfinished::run(ctx.clone()).boxed(),
+        ),
+        (
+            "garbagecollector",
+            garbagecollector::run(ctx.clone()).boxed(),
+        ),
+        ("namespace", namespace::run(ctx.clone()).boxed()),
+        ("root-ca-cert-publisher", rootca::run(ctx.clone()).boxed()),
+        ("nodeipam", nodeipam::run(ctx.clone()).boxed()),
+        ("endpoint", endpoints::run(ctx.clone()).boxed()),
+        ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
+        ("servicelb", servicelb::run(ctx.clone()).boxed()),
     ];
+    let controllers: Vec<BoxFuture<'static, ()>> = all
+        .into_iter()
+        .filter(|(name, _)| !ctx.config.disabled.iter().any(|d| d == name))
+        .map(|(_, c)| c)
+        .collect();
     futures::future::join_all(controllers).await;
 }
