@@ -4,12 +4,14 @@
 //! of the `kube-controller-manager` Lease in kube-system runs them, so
 //! several servers can run a controller manager for high availability.
 
+mod daemonset;
 mod deployment;
 mod discovery;
 mod endpoints;
 mod endpointslice;
 mod expectations;
 mod garbagecollector;
+mod history;
 mod informer;
 mod job;
 mod namespace;
@@ -140,6 +142,7 @@ async fn lead(client: kube::Client, config: Config) {
         ),
         ("deployment", deployment::run(ctx.clone()).boxed()),
         ("job", job::run(ctx.clone()).boxed()),
+        ("daemonset", daemonset::run(ctx.clone()).boxed()),
         (
             "ttl-after-finished",
             ttlafterfinished::run(ctx.clone()).boxed(),
