@@ -17,6 +17,7 @@ mod job;
 mod namespace;
 mod nodeipam;
 mod ownerref;
+mod podgc;
 mod podowners;
 mod pods;
 mod queue;
@@ -143,6 +144,7 @@ async fn lead(client: kube::Client, config: Config) {
         ("deployment", deployment::run(ctx.clone()).boxed()),
         ("job", job::run(ctx.clone()).boxed()),
         ("daemonset", daemonset::run(ctx.clone()).boxed()),
+        ("podgc", podgc::run(ctx.clone()).boxed()),
         (
             "ttl-after-finished",
             ttlafterfinished::run(ctx.clone()).boxed(),

@@ -1,5 +1,6 @@
 //! DaemonSets end to end: a real busybox pod on the node of a real `kubox
-//! server`, rolled out, updated and rolled back with stock kubectl.
+//! server`, rolled out, updated and rolled back with stock kubectl; and the
+//! pod garbage collector's orphans.
 
 use std::time::Duration;
 
@@ -161,4 +162,23 @@ async fn a_daemonset_runs_on_the_node_rolls_out_and_rolls_back() {
         &["get", "controllerrevision", &format!("agent-{hash}")],
     );
     assert_eq!(revision["revision"], 3);
+}
+
+#[tokio::test]
+async fn pods_bound_to_a_node_that_does_not_exist_are_collected() {
+    let server = KuboxServer::start(KUBOX, &["--node-name", "node"]).await;
+    server.apply_json(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stranded"},
+        "spec": {
+            "nodeName": "ghost",
+            "containers": [{"name": "c", "image": "busybox:1.0"}]
+        }
+    }));
+    // 40 s of quarantine for the missing node, checked every 20 s.
+    eventually("the orphaned pod to be collected", TIMEOUT, || async {
+        (!server.kubectl(&["get", "pod", "stranded"]).status.success()).then_some(())
+    })
+    .await;
 }
