@@ -278,11 +278,23 @@ impl Worker {
             .unwrap_or(false)
     }
 
+    /// The pod's hostname: `spec.hostname`, else its name.
+    fn hostname(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| self.name())
+    }
+
     /// Makes the namespaces, puts the pod on the pod network, and writes
     /// its /etc files.
     async fn create_sandbox(&mut self) -> Result<(), String> {
         let sandbox = self.sandbox();
-        sandbox.create(&self.name()).map_err(|e| e.to_string())?;
+        sandbox
+            .create(&self.hostname())
+            .map_err(|e| e.to_string())?;
         if let Some(netns) = sandbox.path(sandbox::Kind::Network) {
             let ip = self
                 .shared
@@ -708,8 +720,7 @@ impl Worker {
         std::fs::create_dir_all(&dir)?;
         let spec = self.pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
-        let name = self.name();
-        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let hostname = self.hostname();
         let mut hosts = String::from(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
         );
@@ -1167,14 +1178,7 @@ impl Worker {
         image: &oci_spec::image::ImageConfiguration,
     ) -> Result<Vec<(String, String)>, String> {
         let mut pairs = container::image_env(image);
-        pairs.push((
-            "HOSTNAME".into(),
-            self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.hostname.clone())
-                .unwrap_or_else(|| self.name()),
-        ));
+        pairs.push(("HOSTNAME".into(), self.hostname()));
         let ns = self.namespace();
         let client = &self.shared.client;
         for from in c.env_from.iter().flatten() {

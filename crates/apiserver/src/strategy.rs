@@ -357,6 +357,7 @@ impl Strategy for Workload {
                 or_insert(spec, "completionMode", json!("NonIndexed"));
                 or_insert(spec, "suspend", json!(false));
                 or_insert(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+                or_insert(spec, "manualSelector", json!(false));
             }
             "CronJob" => {
                 or_insert(spec, "concurrencyPolicy", json!("Allow"));
@@ -409,6 +410,50 @@ impl Strategy for Workload {
 
     fn tracks_generation(&self) -> bool {
         true
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        if obj["kind"] == "Job" && obj["spec"]["manualSelector"] != true {
+            generate_job_selector(obj);
+        }
+    }
+}
+
+/// Labels a Job's pods with its name and UID and selects them by the UID
+/// (upstream's generateSelector), unless the user chose a manual selector;
+/// labels the user set themselves are kept, and validation rejects a
+/// conflict. A Job without labels of its own takes its pods' labels.
+fn generate_job_selector(obj: &mut Value) {
+    let name = obj["metadata"]["name"].clone();
+    let uid = obj["metadata"]["uid"].clone();
+    let Some(template) = path_mut(obj, &["spec", "template"]).filter(|t| t.is_object()) else {
+        return;
+    };
+    or_insert(template, "metadata", json!({}));
+    or_insert(&mut template["metadata"], "labels", json!({}));
+    let labels = &mut template["metadata"]["labels"];
+    for key in ["job-name", "batch.kubernetes.io/job-name"] {
+        or_insert(labels, key, name.clone());
+    }
+    for key in ["controller-uid", "batch.kubernetes.io/controller-uid"] {
+        or_insert(labels, key, uid.clone());
+    }
+    let labels = labels.clone();
+    let spec = &mut obj["spec"];
+    if !spec["selector"].is_object() {
+        spec["selector"] = json!({});
+    }
+    or_insert(&mut spec["selector"], "matchLabels", json!({}));
+    or_insert(
+        &mut spec["selector"]["matchLabels"],
+        "batch.kubernetes.io/controller-uid",
+        uid,
+    );
+    if obj["metadata"]["labels"]
+        .as_object()
+        .is_none_or(|l| l.is_empty())
+    {
+        obj["metadata"]["labels"] = labels;
     }
 }
 

@@ -539,10 +539,14 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 "Complete"
             } else if condition("Failed") {
                 "Failed"
-            } else if condition("Suspended") {
-                "Suspended"
             } else if meta["deletionTimestamp"].is_string() {
                 "Terminating"
+            } else if condition("Suspended") {
+                "Suspended"
+            } else if condition("FailureTarget") {
+                "FailureTarget"
+            } else if condition("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
             } else {
                 "Running"
             };
@@ -582,7 +586,11 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 json!(name),
                 json!(s(&spec["schedule"])),
                 json!(or_none(s(&spec["timeZone"]))),
-                json!(spec["suspend"].as_bool().unwrap_or(false)),
+                json!(if spec["suspend"] == true {
+                    "True"
+                } else {
+                    "False"
+                }),
                 json!(list(&status["active"]).count()),
                 json!(last),
                 json!(created),

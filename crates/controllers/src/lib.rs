@@ -4,6 +4,7 @@
 //! of the `kube-controller-manager` Lease in kube-system runs them, so
 //! several servers can run a controller manager for high availability.
 
+mod daemonset;
 mod deployment;
 mod discovery;
 mod disruption;
@@ -11,10 +12,14 @@ mod endpoints;
 mod endpointslice;
 mod expectations;
 mod garbagecollector;
+mod history;
 mod informer;
+mod job;
 mod namespace;
 mod nodeipam;
 mod ownerref;
+mod podgc;
+mod podowners;
 mod pods;
 mod queue;
 mod replicaset;
@@ -22,6 +27,7 @@ mod rootca;
 mod runner;
 mod serviceaccount;
 mod servicelb;
+mod ttlafterfinished;
 
 use std::sync::Arc;
 
@@ -44,6 +50,8 @@ pub struct Config {
     /// The cluster CA's certificate (PEM), which the root CA publisher
     /// hands to every namespace.
     pub root_ca: String,
+    /// Controllers not to run, by upstream's names (`job`, `daemonset`).
+    pub disabled: Vec<String>,
 }
 
 /// What every controller shares.
@@ -116,7 +124,7 @@ impl ControllerManager {
     }
 }
 
-/// Every controller, until leadership is lost (then this future is dropped,
+/// Every controller not disabled, until leadership is lost (then this future is dropped,
 /// and with it the controllers and their informers).
 async fn lead(client: kube::Client, config: Config) {
     let ctx = Arc::new(Context {
@@ -124,19 +132,40 @@ async fn lead(client: kube::Client, config: Config) {
         client,
         config,
     });
-    let controllers: Vec<BoxFuture<'static, ()>> = vec![
-        serviceaccount::run(ctx.clone()).boxed(),
-        replicaset::run_replicasets(ctx.clone()).boxed(),
-        replicaset::run_replication_controllers(ctx.clone()).boxed(),
-        deployment::run(ctx.clone()).boxed(),
-        garbagecollector::run(ctx.clone()).boxed(),
-        namespace::run(ctx.clone()).boxed(),
-        rootca::run(ctx.clone()).boxed(),
-        nodeipam::run(ctx.clone()).boxed(),
-        endpoints::run(ctx.clone()).boxed(),
-        endpointslice::run(ctx.clone()).boxed(),
-        servicelb::run(ctx.clone()).boxed(),
-        disruption::run(ctx.clone()).boxed(),
+    let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
+        ("serviceaccount", serviceaccount::run(ctx.clone()).boxed()),
+        (
+            "replicaset",
+            replicaset::run_replicasets(ctx.clone()).boxed(),
+        ),
+        (
+            "replicationcontroller",
+            replicaset::run_replication_controllers(ctx.clone()).boxed(),
+        ),
+        ("deployment", deployment::run(ctx.clone()).boxed()),
+        ("job", job::run(ctx.clone()).boxed()),
+        ("daemonset", daemonset::run(ctx.clone()).boxed()),
+        ("podgc", podgc::run(ctx.clone()).boxed()),
+        (
+            "ttl-after-finished",
+            ttlafterfinished::run(ctx.clone()).boxed(),
+        ),
+        (
+            "garbagecollector",
+            garbagecollector::run(ctx.clone()).boxed(),
+        ),
+        ("namespace", namespace::run(ctx.clone()).boxed()),
+        ("root-ca-cert-publisher", rootca::run(ctx.clone()).boxed()),
+        ("nodeipam", nodeipam::run(ctx.clone()).boxed()),
+        ("endpoint", endpoints::run(ctx.clone()).boxed()),
+        ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
+        ("servicelb", servicelb::run(ctx.clone()).boxed()),
+        ("disruption", disruption::run(ctx.clone()).boxed()),
     ];
+    let controllers: Vec<BoxFuture<'static, ()>> = all
+        .into_iter()
+        .filter(|(name, _)| !ctx.config.disabled.iter().any(|d| d == name))
+        .map(|(_, c)| c)
+        .collect();
     futures::future::join_all(controllers).await;
 }

@@ -5,7 +5,13 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use kubox_client::events::{Recorder, Type};
+
+use crate::{Error, api_message, namespace_terminating};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
@@ -208,6 +214,63 @@ pub fn from_template(template: &PodTemplateSpec, owner: &str, controller: OwnerR
     }
 }
 
+/// Calls `op` `count` times in batches of 1, 2, 4, ..., each batch at
+/// once, stopping after the first batch with a failure (upstream's
+/// slowStartBatch: a doomed create fails once, not `count` times). Returns
+/// how many succeeded, and the first failure.
+pub async fn slow_start<F, Fut>(count: usize, op: F) -> (usize, Result<(), Error>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut remaining = count;
+    let mut done = 0;
+    let mut batch = remaining.min(1);
+    while batch > 0 {
+        let results = join_all((0..batch).map(|_| op())).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        done += batch - failed;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return (done, Err(e));
+        }
+        remaining -= batch;
+        batch = (2 * batch).min(remaining);
+    }
+    (done, Ok(()))
+}
+
+/// Creates `pod` for the controller `owner`, recording it (upstream's
+/// PodControl events: SuccessfulCreate, FailedCreate).
+pub async fn create(
+    api: &Api<Pod>,
+    recorder: &Recorder,
+    owner: ObjectReference,
+    pod: &Pod,
+) -> Result<(), Error> {
+    match api.create(&PostParams::default(), pod).await {
+        Ok(created) => {
+            recorder.record(
+                owner,
+                Type::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {}", created.name_any()),
+            );
+            Ok(())
+        }
+        // Every create will fail while the namespace goes away; not worth an event.
+        Err(e) if namespace_terminating(&e) => Ok(()),
+        Err(e) => {
+            recorder.record(
+                owner,
+                Type::Warning,
+                "FailedCreate",
+                format!("Error creating: {}", api_message(&e)),
+            );
+            Err(e.into())
+        }
+    }
+}
+
 /// A pod's labels (none as empty).
 pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
@@ -218,6 +281,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ContainerStatus, PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -349,5 +413,31 @@ mod tests {
             0,
             ts(1)
         ));
+    }
+
+    #[tokio::test]
+    async fn slow_start_doubles_batches_and_stops_at_the_first_failing_one() {
+        let calls = AtomicUsize::new(0);
+        let (done, result) = slow_start(10, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .await;
+        assert_eq!((done, calls.load(Ordering::SeqCst)), (10, 10));
+        assert!(result.is_ok());
+
+        // Batches 1, 2, 4: the fourth call fails, so the batch of 4 ends it.
+        let calls = AtomicUsize::new(0);
+        let (done, result) = slow_start(20, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n == 3 {
+                Err(Error::Failed("quota".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!((done, calls.load(Ordering::SeqCst)), (6, 7));
+        assert_eq!(result.unwrap_err().to_string(), "quota");
     }
 }

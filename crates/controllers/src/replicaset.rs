@@ -26,10 +26,8 @@ use kubox_client::events::{Recorder, Type};
 
 use crate::expectations::Expectations;
 use crate::ownerref::{self, Claimer};
-use crate::{
-    Change, Context, Error, Informed, api_message, is_not_found, namespace_terminating, pods,
-    runner,
-};
+use crate::podowners::{PodOwners, Selecting, key};
+use crate::{Change, Context, Error, api_message, is_not_found, pods, runner};
 
 /// At most this many pods are created or deleted in one sync.
 const BURST: usize = 500;
@@ -77,12 +75,11 @@ pub struct Status {
 
 /// A controller of identical pods: a ReplicaSet or a ReplicationController.
 pub trait Replicated:
-    Informed + Resource<Scope = NamespaceResourceScope> + serde::Serialize
+    Selecting + Resource<Scope = NamespaceResourceScope> + serde::Serialize
 {
     /// The component its events come from.
     const COMPONENT: &'static str;
     fn replicas(&self) -> i32;
-    fn selector(&self) -> Result<Selector, String>;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn min_ready_seconds(&self) -> i32;
 
@@ -101,15 +98,17 @@ pub trait Replicated:
     }
 }
 
+impl Selecting for ReplicaSet {
+    fn selector(&self) -> Result<Selector, String> {
+        Selector::try_from(self.spec.selector.clone()).map_err(|e| e.to_string())
+    }
+}
+
 impl Replicated for ReplicaSet {
     const COMPONENT: &'static str = "replicaset-controller";
 
     fn replicas(&self) -> i32 {
         self.spec.replicas.unwrap_or(1)
-    }
-
-    fn selector(&self) -> Result<Selector, String> {
-        Selector::try_from(self.spec.selector.clone()).map_err(|e| e.to_string())
     }
 
     fn template(&self) -> Option<&PodTemplateSpec> {
@@ -121,13 +120,7 @@ impl Replicated for ReplicaSet {
     }
 }
 
-impl Replicated for ReplicationController {
-    const COMPONENT: &'static str = "replication-controller";
-
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-
+impl Selecting for ReplicationController {
     fn selector(&self) -> Result<Selector, String> {
         let labels = self
             .spec
@@ -135,6 +128,14 @@ impl Replicated for ReplicationController {
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
         Ok(labels.into_iter().collect())
+    }
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
 
     fn template(&self) -> Option<&PodTemplateSpec> {
@@ -155,14 +156,6 @@ struct Shared<K: Replicated> {
     expectations: Expectations,
     owners: Store<K>,
     pods: Store<Pod>,
-}
-
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
 }
 
 pub async fn run_replicasets(ctx: Arc<Context>) {
@@ -204,98 +197,12 @@ async fn run<K: Replicated>(ctx: Arc<Context>) {
 }
 
 impl<K: Replicated> Shared<K> {
-    /// The controllers a pod change concerns, recording what it fulfils
-    /// (upstream's addPod, updatePod and deletePod).
     fn pod_changed(&self, change: Change<Pod>) -> Vec<ObjectRef<K>> {
-        match change {
-            Change::Applied { old: None, new } => {
-                if new.metadata.deletion_timestamp.is_some() {
-                    // Seen for the first time already terminating.
-                    return self.pod_deleted(&new);
-                }
-                if let Some(r) = ownerref::controller_of(&new.metadata) {
-                    return self
-                        .resolve(&new, r)
-                        .map(|owner| {
-                            self.expectations.creation_observed(&key(owner.meta()));
-                            vec![ObjectRef::from_obj(&*owner)]
-                        })
-                        .unwrap_or_default();
-                }
-                self.selecting(&new)
-            }
-            Change::Applied {
-                old: Some(old),
-                new,
-            } => {
-                if old.metadata.resource_version == new.metadata.resource_version {
-                    return Vec::new();
-                }
-                let labels_changed = old.metadata.labels != new.metadata.labels;
-                if new.metadata.deletion_timestamp.is_some() {
-                    let mut refs = self.pod_deleted(&new);
-                    if labels_changed {
-                        refs.extend(self.pod_deleted(&old));
-                    }
-                    return refs;
-                }
-                let old_ref = ownerref::controller_of(&old.metadata);
-                let new_ref = ownerref::controller_of(&new.metadata);
-                let mut refs = Vec::new();
-                if old_ref != new_ref
-                    && let Some(owner) = old_ref.and_then(|r| self.resolve(&old, r))
-                {
-                    refs.push(ObjectRef::from_obj(&*owner));
-                }
-                match new_ref {
-                    Some(r) => refs.extend(self.resolve(&new, r).map(|o| ObjectRef::from_obj(&*o))),
-                    None if labels_changed || old_ref != new_ref => {
-                        refs.extend(self.selecting(&new))
-                    }
-                    None => {}
-                }
-                refs
-            }
-            Change::Deleted(pod) => self.pod_deleted(&pod),
+        PodOwners {
+            owners: &self.owners,
+            expectations: &self.expectations,
         }
-    }
-
-    fn pod_deleted(&self, pod: &Pod) -> Vec<ObjectRef<K>> {
-        let Some(owner) = ownerref::controller_of(&pod.metadata).and_then(|r| self.resolve(pod, r))
-        else {
-            return Vec::new();
-        };
-        self.expectations
-            .deletion_observed(&key(owner.meta()), &key(&pod.metadata));
-        vec![ObjectRef::from_obj(&*owner)]
-    }
-
-    fn resolve(
-        &self,
-        pod: &Pod,
-        r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    ) -> Option<Arc<K>> {
-        ownerref::resolve(
-            &self.owners,
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            r,
-        )
-    }
-
-    /// The controllers in the pod's namespace whose selector matches it, to
-    /// see whether one adopts it.
-    fn selecting(&self, pod: &Pod) -> Vec<ObjectRef<K>> {
-        let labels = pods::labels(&pod.metadata);
-        self.owners
-            .state()
-            .into_iter()
-            .filter(|o| o.meta().namespace == pod.metadata.namespace)
-            .filter(|o| {
-                o.selector()
-                    .is_ok_and(|s| !labels.is_empty() && s.matches(&labels))
-            })
-            .map(|o| ObjectRef::from_obj(&*o))
-            .collect()
+        .pod_changed(change)
     }
 
     fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
@@ -343,7 +250,7 @@ impl<K: Replicated> Shared<K> {
         if pods.len() < want {
             let n = (want - pods.len()).min(BURST);
             self.expectations.expect_creations(&owner_key, n);
-            let (created, result) = slow_start(n, || self.create_pod(owner, namespace)).await;
+            let (created, result) = pods::slow_start(n, || self.create_pod(owner, namespace)).await;
             // Pods never attempted will never be observed.
             for _ in created..n {
                 self.expectations.creation_observed(&owner_key);
@@ -412,54 +319,8 @@ impl<K: Replicated> Shared<K> {
             return Err(Error::Failed("unable to create pods, no labels".into()));
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(created) => {
-                self.recorder.record(
-                    owner.object_ref(&()),
-                    Type::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {}", created.name_any()),
-                );
-                Ok(())
-            }
-            // Every create will fail while the namespace goes away; not worth an event.
-            Err(e) if namespace_terminating(&e) => Ok(()),
-            Err(e) => {
-                self.recorder.record(
-                    owner.object_ref(&()),
-                    Type::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {}", api_message(&e)),
-                );
-                Err(e.into())
-            }
-        }
+        pods::create(&api, &self.recorder, owner.object_ref(&()), &pod).await
     }
-}
-
-/// Calls `op` `count` times in batches of 1, 2, 4, ..., each batch at
-/// once, stopping after the first batch with a failure (upstream's
-/// slowStartBatch: a doomed create fails once, not `count` times). Returns
-/// how many succeeded, and the first failure.
-async fn slow_start<F, Fut>(count: usize, op: F) -> (usize, Result<(), Error>)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Error>>,
-{
-    let mut remaining = count;
-    let mut done = 0;
-    let mut batch = remaining.min(1);
-    while batch > 0 {
-        let results = join_all((0..batch).map(|_| op())).await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        done += batch - failed;
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            return (done, Err(e));
-        }
-        remaining -= batch;
-        batch = (2 * batch).min(remaining);
-    }
-    (done, Ok(()))
 }
 
 /// The status `pods` (the active ones the controller keeps) make, with the
@@ -619,33 +480,6 @@ async fn update_status<K: Replicated>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test]
-    async fn slow_start_doubles_batches_and_stops_at_the_first_failing_one() {
-        let calls = AtomicUsize::new(0);
-        let (done, result) = slow_start(10, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .await;
-        assert_eq!((done, calls.load(Ordering::SeqCst)), (10, 10));
-        assert!(result.is_ok());
-
-        // Batches 1, 2, 4: the fourth call fails, so the batch of 4 ends it.
-        let calls = AtomicUsize::new(0);
-        let (done, result) = slow_start(20, || async {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            if n == 3 {
-                Err(Error::Failed("quota".into()))
-            } else {
-                Ok(())
-            }
-        })
-        .await;
-        assert_eq!((done, calls.load(Ordering::SeqCst)), (6, 7));
-        assert_eq!(result.unwrap_err().to_string(), "quota");
-    }
 
     #[test]
     fn a_failed_create_sets_replica_failure_and_success_clears_it() {

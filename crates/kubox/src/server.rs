@@ -52,9 +52,11 @@ pub struct ServerArgs {
     /// Run no scheduler in this server (another one places pods).
     #[arg(long)]
     disable_scheduler: bool,
-    /// Run no controller manager in this server (another one runs the control loops).
-    #[arg(long)]
-    disable_controllers: bool,
+    /// Run no controller manager in this server (another one runs the
+    /// control loops), or, given names (`--disable-controllers=job,cronjob`,
+    /// kube-controller-manager's names), run it without those controllers.
+    #[arg(long, num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "*")]
+    disable_controllers: Option<Vec<String>>,
     /// Run no ingress controller in this server.
     #[arg(long)]
     disable_ingress: bool,
@@ -160,7 +162,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (client, _) = kubox_client::connect(&kubeconfig).await?;
         Some(kubox_scheduler::Scheduler::start(client))
     };
-    let _controllers = if args.disable_controllers {
+    let disabled = args.disable_controllers.clone().unwrap_or_default();
+    let _controllers = if disabled.iter().any(|d| d == "*") {
         None
     } else {
         let kubeconfig = server
@@ -178,6 +181,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 node_mask: args.node_cidr_mask_size,
             },
             root_ca,
+            disabled,
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };

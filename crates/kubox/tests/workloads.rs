@@ -17,20 +17,7 @@ async fn cluster() -> KuboxServer {
     let server = KuboxServer::start(KUBOX, &["--node-name", "node"]).await;
     // Once the node is up its agent has opened the image store, so the
     // imports do not race with it.
-    eventually("the node to register", TIMEOUT, || async {
-        server
-            .kubectl(&["get", "node", "node"])
-            .status
-            .success()
-            .then_some(())
-    })
-    .await;
-    server.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "node/node",
-        "--timeout=120s",
-    ]);
+    server.wait_node_ready("node").await;
     server.import_busybox_as("docker.io/library/busybox:1.0");
     server.import_busybox_as("docker.io/library/busybox:2.0");
     server

@@ -67,17 +67,20 @@ fn node_unschedulable(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn taint_toleration(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
-    let taints = info
-        .node
+/// The first of the node's taints of `effects` the pod does not tolerate.
+fn untolerated_taint<'a>(pod: &Pod, info: &'a NodeInfo, effects: &[&str]) -> Option<&'a Taint> {
+    info.node
         .spec
         .as_ref()
         .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
-    let untolerated = taints
+        .unwrap_or_default()
         .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tolerates(tolerations(pod), t));
+        .filter(|t| effects.contains(&t.effect.as_str()))
+        .find(|t| !tolerates(tolerations(pod), t))
+}
+
+fn taint_toleration(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+    let untolerated = untolerated_taint(pod, info, &["NoSchedule", "NoExecute"]);
     match untolerated {
         Some(t) => Err(unresolvable(format!(
             "node(s) had untolerated taint {{{}: {}}}",
@@ -150,6 +153,24 @@ fn node_affinity(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
             "node(s) didn't match Pod's node affinity/selector",
         ))
     }
+}
+
+/// Whether `node` takes `pod` by its node name, node selector and
+/// required node affinity, and tolerates the node's taints of `effects`:
+/// the predicates the DaemonSet controller asks of every node.
+pub fn node_fits(
+    pod: &Pod,
+    node: std::sync::Arc<k8s_openapi::api::core::v1::Node>,
+    effects: &[&str],
+) -> bool {
+    let info = NodeInfo::new(node);
+    let wanted = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if wanted.is_some_and(|n| !n.is_empty() && n != info.name())
+        || node_affinity(pod, &info).is_err()
+    {
+        return false;
+    }
+    untolerated_taint(pod, &info, effects).is_none()
 }
 
 fn node_ports(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {

@@ -454,6 +454,23 @@ impl KuboxServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until node `name` has registered and is Ready.
+    pub async fn wait_node_ready(&self, name: &str) {
+        eventually("the node to register", Duration::from_secs(120), || async {
+            self.kubectl(&["get", "node", name])
+                .status
+                .success()
+                .then_some(())
+        })
+        .await;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("node/{name}"),
+            "--timeout=120s",
+        ]);
+    }
+
     /// Imports a busybox image built on the spot into the server's node.
     pub fn import_busybox(&self) {
         self.import_busybox_as("docker.io/library/busybox:latest");

@@ -6,7 +6,7 @@
 
 mod rollout;
 mod sync;
-mod util;
+pub(crate) mod util;
 
 use std::sync::Arc;
 use std::time::Duration;
