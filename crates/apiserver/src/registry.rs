@@ -288,8 +288,14 @@ fn builtins() -> Vec<ResourceType> {
         }),
         resource::<rbac::Role>(PLAIN),
         resource::<rbac::ClusterRole>(PLAIN),
-        resource::<rbac::RoleBinding>(PLAIN),
-        resource::<rbac::ClusterRoleBinding>(PLAIN),
+        resource::<rbac::RoleBinding>(Options {
+            strategy: &strategy::Binding,
+            ..PLAIN
+        }),
+        resource::<rbac::ClusterRoleBinding>(Options {
+            strategy: &strategy::Binding,
+            ..PLAIN
+        }),
         resource::<coordination::Lease>(PLAIN),
         resource::<policy::PodDisruptionBudget>(Options {
             short_names: &["pdb"],
@@ -314,6 +320,8 @@ fn builtins() -> Vec<ResourceType> {
         resource::<authentication::SelfSubjectReview>(REVIEW),
         resource::<authorization::SelfSubjectAccessReview>(REVIEW),
         resource::<authorization::SubjectAccessReview>(REVIEW),
+        resource::<authorization::LocalSubjectAccessReview>(REVIEW),
+        resource::<authorization::SelfSubjectRulesReview>(REVIEW),
     ]
 }
 

@@ -4,6 +4,7 @@
 //! of the `kube-controller-manager` Lease in kube-system runs them, so
 //! several servers can run a controller manager for high availability.
 
+mod clusterroleaggregation;
 mod deployment;
 mod discovery;
 mod endpoints;
@@ -125,6 +126,7 @@ async fn lead(client: kube::Client, config: Config) {
     });
     let controllers: Vec<BoxFuture<'static, ()>> = vec![
         serviceaccount::run(ctx.clone()).boxed(),
+        clusterroleaggregation::run(ctx.clone()).boxed(),
         replicaset::run_replicasets(ctx.clone()).boxed(),
         replicaset::run_replication_controllers(ctx.clone()).boxed(),
         deployment::run(ctx.clone()).boxed(),
