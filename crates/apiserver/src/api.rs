@@ -698,6 +698,14 @@ impl Api {
                 }
                 new = merged;
             }
+            // A CertificateSigningRequest's `approval` changes only its
+            // conditions (Approved, Denied) and metadata.
+            Some("approval") => {
+                let mut merged = old.clone();
+                merged["status"]["conditions"] = new["status"]["conditions"].take();
+                merged["metadata"] = new["metadata"].take();
+                new = merged;
+            }
             // A namespace's `finalize` changes its spec (the finalizers)
             // and metadata, never its status.
             Some("finalize") => match old.get("status") {

@@ -414,6 +414,9 @@ impl Handler {
             // The namespace controller hands a namespace back through
             // `finalize` once it is empty.
             Some("finalize") if rt.plural == "namespaces" && rr.verb == Verb::Update => {}
+            Some("approval")
+                if rt.plural == "certificatesigningrequests"
+                    && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
@@ -501,12 +504,16 @@ impl Handler {
                 if name.is_some() {
                     return Err(ApiError::method_not_allowed());
                 }
-                let body = read_object_body(req.into_body(), &content_type).await?;
+                let mut body = read_object_body(req.into_body(), &content_type).await?;
+                if rt.plural == "certificatesigningrequests" {
+                    body = requested_by(&body, user)?;
+                }
                 let w = api.create(rt, ns, &body, &wopts).await?;
                 (StatusCode::CREATED, w.object, w.warnings)
             }
             Verb::Update => {
-                let body = read_body(req.into_body()).await?;
+                // Typed clients (kubectl certificate approve) PUT protobuf.
+                let body = read_object_body(req.into_body(), &content_type).await?;
                 let w = api.update(target, &body, &wopts).await?;
                 (StatusCode::OK, w.object, w.warnings)
             }
@@ -730,6 +737,18 @@ impl Handler {
         );
         Ok(resp)
     }
+}
+
+/// A CertificateSigningRequest records who asked for it, whatever the
+/// body says, as upstream's strategy does.
+fn requested_by(body: &[u8], user: &Identity) -> ApiResult<Bytes> {
+    let mut csr: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+    if csr["spec"].is_object() {
+        csr["spec"]["username"] = json!(user.user);
+        csr["spec"]["groups"] = json!(user.groups);
+    }
+    Ok(Bytes::from(serde_json::to_vec(&csr).unwrap_or_default()))
 }
 
 fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value {

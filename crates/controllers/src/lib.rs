@@ -5,6 +5,7 @@
 //! several servers can run a controller manager for high availability.
 
 mod clusterroleaggregation;
+mod csrsigning;
 mod deployment;
 mod discovery;
 mod endpoints;
@@ -31,6 +32,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubox_client::events::Recorder;
 use kubox_client::leader::{self, LeaderElection};
 
+pub use csrsigning::SigningCa;
 pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
 pub use nodeipam::PodRanges;
 
@@ -44,6 +46,9 @@ pub struct Config {
     /// The cluster CA's certificate (PEM), which the root CA publisher
     /// hands to every namespace.
     pub root_ca: String,
+    /// The cluster CA's key too, when this controller manager signs
+    /// CertificateSigningRequests.
+    pub signing_ca: Option<SigningCa>,
 }
 
 /// What every controller shares.
@@ -127,6 +132,7 @@ async fn lead(client: kube::Client, config: Config) {
     let controllers: Vec<BoxFuture<'static, ()>> = vec![
         serviceaccount::run(ctx.clone()).boxed(),
         clusterroleaggregation::run(ctx.clone()).boxed(),
+        csrsigning::run(ctx.clone()).boxed(),
         replicaset::run_replicasets(ctx.clone()).boxed(),
         replicaset::run_replication_controllers(ctx.clone()).boxed(),
         deployment::run(ctx.clone()).boxed(),

@@ -186,6 +186,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 node_mask: args.node_cidr_mask_size,
             },
             root_ca,
+            signing_ca: Some(kubox_controllers::SigningCa {
+                cert_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                    .context("reading the cluster CA for the CSR signer")?,
+                key_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.key"))
+                    .context("reading the cluster CA key for the CSR signer")?,
+            }),
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };

@@ -780,3 +780,108 @@ async fn service_accounts_and_impersonation() {
     ]);
     assert_eq!(answer, "true");
 }
+
+#[tokio::test]
+async fn a_certificate_signing_request_approved_with_kubectl_gives_a_client_certificate() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run("openssl", &["genrsa", "-out", "dev.key", "2048"], d);
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            "dev.key",
+            "-out",
+            "dev.csr",
+            "-subj",
+            "/CN=dev1/O=dev",
+        ],
+        d,
+    );
+    use base64::Engine;
+    let request =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("dev.csr")).unwrap());
+    let csr = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": "dev1"},
+        "spec": {
+            "request": request,
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "expirationSeconds": 86400,
+            "usages": ["client auth"],
+        },
+    });
+    server.apply_json(&csr);
+    let requestor = server.kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.spec.username}"]);
+    assert_eq!(requestor, "kubox-admin");
+    assert!(
+        server
+            .kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"])
+            .is_empty()
+    );
+    assert_eq!(
+        server.kubectl_ok(&["certificate", "approve", "dev1"]),
+        "certificatesigningrequest.certificates.k8s.io/dev1 approved\n"
+    );
+    let cert = eventually(
+        "the certificate to be issued",
+        Duration::from_secs(20),
+        || async {
+            let c =
+                server.kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"]);
+            (!c.is_empty()).then_some(c)
+        },
+    )
+    .await;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .unwrap();
+    std::fs::write(d.join("dev.crt"), pem).unwrap();
+    let config = d.join("config");
+    std::fs::copy(server.kubeconfig(), &config).unwrap();
+    let cfg = config.to_str().unwrap();
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-credentials",
+            "dev1",
+            &format!("--client-certificate={}", d.join("dev.crt").display()),
+            &format!("--client-key={}", d.join("dev.key").display()),
+        ],
+        d,
+    );
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-context",
+            "dev1",
+            "--cluster=kubox",
+            "--user=dev1",
+        ],
+        d,
+    );
+    let whoami = text(
+        &kubectl_as(
+            &config,
+            &[
+                "--context=dev1",
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        )
+        .stdout,
+    );
+    assert_eq!(whoami, r#"dev1 ["dev","system:authenticated"]"#);
+}
