@@ -110,3 +110,56 @@ impl Authorizer for Rbac {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(kind: &str, name: &str, namespace: Option<&str>) -> Subject {
+        Subject {
+            kind: kind.into(),
+            name: name.into(),
+            namespace: namespace.map(Into::into),
+            api_group: None,
+        }
+    }
+
+    #[test]
+    fn subjects_name_users_groups_and_service_accounts() {
+        let jane = Identity {
+            user: "jane".into(),
+            groups: vec!["dev".into(), "system:authenticated".into()],
+        };
+        assert!(names(&subject("User", "jane", None), &jane, ""));
+        assert!(!names(&subject("User", "bob", None), &jane, ""));
+        assert!(names(&subject("Group", "dev", None), &jane, ""));
+        assert!(names(
+            &subject("Group", "system:authenticated", None),
+            &jane,
+            ""
+        ));
+        assert!(!names(&subject("Group", "jane", None), &jane, ""));
+        let bot = Identity {
+            user: "system:serviceaccount:work:bot".into(),
+            groups: vec![],
+        };
+        assert!(names(
+            &subject("ServiceAccount", "bot", Some("work")),
+            &bot,
+            ""
+        ));
+        assert!(!names(
+            &subject("ServiceAccount", "bot", Some("other")),
+            &bot,
+            ""
+        ));
+        // A RoleBinding's ServiceAccount without a namespace is of the binding's.
+        assert!(names(&subject("ServiceAccount", "bot", None), &bot, "work"));
+        assert!(!names(
+            &subject("ServiceAccount", "bot", None),
+            &bot,
+            "default"
+        ));
+        assert!(!names(&subject("User", "bot", None), &bot, "work"));
+    }
+}
