@@ -14,6 +14,7 @@ use crate::allocator;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::deletion::{self, DeleteOptions};
 use crate::eviction;
+use crate::http::Identity;
 use crate::leases::ExpiringLeases;
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType};
@@ -41,6 +42,20 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are an error, not a warning.
     pub strict: bool,
+    /// Who writes, for checks that depend on it (RBAC's escalation
+    /// prevention); None for the server's own writes.
+    pub user: Option<Identity>,
+}
+
+/// A check of a write by its user beyond the request's authorization.
+pub trait WriteCheck: Send + Sync {
+    fn check(
+        &self,
+        user: &Identity,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        obj: &Value,
+    ) -> ApiResult<()>;
 }
 
 /// The object a write addresses: resource, namespace, name, subresource.
@@ -61,6 +76,11 @@ pub struct Written {
 pub struct Api {
     pub registry: Registry,
     pub admission: Chain,
+    /// Whether the start's bootstrap (RBAC's default policy) is done, as
+    /// upstream's post-start hooks gate readiness.
+    pub bootstrapped: std::sync::atomic::AtomicBool,
+    /// Set once at start when the authorization mode checks writes.
+    pub write_check: std::sync::OnceLock<Arc<dyn WriteCheck>>,
     store: Arc<dyn Store>,
     caches: HashMap<&'static str, Arc<Cache>>,
     /// Leases Events are stored under, so they expire after the event TTL.
@@ -168,6 +188,8 @@ impl Api {
         Self {
             registry,
             admission: Chain::default(),
+            write_check: std::sync::OnceLock::new(),
+            bootstrapped: Default::default(),
             store,
             caches,
             event_leases: ExpiringLeases::new(event_ttl),
@@ -182,9 +204,31 @@ impl Api {
         &self.caches[rt.plural]
     }
 
+    /// The watch cache of a resource, by plural name.
+    pub(crate) fn cache_of(&self, plural: &str) -> Option<Arc<Cache>> {
+        self.caches.get(plural).cloned()
+    }
+
+    fn check_write(
+        &self,
+        opts: &WriteOptions,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        obj: &Value,
+    ) -> ApiResult<()> {
+        match (&opts.user, self.write_check.get()) {
+            (Some(user), Some(check)) => check.check(user, rt, ns, obj),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether every cache has loaded from the store.
     pub fn ready(&self) -> bool {
         self.caches.values().all(|c| c.revision() >= 0)
+    }
+
+    pub fn is_bootstrapped(&self) -> bool {
+        self.bootstrapped.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Decodes a request body as an object of `rt`, checking kind and apiVersion.
@@ -532,6 +576,7 @@ impl Api {
             .await?;
         self.validate(rt, &obj)?;
         self.admission.validate(&attrs, &obj, &*self.store).await?;
+        self.check_write(opts, rt, ns, &obj)?;
         let key = rt.key(ns, &name);
         if opts.dry_run {
             let (existing, _) = self.store.get(&key).await?;
@@ -652,6 +697,14 @@ impl Api {
                         }
                     }
                 }
+                new = merged;
+            }
+            // A CertificateSigningRequest's `approval` changes only its
+            // conditions (Approved, Denied) and metadata.
+            Some("approval") => {
+                let mut merged = old.clone();
+                merged["status"]["conditions"] = new["status"]["conditions"].take();
+                merged["metadata"] = new["metadata"].take();
                 new = merged;
             }
             // A namespace's `finalize` changes its spec (the finalizers)
@@ -794,6 +847,7 @@ impl Api {
             // No resourceVersion: an unconditional update, as upstream allows.
             None => revision,
         };
+        self.check_write(opts, rt, ns, &new)?;
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run)
             .await?;
@@ -826,6 +880,7 @@ impl Api {
             };
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
+            self.check_write(opts, rt, ns, &new)?;
             match self
                 .write_update(target, &old, new, expected, opts.dry_run)
                 .await

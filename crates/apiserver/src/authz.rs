@@ -1,11 +1,18 @@
-//! Authorization: one interface every request passes after authentication.
-//! Until RBAC lands, authenticated users may do everything; the Forbidden
-//! wording is upstream's, for the authorizers to come.
+//! Authorization: one interface every request passes after authentication,
+//! with upstream's modes (`--authorization-mode`): RBAC (`crate::rbac`) by
+//! default, AlwaysAllow for compatibility. Members of `system:masters` are
+//! allowed before any authorizer is asked, as upstream's privileged group.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
 
 use crate::http::Identity;
 use crate::status::ApiError;
 
-/// What a request asks to do, as upstream's authorizer attributes.
+/// The group whose members may do everything, whatever the authorizer.
+pub const MASTERS: &str = "system:masters";
+
+/// What a request asks to do, as upstream's authorizer attributes: a
+/// resource request, or (with `path`) a non-resource one.
 pub struct Attributes<'a> {
     pub user: &'a Identity,
     pub verb: &'a str,
@@ -14,6 +21,24 @@ pub struct Attributes<'a> {
     pub resource: &'a str,
     pub subresource: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// The URL path of a non-resource request (`/healthz`, `/apis`).
+    pub path: Option<&'a str>,
+}
+
+impl<'a> Attributes<'a> {
+    /// A request for a non-resource URL with the HTTP method's verb.
+    pub fn non_resource(user: &'a Identity, verb: &'a str, path: &'a str) -> Self {
+        Self {
+            user,
+            verb,
+            namespace: None,
+            group: "",
+            resource: "",
+            subresource: None,
+            name: None,
+            path: Some(path),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,44 +50,79 @@ pub enum Decision {
 
 pub trait Authorizer: Send + Sync {
     fn authorize(&self, attrs: &Attributes<'_>) -> Decision;
+
+    /// The rules `user` holds in `namespace` (empty: cluster-wide ones
+    /// only), for SelfSubjectRulesReview and escalation checks.
+    fn rules_for(&self, user: &Identity, namespace: &str) -> Vec<PolicyRule>;
 }
 
-/// Every authenticated user may do everything.
-pub struct AllowAuthenticated;
+/// Asks `authorizer` unless the user is in `system:masters`.
+pub fn decide(authorizer: &dyn Authorizer, attrs: &Attributes<'_>) -> Decision {
+    if attrs.user.groups.iter().any(|g| g == MASTERS) {
+        return Decision::Allow;
+    }
+    authorizer.authorize(attrs)
+}
 
-impl Authorizer for AllowAuthenticated {
+/// Every request is allowed (upstream's AlwaysAllow mode).
+pub struct AlwaysAllow;
+
+impl Authorizer for AlwaysAllow {
     fn authorize(&self, _attrs: &Attributes<'_>) -> Decision {
         Decision::Allow
+    }
+
+    fn rules_for(&self, _user: &Identity, _namespace: &str) -> Vec<PolicyRule> {
+        let all = vec!["*".to_owned()];
+        vec![
+            PolicyRule {
+                api_groups: Some(all.clone()),
+                resources: Some(all.clone()),
+                verbs: all.clone(),
+                ..Default::default()
+            },
+            PolicyRule {
+                non_resource_urls: Some(all.clone()),
+                verbs: all,
+                ..Default::default()
+            },
+        ]
     }
 }
 
 /// Upstream's message: `pods "x" is forbidden: User "u" cannot get resource
-/// "pods" in API group "" in the namespace "default"`.
+/// "pods" in API group "" in the namespace "default"`, or for a path
+/// `forbidden: User "u" cannot get path "/apis"`.
 pub fn forbidden(attrs: &Attributes<'_>, reason: &str) -> ApiError {
-    let resource = match attrs.subresource {
-        Some(sub) => format!("{}/{sub}", attrs.resource),
-        None => attrs.resource.to_owned(),
+    let user = &attrs.user.user;
+    let why = match attrs.path {
+        Some(path) => format!("User {user:?} cannot {} path {path:?}", attrs.verb),
+        None => {
+            let resource = match attrs.subresource {
+                Some(sub) => format!("{}/{sub}", attrs.resource),
+                None => attrs.resource.to_owned(),
+            };
+            let scope = match attrs.namespace {
+                Some(ns) => format!(" in the namespace {ns:?}"),
+                None => " at the cluster scope".to_owned(),
+            };
+            format!(
+                "User {user:?} cannot {} resource {resource:?} in API group {:?}{scope}",
+                attrs.verb, attrs.group
+            )
+        }
     };
-    let subject = match attrs.name {
-        Some(name) => format!(
-            "{} {name:?}",
-            crate::status::qualified(attrs.group, attrs.resource)
-        ),
-        None => crate::status::qualified(attrs.group, attrs.resource),
-    };
-    let scope = match attrs.namespace {
-        Some(ns) => format!(" in the namespace {ns:?}"),
-        None => " at the cluster scope".to_owned(),
-    };
-    let reason = if reason.is_empty() {
-        String::new()
+    let why = if reason.is_empty() {
+        why
     } else {
-        format!(": {reason}")
+        format!("{why}: {reason}")
     };
-    ApiError::forbidden(format!(
-        "{subject} is forbidden: User {:?} cannot {} resource {resource:?} in API group {:?}{scope}{reason}",
-        attrs.user.user, attrs.verb, attrs.group
-    ))
+    ApiError::forbidden_on(
+        attrs.group,
+        attrs.resource,
+        attrs.name.unwrap_or_default(),
+        &why,
+    )
 }
 
 #[cfg(test)]
@@ -83,10 +143,16 @@ mod tests {
             resource: "pods",
             subresource: None,
             name: None,
+            path: None,
         };
+        let e = forbidden(&list, "");
         assert_eq!(
-            forbidden(&list, "").message,
+            e.message,
             r#"pods is forbidden: User "backend" cannot list resource "pods" in API group "" in the namespace "default""#
+        );
+        assert_eq!(
+            e.to_status()["details"],
+            serde_json::json!({"kind": "pods"})
         );
         let get = Attributes {
             user: &user,
@@ -96,10 +162,39 @@ mod tests {
             resource: "deployments",
             subresource: Some("scale"),
             name: Some("web"),
+            path: None,
         };
         assert_eq!(
             forbidden(&get, "").message,
             r#"deployments.apps "web" is forbidden: User "backend" cannot get resource "deployments/scale" in API group "apps" at the cluster scope"#
         );
+        assert_eq!(
+            forbidden(&Attributes::non_resource(&user, "get", "/metrics"), "").message,
+            r#"forbidden: User "backend" cannot get path "/metrics""#
+        );
+    }
+
+    #[test]
+    fn masters_bypass_the_authorizer() {
+        struct Never;
+        impl Authorizer for Never {
+            fn authorize(&self, _: &Attributes<'_>) -> Decision {
+                Decision::Deny(String::new())
+            }
+            fn rules_for(&self, _: &Identity, _: &str) -> Vec<PolicyRule> {
+                Vec::new()
+            }
+        }
+        let admin = Identity {
+            user: "kubox-admin".into(),
+            groups: vec![MASTERS.into()],
+        };
+        let jane = Identity {
+            user: "jane".into(),
+            groups: vec![],
+        };
+        let path = |u| Attributes::non_resource(u, "get", "/");
+        assert_eq!(decide(&Never, &path(&admin)), Decision::Allow);
+        assert!(matches!(decide(&Never, &path(&jane)), Decision::Deny(_)));
     }
 }

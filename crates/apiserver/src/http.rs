@@ -32,6 +32,10 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// Largest request body accepted, as upstream's 3 MiB limit.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// The user of requests without credentials, and their only group.
+pub const ANONYMOUS: &str = "system:anonymous";
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+
 /// Who made a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -41,7 +45,7 @@ pub struct Identity {
 
 pub struct Handler {
     pub api: Arc<Api>,
-    pub authorizer: Box<dyn Authorizer>,
+    pub authorizer: std::sync::Arc<dyn Authorizer>,
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
     pub nodes: crate::node_proxy::NodeClient,
@@ -151,6 +155,7 @@ fn write_options(q: &HashMap<String, String>) -> WriteOptions {
     WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
+        user: None,
     }
 }
 
@@ -224,16 +229,30 @@ impl Handler {
         identity: Option<Identity>,
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        let public = matches!(
-            path.as_str(),
-            "/healthz" | "/livez" | "/readyz" | "/version"
-        );
-        if identity.is_none() && !public {
-            return error_response(&ApiError::unauthorized());
-        }
-        match self.route(req, &path, identity.as_ref()).await {
+        // Requests without credentials are the anonymous user's, whom RBAC
+        // lets reach only the public endpoints, as upstream.
+        let identity = identity.unwrap_or_else(|| Identity {
+            user: ANONYMOUS.to_owned(),
+            groups: vec![UNAUTHENTICATED.to_owned()],
+        });
+        let identity =
+            match crate::impersonation::impersonate(&*self.authorizer, &identity, req.headers()) {
+                Ok(i) => i,
+                Err(e) => return error_response(&e),
+            };
+        match self.route(req, &path, &identity).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
+        }
+    }
+
+    /// Authorizes a request for a URL that names no resource.
+    fn authorize_path(&self, user: &Identity, method: &Method, path: &str) -> ApiResult<()> {
+        let verb = method.as_str().to_ascii_lowercase();
+        let attrs = authz::Attributes::non_resource(user, &verb, path);
+        match authz::decide(&*self.authorizer, &attrs) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(authz::forbidden(&attrs, &reason)),
         }
     }
 
@@ -241,8 +260,14 @@ impl Handler {
         &self,
         req: Request<Incoming>,
         path: &str,
-        identity: Option<&Identity>,
+        identity: &Identity,
     ) -> ApiResult<Response<Body>> {
+        let q = query(&req);
+        let watch = q.get("watch").is_some_and(|v| v == "true" || v == "1");
+        let rr = request::parse(req.method(), path, watch);
+        if rr.is_none() {
+            self.authorize_path(identity, req.method(), path)?;
+        }
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -255,17 +280,24 @@ impl Handler {
         match path.trim_end_matches('/') {
             "/healthz" | "/livez" => return Ok(text(StatusCode::OK, "ok".into())),
             "/readyz" => {
-                let ready = self.api.ready();
+                let caches = self.api.ready();
+                let hooks = self.api.is_bootstrapped();
+                let ready = caches && hooks;
                 let verbose = req.uri().query().is_some_and(|q| q.contains("verbose"));
-                let mark = if ready { "ok" } else { "failed" };
+                let mark = |ok: bool| if ok { "+" } else { "-" };
                 let body = if verbose {
                     format!(
-                        "[+]ping ok\n[+]etcd ok\n[{}]watch-cache {mark}\nreadyz check {}\n",
-                        if ready { "+" } else { "-" },
+                        "[+]ping ok\n[+]etcd ok\n[{}]watch-cache {}\n[{}]poststarthook/rbac/bootstrap-roles {}\nreadyz check {}\n",
+                        mark(caches),
+                        if caches { "ok" } else { "failed" },
+                        mark(hooks),
+                        if hooks { "ok" } else { "failed: not finished" },
                         if ready { "passed" } else { "failed" }
                     )
+                } else if ready {
+                    "ok".to_owned()
                 } else {
-                    mark.to_owned()
+                    "failed".to_owned()
                 };
                 let code = if ready {
                     StatusCode::OK
@@ -322,9 +354,7 @@ impl Handler {
             }
             _ => {}
         }
-        let q = query(&req);
-        let watch = q.get("watch").is_some_and(|v| v == "true" || v == "1");
-        let Some(rr) = request::parse(req.method(), path, watch) else {
+        let Some(rr) = rr else {
             return Err(
                 if matches!(
                     *req.method(),
@@ -338,17 +368,16 @@ impl Handler {
         };
         let started = std::time::Instant::now();
         let dry_run = write_options(&q).dry_run;
-        let result = match (
-            registry.get(&rr.group, &rr.version, &rr.resource).cloned(),
-            identity,
-        ) {
-            (Some(rt), Some(user)) => match self.authorize(user, &rr) {
-                Ok(()) if rt.review => self.review(req, &rr, &rt, user).await,
-                Ok(()) => self.resource(req, rr.clone(), &rt, q, form(&accept)).await,
-                Err(e) => Err(e),
+        let result = match self.authorize(identity, &rr) {
+            Err(e) => Err(e),
+            Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
+                Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,
+                Some(rt) => {
+                    self.resource(req, rr.clone(), &rt, q, form(&accept), identity)
+                        .await
+                }
+                None => Err(ApiError::no_route()),
             },
-            (Some(_), None) => Err(ApiError::unauthorized()),
-            (None, _) => Err(ApiError::no_route()),
         };
         let code = match &result {
             Ok(resp) => resp.status().as_u16(),
@@ -365,6 +394,7 @@ impl Handler {
         rt: &ResourceType,
         q: HashMap<String, String>,
         form: Form,
+        user: &Identity,
     ) -> ApiResult<Response<Body>> {
         let api = &self.api;
         let ns = if rt.namespaced {
@@ -384,6 +414,9 @@ impl Handler {
             // The namespace controller hands a namespace back through
             // `finalize` once it is empty.
             Some("finalize") if rt.plural == "namespaces" && rr.verb == Verb::Update => {}
+            Some("approval")
+                if rt.plural == "certificatesigningrequests"
+                    && matches!(rr.verb, Verb::Get | Verb::Update | Verb::Patch) => {}
             Some("scale") if rt.scale_subresource => {
                 return self.scale(req, &rr, rt, ns, &q).await;
             }
@@ -454,7 +487,10 @@ impl Handler {
         }
         let content_type = content_type(&req);
         let name = rr.name.as_deref();
-        let wopts = write_options(&q);
+        let wopts = WriteOptions {
+            user: Some(user.clone()),
+            ..write_options(&q)
+        };
         let target = ObjectRef {
             rt,
             ns,
@@ -484,12 +520,16 @@ impl Handler {
                 if name.is_some() {
                     return Err(ApiError::method_not_allowed());
                 }
-                let body = read_object_body(req.into_body(), &content_type).await?;
+                let mut body = read_object_body(req.into_body(), &content_type).await?;
+                if rt.plural == "certificatesigningrequests" {
+                    body = requested_by(&body, user)?;
+                }
                 let w = api.create(rt, ns, &body, &wopts).await?;
                 (StatusCode::CREATED, w.object, w.warnings)
             }
             Verb::Update => {
-                let body = read_body(req.into_body()).await?;
+                // Typed clients (kubectl certificate approve) PUT protobuf.
+                let body = read_object_body(req.into_body(), &content_type).await?;
                 let w = api.update(target, &body, &wopts).await?;
                 (StatusCode::OK, w.object, w.warnings)
             }
@@ -541,65 +581,15 @@ impl Handler {
         }
         let media = content_type(&req);
         let body = read_object_body(req.into_body(), &media).await?;
-        let mut review: Value = serde_json::from_slice(&body)
+        let review: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
-        review["apiVersion"] = json!(rt.api_version());
-        review["kind"] = json!(rt.kind);
-        if !review["metadata"].is_object() {
-            review["metadata"] = json!({});
-        }
-        review["metadata"]["creationTimestamp"] = Value::Null;
-        let status = match rt.kind {
-            "SelfSubjectReview" => {
-                json!({"userInfo": {"username": caller.user, "groups": caller.groups}})
-            }
-            _ => {
-                let spec = &review["spec"];
-                let subject = if rt.kind == "SubjectAccessReview" {
-                    Identity {
-                        user: spec["user"].as_str().unwrap_or_default().to_owned(),
-                        groups: spec["groups"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|g| g.as_str().map(str::to_owned))
-                            .collect(),
-                    }
-                } else {
-                    caller.clone()
-                };
-                let ra = &spec["resourceAttributes"];
-                let nra = &spec["nonResourceAttributes"];
-                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-                let (verb, resource) = if ra.is_object() {
-                    (text(&ra["verb"]), text(&ra["resource"]))
-                } else {
-                    (text(&nra["verb"]), text(&nra["path"]))
-                };
-                let (namespace, group, subresource, name) = (
-                    text(&ra["namespace"]),
-                    text(&ra["group"]),
-                    text(&ra["subresource"]),
-                    text(&ra["name"]),
-                );
-                let attrs = authz::Attributes {
-                    user: &subject,
-                    verb: &verb,
-                    namespace: Some(namespace.as_str()).filter(|n| !n.is_empty()),
-                    group: &group,
-                    resource: &resource,
-                    subresource: Some(subresource.as_str()).filter(|s| !s.is_empty()),
-                    name: Some(name.as_str()).filter(|n| !n.is_empty()),
-                };
-                match self.authorizer.authorize(&attrs) {
-                    Decision::Allow => json!({"allowed": true}),
-                    Decision::Deny(reason) => {
-                        json!({"allowed": false, "denied": true, "reason": reason})
-                    }
-                }
-            }
-        };
-        review["status"] = status;
+        let review = crate::review::answer(
+            &*self.authorizer,
+            rt,
+            rr.namespace.as_deref(),
+            caller,
+            review,
+        )?;
         Ok(respond_json(
             StatusCode::CREATED,
             &review,
@@ -616,8 +606,9 @@ impl Handler {
             resource: &rr.resource,
             subresource: rr.subresource.as_deref(),
             name: rr.name.as_deref(),
+            path: None,
         };
-        match self.authorizer.authorize(&attrs) {
+        match authz::decide(&*self.authorizer, &attrs) {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => Err(authz::forbidden(&attrs, &reason)),
         }
@@ -762,6 +753,18 @@ impl Handler {
         );
         Ok(resp)
     }
+}
+
+/// A CertificateSigningRequest records who asked for it, whatever the
+/// body says, as upstream's strategy does.
+fn requested_by(body: &[u8], user: &Identity) -> ApiResult<Bytes> {
+    let mut csr: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;
+    if csr["spec"].is_object() {
+        csr["spec"]["username"] = json!(user.user);
+        csr["spec"]["groups"] = json!(user.groups);
+    }
+    Ok(Bytes::from(serde_json::to_vec(&csr).unwrap_or_default()))
 }
 
 fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value {

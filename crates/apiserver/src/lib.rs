@@ -7,10 +7,12 @@ pub mod allocator;
 pub mod api;
 pub mod authz;
 pub mod cache;
+mod client_auth;
 pub mod deletion;
 pub mod discovery;
 mod eviction;
 pub mod http;
+mod impersonation;
 pub mod leases;
 pub mod metrics;
 mod node_proxy;
@@ -19,6 +21,7 @@ pub mod patch;
 pub mod pki;
 pub mod registry;
 pub mod request;
+mod review;
 pub mod scale;
 pub mod selectors;
 pub mod server;
@@ -28,6 +31,7 @@ pub mod table;
 pub mod validation;
 
 mod bootstrap;
+pub mod rbac;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -50,6 +54,17 @@ pub struct Config {
     pub extra_sans: Vec<String>,
     /// How long Events are kept after their last update.
     pub event_ttl: std::time::Duration,
+    pub authorization_mode: AuthorizationMode,
+}
+
+/// Upstream's `--authorization-mode` values kubox has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Roles and bindings decide (the default).
+    #[default]
+    Rbac,
+    /// Every request is allowed, anonymous ones too, as upstream's mode.
+    AlwaysAllow,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +160,19 @@ impl ApiServer {
         pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
 
         let api = Arc::new(Api::new(store, config.event_ttl));
+        let (authorizer, view): (Arc<dyn authz::Authorizer>, _) = match config.authorization_mode {
+            AuthorizationMode::AlwaysAllow => (Arc::new(authz::AlwaysAllow), None),
+            AuthorizationMode::Rbac => {
+                let view = rbac::view::RbacView::start(|plural| api.cache_of(plural));
+                let rbac = Arc::new(rbac::Rbac { view: view.clone() });
+                let check = Arc::new(rbac::escalation::Escalation { rbac: rbac.clone() });
+                let _ = api.write_check.set(check);
+                (rbac, Some(view))
+            }
+        };
         let handler = Arc::new(Handler {
             api: api.clone(),
-            authorizer: Box::new(authz::AllowAuthenticated),
+            authorizer,
             metrics: Default::default(),
             nodes: node_proxy::NodeClient::new(&pki.client(
                 "apiserver-kubelet-client",
@@ -159,6 +184,21 @@ impl ApiServer {
         bootstrap::run(&api, config.advertise_address, addr.port())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
+        let policy = rbac::policy::run(&api)
+            .await
+            .map_err(|e| StartError::Bootstrap(e.message))?;
+        // Components start once the authorizer sees the policy they rely on.
+        if let Some(view) = view {
+            for (plural, revision) in policy {
+                if !view.wait_for(plural, revision).await {
+                    return Err(StartError::Bootstrap(format!(
+                        "the RBAC view did not load {plural}"
+                    )));
+                }
+            }
+        }
+        api.bootstrapped
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(Self {
             addr,
             kubeconfig,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
-    autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, discovery::v1 as discovery, networking::v1 as networking,
-    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+    autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::{NamespaceResourceScope, Resource};
 use serde::Serialize;
@@ -288,9 +289,20 @@ fn builtins() -> Vec<ResourceType> {
         }),
         resource::<rbac::Role>(PLAIN),
         resource::<rbac::ClusterRole>(PLAIN),
-        resource::<rbac::RoleBinding>(PLAIN),
-        resource::<rbac::ClusterRoleBinding>(PLAIN),
+        resource::<rbac::RoleBinding>(Options {
+            strategy: &strategy::Binding,
+            ..PLAIN
+        }),
+        resource::<rbac::ClusterRoleBinding>(Options {
+            strategy: &strategy::Binding,
+            ..PLAIN
+        }),
         resource::<coordination::Lease>(PLAIN),
+        resource::<certificates::CertificateSigningRequest>(Options {
+            short_names: &["csr"],
+            status: true,
+            ..PLAIN
+        }),
         resource::<policy::PodDisruptionBudget>(Options {
             short_names: &["pdb"],
             status: true,
@@ -314,6 +326,8 @@ fn builtins() -> Vec<ResourceType> {
         resource::<authentication::SelfSubjectReview>(REVIEW),
         resource::<authorization::SelfSubjectAccessReview>(REVIEW),
         resource::<authorization::SubjectAccessReview>(REVIEW),
+        resource::<authorization::LocalSubjectAccessReview>(REVIEW),
+        resource::<authorization::SelfSubjectRulesReview>(REVIEW),
     ]
 }
 

@@ -41,13 +41,19 @@ pub fn tls_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for ca in certs(client_ca)? {
-        roots.add(ca)?;
+    let cas = certs(client_ca)?;
+    for ca in &cas {
+        roots.add(ca.clone())?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(crate::client_auth::ClusterClients {
+        inner,
+        ca_der: cas.first().map(|c| c.to_vec()).unwrap_or_default(),
+        schemes: provider.signature_verification_algorithms,
+    });
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
         .map_err(|e| TlsError::Pem(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

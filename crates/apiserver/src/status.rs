@@ -216,6 +216,24 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }
 
+    /// Upstream's NewForbidden: `<resource> ["<name>"] is forbidden: <why>`,
+    /// or `forbidden: <why>` for no resource (a non-resource path).
+    pub fn forbidden_on(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        if plural.is_empty() {
+            return Self::forbidden(format!("forbidden: {why}")).with_details(json!({}));
+        }
+        let subject = if name.is_empty() {
+            qualified(group, plural)
+        } else {
+            format!("{} {name:?}", qualified(group, plural))
+        };
+        let mut d = details(group, plural, name);
+        if name.is_empty() {
+            d.as_object_mut().map(|o| o.remove("name"));
+        }
+        Self::forbidden(format!("{subject} is forbidden: {why}")).with_details(d)
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

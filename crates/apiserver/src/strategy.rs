@@ -554,6 +554,25 @@ impl Strategy for Deployment {
     }
 }
 
+/// RoleBindings and ClusterRoleBindings: an empty `apiGroup` of the role
+/// reference and of User and Group subjects means RBAC's group, as
+/// upstream's defaults write it.
+pub struct Binding;
+impl Strategy for Binding {
+    fn default(&self, obj: &mut Value) {
+        const GROUP: &str = "rbac.authorization.k8s.io";
+        let empty = |v: &Value| v.as_str().is_none_or(str::is_empty);
+        if obj["roleRef"].is_object() && empty(&obj["roleRef"]["apiGroup"]) {
+            obj["roleRef"]["apiGroup"] = Value::from(GROUP);
+        }
+        for s in obj["subjects"].as_array_mut().into_iter().flatten() {
+            if matches!(s["kind"].as_str(), Some("User" | "Group")) && empty(&s["apiGroup"]) {
+                s["apiGroup"] = Value::from(GROUP);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

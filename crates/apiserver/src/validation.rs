@@ -32,10 +32,23 @@ pub fn dns_subdomain(s: &str) -> Option<String> {
     (!s.split('.').all(label_ok)).then(|| DNS1123_SUBDOMAIN_MSG.to_owned())
 }
 
+/// Why `s` cannot be a path segment (upstream's IsValidPathSegmentName,
+/// the rule of RBAC objects' names such as `system:node`).
+pub fn path_segment(s: &str) -> Option<String> {
+    if s == "." || s == ".." {
+        return Some(format!("may not be '{s}'"));
+    }
+    ["/", "%"]
+        .iter()
+        .find(|c| s.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+}
+
 /// Which rule a resource's names follow.
 pub fn name_rule(plural: &str) -> fn(&str) -> Option<String> {
     match plural {
         "namespaces" | "services" => dns_label,
+        "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => path_segment,
         _ => dns_subdomain,
     }
 }

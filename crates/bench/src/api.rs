@@ -56,6 +56,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         https_port: 0,
         extra_sans: Vec::new(),
         event_ttl: Duration::from_secs(3600),
+        authorization_mode: Default::default(),
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

@@ -4,6 +4,8 @@
 //! of the `kube-controller-manager` Lease in kube-system runs them, so
 //! several servers can run a controller manager for high availability.
 
+mod clusterroleaggregation;
+mod csrsigning;
 mod daemonset;
 mod deployment;
 mod discovery;
@@ -37,6 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubox_client::events::Recorder;
 use kubox_client::leader::{self, LeaderElection};
 
+pub use csrsigning::SigningCa;
 pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
 pub use nodeipam::PodRanges;
 
@@ -52,6 +55,9 @@ pub struct Config {
     pub root_ca: String,
     /// Controllers not to run, by upstream's names (`job`, `daemonset`).
     pub disabled: Vec<String>,
+    /// The cluster CA's key too, when this controller manager signs
+    /// CertificateSigningRequests.
+    pub signing_ca: Option<SigningCa>,
 }
 
 /// What every controller shares.
@@ -161,6 +167,11 @@ async fn lead(client: kube::Client, config: Config) {
         ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
         ("servicelb", servicelb::run(ctx.clone()).boxed()),
         ("disruption", disruption::run(ctx.clone()).boxed()),
+        (
+            "clusterrole-aggregation",
+            clusterroleaggregation::run(ctx.clone()).boxed(),
+        ),
+        ("csrsigning", csrsigning::run(ctx.clone()).boxed()),
     ];
     let controllers: Vec<BoxFuture<'static, ()>> = all
         .into_iter()

@@ -7,6 +7,7 @@ mod image;
 mod ingress;
 mod net;
 mod server;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
     Ingress(ingress::StandaloneArgs),
     /// Remove what a node's network made: nft tables, bridge, veths, routes.
     Uninstall(net::UninstallArgs),
+    /// Manage the cluster's users (client certificates and kubeconfigs).
+    User(user::UserArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
     /// The embedded container runtime's helper, which the node agent starts.
@@ -51,9 +54,11 @@ fn main() -> anyhow::Result<()> {
     // One TLS provider for every client in the process (kube-rs, registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    if let Command::Image(args) = cli.command {
-        return image::run(args);
-    }
+    let cli = match cli.command {
+        Command::Image(args) => return image::run(args),
+        Command::User(args) => return user::run(args),
+        command => Cli { command, ..cli },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
@@ -70,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Image(_) | Command::RuntimeHelper => {
+            Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }
         }

@@ -18,6 +18,14 @@ pub enum Datastore {
     Etcd,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AuthorizationMode {
+    #[value(name = "RBAC")]
+    Rbac,
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
+}
+
 #[derive(Args)]
 pub struct ServerArgs {
     /// Where all state lives.
@@ -46,6 +54,10 @@ pub struct ServerArgs {
     /// How long Events are kept after their last update.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
+    /// How requests are authorized: RBAC (roles and bindings), or
+    /// AlwaysAllow (everything, anonymous requests too).
+    #[arg(long, value_enum, default_value = "RBAC")]
+    authorization_mode: AuthorizationMode,
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
@@ -133,6 +145,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         https_port: args.https_port,
         extra_sans: args.tls_sans.clone(),
         event_ttl: args.event_ttl,
+        authorization_mode: match args.authorization_mode {
+            AuthorizationMode::Rbac => kubox_apiserver::AuthorizationMode::Rbac,
+            AuthorizationMode::AlwaysAllow => kubox_apiserver::AuthorizationMode::AlwaysAllow,
+        },
     };
     let server = ApiServer::start(store, &config)
         .await
@@ -182,6 +198,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
             root_ca,
             disabled,
+            signing_ca: Some(kubox_controllers::SigningCa {
+                cert_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
+                    .context("reading the cluster CA for the CSR signer")?,
+                key_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.key"))
+                    .context("reading the cluster CA key for the CSR signer")?,
+            }),
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };

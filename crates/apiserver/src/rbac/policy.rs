@@ -1,0 +1,1153 @@
+//! The bootstrap policy, as upstream's: the default ClusterRoles (user-facing
+//! cluster-admin, admin, edit, view; discovery and self-review for
+//! everyone; the components' and controllers' roles), their bindings, and
+//! the leader-locking Roles in kube-system, all labelled
+//! `kubernetes.io/bootstrapping: rbac-defaults` and annotated
+//! `rbac.authorization.kubernetes.io/autoupdate: "true"`. At every start
+//! missing ones are created and, unless autoupdate is "false", missing rules
+//! and subjects are added back (upstream's reconciliation).
+//!
+//! kubox's controllers share one client (`system:kube-controller-manager`)
+//! rather than one ServiceAccount each, so each `system:controller:*`
+//! binding names that user beside the ServiceAccount upstream binds; the
+//! service proxy runs with its node's identity, so `system:node-proxier` is
+//! bound to `system:nodes` as well as `system:kube-proxy`, and with no Node
+//! authorizer `system:node` is bound to `system:nodes`.
+
+use serde_json::{Value, json};
+
+use crate::api::{Api, ObjectRef, WriteOptions};
+use crate::registry::ResourceType;
+use crate::status::{ApiError, ApiResult};
+
+use super::rules::uncovered;
+
+const LABEL: &str = "kubernetes.io/bootstrapping";
+const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+const AGGREGATE: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+const READ_WRITE: &[&str] = &[
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
+    json!({"verbs": verbs, "apiGroups": groups, "resources": resources})
+}
+
+fn named(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> Value {
+    json!({"verbs": verbs, "apiGroups": groups, "resources": resources, "resourceNames": names})
+}
+
+fn urls(verbs: &[&str], urls: &[&str]) -> Value {
+    json!({"verbs": verbs, "nonResourceURLs": urls})
+}
+
+fn events() -> Value {
+    rule(
+        &["create", "update", "patch"],
+        &["", "events.k8s.io"],
+        &["events"],
+    )
+}
+
+fn metadata(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut all = json!({LABEL: "rbac-defaults"});
+    for (k, v) in labels {
+        all[*k] = json!(v);
+    }
+    json!({"name": name, "labels": all, "annotations": {AUTOUPDATE: "true"}})
+}
+
+fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
+    json!({"metadata": metadata(name, &[]), "rules": rules})
+}
+
+/// A role made of the roles labelled `aggregate-to-<to>`, itself labelled
+/// into `into` (edit into admin, view into edit).
+fn aggregated(name: &str, to: &str, into: Option<&str>) -> Value {
+    let label = format!("{AGGREGATE}{into}", into = into.unwrap_or_default());
+    let labels: Vec<(&str, &str)> = into.map(|_| (label.as_str(), "true")).into_iter().collect();
+    json!({
+        "metadata": metadata(name, &labels),
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {format!("{AGGREGATE}{to}"): "true"}}]},
+        "rules": [],
+    })
+}
+
+fn aggregate_to(to: &str, rules: Vec<Value>) -> Value {
+    let label = format!("{AGGREGATE}{to}");
+    json!({"metadata": metadata(&format!("system:aggregate-to-{to}"), &[(&label, "true")]), "rules": rules})
+}
+
+fn subject(kind: &str, name: &str) -> Value {
+    match kind.split_once(':') {
+        Some(("ServiceAccount", ns)) => {
+            json!({"kind": "ServiceAccount", "name": name, "namespace": ns})
+        }
+        _ => json!({"kind": kind, "apiGroup": "rbac.authorization.k8s.io", "name": name}),
+    }
+}
+
+fn binding(name: &str, role_kind: &str, subjects: Vec<Value>) -> Value {
+    binding_to(name, role_kind, name, subjects)
+}
+
+fn binding_to(name: &str, role_kind: &str, role: &str, subjects: Vec<Value>) -> Value {
+    json!({
+        "metadata": metadata(name, &[]),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": subjects,
+    })
+}
+
+const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+const SCHEDULER: &str = "system:kube-scheduler";
+/// Cluster DNS runs as kube-system's `coredns` ServiceAccount, under kubeadm's role name.
+const DNS_ACCOUNT: &str = "coredns";
+const DNS_ROLE: &str = "system:coredns";
+const INGRESS: &str = "system:kubox-ingress";
+const PUBLISHER: &str = "system:kubox:service-publisher";
+
+fn view_rules() -> Vec<Value> {
+    vec![
+        rule(
+            READ,
+            &[""],
+            &[
+                "pods",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "serviceaccounts",
+                "services",
+                "services/status",
+                "endpoints",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "configmaps",
+            ],
+        ),
+        rule(
+            READ,
+            &[""],
+            &[
+                "limitranges",
+                "resourcequotas",
+                "bindings",
+                "events",
+                "pods/status",
+                "resourcequotas/status",
+                "namespaces/status",
+                "replicationcontrollers/status",
+                "pods/log",
+            ],
+        ),
+        rule(READ, &[""], &["namespaces"]),
+        rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
+        rule(
+            READ,
+            &["apps"],
+            &[
+                "controllerrevisions",
+                "statefulsets",
+                "statefulsets/scale",
+                "statefulsets/status",
+                "daemonsets",
+                "daemonsets/status",
+                "deployments",
+                "deployments/scale",
+                "deployments/status",
+                "replicasets",
+                "replicasets/scale",
+                "replicasets/status",
+            ],
+        ),
+        rule(
+            READ,
+            &["autoscaling"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
+        ),
+        rule(
+            READ,
+            &["batch"],
+            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
+        ),
+        rule(
+            READ,
+            &["extensions"],
+            &[
+                "daemonsets",
+                "daemonsets/status",
+                "deployments",
+                "deployments/scale",
+                "deployments/status",
+                "ingresses",
+                "ingresses/status",
+                "replicasets",
+                "replicasets/scale",
+                "replicasets/status",
+                "replicationcontrollers/scale",
+                "networkpolicies",
+            ],
+        ),
+        rule(
+            READ,
+            &["policy"],
+            &["poddisruptionbudgets", "poddisruptionbudgets/status"],
+        ),
+        rule(
+            READ,
+            &["networking.k8s.io"],
+            &["networkpolicies", "ingresses", "ingresses/status"],
+        ),
+    ]
+}
+
+fn edit_rules() -> Vec<Value> {
+    vec![
+        rule(
+            READ,
+            &[""],
+            &[
+                "pods/attach",
+                "pods/proxy",
+                "pods/exec",
+                "pods/portforward",
+                "secrets",
+                "services/proxy",
+            ],
+        ),
+        rule(&["impersonate"], &[""], &["serviceaccounts"]),
+        rule(
+            WRITE,
+            &[""],
+            &[
+                "pods",
+                "pods/attach",
+                "pods/proxy",
+                "pods/exec",
+                "pods/portforward",
+            ],
+        ),
+        rule(&["create"], &[""], &["pods/eviction"]),
+        rule(
+            WRITE,
+            &[""],
+            &[
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "serviceaccounts",
+                "services",
+                "services/proxy",
+                "persistentvolumeclaims",
+                "configmaps",
+                "secrets",
+                "events",
+            ],
+        ),
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
+        rule(
+            WRITE,
+            &["apps"],
+            &[
+                "statefulsets",
+                "statefulsets/scale",
+                "daemonsets",
+                "deployments",
+                "deployments/scale",
+                "deployments/rollback",
+                "replicasets",
+                "replicasets/scale",
+            ],
+        ),
+        rule(WRITE, &["autoscaling"], &["horizontalpodautoscalers"]),
+        rule(WRITE, &["batch"], &["jobs", "cronjobs"]),
+        rule(
+            WRITE,
+            &["extensions"],
+            &[
+                "daemonsets",
+                "deployments",
+                "deployments/scale",
+                "deployments/rollback",
+                "ingresses",
+                "replicasets",
+                "replicasets/scale",
+                "replicationcontrollers/scale",
+                "networkpolicies",
+            ],
+        ),
+        rule(WRITE, &["policy"], &["poddisruptionbudgets"]),
+        rule(
+            WRITE,
+            &["networking.k8s.io"],
+            &["networkpolicies", "ingresses"],
+        ),
+        rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
+    ]
+}
+
+fn admin_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["localsubjectaccessreviews"],
+        ),
+        rule(
+            READ_WRITE,
+            &["rbac.authorization.k8s.io"],
+            &["roles", "rolebindings"],
+        ),
+    ]
+}
+
+fn node_rules() -> Vec<Value> {
+    vec![
+        rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews", "localsubjectaccessreviews"],
+        ),
+        rule(READ, &[""], &["services"]),
+        rule(&["create", "get", "list", "watch"], &[""], &["nodes"]),
+        rule(&["update", "patch"], &[""], &["nodes/status"]),
+        rule(&["update", "patch"], &[""], &["nodes"]),
+        rule(&["create", "update", "patch"], &[""], &["events"]),
+        rule(READ, &[""], &["pods"]),
+        rule(&["create", "delete"], &[""], &["pods"]),
+        rule(&["update", "patch"], &[""], &["pods/status"]),
+        rule(&["create"], &[""], &["pods/eviction"]),
+        rule(&["get"], &[""], &["secrets", "configmaps"]),
+        rule(
+            &["get"],
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
+        rule(&["get"], &[""], &["endpoints"]),
+        rule(
+            &["create", "get", "list", "watch"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+        ),
+        rule(
+            &["get", "create", "update", "patch", "delete"],
+            &["coordination.k8s.io"],
+            &["leases"],
+        ),
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
+        rule(
+            &["update", "patch"],
+            &[""],
+            &["persistentvolumeclaims/status"],
+        ),
+        rule(READ, &["node.k8s.io"], &["runtimeclasses"]),
+        rule(
+            READ,
+            &["storage.k8s.io"],
+            &["csidrivers", "csinodes", "volumeattachments"],
+        ),
+    ]
+}
+
+fn scheduler_rules() -> Vec<Value> {
+    vec![
+        events(),
+        rule(&["create"], &["coordination.k8s.io"], &["leases"]),
+        named(
+            &["get", "update"],
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["kube-scheduler"],
+        ),
+        rule(&["create"], &[""], &["endpoints"]),
+        named(
+            &["get", "update"],
+            &[""],
+            &["endpoints"],
+            &["kube-scheduler"],
+        ),
+        rule(READ, &[""], &["nodes"]),
+        rule(&["delete", "get", "list", "watch"], &[""], &["pods"]),
+        rule(&["create"], &[""], &["bindings", "pods/binding"]),
+        rule(&["patch", "update"], &[""], &["pods/status"]),
+        rule(READ, &[""], &["replicationcontrollers", "services"]),
+        rule(READ, &["apps", "extensions"], &["replicasets"]),
+        rule(READ, &["apps"], &["statefulsets"]),
+        rule(READ, &["policy"], &["poddisruptionbudgets"]),
+        rule(
+            READ,
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
+        rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+        ),
+        rule(
+            READ,
+            &["storage.k8s.io"],
+            &["csinodes", "csidrivers", "csistoragecapacities"],
+        ),
+        rule(READ, &[""], &["namespaces"]),
+    ]
+}
+
+fn controller_manager_rules() -> Vec<Value> {
+    vec![
+        events(),
+        rule(&["create"], &["coordination.k8s.io"], &["leases"]),
+        named(
+            &["get", "update"],
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["kube-controller-manager"],
+        ),
+        rule(&["create"], &[""], &["secrets", "serviceaccounts"]),
+        rule(&["delete"], &[""], &["secrets"]),
+        rule(
+            &["get"],
+            &[""],
+            &["namespaces", "secrets", "serviceaccounts"],
+        ),
+        rule(&["update"], &[""], &["secrets", "serviceaccounts"]),
+        rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+        ),
+        rule(&["list", "watch"], &["*"], &["*"]),
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
+    ]
+}
+
+/// The roles of the controllers kubox runs, under upstream's names.
+fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        (
+            "clusterrole-aggregation-controller",
+            vec![rule(
+                &["escalate", "get", "list", "patch", "update", "watch"],
+                &["rbac.authorization.k8s.io"],
+                &["clusterroles"],
+            )],
+        ),
+        (
+            "deployment-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &["apps", "extensions"],
+                    &["deployments"],
+                ),
+                rule(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["deployments/status"],
+                ),
+                rule(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["deployments/finalizers"],
+                ),
+                rule(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                ),
+                rule(&["get", "list", "watch", "update"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "daemon-set-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch"],
+                    &["apps", "extensions"],
+                    &["daemonsets"],
+                ),
+                rule(&["update"], &["apps", "extensions"], &["daemonsets/status"]),
+                rule(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["daemonsets/finalizers"],
+                ),
+                rule(&["list", "watch"], &[""], &["nodes"]),
+                rule(
+                    &["list", "watch", "create", "delete", "patch"],
+                    &[""],
+                    &["pods"],
+                ),
+                rule(&["create"], &[""], &["pods/binding"]),
+                rule(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &["apps"],
+                    &["controllerrevisions"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "disruption-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch"],
+                    &["apps", "extensions"],
+                    &["deployments", "replicasets", "statefulsets"],
+                ),
+                rule(
+                    &["get", "list", "watch"],
+                    &[""],
+                    &["replicationcontrollers", "pods"],
+                ),
+                rule(
+                    &["get", "list", "watch"],
+                    &["policy"],
+                    &["poddisruptionbudgets"],
+                ),
+                rule(
+                    &["patch", "update"],
+                    &["policy"],
+                    &["poddisruptionbudgets/status"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "endpoint-controller",
+            vec![
+                rule(&["get", "list", "watch"], &[""], &["services", "pods"]),
+                rule(
+                    &["get", "list", "create", "update", "delete"],
+                    &[""],
+                    &["endpoints"],
+                ),
+                rule(&["create"], &[""], &["endpoints/restricted"]),
+                events(),
+            ],
+        ),
+        (
+            "endpointslice-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch"],
+                    &[""],
+                    &["services", "pods", "nodes"],
+                ),
+                rule(&["update"], &[""], &["services/finalizers"]),
+                rule(
+                    &["create", "delete", "get", "list", "update"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "generic-garbage-collector",
+            vec![
+                rule(
+                    &["get", "list", "watch", "patch", "update", "delete"],
+                    &["*"],
+                    &["*"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "job-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["batch"],
+                    &["jobs"],
+                ),
+                rule(&["update", "patch"], &["batch"], &["jobs/status"]),
+                rule(&["update"], &["batch"], &["jobs/finalizers"]),
+                rule(
+                    &["list", "watch", "create", "delete", "patch"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "namespace-controller",
+            vec![
+                rule(&["get", "list", "watch", "delete"], &[""], &["namespaces"]),
+                rule(
+                    &["update"],
+                    &[""],
+                    &["namespaces/finalize", "namespaces/status"],
+                ),
+                rule(
+                    &["get", "list", "delete", "deletecollection"],
+                    &["*"],
+                    &["*"],
+                ),
+            ],
+        ),
+        (
+            "node-controller",
+            vec![
+                rule(
+                    &["get", "list", "update", "delete", "patch"],
+                    &[""],
+                    &["nodes"],
+                ),
+                rule(&["patch", "update"], &[""], &["nodes/status"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(&["list", "delete"], &[""], &["pods"]),
+                rule(&["get"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "pod-garbage-collector",
+            vec![
+                rule(&["list", "watch", "delete"], &[""], &["pods"]),
+                rule(&["get", "list", "watch"], &[""], &["nodes"]),
+                rule(&["patch"], &[""], &["pods/status"]),
+            ],
+        ),
+        (
+            "replicaset-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                ),
+                rule(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["replicasets/status"],
+                ),
+                rule(
+                    &["update"],
+                    &["apps", "extensions"],
+                    &["replicasets/finalizers"],
+                ),
+                rule(
+                    &["list", "watch", "patch", "create", "delete"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "replication-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["replicationcontrollers"],
+                ),
+                rule(&["update"], &[""], &["replicationcontrollers/status"]),
+                rule(&["update"], &[""], &["replicationcontrollers/finalizers"]),
+                rule(
+                    &["list", "watch", "patch", "create", "delete"],
+                    &[""],
+                    &["pods"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "root-ca-cert-publisher",
+            vec![
+                rule(&["create", "update"], &[""], &["configmaps"]),
+                events(),
+            ],
+        ),
+        (
+            "service-account-controller",
+            vec![rule(&["create"], &[""], &["serviceaccounts"]), events()],
+        ),
+        (
+            "service-controller",
+            vec![
+                rule(&["get", "list", "watch"], &[""], &["services"]),
+                rule(&["patch", "update"], &[""], &["services/status"]),
+                rule(&["list", "watch"], &[""], &["nodes"]),
+                events(),
+            ],
+        ),
+        (
+            "ttl-after-finished-controller",
+            vec![
+                rule(&["delete", "get", "list", "watch"], &["batch"], &["jobs"]),
+                events(),
+            ],
+        ),
+        (
+            "certificate-controller",
+            vec![
+                rule(
+                    &["delete", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
+                rule(
+                    &["update"],
+                    &["certificates.k8s.io"],
+                    &[
+                        "certificatesigningrequests/approval",
+                        "certificatesigningrequests/status",
+                    ],
+                ),
+                named(
+                    &["sign"],
+                    &["certificates.k8s.io"],
+                    &["signers"],
+                    &["kubernetes.io/kube-apiserver-client"],
+                ),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+                events(),
+            ],
+        ),
+    ]
+}
+
+pub fn cluster_roles() -> Vec<Value> {
+    let mut roles = vec![
+        cluster_role(
+            "cluster-admin",
+            vec![rule(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])],
+        ),
+        cluster_role(
+            "system:discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:basic-user",
+            vec![
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                rule(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
+            ],
+        ),
+        cluster_role(
+            "system:public-info-viewer",
+            vec![urls(
+                &["get"],
+                &["/healthz", "/livez", "/readyz", "/version", "/version/"],
+            )],
+        ),
+        cluster_role(
+            "system:monitoring",
+            vec![urls(
+                &["get"],
+                &[
+                    "/metrics",
+                    "/metrics/slis",
+                    "/livez",
+                    "/readyz",
+                    "/healthz",
+                    "/livez/*",
+                    "/readyz/*",
+                    "/healthz/*",
+                ],
+            )],
+        ),
+        aggregated("admin", "admin", None),
+        aggregated("edit", "edit", Some("admin")),
+        aggregated("view", "view", Some("edit")),
+        aggregate_to("admin", admin_rules()),
+        aggregate_to("edit", edit_rules()),
+        aggregate_to("view", view_rules()),
+        cluster_role("system:node", node_rules()),
+        cluster_role(
+            "system:node-proxier",
+            vec![
+                rule(&["list", "watch"], &[""], &["services", "endpoints"]),
+                rule(&["get", "list", "watch"], &[""], &["nodes"]),
+                events(),
+                rule(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+            ],
+        ),
+        cluster_role(SCHEDULER, scheduler_rules()),
+        cluster_role(CONTROLLER_MANAGER, controller_manager_rules()),
+        cluster_role(
+            "system:kube-dns",
+            vec![rule(&["list", "watch"], &[""], &["endpoints", "services"])],
+        ),
+        cluster_role(
+            "system:auth-delegator",
+            vec![
+                rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+            ],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:kube-apiserver-client-approver",
+            vec![named(
+                &["approve"],
+                &["certificates.k8s.io"],
+                &["signers"],
+                &["kubernetes.io/kube-apiserver-client"],
+            )],
+        ),
+    ];
+    // kubox's own components that upstream leaves to addons: cluster DNS
+    // (CoreDNS's role, as kubeadm makes it) and the ingress controller.
+    roles.push(cluster_role(
+        DNS_ROLE,
+        vec![
+            rule(
+                &["list", "watch"],
+                &[""],
+                &["endpoints", "services", "pods", "namespaces"],
+            ),
+            rule(
+                &["list", "watch"],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
+        ],
+    ));
+    roles.push(cluster_role(
+        INGRESS,
+        vec![
+            rule(
+                &["get", "list", "watch"],
+                &[""],
+                &["services", "endpoints", "secrets"],
+            ),
+            rule(
+                &["list", "watch"],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
+            rule(
+                &["get", "list", "watch"],
+                &["networking.k8s.io"],
+                &["ingresses"],
+            ),
+            rule(
+                &["get", "list", "watch", "create"],
+                &["networking.k8s.io"],
+                &["ingressclasses"],
+            ),
+            rule(
+                &["update", "patch"],
+                &["networking.k8s.io"],
+                &["ingresses/status"],
+            ),
+            events(),
+        ],
+    ));
+    roles.extend(
+        controller_roles()
+            .into_iter()
+            .map(|(name, rules)| cluster_role(&format!("system:controller:{name}"), rules)),
+    );
+    roles
+}
+
+pub fn cluster_role_bindings() -> Vec<Value> {
+    let group = |n| subject("Group", n);
+    let user = |n| subject("User", n);
+    let mut bindings = vec![
+        binding(
+            "cluster-admin",
+            "ClusterRole",
+            vec![group("system:masters")],
+        ),
+        binding(
+            "system:discovery",
+            "ClusterRole",
+            vec![group("system:authenticated")],
+        ),
+        binding(
+            "system:basic-user",
+            "ClusterRole",
+            vec![group("system:authenticated")],
+        ),
+        binding(
+            "system:public-info-viewer",
+            "ClusterRole",
+            vec![
+                group("system:authenticated"),
+                group("system:unauthenticated"),
+            ],
+        ),
+        binding(
+            "system:monitoring",
+            "ClusterRole",
+            vec![group("system:monitoring")],
+        ),
+        binding("system:node", "ClusterRole", vec![group("system:nodes")]),
+        binding(
+            "system:node-proxier",
+            "ClusterRole",
+            vec![user("system:kube-proxy"), group("system:nodes")],
+        ),
+        binding(SCHEDULER, "ClusterRole", vec![user(SCHEDULER)]),
+        binding(
+            CONTROLLER_MANAGER,
+            "ClusterRole",
+            vec![user(CONTROLLER_MANAGER)],
+        ),
+        binding(
+            "system:kube-dns",
+            "ClusterRole",
+            vec![subject("ServiceAccount:kube-system", "kube-dns")],
+        ),
+    ];
+    bindings.push(binding(
+        DNS_ROLE,
+        "ClusterRole",
+        vec![subject("ServiceAccount:kube-system", DNS_ACCOUNT)],
+    ));
+    bindings.push(binding(INGRESS, "ClusterRole", vec![user(INGRESS)]));
+    bindings.extend(controller_roles().into_iter().map(|(name, _)| {
+        binding(
+            &format!("system:controller:{name}"),
+            "ClusterRole",
+            vec![
+                subject("ServiceAccount:kube-system", name),
+                user(CONTROLLER_MANAGER),
+            ],
+        )
+    }));
+    bindings
+}
+
+/// The Roles and RoleBindings of kube-system.
+fn namespaced() -> (Vec<Value>, Vec<Value>) {
+    let leader = |component: &str| {
+        json!({
+            "metadata": metadata(&format!("system::leader-locking-{component}"), &[]),
+            "rules": [
+                rule(&["watch"], &[""], &["configmaps"]),
+                named(&["get", "update"], &[""], &["configmaps"], &[component]),
+            ],
+        })
+    };
+    let roles = vec![
+        leader("kube-controller-manager"),
+        leader("kube-scheduler"),
+        json!({
+            "metadata": metadata("extension-apiserver-authentication-reader", &[]),
+            "rules": [named(&["get", "list", "watch"], &[""], &["configmaps"], &["extension-apiserver-authentication"])],
+        }),
+    ];
+    // The Services (and their endpoints) DNS and the ingress controller
+    // publish for themselves, and nothing else, in kube-system.
+    let mut roles = roles;
+    roles.push(json!({
+        "metadata": metadata(PUBLISHER, &[]),
+        "rules": [
+            rule(&["get", "create", "update", "patch"], &[""], &["services", "endpoints"]),
+            rule(&["get", "create", "update", "patch"], &["discovery.k8s.io"], &["endpointslices"]),
+        ],
+    }));
+    let bindings = vec![
+        binding(
+            "system::leader-locking-kube-controller-manager",
+            "Role",
+            vec![
+                subject("User", CONTROLLER_MANAGER),
+                subject("ServiceAccount:kube-system", "kube-controller-manager"),
+            ],
+        ),
+        binding(
+            "system::leader-locking-kube-scheduler",
+            "Role",
+            vec![
+                subject("User", SCHEDULER),
+                subject("ServiceAccount:kube-system", "kube-scheduler"),
+            ],
+        ),
+        binding(
+            PUBLISHER,
+            "Role",
+            vec![
+                subject("ServiceAccount:kube-system", DNS_ACCOUNT),
+                subject("User", INGRESS),
+            ],
+        ),
+        binding_to(
+            "system::extension-apiserver-authentication-reader",
+            "Role",
+            "extension-apiserver-authentication-reader",
+            vec![
+                subject("User", CONTROLLER_MANAGER),
+                subject("User", SCHEDULER),
+            ],
+        ),
+    ];
+    (roles, bindings)
+}
+
+fn find(api: &Api, plural: &str) -> ApiResult<std::sync::Arc<ResourceType>> {
+    api.registry
+        .get("rbac.authorization.k8s.io", "v1", plural)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(format!("{plural} is not registered")))
+}
+
+/// The revision of the newest write or object this start saw, per plural.
+pub type Revisions = Vec<(&'static str, i64)>;
+
+fn revision_of(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `wanted` adds to `current`: rules for roles, subjects for bindings.
+fn reconciled(current: &Value, wanted: &Value) -> Option<Value> {
+    if current["metadata"]["annotations"][AUTOUPDATE] == "false" {
+        return None;
+    }
+    let mut out = current.clone();
+    if wanted.get("roleRef").is_some() {
+        let have = current["subjects"].as_array().cloned().unwrap_or_default();
+        let missing: Vec<Value> = wanted["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                !have.iter().any(|h| {
+                    h["kind"] == s["kind"]
+                        && h["name"] == s["name"]
+                        && h["namespace"] == s["namespace"]
+                })
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        out["subjects"] = json!([have, missing].concat());
+        return Some(out);
+    }
+    if wanted["aggregationRule"].is_object() {
+        // The aggregation controller owns the rules; the selectors are ours.
+        if current["aggregationRule"] == wanted["aggregationRule"] {
+            return None;
+        }
+        out["aggregationRule"] = wanted["aggregationRule"].clone();
+        return Some(out);
+    }
+    let have: Vec<_> = serde_json::from_value(current["rules"].clone()).unwrap_or_default();
+    let want: Vec<_> = serde_json::from_value(wanted["rules"].clone()).unwrap_or_default();
+    if uncovered(&have, &want).is_empty() {
+        return None;
+    }
+    let mut rules = current["rules"].as_array().cloned().unwrap_or_default();
+    for r in wanted["rules"].as_array().into_iter().flatten() {
+        if !rules.contains(r) {
+            rules.push(r.clone());
+        }
+    }
+    out["rules"] = json!(rules);
+    Some(out)
+}
+
+async fn ensure(api: &Api, rt: &ResourceType, ns: Option<&str>, obj: Value) -> ApiResult<i64> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = serde_json::to_vec(&obj).unwrap_or_default();
+    let opts = WriteOptions::default();
+    match api.create(rt, ns, &body, &opts).await {
+        Ok(w) => return Ok(revision_of(&w.object)),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => return Err(e),
+    }
+    let current = api.get(rt, ns, &name).await?;
+    let Some(updated) = reconciled(&current, &obj) else {
+        return Ok(revision_of(&current));
+    };
+    let target = ObjectRef {
+        rt,
+        ns,
+        name: &name,
+        subresource: None,
+    };
+    let body = serde_json::to_vec(&updated).unwrap_or_default();
+    let w = api.update(target, &body, &opts).await?;
+    Ok(revision_of(&w.object))
+}
+
+/// Creates or reconciles the whole policy.
+pub async fn run(api: &Api) -> ApiResult<Revisions> {
+    let (roles, role_bindings) = namespaced();
+    let sets = [
+        ("clusterroles", None, cluster_roles()),
+        ("clusterrolebindings", None, cluster_role_bindings()),
+        ("roles", Some("kube-system"), roles),
+        ("rolebindings", Some("kube-system"), role_bindings),
+    ];
+    let mut revisions = Vec::new();
+    for (plural, ns, objects) in sets {
+        let rt = find(api, plural)?;
+        let mut newest = 0;
+        for obj in objects {
+            newest = newest.max(ensure(api, &rt, ns, obj).await?);
+        }
+        revisions.push((plural, newest));
+    }
+    Ok(revisions)
+}

@@ -1,0 +1,887 @@
+//! RBAC end to end, with a real `kubox server` and the real kubectl,
+//! openssl and curl on PATH: the seeds' user journey (J9), the default
+//! policy (J8), anonymous requests (J13), access reviews, impersonation,
+//! escalation prevention and ClusterRole aggregation.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kubox_testkit::{KuboxServer, eventually};
+
+const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// A kubectl run against `kubeconfig` (not the admin's).
+fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("running kubectl")
+}
+
+/// Server without a node: these tests need the API only.
+async fn start() -> KuboxServer {
+    KuboxServer::start(KUBOX, &["--disable-agent"]).await
+}
+
+async fn until_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    eventually(
+        "the new binding to take effect",
+        Duration::from_secs(10),
+        || async {
+            let out = kubectl_as(kubeconfig, args);
+            out.status.success().then(|| text(&out.stdout))
+        },
+    )
+    .await
+}
+
+const BACKEND_ROLE: &str = r#"
+kind: Role
+apiVersion: rbac.authorization.k8s.io/v1
+metadata:
+  namespace: work
+  name: backend-role
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+---
+kind: RoleBinding
+apiVersion: rbac.authorization.k8s.io/v1
+metadata:
+  name: backend-rolebinding
+  namespace: work
+subjects:
+- kind: User
+  name: backend
+  apiGroup: ""
+roleRef:
+  kind: Role
+  name: backend-role
+  apiGroup: ""
+"#;
+
+#[tokio::test]
+async fn a_user_signed_with_openssl_gets_only_what_a_role_binding_grants() {
+    let server = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    server.kubectl_ok(&["create", "namespace", "work"]);
+    // The seeds' commands, signing with the cluster CA as kubeadm's.
+    let ca = server.data_dir().join("pki");
+    let (ca_crt, ca_key) = (ca.join("ca.crt"), ca.join("ca.key"));
+    run("openssl", &["genrsa", "-out", "backend.key", "2048"], d);
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            "backend.key",
+            "-out",
+            "backend.csr",
+            "-subj",
+            "/CN=backend/O=dev",
+        ],
+        d,
+    );
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "backend.csr",
+            "-CA",
+            ca_crt.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            "backend.crt",
+            "-days",
+            "365",
+        ],
+        d,
+    );
+    let config = d.join("config");
+    std::fs::copy(server.kubeconfig(), &config).unwrap();
+    let cfg = config.to_str().unwrap();
+    let crt = d.join("backend.crt");
+    let key = d.join("backend.key");
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-credentials",
+            "backend",
+            &format!("--client-certificate={}", crt.display()),
+            &format!("--client-key={}", key.display()),
+        ],
+        d,
+    );
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-context",
+            "backend-context",
+            "--cluster=kubox",
+            "--namespace=work",
+            "--user=backend",
+        ],
+        d,
+    );
+    let as_backend = |args: &[&str]| {
+        let mut all = vec!["--context=backend-context"];
+        all.extend_from_slice(args);
+        kubectl_as(&config, &all)
+    };
+
+    let out = as_backend(&["get", "pods"]);
+    assert_eq!(
+        text(&out.stderr),
+        "Error from server (Forbidden): pods is forbidden: User \"backend\" cannot list resource \"pods\" in API group \"\" in the namespace \"work\"\n"
+    );
+    let whoami = text(&as_backend(&["auth", "whoami"]).stdout);
+    assert!(
+        whoami.contains("backend") && whoami.contains("[dev system:authenticated]"),
+        "{whoami}"
+    );
+
+    let manifest = d.join("backend.yaml");
+    std::fs::write(&manifest, BACKEND_ROLE).unwrap();
+    server.kubectl_ok(&["create", "-f", manifest.to_str().unwrap()]);
+    let binding = server.kubectl_ok(&[
+        "get",
+        "rolebinding",
+        "backend-rolebinding",
+        "-n",
+        "work",
+        "-o",
+        "jsonpath={.roleRef.apiGroup} {.subjects[0].apiGroup}",
+    ]);
+    assert_eq!(
+        binding,
+        "rbac.authorization.k8s.io rbac.authorization.k8s.io"
+    );
+
+    let pods = until_ok(&config, &["--context=backend-context", "get", "pods"]).await;
+    assert_eq!(pods, "");
+    assert_eq!(
+        text(&as_backend(&["get", "ns"]).stderr),
+        "Error from server (Forbidden): namespaces is forbidden: User \"backend\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope\n"
+    );
+    assert_eq!(
+        text(&as_backend(&["get", "deploy"]).stderr),
+        "Error from server (Forbidden): deployments.apps is forbidden: User \"backend\" cannot list resource \"deployments\" in API group \"apps\" in the namespace \"work\"\n"
+    );
+    assert_eq!(
+        server.kubectl_ok(&[
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "-n",
+            "work",
+            "--as=backend"
+        ]),
+        "yes\n"
+    );
+    let no = server.kubectl(&[
+        "auth",
+        "can-i",
+        "list",
+        "deploy",
+        "-n",
+        "work",
+        "--as=backend",
+    ]);
+    assert_eq!(
+        (text(&no.stdout).as_str(), no.status.code()),
+        ("no\n", Some(1))
+    );
+    // The rules as the user sees them.
+    let list = text(&as_backend(&["auth", "can-i", "--list"]).stdout);
+    let pods_row = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_default();
+    assert!(pods_row.contains("[get list watch]"), "{list}");
+    // Deleting the binding takes the access away again.
+    server.kubectl_ok(&["delete", "rolebinding", "backend-rolebinding", "-n", "work"]);
+    eventually("access to be revoked", Duration::from_secs(10), || async {
+        (!as_backend(&["get", "pods"]).status.success()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubox_user_create_writes_a_working_kubeconfig() {
+    let server = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jane.kubeconfig");
+    let dd = server.data_dir().to_str().unwrap().to_owned();
+    run(
+        KUBOX,
+        &[
+            "user",
+            "create",
+            "jane",
+            "--group",
+            "qa",
+            "--data-dir",
+            &dd,
+            "-o",
+            path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let whoami = text(
+        &kubectl_as(
+            &path,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        )
+        .stdout,
+    );
+    assert_eq!(whoami, r#"jane ["qa","system:authenticated"]"#);
+    assert_eq!(
+        text(&kubectl_as(&path, &["config", "current-context"]).stdout),
+        "jane@kubox\n"
+    );
+    let out = kubectl_as(&path, &["get", "secrets", "-n", "default"]);
+    assert!(
+        text(&out.stderr).contains("User \"jane\" cannot list resource \"secrets\""),
+        "{}",
+        text(&out.stderr)
+    );
+    // A group binding to the default `view` role: reads, but no secrets and no writes.
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "qa-view",
+        "--clusterrole=view",
+        "--group=qa",
+        "-n",
+        "default",
+    ]);
+    until_ok(&path, &["get", "configmaps", "-n", "default"]).await;
+    assert!(
+        !kubectl_as(&path, &["get", "secrets", "-n", "default"])
+            .status
+            .success()
+    );
+    assert!(
+        !kubectl_as(&path, &["create", "configmap", "x", "-n", "default"])
+            .status
+            .success()
+    );
+    // Reserved names are refused.
+    let reserved = Command::new(KUBOX)
+        .args(["user", "create", "system:admin", "--data-dir", &dd])
+        .output()
+        .unwrap();
+    assert!(!reserved.status.success());
+}
+
+#[tokio::test]
+async fn anonymous_requests_see_only_health_and_version() {
+    let server = start().await;
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", server.port());
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "-w", "\n%{http_code}", &url(path)])
+            .output()
+            .expect("running curl");
+        let body = text(&out.stdout);
+        let (body, code) = body.rsplit_once('\n').unwrap();
+        (body.to_owned(), code.to_owned())
+    };
+    let (body, code) = curl("/api/v1/namespaces");
+    assert_eq!(code, "403");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status,
+        serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope",
+            "reason": "Forbidden",
+            "details": {"kind": "namespaces"},
+            "code": 403,
+        })
+    );
+    for public in ["/version", "/healthz", "/readyz", "/livez"] {
+        assert_eq!(curl(public).1, "200", "{public}");
+    }
+    let (body, code) = curl("/apis");
+    assert_eq!(code, "403");
+    assert!(
+        body.contains(r#"forbidden: User \"system:anonymous\" cannot get path \"/apis\""#),
+        "{body}"
+    );
+    // In AlwaysAllow mode everything is allowed, as upstream's mode.
+    let open = KuboxServer::start(
+        KUBOX,
+        &["--disable-agent", "--authorization-mode", "AlwaysAllow"],
+    )
+    .await;
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://127.0.0.1:{}/api/v1/namespaces", open.port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "200");
+}
+
+#[tokio::test]
+async fn default_policy_is_upstreams() {
+    let server = start().await;
+    let crb = server.kubectl_ok(&["get", "clusterrolebinding", "cluster-admin", "-o", "json"]);
+    let crb: serde_json::Value = serde_json::from_str(&crb).unwrap();
+    assert_eq!(
+        crb["metadata"]["labels"]["kubernetes.io/bootstrapping"],
+        "rbac-defaults"
+    );
+    assert_eq!(
+        crb["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
+        "true"
+    );
+    assert_eq!(
+        crb["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:masters"}])
+    );
+    let describe = server.kubectl_ok(&["describe", "clusterrole", "cluster-admin"]);
+    assert!(
+        describe.contains("*.*        []                 []              [*]"),
+        "{describe}"
+    );
+    let names = server.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
+    for role in [
+        "admin",
+        "edit",
+        "view",
+        "system:discovery",
+        "system:basic-user",
+        "system:public-info-viewer",
+        "system:node",
+        "system:node-proxier",
+        "system:kube-scheduler",
+        "system:kube-controller-manager",
+        "system:controller:replicaset-controller",
+    ] {
+        assert!(
+            names.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")),
+            "{role}: {names}"
+        );
+    }
+    let roles = server.kubectl_ok(&["get", "roles", "-n", "kube-system", "-o", "name"]);
+    assert!(
+        roles.contains("system::leader-locking-kube-scheduler"),
+        "{roles}"
+    );
+    // The default roles against verbs and resources, as upstream's documented rules.
+    let can = |user: &str, args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let rb = format!("--as={user}");
+        all.extend_from_slice(&[rb.as_str(), "-n", "team"]);
+        server.kubectl(&all).status.success()
+    };
+    server.kubectl_ok(&["create", "namespace", "team"]);
+    for (role, user) in [("view", "v"), ("edit", "e"), ("admin", "a")] {
+        server.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            role,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+            "-n",
+            "team",
+        ]);
+    }
+    // The aggregated roles are filled by the controller.
+    eventually(
+        "view, edit and admin to be aggregated",
+        Duration::from_secs(20),
+        || async {
+            (can("a", &["create", "rolebindings"])
+                && can("e", &["create", "deployments.apps"])
+                && can("v", &["list", "pods"]))
+            .then_some(())
+        },
+    )
+    .await;
+    let table: &[(&[&str], [bool; 3])] = &[
+        (&["get", "pods"], [true, true, true]),
+        (&["list", "deployments.apps"], [true, true, true]),
+        (&["get", "pods", "--subresource=log"], [true, true, true]),
+        (&["list", "secrets"], [false, true, true]),
+        (&["create", "pods"], [false, true, true]),
+        (
+            &["create", "pods", "--subresource=exec"],
+            [false, true, true],
+        ),
+        (&["delete", "services"], [false, true, true]),
+        (
+            &["patch", "deployments.apps", "--subresource=scale"],
+            [false, true, true],
+        ),
+        (
+            &["create", "roles.rbac.authorization.k8s.io"],
+            [false, false, true],
+        ),
+        (
+            &["create", "localsubjectaccessreviews.authorization.k8s.io"],
+            [false, false, true],
+        ),
+        (&["update", "resourcequotas"], [false, false, false]),
+        (&["create", "namespaces"], [false, false, false]),
+        (&["list", "nodes"], [false, false, false]),
+    ];
+    for (args, want) in table {
+        let got = [can("v", args), can("e", args), can("a", args)];
+        assert_eq!(got, *want, "view/edit/admin: {}", args.join(" "));
+    }
+}
+
+#[tokio::test]
+async fn escalation_is_refused_and_aggregation_follows_labels() {
+    let server = start().await;
+    server.kubectl_ok(&["create", "namespace", "team"]);
+    // An admin of the namespace may grant what they hold, not more.
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "lead-admin",
+        "--clusterrole=admin",
+        "--user=lead",
+        "-n",
+        "team",
+    ]);
+    eventually(
+        "admin to be aggregated",
+        Duration::from_secs(20),
+        || async {
+            server
+                .kubectl(&[
+                    "auth",
+                    "can-i",
+                    "create",
+                    "roles",
+                    "-n",
+                    "team",
+                    "--as=lead",
+                ])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    let out = server.kubectl(&[
+        "create",
+        "role",
+        "nodes",
+        "--verb=get",
+        "--resource=nodes",
+        "-n",
+        "team",
+        "--as=lead",
+    ]);
+    assert_eq!(
+        text(&out.stderr),
+        "Error from server (Forbidden): roles.rbac.authorization.k8s.io \"nodes\" is forbidden: user \"lead\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}\n"
+    );
+    server.kubectl_ok(&[
+        "create",
+        "role",
+        "pods",
+        "--verb=get,list",
+        "--resource=pods",
+        "-n",
+        "team",
+        "--as=lead",
+    ]);
+    let out = server.kubectl(&[
+        "create",
+        "rolebinding",
+        "x",
+        "--clusterrole=cluster-admin",
+        "--user=lead",
+        "-n",
+        "team",
+        "--as=lead",
+    ]);
+    assert!(
+        text(&out.stderr).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "dev-edit",
+        "--clusterrole=edit",
+        "--user=dev",
+        "-n",
+        "team",
+        "--as=lead",
+    ]);
+    // With `bind` on a role, binding it needs no more.
+    server.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "binder",
+        "--verb=bind",
+        "--resource=clusterroles",
+        "--resource-name=cluster-admin",
+    ]);
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "lead-binder",
+        "--clusterrole=binder",
+        "--user=lead",
+        "-n",
+        "team",
+    ]);
+    eventually("bind to be granted", Duration::from_secs(10), || async {
+        server
+            .kubectl(&[
+                "create",
+                "rolebinding",
+                "x",
+                "--clusterrole=cluster-admin",
+                "--user=lead",
+                "-n",
+                "team",
+                "--as=lead",
+            ])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+
+    // A labelled ClusterRole joins view, and leaves it again.
+    server.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "widgets-view",
+        "--verb=get,list",
+        "--resource=nodes",
+    ]);
+    server.kubectl_ok(&[
+        "label",
+        "clusterrole",
+        "widgets-view",
+        "rbac.authorization.k8s.io/aggregate-to-view=true",
+    ]);
+    let view_has_widgets = || {
+        server
+            .kubectl_ok(&[
+                "get",
+                "clusterrole",
+                "view",
+                "-o",
+                "jsonpath={.rules[*].resources}",
+            ])
+            .contains("nodes")
+    };
+    eventually("view to gain widgets", Duration::from_secs(20), || async {
+        view_has_widgets().then_some(())
+    })
+    .await;
+    // edit aggregates view, so it has them too.
+    eventually("edit to gain widgets", Duration::from_secs(20), || async {
+        server
+            .kubectl_ok(&[
+                "get",
+                "clusterrole",
+                "edit",
+                "-o",
+                "jsonpath={.rules[*].resources}",
+            ])
+            .contains("nodes")
+            .then_some(())
+    })
+    .await;
+    server.kubectl_ok(&["delete", "clusterrole", "widgets-view"]);
+    eventually("view to lose widgets", Duration::from_secs(20), || async {
+        (!view_has_widgets()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn service_accounts_and_impersonation() {
+    let server = start().await;
+    server.kubectl_ok(&["create", "namespace", "work"]);
+    server.kubectl_ok(&["create", "serviceaccount", "bot", "-n", "work"]);
+    server.kubectl_ok(&[
+        "create",
+        "role",
+        "cm-reader",
+        "--verb=get,list",
+        "--resource=configmaps",
+        "-n",
+        "work",
+    ]);
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "bot-reads",
+        "--role=cm-reader",
+        "--serviceaccount=work:bot",
+        "-n",
+        "work",
+    ]);
+    let sa = "--as=system:serviceaccount:work:bot";
+    eventually("the binding to apply", Duration::from_secs(10), || async {
+        server
+            .kubectl(&["get", "configmaps", "-n", "work", sa])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let whoami = server.kubectl_ok(&[
+        "auth",
+        "whoami",
+        sa,
+        "-o",
+        "jsonpath={.status.userInfo.groups}",
+    ]);
+    assert_eq!(
+        whoami,
+        r#"["system:serviceaccounts","system:serviceaccounts:work","system:authenticated"]"#
+    );
+    let out = server.kubectl(&["get", "configmaps", "-n", "default", sa]);
+    assert_eq!(
+        text(&out.stderr),
+        "Error from server (Forbidden): configmaps is forbidden: User \"system:serviceaccount:work:bot\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\"\n"
+    );
+    // Every ServiceAccount of a namespace, by its group.
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "all-sa",
+        "--role=cm-reader",
+        "--group=system:serviceaccounts:work",
+        "-n",
+        "work",
+    ]);
+    eventually(
+        "the group binding to apply",
+        Duration::from_secs(10),
+        || async {
+            server
+                .kubectl(&[
+                    "get",
+                    "configmaps",
+                    "-n",
+                    "work",
+                    "--as=system:serviceaccount:work:other",
+                ])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    // Impersonating needs the `impersonate` verb.
+    let dir = tempfile::tempdir().unwrap();
+    let jane = dir.path().join("jane");
+    let dd = server.data_dir().to_str().unwrap().to_owned();
+    run(
+        KUBOX,
+        &[
+            "user",
+            "create",
+            "jane",
+            "--data-dir",
+            &dd,
+            "-o",
+            jane.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let out = kubectl_as(&jane, &["get", "configmaps", "-n", "work", sa]);
+    assert_eq!(
+        text(&out.stderr),
+        "Error from server (Forbidden): serviceaccounts \"bot\" is forbidden: User \"jane\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"work\"\n"
+    );
+    server.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "jane-edit",
+        "--clusterrole=edit",
+        "--user=jane",
+        "-n",
+        "work",
+    ]);
+    until_ok(&jane, &["get", "configmaps", "-n", "work", sa]).await;
+    // SubjectAccessReview as the API server's callers ask it.
+    let review = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": "system:serviceaccount:work:bot", "resourceAttributes": {"namespace": "work", "verb": "list", "resource": "configmaps"}},
+    });
+    let file = dir.path().join("sar.json");
+    std::fs::write(&file, review.to_string()).unwrap();
+    let answer = server.kubectl_ok(&[
+        "create",
+        "--validate=false",
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "jsonpath={.status.allowed}",
+    ]);
+    assert_eq!(answer, "true");
+}
+
+#[tokio::test]
+async fn a_certificate_signing_request_approved_with_kubectl_gives_a_client_certificate() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run("openssl", &["genrsa", "-out", "dev.key", "2048"], d);
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            "dev.key",
+            "-out",
+            "dev.csr",
+            "-subj",
+            "/CN=dev1/O=dev",
+        ],
+        d,
+    );
+    use base64::Engine;
+    let request =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("dev.csr")).unwrap());
+    let csr = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": "dev1"},
+        "spec": {
+            "request": request,
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "expirationSeconds": 86400,
+            "usages": ["client auth"],
+        },
+    });
+    server.apply_json(&csr);
+    let requestor = server.kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.spec.username}"]);
+    assert_eq!(requestor, "kubox-admin");
+    assert!(
+        server
+            .kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"])
+            .is_empty()
+    );
+    assert_eq!(
+        server.kubectl_ok(&["certificate", "approve", "dev1"]),
+        "certificatesigningrequest.certificates.k8s.io/dev1 approved\n"
+    );
+    let cert = eventually(
+        "the certificate to be issued",
+        Duration::from_secs(20),
+        || async {
+            let c =
+                server.kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"]);
+            (!c.is_empty()).then_some(c)
+        },
+    )
+    .await;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .unwrap();
+    std::fs::write(d.join("dev.crt"), pem).unwrap();
+    let config = d.join("config");
+    std::fs::copy(server.kubeconfig(), &config).unwrap();
+    let cfg = config.to_str().unwrap();
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-credentials",
+            "dev1",
+            &format!("--client-certificate={}", d.join("dev.crt").display()),
+            &format!("--client-key={}", d.join("dev.key").display()),
+        ],
+        d,
+    );
+    run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            cfg,
+            "config",
+            "set-context",
+            "dev1",
+            "--cluster=kubox",
+            "--user=dev1",
+        ],
+        d,
+    );
+    let whoami = text(
+        &kubectl_as(
+            &config,
+            &[
+                "--context=dev1",
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        )
+        .stdout,
+    );
+    assert_eq!(whoami, r#"dev1 ["dev","system:authenticated"]"#);
+}
