@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cluster: storage, API server and, as they land, the other components.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Manage the node's container images.
     Image(image::ImageArgs),
     /// Run a node agent (and its service proxy) that joins a running cluster.
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
