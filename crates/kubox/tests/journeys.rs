@@ -907,3 +907,116 @@ async fn a_disruption_budget_holds_a_drain_back() {
     server.kubectl_ok(&["uncordon", "node"]);
     await_ready_pods(&server, "web", 2).await;
 }
+
+fn deployment_in(ns: &str, name: &str, image: &str, args: &[&str]) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": name, "image": image, "args": args}]}
+            }
+        }
+    })
+}
+
+fn service_in(ns: &str, name: &str, port: u16, node_port: bool) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "type": if node_port { "NodePort" } else { "ClusterIP" },
+            "selector": {"app": name},
+            "ports": [{"port": port, "targetPort": port}]
+        }
+    })
+}
+
+/// J10: the multi-tier SayThx in its own namespace; the tiers find each
+/// other by Service name through cluster DNS, the frontend is reached on
+/// its NodePort, and a tier scales.
+#[tokio::test]
+async fn j10_saythx_tiers_find_each_other_by_name() {
+    let server = cluster().await;
+    server.build_example_images();
+    assert_eq!(
+        server.kubectl_ok(&["create", "namespace", "work"]),
+        "namespace/work created\n"
+    );
+    let image = "kubox.local/saythx:1.0";
+    for manifest in [
+        deployment_in("work", "saythx-redis", "kubox.local/redis:7", &[]),
+        service_in("work", "saythx-redis", 6379, false),
+        deployment_in("work", "saythx-backend", image, &["backend"]),
+        service_in("work", "saythx-backend", 8080, false),
+        deployment_in("work", "saythx-work", image, &["work"]),
+        deployment_in("work", "saythx-frontend", image, &["frontend"]),
+        service_in("work", "saythx-frontend", 80, true),
+    ] {
+        server.apply_json(&manifest);
+    }
+    eventually("every tier to be ready", TIMEOUT, || async {
+        let deploys = rows(&server, &["get", "deploy", "-n", "work"]);
+        (deploys.len() == 5 && deploys[1..].iter().all(|r| r[1] == "1/1")).then_some(())
+    })
+    .await;
+    let svc = row(&server, &["get", "svc", "-n", "work"], "saythx-frontend").unwrap();
+    let node_port = svc[4]
+        .strip_prefix("80:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .unwrap()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{node_port}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    eventually("the frontend's page on its NodePort", TIMEOUT, || async {
+        curl(&[&format!("{base}/")])
+            .contains("Say Thanks")
+            .then_some(())
+    })
+    .await;
+    // The frontend finds the backend, and the backend redis, by name.
+    eventually(
+        "the backend's ranking through the frontend",
+        TIMEOUT,
+        || async {
+            (curl(&[&format!("{base}/api/v1/list")]) == r#"{"HonorDatas":null}"#).then_some(())
+        },
+    )
+    .await;
+    curl(&["-d", "name=kubox", &format!("{base}/api/v1/submit")]);
+    eventually("the worker to count the thank-you", TIMEOUT, || async {
+        (curl(&[&format!("{base}/api/v1/list")])
+            == r#"{"HonorDatas":[{"Name":"kubox","Score":1}]}"#)
+            .then_some(())
+    })
+    .await;
+
+    server.kubectl_ok(&[
+        "scale",
+        "deploy/saythx-backend",
+        "-n",
+        "work",
+        "--replicas=2",
+    ]);
+    eventually("two backends", TIMEOUT, || async {
+        let r = row(&server, &["get", "deploy", "-n", "work"], "saythx-backend")?;
+        (r[1] == "2/2").then_some(())
+    })
+    .await;
+    assert_eq!(
+        curl(&[&format!("{base}/api/v1/list")]),
+        r#"{"HonorDatas":[{"Name":"kubox","Score":1}]}"#
+    );
+}

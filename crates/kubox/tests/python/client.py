@@ -18,19 +18,22 @@ def main(kubeconfig):
     assert names == ["default", "kube-node-lease", "kube-public", "kube-system"], names
 
     seen = []
-    started = threading.Event()
+    # From a listed resourceVersion, so the watch sees every change after it
+    # however late its request reaches the server.
+    since = core.list_namespaced_config_map("default").metadata.resource_version
 
     def follow():
         w = watch.Watch()
-        started.set()
-        for event in w.stream(core.list_namespaced_config_map, "default", timeout_seconds=20):
+        stream = w.stream(
+            core.list_namespaced_config_map, "default", resource_version=since, timeout_seconds=20
+        )
+        for event in stream:
             seen.append((event["type"], event["object"].metadata.name))
             if event["type"] == "DELETED":
                 w.stop()
 
     watcher = threading.Thread(target=follow)
     watcher.start()
-    started.wait()
 
     cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}), data={"a": "1"})
     created = core.create_namespaced_config_map("default", cm)
