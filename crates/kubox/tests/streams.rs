@@ -646,10 +646,15 @@ async fn kube_rs_execs_and_the_agent_returns_to_its_baseline() {
         .map(|_| async move { kube_exec(pods, &["true"]).await.1 })
         .buffer_unordered(4);
     let statuses: Vec<_> = runs.collect().await;
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.status.as_deref() != Some("Success"))
+        .collect();
     assert!(
-        statuses
-            .iter()
-            .all(|s| s.status.as_deref() == Some("Success"))
+        failed.is_empty(),
+        "{} execs failed: {:?}",
+        failed.len(),
+        failed.first()
     );
     eventually(
         "the server's descriptors and threads back at their baseline",
