@@ -101,54 +101,25 @@ impl State {
             let Some(owner) = ownerref::controller_of(&pod.metadata) else {
                 return Err(format!("found no controllers for pod {:?}", pod.name_any()));
             };
-            let ns = pod.namespace();
-            let find = |uid: &str, name: &str, kind: &str| -> Option<(String, i32)> {
-                let same = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-                    m.uid.as_deref() == Some(uid)
-                        && m.name.as_deref() == Some(name)
-                        && m.namespace == ns
-                };
-                match kind {
-                    "ReplicaSet" => {
-                        let rs = self
-                            .replica_sets
-                            .state()
-                            .into_iter()
-                            .find(|r| same(&r.metadata))?;
-                        if let Some(d) = ownerref::controller_of(&rs.metadata)
-                            .filter(|d| d.kind == "Deployment")
-                            .and_then(|d| {
-                                self.deployments
-                                    .state()
-                                    .into_iter()
-                                    .find(|x| x.metadata.uid.as_deref() == Some(&d.uid))
-                            })
-                        {
-                            let uid = d.metadata.uid.clone().unwrap_or_default();
-                            return Some((uid, d.spec.replicas.unwrap_or(1)));
-                        }
-                        Some((uid.to_owned(), rs.spec.replicas.unwrap_or(1)))
-                    }
-                    "StatefulSet" => {
-                        let s = self
-                            .stateful_sets
-                            .state()
-                            .into_iter()
-                            .find(|r| same(&r.metadata))?;
-                        Some((uid.to_owned(), s.spec.replicas.unwrap_or(1)))
-                    }
-                    "ReplicationController" => {
-                        let rc = self
-                            .replication_controllers
-                            .state()
-                            .into_iter()
-                            .find(|r| same(&r.metadata))?;
-                        Some((uid.to_owned(), rc.spec.as_ref()?.replicas.unwrap_or(1)))
-                    }
-                    _ => None,
-                }
+            let ns = pod.namespace().unwrap_or_default();
+            let scale = |uid: &Option<String>, replicas: Option<i32>| {
+                (uid.clone().unwrap_or_default(), replicas.unwrap_or(1))
             };
-            let (uid, scale) = find(&owner.uid, &owner.name, &owner.kind).ok_or_else(|| {
+            let found = if let Some(rs) = ownerref::resolve(&self.replica_sets, &ns, owner) {
+                // A Deployment's ReplicaSets count as the Deployment.
+                match ownerref::controller_of(&rs.metadata)
+                    .and_then(|d| ownerref::resolve(&self.deployments, &ns, d))
+                {
+                    Some(d) => Some(scale(&d.metadata.uid, d.spec.replicas)),
+                    None => Some(scale(&rs.metadata.uid, rs.spec.replicas)),
+                }
+            } else if let Some(s) = ownerref::resolve(&self.stateful_sets, &ns, owner) {
+                Some(scale(&s.metadata.uid, s.spec.replicas))
+            } else {
+                ownerref::resolve(&self.replication_controllers, &ns, owner)
+                    .map(|rc| scale(&rc.metadata.uid, rc.spec.as_ref().and_then(|s| s.replicas)))
+            };
+            let (uid, replicas) = found.ok_or_else(|| {
                 format!(
                     "found no controllers for pod {:?}: {} {:?} has no scale known here",
                     pod.name_any(),
@@ -156,7 +127,7 @@ impl State {
                     owner.name
                 )
             })?;
-            scales.insert(uid, scale);
+            scales.insert(uid, replicas);
         }
         Ok(scales.values().sum())
     }

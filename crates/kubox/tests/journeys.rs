@@ -906,6 +906,29 @@ async fn a_disruption_budget_holds_a_drain_back() {
 
     server.kubectl_ok(&["uncordon", "node"]);
     await_ready_pods(&server, "web", 2).await;
+
+    // maxUnavailable counts against the Deployment's scale.
+    server.kubectl_ok(&["delete", "pdb", "web"]);
+    server.kubectl_ok(&[
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--max-unavailable=1",
+    ]);
+    eventually(
+        "the budget from the Deployment's scale",
+        TIMEOUT,
+        || async {
+            let r = row(&server, &["get", "pdb", "web"], "web")?;
+            (r[1..4] == ["N/A", "1", "1"]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        jsonpath(&server, &["get", "pdb", "web"], "{.status.expectedPods}"),
+        "2"
+    );
 }
 
 fn deployment_in(ns: &str, name: &str, image: &str, args: &[&str]) -> Value {
