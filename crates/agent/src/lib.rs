@@ -150,6 +150,17 @@ pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, Str
     labels
 }
 
+/// Fails unless this process can do what the agent does; checked before
+/// anything is set up, so a user without root gets this, not the first
+/// permission error of the node's set-up.
+pub fn ensure_root() -> Result<(), AgentError> {
+    if rustix::process::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(AgentError::NotRoot)
+    }
+}
+
 /// A running agent; dropping it stops watching pods (containers keep running).
 pub struct Agent {
     _tasks: kubox_client::Tasks,
@@ -158,9 +169,7 @@ pub struct Agent {
 impl Agent {
     /// Prepares the node and registers it; pods are then run in the background.
     pub async fn start(client: kube::Client, config: AgentConfig) -> Result<Self, AgentError> {
-        if !rustix::process::geteuid().is_root() {
-            return Err(AgentError::NotRoot);
-        }
+        ensure_root()?;
         let dirs = Dirs::new(&config.state_dir);
         for d in [&dirs.pods, &dirs.containers, &dirs.logs, &dirs.images] {
             std::fs::create_dir_all(d).map_err(|e| AgentError::Io(d.display().to_string(), e))?;

@@ -107,6 +107,7 @@ pub async fn start(
     if args.disable_agent {
         return Ok(None);
     }
+    kubox_agent::ensure_root().context("starting the node agent")?;
     let node_name = node_name(args);
     let state = state_dir(data_dir);
     let net_config = net.config()?;

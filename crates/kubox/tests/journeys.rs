@@ -1043,3 +1043,156 @@ async fn j10_saythx_tiers_find_each_other_by_name() {
         r#"{"HonorDatas":[{"Name":"kubox","Score":1}]}"#
     );
 }
+
+/// `helm args` against the server's cluster, with Helm's own state in the
+/// test's data directory; its stdout once it succeeds.
+fn helm_ok(server: &KuboxServer, args: &[&str]) -> String {
+    let home = server.data_dir().join("helm");
+    let out = Command::new("helm")
+        .args(args)
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// J12: SayThx as a Helm chart (examples/saythx): create, template,
+/// install and reach it the way its NOTES say, upgrade, roll back,
+/// package and uninstall, with stock Helm 3.
+#[tokio::test]
+async fn j12_saythx_chart_is_installed_with_helm() {
+    let server = cluster().await;
+    server.build_example_images();
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/saythx");
+    let scratch = server.data_dir().join("charts");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch = scratch.to_str().unwrap();
+
+    let created = Command::new("helm")
+        .args(["create", "saythx"])
+        .current_dir(scratch)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&created.stdout),
+        "Creating saythx\n"
+    );
+    for file in [
+        "Chart.yaml",
+        "values.yaml",
+        ".helmignore",
+        "templates/NOTES.txt",
+    ] {
+        assert!(
+            std::path::Path::new(scratch)
+                .join("saythx")
+                .join(file)
+                .exists(),
+            "helm create made no {file}"
+        );
+    }
+
+    let rendered = helm_ok(&server, &["template", "saythx", chart]);
+    assert!(rendered.contains("name: saythx-backend\n  namespace: work\n"));
+    assert!(rendered.contains("type: NodePort"));
+
+    let installed = helm_ok(&server, &["install", "saythx", chart]);
+    for line in [
+        "NAME: saythx",
+        "NAMESPACE: default",
+        "STATUS: deployed",
+        "REVISION: 1",
+        "  export NODE_PORT=$(kubectl get --namespace work -o jsonpath=\"{.spec.ports[0].nodePort}\" services saythx-frontend)",
+    ] {
+        assert!(
+            installed.lines().any(|l| l == line),
+            "no {line:?} in {installed}"
+        );
+    }
+    eventually("every tier to be ready", TIMEOUT, || async {
+        let deploys = rows(&server, &["get", "deploy", "-n", "work"]);
+        (deploys.len() == 5 && deploys[1..].iter().all(|r| r[1] == "1/1")).then_some(())
+    })
+    .await;
+
+    // The NOTES' commands, as the guide runs them.
+    let node_port = jsonpath(
+        &server,
+        &["get", "--namespace", "work", "services", "saythx-frontend"],
+        "{.spec.ports[0].nodePort}",
+    );
+    let node_ip = jsonpath(
+        &server,
+        &["get", "nodes", "--namespace", "work"],
+        "{.items[0].status.addresses[0].address}",
+    );
+    let url = format!("http://{node_ip}:{node_port}");
+    eventually(
+        "the frontend's page at the NOTES' address",
+        TIMEOUT,
+        || async {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "5", &url])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .contains("Say Thanks")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let releases = helm_ok(&server, &["list"]);
+    let release = releases.lines().nth(1).unwrap_or_default();
+    assert!(
+        release.starts_with("saythx")
+            && release.contains("deployed")
+            && release.contains("saythx-0.1.0"),
+        "helm list: {releases}"
+    );
+
+    helm_ok(
+        &server,
+        &["upgrade", "saythx", chart, "--set", "backend.replicas=2"],
+    );
+    eventually("two backends after the upgrade", TIMEOUT, || async {
+        let r = row(&server, &["get", "deploy", "-n", "work"], "saythx-backend")?;
+        (r[1] == "2/2").then_some(())
+    })
+    .await;
+    assert_eq!(
+        helm_ok(&server, &["rollback", "saythx", "1"]),
+        "Rollback was a success! Happy Helming!\n"
+    );
+    eventually("one backend after the rollback", TIMEOUT, || async {
+        let r = row(&server, &["get", "deploy", "-n", "work"], "saythx-backend")?;
+        (r[1] == "1/1" && r[2] == "1").then_some(())
+    })
+    .await;
+    let history = helm_ok(&server, &["history", "saythx"]);
+    assert_eq!(history.lines().count(), 4, "helm history: {history}");
+
+    assert_eq!(
+        helm_ok(&server, &["package", chart, "-d", scratch]),
+        format!("Successfully packaged chart and saved it to: {scratch}/saythx-0.1.0.tgz\n")
+    );
+
+    assert_eq!(
+        helm_ok(&server, &["uninstall", "saythx"]),
+        "release \"saythx\" uninstalled\n"
+    );
+    eventually("the chart's namespace to go", TIMEOUT, || async {
+        let out = server.kubectl(&["get", "namespace", "work"]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    assert_eq!(helm_ok(&server, &["list", "-q"]), "");
+}
