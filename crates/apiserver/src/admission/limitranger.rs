@@ -407,7 +407,7 @@ mod tests {
         p["spec"]["containers"].as_array_mut().unwrap().push(twin);
         assert_eq!(
             aggregate(&validate_pod(&r, &p)),
-            "[maximum cpu usage per Pod is 1, but limit is 1200m, maximum cpu usage per Pod is 1, but request is 1200m]"
+            "maximum cpu usage per Pod is 1, but limit is 1200m"
         );
         let r = range(
             json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]),
