@@ -1,11 +1,16 @@
 //! Admission: a chain of plugins every write passes, after decoding and
 //! defaulting and before storage, as upstream's admission chain. Mutating
-//! phases run first, in order; then validating phases, in order. Plugins to
-//! come plug in here: ServiceAccount, LimitRanger, ResourceQuota, PodSecurity.
+//! phases run first, in order; then validating phases, in order, in
+//! upstream's order of plugins. A plugin warns the client through
+//! `crate::warning`.
 
 use async_trait::async_trait;
 use kubox_store::Store;
 use serde_json::{Value, json};
+
+mod limitranger;
+mod podsecurity;
+mod resourcequota;
 
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult, qualified};
@@ -57,7 +62,13 @@ pub struct Chain(Vec<Box<dyn AdmissionPlugin>>);
 
 impl Default for Chain {
     fn default() -> Self {
-        Self(vec![Box::new(NamespaceLifecycle)])
+        Self(vec![
+            Box::new(NamespaceLifecycle),
+            Box::new(limitranger::LimitRanger),
+            Box::new(podsecurity::PodSecurity),
+            // Last, as upstream: only writes every other plugin allowed are charged.
+            Box::new(resourcequota::ResourceQuota),
+        ])
     }
 }
 

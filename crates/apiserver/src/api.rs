@@ -558,7 +558,6 @@ impl Api {
             obj["metadata"]["generation"] = json!(1);
         }
         rt.strategy.default(&mut obj);
-        rt.strategy.prepare_create(&mut obj);
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -574,6 +573,9 @@ impl Api {
         self.admission
             .mutate(&attrs, &mut obj, &*self.store)
             .await?;
+        // After mutating admission, as upstream: a pod's QoS class counts
+        // the requests LimitRanger gave it.
+        rt.strategy.prepare_create(&mut obj);
         self.validate(rt, &obj)?;
         self.admission.validate(&attrs, &obj, &*self.store).await?;
         self.check_write(opts, rt, ns, &obj)?;

@@ -240,10 +240,10 @@ impl Handler {
                 Ok(i) => i,
                 Err(e) => return error_response(&e),
             };
-        match self.route(req, &path, &identity).await {
-            Ok(resp) => resp,
-            Err(e) => error_response(&e),
-        }
+        let (result, warnings) = crate::warning::gather(self.route(req, &path, &identity)).await;
+        let mut resp = result.unwrap_or_else(|e| error_response(&e));
+        crate::warning::attach(&mut resp, &warnings);
+        resp
     }
 
     /// Authorizes a request for a URL that names no resource.
@@ -560,11 +560,7 @@ impl Handler {
             }
         };
         let mut resp = respond_json(status, &object, "application/json");
-        for w in warnings {
-            if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "\\\""))) {
-                resp.headers_mut().append(header::WARNING, v);
-            }
-        }
+        crate::warning::attach(&mut resp, &warnings);
         Ok(resp)
     }
 

@@ -29,6 +29,7 @@ pub mod status;
 pub mod strategy;
 pub mod table;
 pub mod validation;
+pub mod warning;
 
 mod bootstrap;
 pub mod rbac;

@@ -25,6 +25,7 @@ mod podowners;
 mod pods;
 mod queue;
 mod replicaset;
+mod resourcequota;
 mod rootca;
 mod runner;
 mod serviceaccount;
@@ -152,6 +153,7 @@ async fn lead(client: kube::Client, config: Config) {
         ("job", job::run(ctx.clone()).boxed()),
         ("daemonset", daemonset::run(ctx.clone()).boxed()),
         ("podgc", podgc::run(ctx.clone()).boxed()),
+        ("resourcequota", resourcequota::run(ctx.clone()).boxed()),
         (
             "ttl-after-finished",
             ttlafterfinished::run(ctx.clone()).boxed(),

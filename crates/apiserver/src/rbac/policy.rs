@@ -676,6 +676,14 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "resourcequota-controller",
+            vec![
+                rule(&["list", "watch"], &["*"], &["*"]),
+                rule(&["update"], &[""], &["resourcequotas/status"]),
+                events(),
+            ],
+        ),
+        (
             "root-ca-cert-publisher",
             vec![
                 rule(&["create", "update"], &[""], &["configmaps"]),
