@@ -1,7 +1,7 @@
 //! Admission: a chain of plugins every write passes, after decoding and
 //! defaulting and before storage, as upstream's admission chain. Mutating
 //! phases run first, in order; then validating phases, in order. Plugins to
-//! come plug in here: ServiceAccount, LimitRanger, ResourceQuota, PodSecurity.
+//! come plug in here: LimitRanger, ResourceQuota, PodSecurity.
 
 use async_trait::async_trait;
 use kubox_store::Store;
@@ -57,7 +57,10 @@ pub struct Chain(Vec<Box<dyn AdmissionPlugin>>);
 
 impl Default for Chain {
     fn default() -> Self {
-        Self(vec![Box::new(NamespaceLifecycle)])
+        Self(vec![
+            Box::new(NamespaceLifecycle),
+            Box::new(crate::serviceaccount::admission::ServiceAccount),
+        ])
     }
 }
 
