@@ -15,6 +15,7 @@ mod pod;
 mod portforward;
 mod probe;
 mod prober;
+mod projected;
 mod remote;
 pub mod runtime;
 pub mod sandbox;

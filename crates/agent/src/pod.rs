@@ -1170,6 +1170,42 @@ impl Worker {
         Ok(())
     }
 
+    /// The variables of the `kubernetes` Service, which the kubelet gives
+    /// every container whatever its `enableServiceLinks`, so in-cluster
+    /// clients find the API server.
+    async fn api_server_env(&self) -> Vec<(String, String)> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(self.shared.client.clone(), "default");
+        let Ok(service) = api.get("kubernetes").await else {
+            return Vec::new();
+        };
+        let spec = service.spec.unwrap_or_default();
+        let (Some(ip), Some(port)) = (
+            spec.cluster_ip.filter(|ip| ip != "None"),
+            spec.ports.and_then(|p| p.into_iter().next()),
+        ) else {
+            return Vec::new();
+        };
+        let number = port.port.to_string();
+        let proto = port.protocol.unwrap_or_else(|| "TCP".into());
+        let url = format!("{}://{ip}:{number}", proto.to_lowercase());
+        let prefix = format!("KUBERNETES_PORT_{number}_{proto}");
+        let mut vars = vec![
+            ("KUBERNETES_SERVICE_HOST".to_owned(), ip.clone()),
+            ("KUBERNETES_SERVICE_PORT".to_owned(), number.clone()),
+            ("KUBERNETES_PORT".to_owned(), url.clone()),
+            (prefix.clone(), url),
+            (format!("{prefix}_PROTO"), proto.to_lowercase()),
+            (format!("{prefix}_PORT"), number.clone()),
+            (format!("{prefix}_ADDR"), ip),
+        ];
+        if let Some(name) = port.name.filter(|n| !n.is_empty()) {
+            let name = name.to_uppercase().replace('-', "_");
+            vars.push((format!("KUBERNETES_SERVICE_PORT_{name}"), number));
+        }
+        vars
+    }
+
     /// The container's environment: the image's, then `envFrom`, then `env`,
     /// with `$(VAR)` expanded against what came before.
     async fn env(
@@ -1179,6 +1215,7 @@ impl Worker {
     ) -> Result<Vec<(String, String)>, String> {
         let mut pairs = container::image_env(image);
         pairs.push(("HOSTNAME".into(), self.hostname()));
+        pairs.extend(self.api_server_env().await);
         let ns = self.namespace();
         let client = &self.shared.client;
         for from in c.env_from.iter().flatten() {
@@ -1230,32 +1267,16 @@ impl Worker {
         let ns = self.namespace();
         let client = &self.shared.client;
         if let Some(f) = &from.field_ref {
-            let meta = &self.pod.metadata;
             let spec = self.pod.spec.clone().unwrap_or_default();
             let status = self.pod.status.clone().unwrap_or_default();
             let path = f.field_path.as_str();
             let value = match path {
-                "metadata.name" => meta.name.clone(),
-                "metadata.namespace" => meta.namespace.clone(),
-                "metadata.uid" => meta.uid.clone(),
                 "spec.nodeName" => spec.node_name.clone(),
                 "spec.serviceAccountName" => spec.service_account_name.clone(),
                 "status.hostIP" => Some(self.shared.node_ip.clone()),
                 "status.hostIPs" => Some(self.shared.node_ip.clone()),
                 "status.podIP" | "status.podIPs" => status.pod_ip.clone().or_else(|| self.pod_ip()),
-                _ => {
-                    let label = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
-                        path.strip_prefix(prefix)
-                            .and_then(|k| k.strip_prefix("['").and_then(|k| k.strip_suffix("']")))
-                            .map(|k| {
-                                map.as_ref()
-                                    .and_then(|m| m.get(k).cloned())
-                                    .unwrap_or_default()
-                            })
-                    };
-                    label("metadata.labels", &meta.labels)
-                        .or_else(|| label("metadata.annotations", &meta.annotations))
-                }
+                _ => crate::projected::metadata_field(&self.pod, f),
             };
             return Ok(value);
         }

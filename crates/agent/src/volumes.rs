@@ -19,9 +19,9 @@ pub enum MountError {
 }
 
 /// A file of a volume: its path inside the volume, contents and mode.
-type File = (String, Vec<u8>, Option<i32>);
+pub(crate) type File = (String, Vec<u8>, Option<i32>);
 
-fn setup_err(volume: &str, message: impl ToString) -> MountError {
+pub(crate) fn setup_err(volume: &str, message: impl ToString) -> MountError {
     MountError::SetUp {
         volume: volume.to_owned(),
         message: message.to_string(),
@@ -100,7 +100,6 @@ pub async fn prepare(
     pod: &Pod,
     pod_dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, MountError> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut paths = HashMap::new();
     for v in pod
         .spec
@@ -109,7 +108,7 @@ pub async fn prepare(
         .into_iter()
         .flatten()
     {
-        let path = prepare_one(client, ns, v, pod_dir).await?;
+        let path = prepare_one(client, pod, v, pod_dir).await?;
         paths.insert(v.name.clone(), path);
     }
     Ok(paths)
@@ -117,10 +116,11 @@ pub async fn prepare(
 
 async fn prepare_one(
     client: &kube::Client,
-    ns: &str,
+    pod: &Pod,
     v: &Volume,
     pod_dir: &Path,
 ) -> Result<PathBuf, MountError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let dir_for = |plugin: &str| pod_dir.join("volumes").join(plugin).join(&v.name);
     if v.empty_dir.is_some() {
         let dir = dir_for("empty-dir");
@@ -193,6 +193,13 @@ async fn prepare_one(
             .map_err(|e| setup_err(&v.name, e))?;
         return Ok(dir);
     }
+    if let Some(projected) = &v.projected {
+        let dir = dir_for("projected");
+        let files = crate::projected::files(client, pod, &v.name, projected, &dir).await?;
+        write_atomic(&dir, &files, projected.default_mode.unwrap_or(0o644))
+            .map_err(|e| setup_err(&v.name, e))?;
+        return Ok(dir);
+    }
     Err(setup_err(
         &v.name,
         "this volume type is not supported by kubox yet",
@@ -200,7 +207,7 @@ async fn prepare_one(
 }
 
 /// The files a volume shows: every key, or just `items` under their paths.
-fn select(
+pub(crate) fn select(
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
     volume: &str,

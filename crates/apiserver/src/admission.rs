@@ -65,6 +65,7 @@ impl Default for Chain {
         Self(vec![
             Box::new(NamespaceLifecycle),
             Box::new(limitranger::LimitRanger),
+            Box::new(crate::serviceaccount::admission::ServiceAccount),
             Box::new(podsecurity::PodSecurity),
             // Last, as upstream: only writes every other plugin allowed are charged.
             Box::new(resourcequota::ResourceQuota),

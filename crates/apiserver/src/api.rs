@@ -98,7 +98,7 @@ pub fn now_rfc3339() -> String {
 /// Characters upstream's generateName suffix draws from (no vowels, no look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn generate_suffix() -> String {
+pub(crate) fn generate_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..5)

@@ -70,6 +70,15 @@ fn subresources(
     if rt.plural == "pods" {
         subs.push(("eviction", "Eviction", "policy", &["create"][..]));
     }
+    // kubectl create token posts here.
+    if rt.plural == "serviceaccounts" {
+        subs.push((
+            "token",
+            "TokenRequest",
+            "authentication.k8s.io",
+            &["create"][..],
+        ));
+    }
     subs
 }
 

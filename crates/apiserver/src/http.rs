@@ -49,6 +49,18 @@ pub struct Handler {
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
     pub nodes: crate::node_proxy::NodeClient,
+    /// ServiceAccount tokens: issued, verified, their keys published.
+    pub tokens: Arc<crate::serviceaccount::Tokens>,
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -229,12 +241,24 @@ impl Handler {
         identity: Option<Identity>,
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        // Requests without credentials are the anonymous user's, whom RBAC
-        // lets reach only the public endpoints, as upstream.
-        let identity = identity.unwrap_or_else(|| Identity {
-            user: ANONYMOUS.to_owned(),
-            groups: vec![UNAUTHENTICATED.to_owned()],
-        });
+        // A client certificate authenticates first, then a bearer token,
+        // which must be good: a bad one is refused, never taken as anonymous.
+        let identity = match (identity, bearer(req.headers())) {
+            (Some(identity), _) => identity,
+            (None, Some(token)) => match self.tokens.authenticate(&self.api, token).await {
+                Ok(identity) => identity,
+                Err(why) => {
+                    tracing::debug!(%why, "bearer token refused");
+                    return error_response(&ApiError::unauthorized());
+                }
+            },
+            // Requests without credentials are the anonymous user's, whom
+            // RBAC lets reach only the public endpoints, as upstream.
+            (None, None) => Identity {
+                user: ANONYMOUS.to_owned(),
+                groups: vec![UNAUTHENTICATED.to_owned()],
+            },
+        };
         let identity =
             match crate::impersonation::impersonate(&*self.authorizer, &identity, req.headers()) {
                 Ok(i) => i,
@@ -307,6 +331,14 @@ impl Handler {
                 return Ok(text(code, body));
             }
             "/version" => return ok(discovery::version()),
+            "/.well-known/openid-configuration" => return ok(self.tokens.openid_configuration()),
+            "/openid/v1/jwks" => {
+                return Ok(respond_json(
+                    StatusCode::OK,
+                    &self.tokens.jwks(),
+                    "application/jwk-set+json",
+                ));
+            }
             "/metrics" => return Ok(text(StatusCode::OK, self.metrics.render())),
             "/openapi/v3" => return ok(openapi::Documents::get(registry).index()),
             "/api" if aggregated => {
@@ -461,6 +493,20 @@ impl Handler {
                 return Ok(respond_json(
                     StatusCode::CREATED,
                     &status,
+                    "application/json",
+                ));
+            }
+            Some("token") if rt.plural == "serviceaccounts" && rr.verb == Verb::Create => {
+                let content_type = content_type(&req);
+                let body = read_object_body(req.into_body(), &content_type).await?;
+                let name = rr.name.as_deref().unwrap_or_default();
+                let issued = self
+                    .tokens
+                    .request(api, ns.unwrap_or_default(), name, &body)
+                    .await?;
+                return Ok(respond_json(
+                    StatusCode::CREATED,
+                    &issued,
                     "application/json",
                 ));
             }

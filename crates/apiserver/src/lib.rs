@@ -25,6 +25,7 @@ mod review;
 pub mod scale;
 pub mod selectors;
 pub mod server;
+pub mod serviceaccount;
 pub mod status;
 pub mod strategy;
 pub mod table;
@@ -131,6 +132,7 @@ impl ApiServer {
     /// namespaces and the `kubernetes` Service.
     pub async fn start(store: Arc<dyn Store>, config: &Config) -> Result<Self, StartError> {
         let pki = pki::Pki::load_or_create(&config.data_dir.join("pki"))?;
+        let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
         let serving = pki.serving(&sans(config))?;
         let tls = server::tls_config(&serving, pki.ca_pem())?;
         let addr = SocketAddr::new(config.bind_address, config.https_port);
@@ -180,6 +182,7 @@ impl ApiServer {
                 "kube-apiserver-kubelet-client",
                 &["system:masters"],
             )?)?,
+            tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
         bootstrap::run(&api, config.advertise_address, addr.port())
@@ -209,6 +212,12 @@ impl ApiServer {
             data_dir: config.data_dir.clone(),
             task,
         })
+    }
+
+    /// The service-account signing key's PEM, for the controller manager's
+    /// token controller (upstream's `--service-account-private-key-file`).
+    pub fn service_account_key_pem(&self) -> Result<String, StartError> {
+        Ok(self.pki.service_account_key()?.pem().to_owned())
     }
 
     /// Writes a kubeconfig for a component of this server that talks to it

@@ -133,6 +133,22 @@ impl Pki {
         })
     }
 
+    /// The ServiceAccount token signing key, `sa.key` (kubeadm's name),
+    /// made on first start and kept, so tokens outlive restarts.
+    pub fn service_account_key(&self) -> Result<kubox_satoken::SigningKey> {
+        let path = self.dir.join("sa.key");
+        let invalid = |e: kubox_satoken::Error| PkiError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        if path.exists() {
+            return kubox_satoken::SigningKey::from_pem(&read(&path)?).map_err(invalid);
+        }
+        let key = kubox_satoken::SigningKey::generate().map_err(invalid)?;
+        write_file(&path, key.pem().as_bytes(), true)?;
+        Ok(key)
+    }
+
     pub fn ca_pem(&self) -> &str {
         &self.ca.cert_pem
     }

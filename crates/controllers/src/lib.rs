@@ -30,6 +30,7 @@ mod rootca;
 mod runner;
 mod serviceaccount;
 mod servicelb;
+mod tokens;
 mod ttlafterfinished;
 
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub struct Config {
     /// The cluster CA's key too, when this controller manager signs
     /// CertificateSigningRequests.
     pub signing_ca: Option<SigningCa>,
+    /// The ServiceAccount token signing key (PEM), when this controller
+    /// manager fills legacy token Secrets (upstream's
+    /// `--service-account-private-key-file`).
+    pub service_account_key: Option<String>,
 }
 
 /// What every controller shares.
@@ -141,6 +146,7 @@ async fn lead(client: kube::Client, config: Config) {
     });
     let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
         ("serviceaccount", serviceaccount::run(ctx.clone()).boxed()),
+        ("serviceaccount-token", tokens::run(ctx.clone()).boxed()),
         (
             "replicaset",
             replicaset::run_replicasets(ctx.clone()).boxed(),

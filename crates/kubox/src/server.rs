@@ -204,6 +204,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 key_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.key"))
                     .context("reading the cluster CA key for the CSR signer")?,
             }),
+            service_account_key: Some(
+                server
+                    .service_account_key_pem()
+                    .context("reading the service-account key for the token controller")?,
+            ),
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };

@@ -790,6 +790,20 @@ pub fn cluster_roles() -> Vec<Value> {
                 &["/healthz", "/livez", "/readyz", "/version", "/version/"],
             )],
         ),
+        // ServiceAccounts (and, if bound to anonymous, anyone) may fetch
+        // the keys that verify their tokens.
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
         cluster_role(
             "system:monitoring",
             vec![urls(
@@ -935,6 +949,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
                 group("system:authenticated"),
                 group("system:unauthenticated"),
             ],
+        ),
+        binding(
+            "system:service-account-issuer-discovery",
+            "ClusterRole",
+            vec![group("system:serviceaccounts")],
         ),
         binding(
             "system:monitoring",
