@@ -57,7 +57,10 @@ pub struct Chain(Vec<Box<dyn AdmissionPlugin>>);
 
 impl Default for Chain {
     fn default() -> Self {
-        Self(vec![Box::new(NamespaceLifecycle)])
+        Self(vec![
+            Box::new(NamespaceLifecycle),
+            Box::new(crate::priority::Priority),
+        ])
     }
 }
 
