@@ -7,6 +7,7 @@ mod console;
 mod container;
 pub mod dns;
 mod exec;
+pub mod hollow;
 pub mod image;
 mod log_reader;
 mod logs;

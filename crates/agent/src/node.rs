@@ -19,9 +19,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use crate::Shared;
 
 /// The Kubernetes release whose API kubox serves.
-const KUBELET_VERSION: &str = "v1.37.0+kubox";
+pub(crate) const KUBELET_VERSION: &str = "v1.37.0+kubox";
 /// How often the Lease is renewed (upstream: a quarter of its 40 s duration).
-const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(10);
 const LEASE_DURATION_SECONDS: i32 = 40;
 /// Node status goes out when it changes, and at least this often.
 const STATUS_REPORT: Duration = Duration::from_secs(60);
@@ -231,35 +231,36 @@ pub async fn register(
     .await
 }
 
-async fn renew_lease(shared: &Shared, node_uid: Option<String>) -> Result<(), kube::Error> {
-    let api: Api<Lease> = Api::namespaced(shared.client.clone(), "kube-node-lease");
+/// Renews node `node_name`'s Lease, creating it (owned by the Node) when missing.
+pub(crate) async fn renew_lease(
+    client: &kube::Client,
+    node_name: &str,
+    node_uid: Option<String>,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let now = MicroTime(Timestamp::now());
     let spec = LeaseSpec {
-        holder_identity: Some(shared.node_name.clone()),
+        holder_identity: Some(node_name.to_owned()),
         lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
         renew_time: Some(now),
         ..Default::default()
     };
     let patch = serde_json::json!({"spec": spec});
     match api
-        .patch(
-            &shared.node_name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let lease = Lease {
                 metadata: ObjectMeta {
-                    name: Some(shared.node_name.clone()),
+                    name: Some(node_name.to_owned()),
                     namespace: Some("kube-node-lease".into()),
                     owner_references: node_uid.map(|uid| {
                         vec![OwnerReference {
                             api_version: "v1".into(),
                             kind: "Node".into(),
-                            name: shared.node_name.clone(),
+                            name: node_name.to_owned(),
                             uid,
                             ..Default::default()
                         }]
@@ -283,7 +284,7 @@ pub async fn heartbeat(shared: std::sync::Arc<Shared>, node: Node) {
     let mut tick = tokio::time::interval(LEASE_RENEW);
     loop {
         tick.tick().await;
-        if let Err(e) = renew_lease(&shared, uid.clone()).await {
+        if let Err(e) = renew_lease(&shared.client, &shared.node_name, uid.clone()).await {
             tracing::warn!("renewing the node lease: {e}");
         }
         let mut next = status(&shared, last.as_ref());

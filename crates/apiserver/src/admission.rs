@@ -66,6 +66,7 @@ impl Default for Chain {
             Box::new(NamespaceLifecycle),
             Box::new(limitranger::LimitRanger),
             Box::new(crate::serviceaccount::admission::ServiceAccount),
+            Box::new(crate::priority::Priority),
             Box::new(podsecurity::PodSecurity),
             // Last, as upstream: only writes every other plugin allowed are charged.
             Box::new(resourcequota::ResourceQuota),

@@ -40,6 +40,10 @@ pub async fn run(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()>
         },
     });
     api.ensure(&services, Some("default"), kubernetes).await?;
+    let classes = find(api, "scheduling.k8s.io", "v1", "priorityclasses")?;
+    for class in crate::priority::system_classes() {
+        api.ensure(&classes, None, class).await?;
+    }
     kubernetes_endpoints(api, advertise, https_port).await
 }
 

@@ -19,6 +19,7 @@ mod node_proxy;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+mod priority;
 pub mod registry;
 pub mod request;
 mod review;

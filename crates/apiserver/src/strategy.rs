@@ -262,6 +262,20 @@ impl Strategy for Pod {
     fn prepare_create(&self, obj: &mut Value) {
         let qos = qos_class(&obj["spec"]);
         obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+        // The scheduler leaves a gated pod alone: the condition says why it waits.
+        if obj["spec"]["schedulingGates"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty())
+        {
+            obj["status"]["conditions"] = json!([{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "SchedulingGated",
+                "message": "Scheduling is blocked due to non-empty scheduling gates",
+                "lastProbeTime": null,
+                "lastTransitionTime": crate::api::now_rfc3339(),
+            }]);
+        }
     }
 }
 

@@ -9,5 +9,6 @@ mod load;
 pub mod net;
 pub mod pods;
 pub mod report;
+pub mod scheduler;
 pub mod store;
 pub mod streams;

@@ -32,7 +32,7 @@ fn pod(name: &str) -> Pod {
 }
 
 /// Resident memory (KiB) and CPU time (clock ticks) of a process.
-fn usage(pid: u32) -> (u64, u64) {
+pub(crate) fn usage(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()

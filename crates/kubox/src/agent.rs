@@ -198,6 +198,18 @@ pub struct StandaloneArgs {
     /// The node's credentials and the API server to join.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Register this many hollow nodes instead of a real one, as kubemark
+    /// and kwok do: simulated nodes whose pods are reported running without
+    /// containers. Their credentials must allow writing any Node and Pod
+    /// status (an admin kubeconfig).
+    #[arg(long, value_name = "N")]
+    hollow: Option<usize>,
+    /// Hollow nodes are named `{prefix}{index}`.
+    #[arg(long, default_value = "hollow-", requires = "hollow")]
+    hollow_prefix: String,
+    /// Spread hollow nodes over this many zones (`topology.kubernetes.io/zone=zone-{i}`).
+    #[arg(long, default_value_t = 0, requires = "hollow")]
+    hollow_zones: usize,
     /// Where the node keeps its state.
     #[arg(long, default_value = "/var/lib/kubox")]
     data_dir: PathBuf,
@@ -209,6 +221,19 @@ pub struct StandaloneArgs {
 
 /// `kubox agent`: one more node for a running cluster, until SIGTERM or Ctrl-C.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.hollow {
+        let (client, _) = kubox_client::connect(&args.kubeconfig).await?;
+        let config = kubox_agent::hollow::HollowConfig {
+            prefix: args.hollow_prefix,
+            count,
+            zones: args.hollow_zones,
+        };
+        let _nodes = kubox_agent::hollow::HollowNodes::start(client, config)
+            .await
+            .context("registering hollow nodes")?;
+        println!("kubox agent: {count} hollow nodes running");
+        return crate::server::wait_for_shutdown().await;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
     let _node = start(

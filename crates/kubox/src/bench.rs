@@ -80,6 +80,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// The scheduler on hollow nodes: pods/s from creation to bound for a
+    /// basic workload, required pod anti-affinity and topology spread.
+    Scheduler {
+        /// Cluster sizes, comma-separated, each on a fresh server.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        nodes: Vec<usize>,
+        /// Pods per workload.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Zones the hollow nodes are spread over.
+        #[arg(long, default_value_t = 10)]
+        zones: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -163,6 +176,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 duration: Duration::from_secs(seconds),
             })
             .await?;
+            println!("{table}");
+        }
+        BenchCommand::Scheduler { nodes, pods, zones } => {
+            let table =
+                kubox_bench::scheduler::run(kubox_bench::scheduler::Options { nodes, pods, zones })
+                    .await?;
             println!("{table}");
         }
         BenchCommand::Store {

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{
 };
 
 use crate::node_info::{NodeInfo, host_ports};
-use crate::resources::{Resources, allocatable};
+use crate::resources::Resources;
 
 /// Why a node was rejected, and whether evicting pods (preemption) could change that.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,11 +15,28 @@ pub struct Rejection {
     pub resolvable: bool,
 }
 
-fn unresolvable(reason: impl Into<String>) -> Rejection {
-    Rejection {
-        reasons: vec![reason.into()],
-        resolvable: false,
+impl Rejection {
+    /// A reason evicting pods cannot change (upstream's UnschedulableAndUnresolvable).
+    pub fn unresolvable(reason: impl Into<String>) -> Self {
+        Self {
+            reasons: vec![reason.into()],
+            resolvable: false,
+        }
     }
+
+    pub fn resolvable(reason: impl Into<String>) -> Self {
+        Self {
+            reasons: vec![reason.into()],
+            resolvable: true,
+        }
+    }
+}
+
+/// What the filters need computed once per pod (upstream's PreFilter state).
+pub struct PreFilter {
+    pub requests: Resources,
+    pub affinity: Option<crate::affinity::State>,
+    pub spread: Option<crate::spread::State>,
 }
 
 pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
@@ -62,13 +79,17 @@ fn node_unschedulable(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
         ..Default::default()
     };
     if cordoned && !tolerates(tolerations(pod), &taint) {
-        return Err(unresolvable("node(s) were unschedulable"));
+        return Err(Rejection::unresolvable("node(s) were unschedulable"));
     }
     Ok(())
 }
 
 /// The first of the node's taints of `effects` the pod does not tolerate.
-fn untolerated_taint<'a>(pod: &Pod, info: &'a NodeInfo, effects: &[&str]) -> Option<&'a Taint> {
+pub(crate) fn untolerated_taint<'a>(
+    pod: &Pod,
+    info: &'a NodeInfo,
+    effects: &[&str],
+) -> Option<&'a Taint> {
     info.node
         .spec
         .as_ref()
@@ -82,7 +103,7 @@ fn untolerated_taint<'a>(pod: &Pod, info: &'a NodeInfo, effects: &[&str]) -> Opt
 fn taint_toleration(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
     let untolerated = untolerated_taint(pod, info, &["NoSchedule", "NoExecute"]);
     match untolerated {
-        Some(t) => Err(unresolvable(format!(
+        Some(t) => Err(Rejection::unresolvable(format!(
             "node(s) had untolerated taint {{{}: {}}}",
             t.key,
             t.value.as_deref().unwrap_or_default()
@@ -117,7 +138,7 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
 
 /// Whether a node matches a term: all its expressions on labels and fields.
 pub fn term_matches(term: &NodeSelectorTerm, info: &NodeInfo) -> bool {
-    let labels = info.node.metadata.labels.clone().unwrap_or_default();
+    let labels = info.labels();
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {
@@ -131,9 +152,9 @@ pub fn term_matches(term: &NodeSelectorTerm, info: &NodeInfo) -> bool {
             .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(info.name())))
 }
 
-fn node_affinity(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
+pub(crate) fn node_affinity(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
     let spec = pod.spec.as_ref();
-    let labels = info.node.metadata.labels.clone().unwrap_or_default();
+    let labels = info.labels();
     let selector_ok = spec
         .and_then(|s| s.node_selector.as_ref())
         .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
@@ -149,7 +170,7 @@ fn node_affinity(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
     if selector_ok && affinity_ok {
         Ok(())
     } else {
-        Err(unresolvable(
+        Err(Rejection::unresolvable(
             "node(s) didn't match Pod's node affinity/selector",
         ))
     }
@@ -189,9 +210,9 @@ fn node_ports(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
 }
 
 fn resources_fit(requests: &Resources, info: &NodeInfo) -> Result<(), Rejection> {
-    let alloc = allocatable(&info.node);
+    let alloc = &info.allocatable;
     let mut reasons = Vec::new();
-    if info.pods as i64 + 1 > alloc.get("pods").copied().unwrap_or(0) {
+    if info.pods.len() as i64 + 1 > alloc.get("pods").copied().unwrap_or(0) {
         reasons.push("Too many pods".to_owned());
     }
     for (resource, want) in requests {
@@ -213,18 +234,26 @@ fn resources_fit(requests: &Resources, info: &NodeInfo) -> Result<(), Rejection>
     }
 }
 
-/// Runs every filter in order; the first to reject decides.
-pub fn filter(pod: &Pod, requests: &Resources, info: &NodeInfo) -> Result<(), Rejection> {
+/// Runs every filter in upstream's order; the first to reject decides.
+pub fn filter(pod: &Pod, pre: &PreFilter, info: &NodeInfo) -> Result<(), Rejection> {
     node_unschedulable(pod, info)?;
     taint_toleration(pod, info)?;
     node_affinity(pod, info)?;
     node_ports(pod, info)?;
-    resources_fit(requests, info)
+    resources_fit(&pre.requests, info)?;
+    if let Some(spread) = &pre.spread {
+        spread.filter(info)?;
+    }
+    if let Some(affinity) = &pre.affinity {
+        affinity.filter(info)?;
+    }
+    Ok(())
 }
 
 /// Upstream's FitError text: `0/3 nodes are available: 1 node(s) had
-/// untolerated taint {k: v}, 2 Insufficient cpu. preemption: ...`.
-pub fn fit_error(total: usize, rejections: &[Rejection]) -> String {
+/// untolerated taint {k: v}, 2 Insufficient cpu. preemption: ...`; the
+/// preemption part only when preemption found no victims.
+pub fn fit_error(total: usize, rejections: &[Rejection], preempting: bool) -> String {
     let histogram = |items: Vec<String>| {
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for i in items {
@@ -255,9 +284,11 @@ pub fn fit_error(total: usize, rejections: &[Rejection]) -> String {
     if !reasons.is_empty() {
         message.push_str(&format!(" {reasons}."));
     }
-    message.push_str(&format!(
-        " preemption: 0/{total} nodes are available: {preemption}."
-    ));
+    if !preempting {
+        message.push_str(&format!(
+            " preemption: 0/{total} nodes are available: {preemption}."
+        ));
+    }
     message
 }
 
@@ -282,7 +313,12 @@ mod tests {
     }
 
     fn check(p: &Pod, n: &NodeInfo) -> Result<(), Rejection> {
-        filter(p, &crate::resources::pod_requests(p), n)
+        let pre = PreFilter {
+            requests: crate::resources::pod_requests(p),
+            affinity: None,
+            spread: None,
+        };
+        filter(p, &pre, n)
     }
 
     #[test]
@@ -331,7 +367,7 @@ mod tests {
             json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
         );
         assert!(check(&web, &n).is_ok());
-        n.add(&web);
+        n.add("default/web".into(), Arc::new(web.clone()));
         assert_eq!(
             check(&web, &n).unwrap_err().reasons,
             ["node(s) didn't have free ports for the requested pod ports"]
@@ -349,14 +385,15 @@ mod tests {
 
     #[test]
     fn fit_errors_read_as_upstream() {
-        let taint =
-            unresolvable("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }");
+        let taint = Rejection::unresolvable(
+            "node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }",
+        );
         let cpu = Rejection {
             reasons: vec!["Insufficient cpu".into()],
             resolvable: true,
         };
         assert_eq!(
-            fit_error(3, &[taint, cpu.clone(), cpu]),
+            fit_error(3, &[taint, cpu.clone(), cpu], false),
             "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
              preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
         );

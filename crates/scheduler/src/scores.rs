@@ -3,9 +3,10 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::filters::{term_matches, tolerates};
+use std::collections::HashMap;
+
+use crate::filters::{PreFilter, term_matches, tolerates};
 use crate::node_info::{NodeInfo, non_zero_requests};
-use crate::resources::allocatable;
 
 const MAX: i64 = 100;
 
@@ -19,7 +20,7 @@ fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
 
 /// CPU and memory in use after placing the pod, as fractions of allocatable.
 fn fractions(pod: &Pod, info: &NodeInfo) -> (f64, f64) {
-    let alloc = allocatable(&info.node);
+    let alloc = &info.allocatable;
     let (pod_cpu, pod_mem) = non_zero_requests(pod);
     let frac = |used: i64, cap: Option<&i64>| match cap {
         Some(cap) if *cap > 0 => (used as f64 / *cap as f64).min(1.0),
@@ -103,15 +104,141 @@ fn normalize(raw: &[i64], reverse: bool) -> Vec<i64> {
         .collect()
 }
 
-/// The weighted total of every score for each feasible node, in order.
-pub fn score(pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+/// Scales raw scores to 0..=100 between the lowest and the highest, as
+/// InterPodAffinity does (its raw scores may be negative).
+fn normalize_min_max(raw: &[i64]) -> Vec<i64> {
+    let (min, max) = (
+        raw.iter().copied().min().unwrap_or(0),
+        raw.iter().copied().max().unwrap_or(0),
+    );
+    raw.iter()
+        .map(|&s| {
+            if max > min {
+                MAX * (s - min) / (max - min)
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// An image reference as nodes report it: registry, repository and tag
+/// spelled out (`busybox` is `docker.io/library/busybox:latest`).
+pub fn normalized_image(image: &str) -> String {
+    let (name, digest) = image
+        .split_once('@')
+        .map_or((image, None), |(n, d)| (n, Some(d)));
+    let first = name.split('/').next().unwrap_or_default();
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut full = match (has_registry, name.contains('/')) {
+        (true, _) => name.to_owned(),
+        (false, true) => format!("docker.io/{name}"),
+        (false, false) => format!("docker.io/library/{name}"),
+    };
+    let last = full.rsplit('/').next().unwrap_or_default();
+    if digest.is_none() && !last.contains(':') {
+        full.push_str(":latest");
+    }
+    match digest {
+        Some(d) => format!("{full}@{d}"),
+        None => full,
+    }
+}
+
+/// The images of the pod's containers, normalised.
+pub fn pod_images(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .filter_map(|c| c.image.as_deref())
+        .map(normalized_image)
+        .collect()
+}
+
+/// ImageLocality: the sizes of the pod's images the node already has, each
+/// scaled by the share of nodes that have it (so one node hoarding an image
+/// does not draw every pod), between 23 MB and 1000 MB per container.
+fn image_locality(
+    images: &[String],
+    spread: &HashMap<String, usize>,
+    total: usize,
+    info: &NodeInfo,
+) -> i64 {
+    const MIN: i64 = 23 * 1024 * 1024;
+    const MAX_PER_CONTAINER: i64 = 1000 * 1024 * 1024;
+    if images.is_empty() {
+        return 0;
+    }
+    let sum: i64 = images
+        .iter()
+        .filter_map(|i| {
+            let size = info.images.get(i)?;
+            let share = spread.get(i).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+            Some((*size as f64 * share) as i64)
+        })
+        .sum();
+    let max = MAX_PER_CONTAINER * images.len() as i64;
+    MAX * (sum.clamp(MIN, max) - MIN) / (max - MIN)
+}
+
+/// How many of the cluster's nodes have each of the pod's images.
+pub fn image_spread<'a>(
+    images: &[String],
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+) -> HashMap<String, usize> {
+    let mut spread = HashMap::new();
+    if images.is_empty() {
+        return spread;
+    }
+    for info in nodes {
+        for i in images {
+            if info.images.contains_key(i) {
+                *spread.entry(i.clone()).or_default() += 1;
+            }
+        }
+    }
+    spread
+}
+
+/// The weighted total of every score for each feasible node, in order,
+/// with upstream's default weights.
+pub fn score<'a>(
+    pod: &Pod,
+    pre: &PreFilter,
+    nodes: &[&NodeInfo],
+    all: impl ExactSizeIterator<Item = &'a NodeInfo>,
+) -> Vec<i64> {
     let per = |f: fn(&Pod, &NodeInfo) -> i64| nodes.iter().map(|n| f(pod, n)).collect::<Vec<_>>();
     let fit = per(least_allocated);
     let balanced = per(balanced_allocation);
     let taints = normalize(&per(intolerable_taints), true);
-    let affinity = normalize(&per(preferred_affinity), false);
+    let node_affinity = normalize(&per(preferred_affinity), false);
+    let pod_affinity = match &pre.affinity {
+        Some(a) => normalize_min_max(&nodes.iter().map(|n| a.score(n)).collect::<Vec<_>>()),
+        None => vec![0; nodes.len()],
+    };
+    let spread = match &pre.spread {
+        Some(s) => s.scores(pod, nodes),
+        None => vec![0; nodes.len()],
+    };
+    let images = pod_images(pod);
+    let total = all.len();
+    let image_nodes = image_spread(&images, all);
     (0..nodes.len())
-        .map(|i| fit[i] + balanced[i] + 3 * taints[i] + 2 * affinity[i])
+        .map(|i| {
+            fit[i]
+                + balanced[i]
+                + 3 * taints[i]
+                + 2 * node_affinity[i]
+                + 2 * pod_affinity[i]
+                + 2 * spread[i]
+                + image_locality(&images, &image_nodes, total, nodes[i])
+        })
         .collect()
 }
 
@@ -135,12 +262,60 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
+    fn plain_score(p: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let pre = PreFilter {
+            requests: crate::resources::pod_requests(p),
+            affinity: None,
+            spread: None,
+        };
+        score(p, &pre, nodes, nodes.iter().copied())
+    }
+
+    #[test]
+    fn images_are_named_in_full() {
+        assert_eq!(
+            normalized_image("busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            normalized_image("nginx:1.27"),
+            "docker.io/library/nginx:1.27"
+        );
+        assert_eq!(
+            normalized_image("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalized_image("registry.k8s.io/pause:3.10"),
+            "registry.k8s.io/pause:3.10"
+        );
+        assert_eq!(
+            normalized_image("me/app@sha256:ab"),
+            "docker.io/me/app@sha256:ab"
+        );
+    }
+
+    #[test]
+    fn nodes_with_the_image_score_higher() {
+        let with = node(
+            "a",
+            json!({"status": {"images": [
+            {"names": ["docker.io/library/big:1"], "sizeBytes": 800_000_000}]}}),
+        );
+        let without = node("b", json!({}));
+        let s = plain_score(
+            &pod(json!({"containers": [{"name": "c", "image": "big:1"}]})),
+            &[&with, &without],
+        );
+        assert!(s[0] > s[1], "{s:?}");
+    }
+
     #[test]
     fn emptier_nodes_score_higher() {
         let idle = node("a", json!({}));
         let mut busy = node("b", json!({}));
-        busy.add(&pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3", "memory": "6Gi"}}}]})));
-        let scores = score(&pod(json!({})), &[&idle, &busy]);
+        busy.add("default/busy".into(), Arc::new(pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3", "memory": "6Gi"}}}]}))));
+        let scores = plain_score(&pod(json!({})), &[&idle, &busy]);
         assert!(scores[0] > scores[1], "{scores:?}");
     }
 
@@ -151,13 +326,13 @@ mod tests {
             json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}),
         );
         let plain = node("b", json!({}));
-        let s = score(&pod(json!({})), &[&soft, &plain]);
+        let s = plain_score(&pod(json!({})), &[&soft, &plain]);
         assert!(s[1] > s[0], "{s:?}");
         let wants_a = pod(
             json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 100, "preference": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}}]}}}),
         );
-        let s = score(&wants_a, &[&node("a", json!({})), &node("b", json!({}))]);
+        let s = plain_score(&wants_a, &[&node("a", json!({})), &node("b", json!({}))]);
         assert!(s[0] > s[1], "{s:?}");
     }
 }

@@ -2,9 +2,11 @@
 //! start them on free loopback ports in temporary directories and clean up
 //! when dropped.
 
+pub mod hollow;
 pub mod images;
 pub mod node;
 
+pub use hollow::HollowCluster;
 pub use node::Runtime;
 
 use std::future::Future;

@@ -1,0 +1,339 @@
+//! Scheduling scenarios on hollow nodes (`kubox agent --hollow`): each of
+//! upstream's plugins kubox implements shows the node it picks, or the
+//! FailedScheduling message kube-scheduler would give.
+
+use std::time::Duration;
+
+use kubox_testkit::{HollowCluster, KuboxServer, eventually};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const BIN: &str = env!("CARGO_BIN_EXE_kubox");
+
+fn get(server: &KuboxServer, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&server.kubectl_ok(&all)).unwrap()
+}
+
+/// Creates a pod from `spec` (merged over a one-container pause pod) and `labels`.
+fn create(server: &KuboxServer, name: &str, labels: Value, spec: Value) {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]},
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        pod["spec"][k] = v.clone();
+    }
+    server.apply_json(&pod);
+}
+
+async fn node_of(server: &KuboxServer, name: &str) -> String {
+    eventually("the pod to be bound", TIMEOUT, || async {
+        let p = get(server, &["pod", name]);
+        p["spec"]["nodeName"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+async fn unschedulable_message(server: &KuboxServer, name: &str) -> String {
+    eventually("the pod to be reported unschedulable", TIMEOUT, || async {
+        let p = get(server, &["pod", name]);
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")?
+            .clone();
+        c["message"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// The messages of the pod's FailedScheduling events, once there is one.
+async fn failed_scheduling(server: &KuboxServer, name: &str) -> Vec<String> {
+    eventually("a FailedScheduling event", TIMEOUT, || async {
+        let selector = format!("involvedObject.name={name},reason=FailedScheduling");
+        let events = get(server, &["events", "--field-selector", &selector]);
+        let messages: Vec<String> = events["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .collect();
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await
+}
+
+fn label(server: &KuboxServer, node: &str, label: &str) {
+    server.kubectl_ok(&["label", "node", node, label, "--overwrite"]);
+}
+
+#[tokio::test]
+async fn hollow_nodes_heartbeat_and_run_their_pods() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+    let leases = s.kubectl_ok(&["get", "leases", "-n", "kube-node-lease", "-o", "name"]);
+    for i in 0..3 {
+        assert!(
+            leases.contains(&format!("lease.coordination.k8s.io/hollow-{i}")),
+            "{leases}"
+        );
+    }
+    create(s, "web", json!({}), json!({}));
+    let node = node_of(s, "web").await;
+    assert!(node.starts_with("hollow-"), "{node}");
+    let pod = eventually("the pod to run", TIMEOUT, || async {
+        let p = get(s, &["pod", "web"]);
+        (p["status"]["phase"] == "Running").then_some(p)
+    })
+    .await;
+    assert!(
+        pod["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "{pod}"
+    );
+    s.kubectl_ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    // A hollow node's pod goes as soon as its deletion is asked for.
+    s.kubectl_ok(&["delete", "pod", "web", "--timeout=60s"]);
+}
+
+#[tokio::test]
+async fn gates_priorities_and_preemption() {
+    let cluster = HollowCluster::start(BIN, 1, &[]).await;
+    let s = &cluster.server;
+
+    create(
+        s,
+        "gated",
+        json!({}),
+        json!({"schedulingGates": [{"name": "example.com/wait"}]}),
+    );
+    let p = get(s, &["pod", "gated"]);
+    let condition = &p["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "SchedulingGated", "{p}");
+    assert_eq!(
+        condition["message"],
+        "Scheduling is blocked due to non-empty scheduling gates"
+    );
+    s.kubectl_ok(&[
+        "patch",
+        "pod",
+        "gated",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/schedulingGates"}]"#,
+    ]);
+    assert_eq!(node_of(s, "gated").await, "hollow-0");
+    let failed = s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=gated,reason=FailedScheduling",
+        "-o",
+        "name",
+    ]);
+    assert!(failed.is_empty(), "a gated pod is never tried: {failed}");
+
+    let missing = s.kubectl(&[
+        "run",
+        "nope",
+        "--image=pause",
+        "--overrides",
+        r#"{"spec": {"priorityClassName": "nope"}}"#,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains(r#"pods "nope" is forbidden: no PriorityClass with name nope was found"#),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    create(
+        s,
+        "critical",
+        json!({}),
+        json!({"priorityClassName": "system-cluster-critical"}),
+    );
+    assert_eq!(
+        get(s, &["pod", "critical"])["spec"]["priority"],
+        2_000_000_000
+    );
+
+    s.apply_json(
+        &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                         "metadata": {"name": "high"}, "value": 1000}),
+    );
+    let cpu = |n: &str| {
+        json!([{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"requests": {"cpu": n}}}])
+    };
+    create(s, "low", json!({}), json!({"containers": cpu("30")}));
+    assert_eq!(node_of(s, "low").await, "hollow-0");
+    create(
+        s,
+        "vip",
+        json!({}),
+        json!({"priorityClassName": "high", "containers": cpu("10")}),
+    );
+    assert_eq!(get(s, &["pod", "vip"])["spec"]["priority"], 1000);
+    // The preemptor waits for its nominated node, then takes the room its victim left.
+    assert_eq!(
+        failed_scheduling(s, "vip").await[0],
+        "0/1 nodes are available: 1 Insufficient cpu."
+    );
+    assert_eq!(node_of(s, "vip").await, "hollow-0");
+    assert_eq!(
+        get(s, &["pod", "vip"])["status"]["nominatedNodeName"],
+        "hollow-0"
+    );
+    let preempted = s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=low,reason=Preempted",
+        "-o",
+        "json",
+    ]);
+    assert!(preempted.contains("Preempted by pod"), "{preempted}");
+    assert!(
+        !s.kubectl(&["get", "pod", "low"]).status.success(),
+        "the victim is gone"
+    );
+
+    create(
+        s,
+        "equal",
+        json!({}),
+        json!({"priorityClassName": "high", "containers": cpu("30")}),
+    );
+    assert_eq!(
+        unschedulable_message(s, "equal").await,
+        "0/1 nodes are available: 1 Insufficient cpu. \
+         preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    );
+}
+
+#[tokio::test]
+async fn pod_affinity_spread_and_image_locality() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+    label(s, "hollow-0", "zone=a");
+    label(s, "hollow-1", "zone=a");
+    label(s, "hollow-2", "zone=b");
+    let on = |node: &str| json!({"nodeSelector": {"kubernetes.io/hostname": node}});
+
+    create(s, "db", json!({"app": "db"}), on("hollow-2"));
+    assert_eq!(node_of(s, "db").await, "hollow-2");
+    create(
+        s,
+        "near-db",
+        json!({}),
+        json!({"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}}),
+    );
+    assert_eq!(node_of(s, "near-db").await, "hollow-2");
+    create(
+        s,
+        "no-partner",
+        json!({}),
+        json!({"affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"}]}}}),
+    );
+    assert_eq!(
+        unschedulable_message(s, "no-partner").await,
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules. \
+         preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+    );
+    let mut away = on("hollow-2");
+    away["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+    create(s, "away", json!({}), away);
+    assert_eq!(
+        unschedulable_message(s, "away").await,
+        "0/3 nodes are available: 1 node(s) didn't match pod anti-affinity rules, \
+         2 node(s) didn't match Pod's node affinity/selector. \
+         preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, \
+         2 Preemption is not helpful for scheduling."
+    );
+    // An existing pod's anti-affinity keeps matching pods out of its zone.
+    create(
+        s,
+        "loner",
+        json!({}),
+        json!({"nodeSelector": {"kubernetes.io/hostname": "hollow-0"},
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}),
+    );
+    assert_eq!(node_of(s, "loner").await, "hollow-0");
+    create(s, "web", json!({"app": "web"}), json!({}));
+    assert_eq!(node_of(s, "web").await, "hollow-2");
+
+    // Spread over zones. Pods pinned to zone b ignore their node selector
+    // when counting domains (nodeAffinityPolicy: Ignore), so zone a counts.
+    let spread = |policy: &str| {
+        json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+        "whenUnsatisfiable": "DoNotSchedule", "nodeAffinityPolicy": policy,
+        "labelSelector": {"matchLabels": {"app": "spread"}}}]})
+    };
+    let in_b = || {
+        let mut spec = spread("Ignore");
+        spec["nodeSelector"] = json!({"zone": "b"});
+        spec
+    };
+    create(s, "spread-0", json!({"app": "spread"}), in_b());
+    assert_eq!(node_of(s, "spread-0").await, "hollow-2");
+    create(s, "spread-1", json!({"app": "spread"}), spread("Honor"));
+    let zone_a = node_of(s, "spread-1").await;
+    assert!(zone_a == "hollow-0" || zone_a == "hollow-1", "{zone_a}");
+    create(s, "spread-2", json!({"app": "spread"}), in_b());
+    assert_eq!(node_of(s, "spread-2").await, "hollow-2");
+    // Zone b has 2 to zone a's 1: one more there would skew by 2.
+    create(s, "spread-3", json!({"app": "spread"}), in_b());
+    assert_eq!(
+        unschedulable_message(s, "spread-3").await,
+        "0/3 nodes are available: 1 node(s) didn't match pod topology spread constraints, \
+         2 node(s) didn't match Pod's node affinity/selector. \
+         preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, \
+         2 Preemption is not helpful for scheduling."
+    );
+    create(
+        s,
+        "racked",
+        json!({"app": "r"}),
+        json!({"topologySpreadConstraints": [{"maxSkew": 1,
+        "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "r"}}}]}),
+    );
+    assert_eq!(
+        unschedulable_message(s, "racked").await,
+        "0/3 nodes are available: 3 node(s) didn't match pod topology spread constraints (missing required label). \
+         preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+    );
+
+    // ImageLocality: the one node that has a large image draws its pod.
+    s.kubectl_ok(&[
+        "patch",
+        "node",
+        "hollow-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"images": [{"names": ["kubox.local/big:1"], "sizeBytes": 900000000}]}}"#,
+    ]);
+    eventually("the scheduler to see the image", TIMEOUT, || async {
+        let n = get(s, &["node", "hollow-1"]);
+        (n["status"]["images"][0]["sizeBytes"] == 900000000).then_some(())
+    })
+    .await;
+    create(
+        s,
+        "big",
+        json!({}),
+        json!({"containers": [{"name": "main", "image": "kubox.local/big:1"}]}),
+    );
+    assert_eq!(node_of(s, "big").await, "hollow-1");
+}

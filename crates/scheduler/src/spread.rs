@@ -1,0 +1,280 @@
+//! PodTopologySpread, as upstream's plugin: matching pods are counted per
+//! topology domain once per pod; a node is feasible while placing the pod
+//! there keeps each DoNotSchedule constraint's skew within maxSkew, and
+//! ScheduleAnyway constraints prefer the emptier domains.
+
+use std::collections::{HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::cache::Cache;
+use crate::filters::{Rejection, node_affinity, untolerated_taint};
+use crate::node_info::NodeInfo;
+
+pub const CONSTRAINTS_NOT_MATCH: &str = "node(s) didn't match pod topology spread constraints";
+pub const MISSING_LABEL: &str =
+    "node(s) didn't match pod topology spread constraints (missing required label)";
+
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
+struct Constraint {
+    max_skew: i64,
+    key: String,
+    /// DoNotSchedule (a filter) rather than ScheduleAnyway (a score).
+    hard: bool,
+    selector: Option<Selector>,
+    min_domains: usize,
+    honor_affinity: bool,
+    honor_taints: bool,
+    /// Whether the incoming pod is one of the pods it counts.
+    self_match: i64,
+}
+
+impl Constraint {
+    fn new(c: &TopologySpreadConstraint, pod: &Pod) -> Self {
+        // matchLabelKeys: the pod's own values for those keys narrow the selector.
+        let mut selector = c.label_selector.clone();
+        if let Some(s) = selector.as_mut() {
+            for key in c.match_label_keys.iter().flatten() {
+                if let Some(v) = pod.labels().get(key) {
+                    s.match_labels
+                        .get_or_insert_default()
+                        .insert(key.clone(), v.clone());
+                }
+            }
+        }
+        let selector = selector.and_then(|s| Selector::try_from(s).ok());
+        let self_match = selector.as_ref().is_some_and(|s| s.matches(pod.labels()));
+        Self {
+            max_skew: i64::from(c.max_skew),
+            key: c.topology_key.clone(),
+            hard: c.when_unsatisfiable == "DoNotSchedule",
+            selector,
+            min_domains: c.min_domains.map_or(1, |m| m.max(1) as usize),
+            honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+            honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+            self_match: i64::from(self_match),
+        }
+    }
+
+    /// Whether the node's domain counts for this constraint at all.
+    fn counts_node(&self, pod: &Pod, info: &NodeInfo) -> bool {
+        info.labels().contains_key(&self.key)
+            && (!self.honor_affinity || node_affinity(pod, info).is_ok())
+            && (!self.honor_taints
+                || untolerated_taint(pod, info, &["NoSchedule", "NoExecute"]).is_none())
+    }
+
+    fn matching_pods(&self, pod: &Pod, info: &NodeInfo) -> i64 {
+        let Some(selector) = &self.selector else {
+            return 0;
+        };
+        let ns = pod.metadata.namespace.as_deref();
+        info.pods
+            .values()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == ns
+                    && p.metadata.deletion_timestamp.is_none()
+                    && selector.matches(p.labels())
+            })
+            .count() as i64
+    }
+}
+
+/// Per constraint: matching pods per domain value.
+pub struct State {
+    constraints: Vec<Constraint>,
+    counts: Vec<HashMap<String, i64>>,
+    /// Per hard constraint: the fewest matching pods in any domain.
+    minimums: Vec<i64>,
+}
+
+impl State {
+    pub fn new(pod: &Pod, cache: &Cache) -> Option<Self> {
+        let constraints: Vec<Constraint> = pod
+            .spec
+            .as_ref()?
+            .topology_spread_constraints
+            .as_ref()?
+            .iter()
+            .map(|c| Constraint::new(c, pod))
+            .collect();
+        if constraints.is_empty() {
+            return None;
+        }
+        let mut counts = vec![HashMap::<String, i64>::new(); constraints.len()];
+        let hard_keys: Vec<&str> = constraints
+            .iter()
+            .filter(|c| c.hard)
+            .map(|c| c.key.as_str())
+            .collect();
+        for info in cache.nodes() {
+            // A node counts for the filter only with every hard constraint's key.
+            let has_hard_keys = hard_keys.iter().all(|k| info.labels().contains_key(*k));
+            for (c, counts) in constraints.iter().zip(&mut counts) {
+                if (c.hard && !has_hard_keys) || !c.counts_node(pod, info) {
+                    continue;
+                }
+                *counts.entry(info.labels()[&c.key].clone()).or_default() +=
+                    c.matching_pods(pod, info);
+            }
+        }
+        let minimums = constraints
+            .iter()
+            .zip(&counts)
+            .map(|(c, counts)| {
+                if counts.len() < c.min_domains {
+                    0
+                } else {
+                    counts.values().copied().min().unwrap_or(0)
+                }
+            })
+            .collect();
+        Some(Self {
+            constraints,
+            counts,
+            minimums,
+        })
+    }
+
+    pub fn filter(&self, info: &NodeInfo) -> Result<(), Rejection> {
+        for (i, c) in self.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
+            let Some(value) = info.labels().get(&c.key) else {
+                return Err(Rejection::unresolvable(MISSING_LABEL));
+            };
+            let count = self.counts[i].get(value).copied().unwrap_or(0);
+            if count + c.self_match - self.minimums[i] > c.max_skew {
+                return Err(Rejection::resolvable(CONSTRAINTS_NOT_MATCH));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores the feasible nodes by their ScheduleAnyway constraints, fewer
+    /// matching pods scoring higher, normalised to 0..=100 as upstream.
+    pub fn scores(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let soft: Vec<(usize, &Constraint)> = self
+            .constraints
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.hard)
+            .collect();
+        if soft.is_empty() {
+            return vec![0; nodes.len()];
+        }
+        // Domains among the feasible nodes weigh each constraint (upstream's
+        // topologyNormalizingWeight); per host, the feasible nodes are the domains.
+        let weights: Vec<f64> = soft
+            .iter()
+            .map(|(_, c)| {
+                let domains: HashSet<&String> = nodes
+                    .iter()
+                    .filter_map(|n| n.labels().get(&c.key))
+                    .collect();
+                ((domains.len() + 2) as f64).ln()
+            })
+            .collect();
+        let raw: Vec<Option<f64>> = nodes
+            .iter()
+            .map(|info| {
+                let mut total = 0.0;
+                for ((i, c), w) in soft.iter().zip(&weights) {
+                    let value = info.labels().get(&c.key)?;
+                    let count = if c.key == HOSTNAME {
+                        c.matching_pods(pod, info)
+                    } else {
+                        self.counts[*i].get(value).copied().unwrap_or(0)
+                    };
+                    total += count as f64 * w + (c.max_skew - 1) as f64;
+                }
+                Some(total)
+            })
+            .collect();
+        let present = raw.iter().flatten();
+        let max = present.clone().copied().fold(0.0, f64::max);
+        let min = present.copied().fold(f64::MAX, f64::min);
+        raw.iter()
+            .map(|s| match s {
+                None => 0,
+                Some(_) if max == 0.0 => 100,
+                Some(s) => (100.0 * (max + min - s) / max).round() as i64,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn pod(name: &str, spec: serde_json::Value) -> Arc<Pod> {
+        let mut base = json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c"}]}});
+        json_patch::merge(&mut base, &json!({"spec": spec}));
+        Arc::new(serde_json::from_value(base).unwrap())
+    }
+
+    fn cluster(zones: &[(&str, Option<&str>)]) -> Cache {
+        let mut cache = Cache::default();
+        for (name, zone) in zones {
+            let mut labels = json!({"kubernetes.io/hostname": name});
+            if let Some(z) = zone {
+                labels["zone"] = json!(z);
+            }
+            cache.set_node(Arc::new(
+                serde_json::from_value::<Node>(
+                    json!({"metadata": {"name": name, "labels": labels}}),
+                )
+                .unwrap(),
+            ));
+        }
+        cache
+    }
+
+    fn spread(when: &str, extra: serde_json::Value) -> Arc<Pod> {
+        let mut c = json!({"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when,
+                           "labelSelector": {"matchLabels": {"app": "web"}}});
+        json_patch::merge(&mut c, &extra);
+        pod("new", json!({"topologySpreadConstraints": [c]}))
+    }
+
+    #[test]
+    fn skew_beyond_max_rejects_and_a_missing_key_is_unresolvable() {
+        let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2")), ("c", None)]);
+        cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
+        let state = State::new(&spread("DoNotSchedule", json!({})), &cache).unwrap();
+        let v: Vec<_> = cache.nodes().map(|n| state.filter(n)).collect();
+        assert_eq!(v[0].as_ref().unwrap_err().reasons, [CONSTRAINTS_NOT_MATCH]);
+        assert!(v[0].as_ref().unwrap_err().resolvable);
+        assert!(v[1].is_ok());
+        assert_eq!(v[2].as_ref().unwrap_err().reasons, [MISSING_LABEL]);
+    }
+
+    #[test]
+    fn min_domains_counts_missing_domains_as_empty() {
+        let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2"))]);
+        cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
+        cache.assume("default/w2".into(), "b".into(), pod("w2", json!({})));
+        let state = State::new(&spread("DoNotSchedule", json!({"minDomains": 3})), &cache).unwrap();
+        assert!(cache.nodes().all(|n| state.filter(n).is_err()));
+        let state = State::new(&spread("DoNotSchedule", json!({})), &cache).unwrap();
+        assert!(cache.nodes().all(|n| state.filter(n).is_ok()));
+    }
+
+    #[test]
+    fn schedule_anyway_prefers_emptier_domains() {
+        let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2"))]);
+        cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
+        let incoming = spread("ScheduleAnyway", json!({}));
+        let state = State::new(&incoming, &cache).unwrap();
+        let nodes: Vec<&NodeInfo> = cache.nodes().collect();
+        let scores = state.scores(&incoming, &nodes);
+        assert!(scores[1] > scores[0], "{scores:?}");
+        assert!(nodes.iter().all(|n| state.filter(n).is_ok()));
+    }
+}
