@@ -3,6 +3,7 @@
 //! a [`pod::Worker`], reporting status back through the API.
 
 mod attach;
+mod cgroup;
 mod console;
 mod container;
 pub mod dns;
@@ -16,6 +17,7 @@ mod portforward;
 mod probe;
 mod prober;
 mod remote;
+mod resource_metrics;
 pub mod runtime;
 pub mod sandbox;
 mod server;
@@ -124,6 +126,9 @@ pub struct Shared {
 pub struct Running {
     pub id: String,
     pub io: Arc<attach::ContainerIo>,
+    /// The cgroup of the container's pod; the container's is `<pod_cgroup>/<id>`.
+    pub pod_cgroup: String,
+    pub started_at: k8s_openapi::jiff::Timestamp,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.

@@ -49,9 +49,11 @@ pub struct Handler {
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
     pub nodes: crate::node_proxy::NodeClient,
+    /// What metrics-server last measured, served as metrics.k8s.io.
+    pub resource_metrics: Arc<crate::resource_metrics::MetricsWindow>,
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
@@ -372,6 +374,7 @@ impl Handler {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,
+                Some(rt) if rt.metrics => self.resource_metrics(&rr, &rt, &q),
                 Some(rt) => {
                     self.resource(req, rr.clone(), &rt, q, form(&accept), identity)
                         .await
@@ -385,6 +388,22 @@ impl Handler {
         };
         self.metrics.observe(&rr, dry_run, code, started.elapsed());
         result
+    }
+
+    /// metrics.k8s.io: `get` and `list` only, as metrics-server serves it.
+    fn resource_metrics(
+        &self,
+        rr: &ResourceRequest,
+        rt: &ResourceType,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<Response<Body>> {
+        let ns = rr.namespace.as_deref().filter(|_| rt.namespaced);
+        let found = match (rr.verb, rr.name.as_deref(), &rr.subresource) {
+            (Verb::Get, Some(name), None) => self.resource_metrics.get(rt, ns, name)?,
+            (Verb::List, None, None) => self.resource_metrics.list(rt, ns, &list_options(q, None)?),
+            _ => return Err(ApiError::method_not_allowed()),
+        };
+        Ok(respond_json(StatusCode::OK, &found, "application/json"))
     }
 
     async fn resource(
@@ -436,6 +455,10 @@ impl Handler {
                     req,
                 )
                 .await;
+            }
+            Some("proxy") if rt.plural == "nodes" && rr.verb == Verb::Get => {
+                let name = rr.name.as_deref().unwrap_or_default();
+                return crate::node_proxy::node_get(api, &self.nodes, name, req.uri()).await;
             }
             Some("log") if rt.plural == "pods" && rr.verb == Verb::Get => {
                 let name = rr.name.as_deref().unwrap_or_default();

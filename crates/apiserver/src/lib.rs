@@ -21,6 +21,7 @@ pub mod patch;
 pub mod pki;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 mod review;
 pub mod scale;
 pub mod selectors;
@@ -88,6 +89,8 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
     pub api: Arc<Api>,
+    /// Where an in-process metrics-server puts what it measures.
+    pub resource_metrics: Arc<resource_metrics::MetricsWindow>,
     pki: pki::Pki,
     server_url: String,
     data_dir: PathBuf,
@@ -170,7 +173,9 @@ impl ApiServer {
                 (rbac, Some(view))
             }
         };
+        let resource_metrics = Arc::new(resource_metrics::MetricsWindow::default());
         let handler = Arc::new(Handler {
+            resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,
             metrics: Default::default(),
@@ -203,6 +208,7 @@ impl ApiServer {
             addr,
             kubeconfig,
             api,
+            resource_metrics,
             pki,
             server_url,
             data_dir: config.data_dir.clone(),

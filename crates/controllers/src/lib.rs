@@ -20,6 +20,7 @@ mod job;
 mod namespace;
 mod nodeipam;
 mod ownerref;
+mod podautoscaler;
 mod podgc;
 mod podowners;
 mod pods;
@@ -42,6 +43,7 @@ use kubox_client::leader::{self, LeaderElection};
 pub use csrsigning::SigningCa;
 pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
 pub use nodeipam::PodRanges;
+pub use podautoscaler::{Settings as HpaSettings, Timing as HpaTiming};
 
 /// The Lease the controller managers of a cluster elect their leader with.
 pub const LEASE: &str = "kube-controller-manager";
@@ -58,6 +60,8 @@ pub struct Config {
     /// The cluster CA's key too, when this controller manager signs
     /// CertificateSigningRequests.
     pub signing_ca: Option<SigningCa>,
+    /// The HorizontalPodAutoscaler controller's sync period and windows.
+    pub hpa: HpaSettings,
 }
 
 /// What every controller shares.
@@ -167,6 +171,10 @@ async fn lead(client: kube::Client, config: Config) {
         ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
         ("servicelb", servicelb::run(ctx.clone()).boxed()),
         ("disruption", disruption::run(ctx.clone()).boxed()),
+        (
+            "horizontalpodautoscaling",
+            podautoscaler::run(ctx.clone()).boxed(),
+        ),
         (
             "clusterrole-aggregation",
             clusterroleaggregation::run(ctx.clone()).boxed(),
