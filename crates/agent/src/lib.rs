@@ -3,6 +3,7 @@
 //! a [`pod::Worker`], reporting status back through the API.
 
 mod attach;
+mod cgroup;
 mod console;
 mod container;
 pub mod dns;
@@ -18,6 +19,7 @@ mod probe;
 mod prober;
 mod projected;
 mod remote;
+mod resource_metrics;
 pub mod runtime;
 pub mod sandbox;
 mod server;
@@ -126,6 +128,9 @@ pub struct Shared {
 pub struct Running {
     pub id: String,
     pub io: Arc<attach::ContainerIo>,
+    /// The cgroup of the container's pod; the container's is `<pod_cgroup>/<id>`.
+    pub pod_cgroup: String,
+    pub started_at: k8s_openapi::jiff::Timestamp,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.

@@ -341,7 +341,7 @@ impl Worker {
                         }
                     }
                     self.watch_exit(&r.name, r.pid);
-                    self.set_running(&r.name, Some((&r.id, io)));
+                    self.set_running(&r.name, Some((&r, io)));
                     self.start_probing(&r.name, &r.id);
                 }
                 _ => {
@@ -492,8 +492,25 @@ impl Worker {
         }
     }
 
+    fn qos_class(&self) -> String {
+        self.pod
+            .status
+            .as_ref()
+            .and_then(|s| s.qos_class.clone())
+            .unwrap_or_else(|| "BestEffort".into())
+    }
+
+    /// The pod's cgroup, under its QoS class's as kubelet places it.
+    fn cgroup_parent(&self) -> String {
+        match self.qos_class().as_str() {
+            "Guaranteed" => format!("/kubepods/pod{}", self.uid),
+            "Burstable" => format!("/kubepods/burstable/pod{}", self.uid),
+            _ => format!("/kubepods/besteffort/pod{}", self.uid),
+        }
+    }
+
     /// Tells the agent's endpoint which container runs under a name (or none).
-    fn set_running(&self, name: &str, run: Option<(&str, Arc<ContainerIo>)>) {
+    fn set_running(&self, name: &str, run: Option<(&Record, Arc<ContainerIo>)>) {
         let key = (self.namespace(), self.name(), name.to_owned());
         let mut running = self
             .shared
@@ -501,11 +518,13 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match run {
-            Some((id, io)) => running.insert(
+            Some((r, io)) => running.insert(
                 key,
                 Running {
-                    id: id.to_owned(),
+                    id: r.id.clone(),
                     io,
+                    pod_cgroup: self.cgroup_parent(),
+                    started_at: r.started_at,
                 },
             ),
             None => running.remove(&key),
@@ -976,17 +995,8 @@ impl Worker {
         let cpu_request = quantity(&resources.requests, "cpu")
             .and_then(|q| kubox_client::quantity::parse(&q))
             .or(cpu_limit);
-        let qos = self
-            .pod
-            .status
-            .as_ref()
-            .and_then(|s| s.qos_class.clone())
-            .unwrap_or_else(|| "BestEffort".into());
-        let cgroup_parent = match qos.as_str() {
-            "Guaranteed" => format!("/kubepods/pod{}", self.uid),
-            "Burstable" => format!("/kubepods/burstable/pod{}", self.uid),
-            _ => format!("/kubepods/besteffort/pod{}", self.uid),
-        };
+        let qos = self.qos_class();
+        let cgroup_parent = self.cgroup_parent();
         let config = ContainerConfig {
             terminal: c.tty.unwrap_or(false),
             args,
@@ -1143,7 +1153,11 @@ impl Worker {
             slot.restart_count = attempt;
         }
         slot.waiting = None;
-        self.set_running(&c.name, Some((&id, io)));
+        let started = slot
+            .current
+            .clone()
+            .expect("the container was just recorded");
+        self.set_running(&c.name, Some((&started, io)));
         if !init {
             self.start_probing(&c.name, &id);
         }
@@ -1742,6 +1756,7 @@ pub async fn remove_orphans(shared: &Shared, uid: &str, records: Vec<Record>) {
         tracing::warn!("taking deleted pod {uid} off the pod network: {e}");
     }
     let pod_dir = shared.dirs.pods.join(uid);
+    volumes::unmount_memory_volumes(&pod_dir);
     if let Err(e) = Sandbox::new(&pod_dir, HostShared::default()).destroy() {
         tracing::warn!("releasing the sandbox of deleted pod {uid}: {e}");
     }

@@ -1,5 +1,6 @@
 //! The agent's HTTPS endpoint (kubelet's port 10250), which the API server
-//! calls for `kubectl logs`, exec, attach and port-forward. Clients must present a certificate from the
+//! calls for `kubectl logs`, exec, attach and port-forward, and metrics-server
+//! for `/metrics/resource`. Clients must present a certificate from the
 //! cluster's CA; the agent's own certificate is self-signed, which the API
 //! server accepts as upstream's does without --kubelet-certificate-authority.
 
@@ -121,6 +122,15 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
+        (&Method::GET, ["metrics", "resource"]) => {
+            let page = crate::resource_metrics::render(shared);
+            let mut resp = text(StatusCode::OK, page);
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (&Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, &query).await
         }

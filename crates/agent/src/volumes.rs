@@ -1,4 +1,5 @@
-//! A pod's volumes as host directories its containers bind-mount.
+//! A pod's volumes as host directories its containers bind-mount (an
+//! emptyDir in memory a tmpfs).
 //! ConfigMap and Secret volumes are written as upstream's atomic writer
 //! does: files live in a timestamped directory that `..data` points at, each
 //! key is a link through `..data`, and an update swaps the one link.
@@ -114,6 +115,41 @@ pub async fn prepare(
     Ok(paths)
 }
 
+/// An emptyDir with `medium: Memory` is a tmpfs, as kubelet makes it: its
+/// pages are charged to the memory of the containers that write them.
+/// Mounted once; an agent adopting the pod finds it mounted already.
+fn mount_tmpfs(
+    dir: &Path,
+    size_limit: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    if std::fs::metadata(dir)?.dev() != std::fs::metadata(parent)?.dev() {
+        return Ok(());
+    }
+    let size = size_limit
+        .and_then(|q| kubox_client::quantity::parse(&q.0))
+        .map(|bytes| format!("size={}", bytes as u64))
+        .unwrap_or_default();
+    let data = std::ffi::CString::new(size).map_err(io::Error::other)?;
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Unmounts the tmpfs volumes of a pod whose worker is gone.
+pub fn unmount_memory_volumes(pod_dir: &Path) {
+    let dirs = std::fs::read_dir(pod_dir.join("volumes").join("empty-dir"));
+    for d in dirs.into_iter().flatten().flatten() {
+        let _ = rustix::mount::unmount(d.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 async fn prepare_one(
     client: &kube::Client,
     pod: &Pod,
@@ -122,10 +158,13 @@ async fn prepare_one(
 ) -> Result<PathBuf, MountError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let dir_for = |plugin: &str| pod_dir.join("volumes").join(plugin).join(&v.name);
-    if v.empty_dir.is_some() {
+    if let Some(empty) = &v.empty_dir {
         let dir = dir_for("empty-dir");
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)))
+        std::fs::create_dir_all(&dir).map_err(|e| setup_err(&v.name, e))?;
+        if empty.medium.as_deref() == Some("Memory") {
+            mount_tmpfs(&dir, empty.size_limit.as_ref()).map_err(|e| setup_err(&v.name, e))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| setup_err(&v.name, e))?;
         return Ok(dir);
     }

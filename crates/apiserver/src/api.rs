@@ -182,7 +182,7 @@ impl Api {
         let caches = registry
             .types()
             .iter()
-            .filter(|t| !t.review)
+            .filter(|t| t.stored())
             .map(|t| (t.plural, Cache::start(store.clone(), t.key_prefix())))
             .collect();
         Self {

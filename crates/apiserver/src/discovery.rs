@@ -14,8 +14,17 @@ pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=API
 /// What a review resource allows: only create.
 const REVIEW_VERBS: &[&str] = &["create"];
 
+/// What resource metrics allow, as metrics-server serves them.
+const METRICS_VERBS: &[&str] = &["get", "list"];
+
 fn verbs(rt: &ResourceType) -> &'static [&'static str] {
-    if rt.review { REVIEW_VERBS } else { VERBS }
+    if rt.review {
+        REVIEW_VERBS
+    } else if rt.metrics {
+        METRICS_VERBS
+    } else {
+        VERBS
+    }
 }
 
 const VERBS: &[&str] = &[
@@ -67,7 +76,7 @@ fn subresources(
         subs.push(("finalize", rt.kind, rt.group, &["update"][..]));
     }
     // kubectl drain evicts through this when discovery lists it.
-    if rt.plural == "pods" {
+    if rt.plural == "pods" && rt.group.is_empty() {
         subs.push(("eviction", "Eviction", "policy", &["create"][..]));
     }
     // kubectl create token posts here.
@@ -78,6 +87,9 @@ fn subresources(
             "authentication.k8s.io",
             &["create"][..],
         ));
+    }
+    if rt.plural == "nodes" && rt.group.is_empty() {
+        subs.push(("proxy", "NodeProxyOptions", "", &["get"][..]));
     }
     subs
 }

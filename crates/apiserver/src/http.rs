@@ -51,6 +51,8 @@ pub struct Handler {
     pub nodes: crate::node_proxy::NodeClient,
     /// ServiceAccount tokens: issued, verified, their keys published.
     pub tokens: Arc<crate::serviceaccount::Tokens>,
+    /// What metrics-server last measured, served as metrics.k8s.io.
+    pub resource_metrics: Arc<crate::resource_metrics::MetricsWindow>,
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -63,7 +65,7 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
@@ -404,6 +406,7 @@ impl Handler {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,
+                Some(rt) if rt.metrics => self.resource_metrics(&rr, &rt, &q),
                 Some(rt) => {
                     self.resource(req, rr.clone(), &rt, q, form(&accept), identity)
                         .await
@@ -417,6 +420,22 @@ impl Handler {
         };
         self.metrics.observe(&rr, dry_run, code, started.elapsed());
         result
+    }
+
+    /// metrics.k8s.io: `get` and `list` only, as metrics-server serves it.
+    fn resource_metrics(
+        &self,
+        rr: &ResourceRequest,
+        rt: &ResourceType,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<Response<Body>> {
+        let ns = rr.namespace.as_deref().filter(|_| rt.namespaced);
+        let found = match (rr.verb, rr.name.as_deref(), &rr.subresource) {
+            (Verb::Get, Some(name), None) => self.resource_metrics.get(rt, ns, name)?,
+            (Verb::List, None, None) => self.resource_metrics.list(rt, ns, &list_options(q, None)?),
+            _ => return Err(ApiError::method_not_allowed()),
+        };
+        Ok(respond_json(StatusCode::OK, &found, "application/json"))
     }
 
     async fn resource(
@@ -468,6 +487,10 @@ impl Handler {
                     req,
                 )
                 .await;
+            }
+            Some("proxy") if rt.plural == "nodes" && rr.verb == Verb::Get => {
+                let name = rr.name.as_deref().unwrap_or_default();
+                return crate::node_proxy::node_get(api, &self.nodes, name, req.uri()).await;
             }
             Some("log") if rt.plural == "pods" && rr.verb == Verb::Get => {
                 let name = rr.name.as_deref().unwrap_or_default();

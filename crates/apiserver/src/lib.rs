@@ -22,6 +22,7 @@ pub mod pki;
 mod priority;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 mod review;
 pub mod scale;
 pub mod selectors;
@@ -91,6 +92,8 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
     pub api: Arc<Api>,
+    /// Where an in-process metrics-server puts what it measures.
+    pub resource_metrics: Arc<resource_metrics::MetricsWindow>,
     pki: pki::Pki,
     server_url: String,
     data_dir: PathBuf,
@@ -174,7 +177,9 @@ impl ApiServer {
                 (rbac, Some(view))
             }
         };
+        let resource_metrics = Arc::new(resource_metrics::MetricsWindow::default());
         let handler = Arc::new(Handler {
+            resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,
             metrics: Default::default(),
@@ -208,6 +213,7 @@ impl ApiServer {
             addr,
             kubeconfig,
             api,
+            resource_metrics,
             pki,
             server_url,
             data_dir: config.data_dir.clone(),

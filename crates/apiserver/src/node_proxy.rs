@@ -363,6 +363,40 @@ fn crashed_and_waiting(pod: &Value, container: &str) -> bool {
         })
 }
 
+/// `nodes/{name}/proxy/{path}`: a GET of `path` (and query) on the node's
+/// agent, answered as the agent answers it, status and all. An in-cluster
+/// Prometheus or metrics-server scrapes node metrics this way.
+pub async fn node_get(
+    api: &Api,
+    nodes: &NodeClient,
+    name: &str,
+    uri: &http::Uri,
+) -> ApiResult<Response<Body>> {
+    let prefix = format!("/api/v1/nodes/{name}/proxy");
+    let rest = uri.path().strip_prefix(&prefix).unwrap_or_default();
+    let path = match uri.query() {
+        Some(q) => format!("/{}?{q}", rest.trim_start_matches('/')),
+        None => format!("/{}", rest.trim_start_matches('/')),
+    };
+    let (address, port) = agent_endpoint(api, name).await?;
+    let resp = nodes
+        .get(&address, port, &path, &http::HeaderMap::new())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("error trying to reach service: {e}")))?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading from node {name}: {e}")))?
+        .to_bytes();
+    let mut out = Response::new(crate::http::full(body));
+    *out.status_mut() = parts.status;
+    if let Some(kind) = parts.headers.get(header::CONTENT_TYPE) {
+        out.headers_mut().insert(header::CONTENT_TYPE, kind.clone());
+    }
+    Ok(out)
+}
+
 pub async fn pod_log(
     api: &Api,
     nodes: &NodeClient,

@@ -65,6 +65,9 @@ pub struct ResourceType {
     /// A review (SelfSubjectReview, access reviews): only `create`, answered
     /// from the caller's identity and the authorizer, never stored.
     pub review: bool,
+    /// A resource metric (metrics.k8s.io): only `get` and `list`, answered
+    /// from metrics-server's latest window in memory, never stored.
+    pub metrics: bool,
     pub gc: GcPolicy,
     pub normalize: Normalize,
     pub schema: SchemaOf,
@@ -72,6 +75,11 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
+    /// Whether objects of this type live in the store (and its watch cache).
+    pub fn stored(&self) -> bool {
+        !self.review && !self.metrics
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_owned()
@@ -108,6 +116,7 @@ struct Options {
     status: bool,
     scale: bool,
     review: bool,
+    metrics: bool,
     gc: GcPolicy,
     strategy: &'static dyn Strategy,
 }
@@ -118,6 +127,7 @@ const PLAIN: Options = Options {
     status: false,
     scale: false,
     review: false,
+    metrics: false,
     gc: GcPolicy::DeleteDependents,
     strategy: &strategy::Plain,
 };
@@ -125,6 +135,12 @@ const PLAIN: Options = Options {
 /// Create-only resources answered from the request, never stored.
 const REVIEW: Options = Options {
     review: true,
+    ..PLAIN
+};
+
+/// Read-only resource metrics, served from memory.
+const METRICS: Options = Options {
+    metrics: true,
     ..PLAIN
 };
 
@@ -144,6 +160,7 @@ where
         status_subresource: o.status,
         scale_subresource: o.scale,
         review: o.review,
+        metrics: o.metrics,
         gc: o.gc,
         normalize: normalize::<K>,
         schema: schema_of::<K>,
@@ -328,6 +345,8 @@ fn builtins() -> Vec<ResourceType> {
         resource::<authorization::SubjectAccessReview>(REVIEW),
         resource::<authorization::LocalSubjectAccessReview>(REVIEW),
         resource::<authorization::SelfSubjectRulesReview>(REVIEW),
+        resource::<crate::resource_metrics::NodeMetrics>(METRICS),
+        resource::<crate::resource_metrics::PodMetrics>(METRICS),
     ]
 }
 
@@ -415,11 +434,12 @@ mod tests {
     }
 
     #[test]
-    fn every_plural_is_unique() {
+    fn every_stored_plural_is_unique() {
         let r = Registry::builtin();
-        let mut plurals: Vec<_> = r.types().iter().map(|t| t.plural).collect();
+        let stored: Vec<_> = r.types().iter().filter(|t| t.stored()).collect();
+        let mut plurals: Vec<_> = stored.iter().map(|t| t.plural).collect();
         plurals.sort();
         plurals.dedup();
-        assert_eq!(plurals.len(), r.types().len());
+        assert_eq!(plurals.len(), stored.len());
     }
 }

@@ -78,6 +78,8 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Option<ResourceR
         [resource] => (*resource, None, None),
         [resource, name] => (*resource, Some(name.to_string()), None),
         [resource, name, sub] => (*resource, Some(name.to_string()), Some(sub.to_string())),
+        // `nodes/{name}/proxy/{path}`: the rest is the path on the node.
+        [resource, name, "proxy", ..] => (*resource, Some(name.to_string()), Some("proxy".into())),
         _ => return None,
     };
     let verb = match (method.clone(), &name) {
@@ -152,6 +154,15 @@ mod tests {
         );
         let r = p(Method::GET, "/api/v1/watch/namespaces/a/pods/b");
         assert_eq!((r.verb, r.name.as_deref()), (Verb::Watch, Some("b")));
+    }
+
+    #[test]
+    fn node_proxy_paths() {
+        let r = p(Method::GET, "/api/v1/nodes/n1/proxy/metrics/resource");
+        assert_eq!(
+            (r.verb, r.name.as_deref(), r.subresource.as_deref()),
+            (Verb::Get, Some("n1"), Some("proxy"))
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub fn parse(q: &str) -> Option<f64> {
     let n: f64 = number.parse().ok()?;
     let factor = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -33,6 +35,7 @@ mod tests {
     #[test]
     fn suffixes_scale() {
         assert_eq!(parse("500m"), Some(0.5));
+        assert_eq!(parse("1500000000n"), Some(1.5));
         assert_eq!(parse("2"), Some(2.0));
         assert_eq!(parse("64Mi"), Some(64.0 * 1024.0 * 1024.0));
         assert_eq!(parse("1G"), Some(1e9));

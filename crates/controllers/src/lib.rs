@@ -20,6 +20,7 @@ mod job;
 mod namespace;
 mod nodeipam;
 mod ownerref;
+mod podautoscaler;
 mod podgc;
 mod podowners;
 mod pods;
@@ -44,6 +45,7 @@ use kubox_client::leader::{self, LeaderElection};
 pub use csrsigning::SigningCa;
 pub use informer::{Change, Informed, Informer, Informers, Metadata, Watched};
 pub use nodeipam::PodRanges;
+pub use podautoscaler::{Settings as HpaSettings, Timing as HpaTiming};
 
 /// The Lease the controller managers of a cluster elect their leader with.
 pub const LEASE: &str = "kube-controller-manager";
@@ -64,6 +66,8 @@ pub struct Config {
     /// manager fills legacy token Secrets (upstream's
     /// `--service-account-private-key-file`).
     pub service_account_key: Option<String>,
+    /// The HorizontalPodAutoscaler controller's sync period and windows.
+    pub hpa: HpaSettings,
 }
 
 /// What every controller shares.
@@ -175,6 +179,10 @@ async fn lead(client: kube::Client, config: Config) {
         ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
         ("servicelb", servicelb::run(ctx.clone()).boxed()),
         ("disruption", disruption::run(ctx.clone()).boxed()),
+        (
+            "horizontalpodautoscaling",
+            podautoscaler::run(ctx.clone()).boxed(),
+        ),
         (
             "clusterrole-aggregation",
             clusterroleaggregation::run(ctx.clone()).boxed(),

@@ -69,9 +69,29 @@ pub struct ServerArgs {
     /// kube-controller-manager's names), run it without those controllers.
     #[arg(long, num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "*")]
     disable_controllers: Option<Vec<String>>,
+    /// How often the HorizontalPodAutoscaler controller syncs each HPA.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long the HPA keeps the highest recent recommendation before
+    /// scaling down (for HPAs without a scale-down behavior).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// How long after a pod starts its CPU samples may predate its readiness.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// How long after a pod starts its readiness may still change.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
+    /// The ratio of usage to target within which the HPA does not scale.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
     /// Run no ingress controller in this server.
     #[arg(long)]
     disable_ingress: bool,
+    /// How often the built-in metrics-server scrapes the nodes' resource
+    /// metrics (metrics-server's flag).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    metric_resolution: Duration,
     #[command(flatten)]
     ingress: crate::ingress::IngressArgs,
     #[command(flatten)]
@@ -178,6 +198,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (client, _) = kubox_client::connect(&kubeconfig).await?;
         Some(kubox_scheduler::Scheduler::start(client))
     };
+    let _metrics_server = {
+        let kubeconfig = server
+            .component_kubeconfig("metrics-server", "system:metrics-server", &[])
+            .context("writing the metrics-server's credentials")?;
+        let (client, _) = kubox_client::connect(&kubeconfig).await?;
+        kubox_metrics_server::MetricsServer::start(
+            client,
+            server.resource_metrics.clone(),
+            args.metric_resolution,
+        )
+    };
     let disabled = args.disable_controllers.clone().unwrap_or_default();
     let _controllers = if disabled.iter().any(|d| d == "*") {
         None
@@ -209,6 +240,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .service_account_key_pem()
                     .context("reading the service-account key for the token controller")?,
             ),
+            hpa: kubox_controllers::HpaSettings {
+                sync_period: args.horizontal_pod_autoscaler_sync_period,
+                downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
+                timing: kubox_controllers::HpaTiming {
+                    cpu_initialization_period: args
+                        .horizontal_pod_autoscaler_cpu_initialization_period,
+                    initial_readiness_delay: args.horizontal_pod_autoscaler_initial_readiness_delay,
+                    tolerance: args.horizontal_pod_autoscaler_tolerance,
+                },
+            },
         };
         Some(kubox_controllers::ControllerManager::start(client, config))
     };

@@ -116,6 +116,7 @@ const DNS_ACCOUNT: &str = "coredns";
 const DNS_ROLE: &str = "system:coredns";
 const INGRESS: &str = "system:kubox-ingress";
 const PUBLISHER: &str = "system:kubox:service-publisher";
+const METRICS_SERVER: &str = "system:metrics-server";
 
 fn view_rules() -> Vec<Value> {
     vec![
@@ -575,6 +576,27 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "horizontal-pod-autoscaler",
+            vec![
+                rule(
+                    &["get", "list", "watch"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers"],
+                ),
+                rule(
+                    &["update"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                rule(&["get", "update"], &["*"], &["*/scale"]),
+                rule(&["list"], &[""], &["pods"]),
+                rule(&["list"], &["metrics.k8s.io"], &["pods"]),
+                rule(&["get", "list"], &["custom.metrics.k8s.io"], &["*"]),
+                rule(&["get", "list"], &["external.metrics.k8s.io"], &["*"]),
+                events(),
+            ],
+        ),
+        (
             "job-controller",
             vec![
                 rule(
@@ -915,6 +937,24 @@ pub fn cluster_roles() -> Vec<Value> {
             events(),
         ],
     ));
+    // metrics-server's roles as its manifests make them. kubox's scrapes
+    // nodes through the API server's node proxy rather than the agents'
+    // port, so it also needs nodes/proxy.
+    roles.push(cluster_role(
+        METRICS_SERVER,
+        vec![
+            rule(&["get"], &[""], &["nodes/metrics", "nodes/proxy"]),
+            rule(&["get", "list", "watch"], &[""], &["pods", "nodes"]),
+        ],
+    ));
+    roles.push(json!({
+        "metadata": metadata("system:aggregated-metrics-reader", &[
+            (format!("{AGGREGATE}view").as_str(), "true"),
+            (format!("{AGGREGATE}edit").as_str(), "true"),
+            (format!("{AGGREGATE}admin").as_str(), "true"),
+        ]),
+        "rules": [rule(&["get", "list", "watch"], &["metrics.k8s.io"], &["pods", "nodes"])],
+    }));
     roles.extend(
         controller_roles()
             .into_iter()
@@ -984,6 +1024,14 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         vec![subject("ServiceAccount:kube-system", DNS_ACCOUNT)],
     ));
     bindings.push(binding(INGRESS, "ClusterRole", vec![user(INGRESS)]));
+    bindings.push(binding(
+        METRICS_SERVER,
+        "ClusterRole",
+        vec![
+            subject("ServiceAccount:kube-system", "metrics-server"),
+            user(METRICS_SERVER),
+        ],
+    ));
     bindings.extend(controller_roles().into_iter().map(|(name, _)| {
         binding(
             &format!("system:controller:{name}"),
