@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod allocator;
 pub mod api;
+pub mod apply;
 pub mod authz;
 pub mod cache;
 mod client_auth;
@@ -27,6 +28,7 @@ pub mod selectors;
 pub mod server;
 pub mod status;
 pub mod strategy;
+pub mod swagger;
 pub mod table;
 pub mod validation;
 
