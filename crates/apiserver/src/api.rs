@@ -11,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::admission::{Attributes, Chain, Operation};
 use crate::allocator;
+use crate::apply;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
 use crate::deletion::{self, DeleteOptions};
 use crate::eviction;
@@ -45,6 +46,32 @@ pub struct WriteOptions {
     /// Who writes, for checks that depend on it (RBAC's escalation
     /// prevention); None for the server's own writes.
     pub user: Option<Identity>,
+    /// The field manager the write is recorded under (see `apply`).
+    pub field_manager: String,
+    /// `force=true`: an apply takes the fields it conflicts on.
+    pub force: bool,
+}
+
+impl WriteOptions {
+    fn writer<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        subresource: Option<&'a str>,
+        now: &'a str,
+    ) -> apply::Writer<'a> {
+        apply::Writer {
+            // The server's own writes, as upstream's are recorded.
+            manager: if self.user.is_none() && self.field_manager.is_empty() {
+                "kube-apiserver"
+            } else {
+                &self.field_manager
+            },
+            api_version: rt.api_version(),
+            subresource,
+            status_split: rt.status_subresource,
+            now,
+        }
+    }
 }
 
 /// A check of a write by its user beyond the request's authorization.
@@ -507,7 +534,21 @@ impl Api {
         body: &[u8],
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let (mut obj, warnings) = self.decode(rt, body, opts)?;
+        let (obj, warnings) = self.decode(rt, body, opts)?;
+        self.create_object(rt, ns, obj, warnings, opts, true).await
+    }
+
+    /// Creates a decoded object; `track` records the write in its
+    /// managedFields (an apply has done so already).
+    async fn create_object(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        warnings: Vec<String>,
+        opts: &WriteOptions,
+        track: bool,
+    ) -> ApiResult<Written> {
         let meta = &mut obj["metadata"];
         if meta
             .get("resourceVersion")
@@ -579,6 +620,10 @@ impl Api {
         self.validate(rt, &obj)?;
         self.admission.validate(&attrs, &obj, &*self.store).await?;
         self.check_write(opts, rt, ns, &obj)?;
+        if track {
+            let now = now_rfc3339();
+            apply::track_update(None, &mut obj, &opts.writer(rt, None, &now));
+        }
         let key = rt.key(ns, &name);
         if opts.dry_run {
             let (existing, _) = self.store.get(&key).await?;
@@ -644,6 +689,7 @@ impl Api {
         mut new: Value,
         expected: Revision,
         dry_run: bool,
+        track: Option<&WriteOptions>,
     ) -> ApiResult<Value> {
         let ObjectRef {
             rt,
@@ -770,6 +816,10 @@ impl Api {
             .await?;
         self.validate(rt, &new)?;
         self.admission.validate(&attrs, &new, &*self.store).await?;
+        if let Some(opts) = track {
+            let now = now_rfc3339();
+            apply::track_update(Some(old), &mut new, &opts.writer(rt, subresource, &now));
+        }
         if dry_run {
             return Ok(new);
         }
@@ -851,7 +901,7 @@ impl Api {
         };
         self.check_write(opts, rt, ns, &new)?;
         let object = self
-            .write_update(target, &old, new, expected, opts.dry_run)
+            .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
             .await?;
         Ok(Written { object, warnings })
     }
@@ -884,7 +934,7 @@ impl Api {
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
             self.check_write(opts, rt, ns, &new)?;
             match self
-                .write_update(target, &old, new, expected, opts.dry_run)
+                .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
                 .await
             {
                 Err(e)
@@ -895,6 +945,76 @@ impl Api {
                 }
                 Err(e) => return Err(e),
                 Ok(object) => return Ok(Written { object, warnings }),
+            }
+        }
+        Err(ApiError::modified(rt.group, rt.plural, name))
+    }
+
+    /// PATCH with `application/apply-patch+yaml`: server-side apply of the
+    /// body (YAML or JSON) as `opts.field_manager`; creates the object when
+    /// it does not exist. Returns the object and whether it was created.
+    pub async fn apply(
+        &self,
+        target: ObjectRef<'_>,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> ApiResult<(Written, bool)> {
+        let ObjectRef { rt, ns, name, .. } = target;
+        let subresource = target.subresource;
+        let config: Value = serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        let body_name = config["metadata"]["name"].as_str().unwrap_or_default();
+        if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let now = now_rfc3339();
+        let writer = opts.writer(rt, subresource, &now);
+        let conflict = |c: apply::Conflicts| {
+            ApiError::new(http::StatusCode::CONFLICT, "Conflict", c.message())
+                .with_causes(c.causes())
+        };
+        for _ in 0..16 {
+            let (old, revision) = match self.load(rt, ns, name).await {
+                Err(e) if e.reason == "NotFound" && subresource.is_none() => {
+                    let obj = apply::apply(None, &config, &writer, opts.force).map_err(conflict)?;
+                    let (obj, warnings) =
+                        self.decode(rt, &serde_json::to_vec(&obj).unwrap_or_default(), opts)?;
+                    match self.create_object(rt, ns, obj, warnings, opts, false).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => return other.map(|w| (w, true)),
+                    }
+                }
+                other => other?,
+            };
+            let merged =
+                apply::apply(Some(&old), &config, &writer, opts.force).map_err(conflict)?;
+            let (new, warnings) =
+                self.decode(rt, &serde_json::to_vec(&merged).unwrap_or_default(), opts)?;
+            // An apply that changes nothing writes nothing, as upstream.
+            if new == old {
+                return Ok((
+                    Written {
+                        object: old,
+                        warnings,
+                    },
+                    false,
+                ));
+            }
+            self.check_write(opts, rt, ns, &new)?;
+            match self
+                .write_update(target, &old, new, revision, opts.dry_run, None)
+                .await
+            {
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+                Ok(object) => return Ok((Written { object, warnings }, false)),
             }
         }
         Err(ApiError::modified(rt.group, rt.plural, name))
@@ -1070,7 +1190,10 @@ impl Api {
                 subresource: None,
                 ..target
             };
-            match self.write_update(main, &old, new, expected, dry_run).await {
+            match self
+                .write_update(main, &old, new, expected, dry_run, None)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
                 Err(e) => return Err(e),
                 Ok(written) => return Ok(scale::to_scale(&written)),

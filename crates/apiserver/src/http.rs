@@ -15,6 +15,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
 use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
+use crate::apply;
 use crate::authz::{self, Authorizer, Decision};
 use crate::cache::WatchEvent;
 use crate::deletion::DeleteOptions;
@@ -24,7 +25,8 @@ use crate::patch::PatchType;
 use crate::registry::ResourceType;
 use crate::request::{self, ResourceRequest, Verb};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::{ApiError, ApiResult};
+use crate::status::{ApiError, ApiResult, FieldError};
+use crate::swagger;
 use crate::table::{self, IncludeObject};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -170,7 +172,52 @@ fn write_options(q: &HashMap<String, String>) -> WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
         user: None,
+        field_manager: q.get("fieldManager").cloned().unwrap_or_default(),
+        force: q.get("force").is_some_and(|v| v == "true"),
     }
+}
+
+/// Upstream's checks of a PATCH's options: apply needs a field manager,
+/// and only apply may be forced.
+fn check_patch_options(q: &HashMap<String, String>, patch_type: PatchType) -> ApiResult<()> {
+    let refusal = |field: &str, reason, message: &str| {
+        ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![FieldError {
+                reason,
+                field: field.into(),
+                message: message.into(),
+            }],
+        )
+    };
+    let manager = q.get("fieldManager").map_or("", String::as_str);
+    if patch_type == PatchType::Apply && manager.is_empty() {
+        return Err(refusal(
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
+        ));
+    }
+    if patch_type != PatchType::Apply && q.contains_key("force") {
+        return Err(refusal(
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    if manager.len() > apply::MAX_MANAGER_LEN {
+        return Err(refusal(
+            "fieldManager",
+            "FieldValueTooLong",
+            &format!(
+                "Too long: may not be more than {} bytes",
+                apply::MAX_MANAGER_LEN
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn include_object(q: &HashMap<String, String>) -> IncludeObject {
@@ -343,6 +390,21 @@ impl Handler {
             }
             "/metrics" => return Ok(text(StatusCode::OK, self.metrics.render())),
             "/openapi/v3" => return ok(openapi::Documents::get(registry).index()),
+            "/openapi/v2" if !swagger::accepts_json(&accept) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "NotAcceptable",
+                    "only the following media types are accepted: application/json",
+                ));
+            }
+            "/openapi/v2" => {
+                let mut resp = Response::new(full(swagger::document(registry).to_vec()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(resp);
+            }
             "/api" if aggregated => {
                 return Ok(respond_json(
                     StatusCode::OK,
@@ -556,10 +618,16 @@ impl Handler {
         }
         let content_type = content_type(&req);
         let name = rr.name.as_deref();
-        let wopts = WriteOptions {
+        let user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let mut wopts = WriteOptions {
             user: Some(user.clone()),
             ..write_options(&q)
         };
+        wopts.field_manager = apply::manager_name(Some(wopts.field_manager.as_str()), user_agent);
         let target = ObjectRef {
             rt,
             ns,
@@ -604,11 +672,21 @@ impl Handler {
             }
             Verb::Patch => {
                 let patch_type = PatchType::from_content_type(&content_type)
-                    .filter(|t| *t != PatchType::Apply)
                     .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
+                check_patch_options(&q, patch_type)?;
                 let body = read_body(req.into_body()).await?;
-                let w = api.patch(target, patch_type, &body, &wopts).await?;
-                (StatusCode::OK, w.object, w.warnings)
+                if patch_type == PatchType::Apply {
+                    let (w, created) = api.apply(target, &body, &wopts).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    (status, w.object, w.warnings)
+                } else {
+                    let w = api.patch(target, patch_type, &body, &wopts).await?;
+                    (StatusCode::OK, w.object, w.warnings)
+                }
             }
             Verb::Delete | Verb::DeleteCollection => {
                 let body = read_object_body(req.into_body(), &content_type).await?;
@@ -838,4 +916,38 @@ fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value 
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
     json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": meta}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_options_as_upstream_checks_them() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let e = check_patch_options(&q(&[]), PatchType::Apply).unwrap_err();
+        assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            e.message,
+            r#"PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch"#
+        );
+        let e = check_patch_options(&q(&[("force", "true")]), PatchType::Merge).unwrap_err();
+        assert_eq!(
+            e.message,
+            r#"PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch"#
+        );
+        assert!(
+            check_patch_options(
+                &q(&[("fieldManager", "m"), ("force", "true")]),
+                PatchType::Apply
+            )
+            .is_ok()
+        );
+        assert!(check_patch_options(&q(&[]), PatchType::Strategic).is_ok());
+    }
 }

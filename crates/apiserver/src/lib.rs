@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod allocator;
 pub mod api;
+pub mod apply;
 pub mod authz;
 pub mod cache;
 mod client_auth;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod serviceaccount;
 pub mod status;
 pub mod strategy;
+pub mod swagger;
 pub mod table;
 pub mod validation;
 pub mod warning;

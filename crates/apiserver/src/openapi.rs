@@ -180,7 +180,7 @@ fn paths(rt: &ResourceType) -> BTreeMap<String, Value> {
 }
 
 /// The document for one group-version, or None if it is not served.
-fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+pub(crate) fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let types = registry.group_version(group, version);
     if types.is_empty() {
         return None;

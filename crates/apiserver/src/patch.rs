@@ -57,7 +57,7 @@ pub fn apply(doc: &mut Value, patch_type: PatchType, patch: &[u8]) -> Result<(),
 }
 
 /// How a list field merges, by the field's name and where it sits.
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// Elements are objects merged by this key.
     MergeByKey(&'static str),
     /// A set of primitives: union.
@@ -65,7 +65,7 @@ enum ListStrategy {
     Replace,
 }
 
-fn list_strategy(path: &str, field: &str) -> ListStrategy {
+pub(crate) fn list_strategy(path: &str, field: &str) -> ListStrategy {
     use ListStrategy::*;
     match field {
         "containers"
