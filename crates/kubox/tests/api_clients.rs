@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Config};
 use kubox_testkit::{KuboxServer, eventually};
@@ -135,6 +135,75 @@ async fn pods_bind_to_a_node_once() {
             );
         }
         other => panic!("expected 409, got {other:?}"),
+    }
+}
+
+/// kube-rs' server-side apply (`Patch::Apply`), as controllers use it.
+#[tokio::test]
+async fn kube_rs_server_side_apply_creates_conflicts_and_forces() {
+    let server = KuboxServer::start(KUBOX, &["--disable-controllers"]).await;
+    let api: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    let config = |value: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ssa"}, "data": {"k": value},
+        })
+    };
+    let created = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("first"),
+            &Patch::Apply(config("1")),
+        )
+        .await
+        .unwrap();
+    let entry = &created.metadata.managed_fields.unwrap()[0];
+    assert_eq!(
+        (entry.manager.as_deref(), entry.operation.as_deref()),
+        (Some("first"), Some("Apply"))
+    );
+    assert_eq!(
+        entry.fields_v1.as_ref().unwrap().0,
+        serde_json::json!({"f:data": {"f:k": {}}})
+    );
+    match api
+        .patch(
+            "ssa",
+            &PatchParams::apply("second"),
+            &Patch::Apply(config("2")),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+            assert_eq!(
+                e.message,
+                r#"Apply failed with 1 conflict: conflict with "first": .data.k"#
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let forced = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("second").force(),
+            &Patch::Apply(config("2")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["k"], "2");
+    match api
+        .patch("ssa", &PatchParams::default(), &Patch::Apply(config("3")))
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                422,
+                r#"PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch"#
+            )
+        ),
+        other => panic!("expected 422, got {other:?}"),
     }
 }
 
