@@ -23,7 +23,7 @@ use kube::{Api, ResourceExt};
 use kubox_client::events::{Recorder, Type, pod_reference};
 use rand::Rng;
 
-pub use crate::filters::node_fits;
+pub use crate::filters::{node_fits, tolerates};
 use crate::node_info::{NodeInfo, occupies_node};
 use crate::queue::{Key, Queue};
 
