@@ -165,7 +165,7 @@ fn tainted(node: &Node, ready: Option<&str>, now: Timestamp) -> Option<Vec<Taint
                 next.push(Taint {
                     key: key.into(),
                     effect: effect.into(),
-                    time_added: (effect == "NoExecute").then(|| Time(now)),
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
                     value: None,
                 });
             }
@@ -322,7 +322,7 @@ async fn evict(
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
-        if !eviction_time(pod, taints, now).is_some_and(|at| at <= now) {
+        if eviction_time(pod, taints, now).is_none_or(|at| at > now) {
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
