@@ -9,7 +9,9 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
 use kube::Api;
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +205,11 @@ async fn prepare_one(
         }
         return Ok(path);
     }
+    if let Some(claim) = &v.persistent_volume_claim {
+        return claimed_path(client, ns, &claim.claim_name)
+            .await
+            .map_err(|e| setup_err(&v.name, e));
+    }
     let from_object = match (&v.config_map, &v.secret) {
         (Some(cm), _) => Some((
             Source::ConfigMap,
@@ -243,6 +250,44 @@ async fn prepare_one(
         &v.name,
         "this volume type is not supported by kubox yet",
     ))
+}
+
+/// The host directory of the PersistentVolume a claim is bound to; only
+/// hostPath volumes (what the local-path provisioner makes) are mounted.
+async fn claimed_path(client: &kube::Client, ns: &str, name: &str) -> Result<PathBuf, String> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim = claims
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let phase = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let volume = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if phase != "Bound" || volume.is_empty() {
+        return Err(format!(
+            "PVC {ns}/{name} has non-bound phase ({phase:?}) or empty pvc.Spec.VolumeName ({volume:?})"
+        ));
+    }
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = volumes.get(&volume).await.map_err(|e| e.to_string())?;
+    let Some(host) = pv.spec.as_ref().and_then(|s| s.host_path.as_ref()) else {
+        return Err(format!(
+            "persistent volume {volume:?} is of a type kubox cannot mount yet"
+        ));
+    };
+    let path = PathBuf::from(&host.path);
+    std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 /// The files a volume shows: every key, or just `items` under their paths.

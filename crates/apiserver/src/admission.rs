@@ -67,6 +67,7 @@ impl Default for Chain {
             Box::new(limitranger::LimitRanger),
             Box::new(crate::serviceaccount::admission::ServiceAccount),
             Box::new(crate::priority::Priority),
+            Box::new(DefaultTolerationSeconds),
             Box::new(podsecurity::PodSecurity),
             // Last, as upstream: only writes every other plugin allowed are charged.
             Box::new(resourcequota::ResourceQuota),
@@ -156,6 +157,63 @@ impl AdmissionPlugin for NamespaceLifecycle {
                 "message": format!("namespace {ns} is being terminated"),
                 "field": "metadata.namespace",
             })]));
+        }
+        Ok(())
+    }
+}
+
+/// How long a pod stays on a node that is not ready or unreachable,
+/// unless it says otherwise (upstream's --default-*-toleration-seconds).
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Gives every new pod tolerations of the `not-ready` and `unreachable`
+/// NoExecute taints for five minutes, unless it tolerates them already, so
+/// the node controller evicts its pods five minutes after a node is lost.
+pub struct DefaultTolerationSeconds;
+
+#[async_trait]
+impl AdmissionPlugin for DefaultTolerationSeconds {
+    fn name(&self) -> &'static str {
+        "DefaultTolerationSeconds"
+    }
+
+    async fn mutate(
+        &self,
+        attrs: &Attributes<'_>,
+        obj: &mut Value,
+        _store: &dyn Store,
+    ) -> ApiResult<()> {
+        if attrs.operation != Operation::Create
+            || attrs.subresource.is_some()
+            || !attrs.resource.group.is_empty()
+            || attrs.resource.plural != "pods"
+        {
+            return Ok(());
+        }
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+        let Some(list) = tolerations.as_array_mut() else {
+            return Ok(());
+        };
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let tolerated = list.iter().any(|t| {
+                let k = t["key"].as_str().unwrap_or_default();
+                let e = t["effect"].as_str().unwrap_or_default();
+                (k == key || k.is_empty()) && (e == "NoExecute" || e.is_empty())
+            });
+            if !tolerated {
+                list.push(json!({
+                    "key": key,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+                }));
+            }
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! several servers can run a controller manager for high availability.
 
 mod clusterroleaggregation;
+mod cronjob;
 mod csrsigning;
 mod daemonset;
 mod deployment;
@@ -17,8 +18,10 @@ mod garbagecollector;
 mod history;
 mod informer;
 mod job;
+mod localpath;
 mod namespace;
 mod nodeipam;
+mod nodelifecycle;
 mod ownerref;
 mod podautoscaler;
 mod podgc;
@@ -31,6 +34,7 @@ mod rootca;
 mod runner;
 mod serviceaccount;
 mod servicelb;
+mod statefulset;
 mod tokens;
 mod ttlafterfinished;
 
@@ -68,6 +72,11 @@ pub struct Config {
     pub service_account_key: Option<String>,
     /// The HorizontalPodAutoscaler controller's sync period and windows.
     pub hpa: HpaSettings,
+    /// How long a node may go without renewing its Lease or posting status
+    /// before it is taken to be unreachable (upstream's 40 s).
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Where the local-path provisioner makes its volumes' directories.
+    pub local_path_dir: std::path::PathBuf,
 }
 
 /// What every controller shares.
@@ -161,7 +170,9 @@ async fn lead(client: kube::Client, config: Config) {
         ),
         ("deployment", deployment::run(ctx.clone()).boxed()),
         ("job", job::run(ctx.clone()).boxed()),
+        ("cronjob", cronjob::run(ctx.clone()).boxed()),
         ("daemonset", daemonset::run(ctx.clone()).boxed()),
+        ("statefulset", statefulset::run(ctx.clone()).boxed()),
         ("podgc", podgc::run(ctx.clone()).boxed()),
         ("resourcequota", resourcequota::run(ctx.clone()).boxed()),
         (
@@ -175,6 +186,7 @@ async fn lead(client: kube::Client, config: Config) {
         ("namespace", namespace::run(ctx.clone()).boxed()),
         ("root-ca-cert-publisher", rootca::run(ctx.clone()).boxed()),
         ("nodeipam", nodeipam::run(ctx.clone()).boxed()),
+        ("nodelifecycle", nodelifecycle::run(ctx.clone()).boxed()),
         ("endpoint", endpoints::run(ctx.clone()).boxed()),
         ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
         ("servicelb", servicelb::run(ctx.clone()).boxed()),
@@ -188,6 +200,10 @@ async fn lead(client: kube::Client, config: Config) {
             clusterroleaggregation::run(ctx.clone()).boxed(),
         ),
         ("csrsigning", csrsigning::run(ctx.clone()).boxed()),
+        (
+            "local-path-provisioner",
+            localpath::run(ctx.clone()).boxed(),
+        ),
     ];
     let controllers: Vec<BoxFuture<'static, ()>> = all
         .into_iter()

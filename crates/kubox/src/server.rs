@@ -51,6 +51,10 @@ pub struct ServerArgs {
     /// How often history older than one interval is compacted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
+    /// How long a node may go silent (no Lease renewal, no status) before
+    /// the node controller marks it unreachable and taints it.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
     /// How long Events are kept after their last update.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
@@ -229,6 +233,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
             root_ca,
             disabled,
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            local_path_dir: args.data_dir.join("storage"),
             signing_ca: Some(kubox_controllers::SigningCa {
                 cert_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
                     .context("reading the cluster CA for the CSR signer")?,

@@ -29,7 +29,7 @@ use kubox_client::events::{Recorder, Type, pod_reference};
 use rand::Rng;
 
 use crate::cache::Cache;
-pub use crate::filters::node_fits;
+pub use crate::filters::{node_fits, tolerates};
 use crate::node_info::{NodeInfo, bound_node, occupies_node};
 use crate::queue::{Key, Queue};
 

@@ -478,6 +478,27 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "cronjob-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &["batch"],
+                    &["cronjobs"],
+                ),
+                rule(
+                    &[
+                        "get", "list", "watch", "create", "update", "delete", "patch",
+                    ],
+                    &["batch"],
+                    &["jobs"],
+                ),
+                rule(&["update"], &["batch"], &["cronjobs/status"]),
+                rule(&["update"], &["batch"], &["cronjobs/finalizers"]),
+                rule(&["list", "delete"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
             "daemon-set-controller",
             vec![
                 rule(
@@ -615,6 +636,33 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "local-path-provisioner",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &[""],
+                    &["persistentvolumeclaims/status"],
+                ),
+                rule(
+                    &["get", "list", "watch", "create", "delete", "patch"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                rule(&["update", "patch"], &[""], &["persistentvolumes/status"]),
+                rule(
+                    &["get", "list", "watch", "create"],
+                    &["storage.k8s.io"],
+                    &["storageclasses"],
+                ),
+                events(),
+            ],
+        ),
+        (
             "namespace-controller",
             vec![
                 rule(&["get", "list", "watch", "delete"], &[""], &["namespaces"]),
@@ -722,6 +770,30 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
                 rule(&["get", "list", "watch"], &[""], &["services"]),
                 rule(&["patch", "update"], &[""], &["services/status"]),
                 rule(&["list", "watch"], &[""], &["nodes"]),
+                events(),
+            ],
+        ),
+        (
+            "statefulset-controller",
+            vec![
+                rule(&["list", "watch"], &[""], &["pods"]),
+                rule(&["get", "list", "watch"], &["apps"], &["statefulsets"]),
+                rule(&["update"], &["apps"], &["statefulsets/status"]),
+                rule(&["update"], &["apps"], &["statefulsets/finalizers"]),
+                rule(
+                    &["get", "create", "delete", "update", "patch"],
+                    &[""],
+                    &["pods"],
+                ),
+                rule(
+                    &[
+                        "get", "create", "delete", "update", "patch", "list", "watch",
+                    ],
+                    &["apps"],
+                    &["controllerrevisions"],
+                ),
+                rule(&["get", "create"], &[""], &["persistentvolumeclaims"]),
+                rule(&["update", "delete"], &[""], &["persistentvolumeclaims"]),
                 events(),
             ],
         ),

@@ -11,6 +11,8 @@
 pub mod indexes;
 mod status;
 
+pub use status::finished;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,268 @@
+//! The local-path provisioner (k3s's local-path-provisioner, in process):
+//! the default StorageClass `local-path`, and for every claim of that class
+//! (or of none) a hostPath PersistentVolume `pvc-<claim uid>` in a
+//! directory under the server's data directory, bound to the claim at once.
+//! A volume whose claim is gone is deleted with its directory (the
+//! reclaim policy is Delete). Volumes are directories of the server's
+//! machine, so they suit one-machine clusters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use kubox_client::events::{Recorder, Type};
+use serde_json::json;
+
+use futures::StreamExt;
+
+use crate::{Change, Context, Error, is_not_found, is_reason, runner};
+
+pub const COMPONENT: &str = "local-path-provisioner";
+pub const CLASS: &str = "local-path";
+const PROVISIONER: &str = "rancher.io/local-path";
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+
+struct Shared {
+    client: kube::Client,
+    recorder: Recorder,
+    dir: PathBuf,
+    claims: Store<PersistentVolumeClaim>,
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    ensure_class(&ctx.client).await;
+    let claims = ctx.informers.get::<PersistentVolumeClaim>();
+    let volumes = ctx.informers.get::<PersistentVolume>();
+    claims.synced().await;
+    volumes.synced().await;
+    let shared = Arc::new(Shared {
+        client: ctx.client.clone(),
+        recorder: ctx.recorder(COMPONENT),
+        dir: ctx.config.local_path_dir.clone(),
+        claims: claims.store(),
+    });
+    let provisioning = runner::run(
+        COMPONENT,
+        Controller::for_stream(claims.stream(), claims.store()),
+        provision,
+        shared.clone(),
+    );
+    // A claim going away changes nothing in its volume: it is the trigger.
+    let released = claims.changes().filter_map(|change| {
+        let volume = match change {
+            Change::Deleted(claim) => claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .filter(|v| !v.is_empty()),
+            Change::Applied { .. } => None,
+        };
+        futures::future::ready(volume.map(|v| ObjectRef::<PersistentVolume>::new(&v)))
+    });
+    let reclaiming = runner::run(
+        COMPONENT,
+        Controller::for_stream(volumes.stream(), volumes.store()).reconcile_on(released),
+        reclaim,
+        shared,
+    );
+    futures::future::join(provisioning, reclaiming).await;
+}
+
+/// Creates the default StorageClass, retrying until the API takes it.
+async fn ensure_class(client: &kube::Client) {
+    let api: Api<StorageClass> = Api::all(client.clone());
+    let class = StorageClass {
+        metadata: ObjectMeta {
+            name: Some(CLASS.into()),
+            annotations: Some(BTreeMap::from([(DEFAULT_CLASS.into(), "true".into())])),
+            ..Default::default()
+        },
+        provisioner: PROVISIONER.into(),
+        reclaim_policy: Some("Delete".into()),
+        volume_binding_mode: Some("Immediate".into()),
+        ..Default::default()
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match api.create(&PostParams::default(), &class).await {
+            Ok(_) => return,
+            Err(e) if is_reason(&e, "AlreadyExists") => return,
+            Err(e) => tracing::warn!(controller = COMPONENT, "creating StorageClass {CLASS}: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Whether the claim waits for a volume of this provisioner.
+fn wants(claim: &PersistentVolumeClaim) -> bool {
+    let spec = claim.spec.as_ref();
+    let class = spec.and_then(|s| s.storage_class_name.as_deref());
+    let bound = spec
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    claim.metadata.deletion_timestamp.is_none() && !bound && matches!(class, None | Some(CLASS))
+}
+
+/// The volume for a claim, in its own directory under `dir`.
+fn volume_for(claim: &PersistentVolumeClaim, dir: &std::path::Path) -> PersistentVolume {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default());
+    let path = dir.join(format!("{name}_{ns}_{}", claim.name_any()));
+    let spec = claim.spec.clone().unwrap_or_default();
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(name),
+            annotations: Some(BTreeMap::from([(
+                PROVISIONED_BY.into(),
+                PROVISIONER.into(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            access_modes: spec.access_modes.clone(),
+            capacity: spec.resources.and_then(|r| r.requests).and_then(|r| {
+                r.get("storage")
+                    .map(|q| BTreeMap::from([("storage".to_owned(), q.clone())]))
+            }),
+            host_path: Some(HostPathVolumeSource {
+                path: path.to_string_lossy().into_owned(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            claim_ref: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolumeClaim".into()),
+                namespace: Some(ns),
+                name: claim.metadata.name.clone(),
+                uid: claim.metadata.uid.clone(),
+                ..Default::default()
+            }),
+            persistent_volume_reclaim_policy: Some("Delete".into()),
+            storage_class_name: Some(CLASS.into()),
+            volume_mode: spec.volume_mode,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+async fn provision(
+    claim: Arc<PersistentVolumeClaim>,
+    shared: Arc<Shared>,
+) -> Result<Action, Error> {
+    if !wants(&claim) {
+        return Ok(Action::await_change());
+    }
+    let ns = claim.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
+    let volumes: Api<PersistentVolume> = Api::all(shared.client.clone());
+    let volume = volume_for(&claim, &shared.dir);
+    let name = volume.name_any();
+    match volumes.create(&PostParams::default(), &volume).await {
+        Ok(_) => {}
+        Err(e) if is_reason(&e, "AlreadyExists") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let spec = volume.spec.clone().unwrap_or_default();
+    let bind = json!({
+        "metadata": {
+            "uid": claim.metadata.uid,
+            "annotations": {
+                "pv.kubernetes.io/bind-completed": "yes",
+                "pv.kubernetes.io/bound-by-controller": "yes",
+                "volume.kubernetes.io/storage-provisioner": PROVISIONER,
+            }
+        },
+        "spec": {"volumeName": name, "storageClassName": CLASS},
+    });
+    claims
+        .patch(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(bind),
+        )
+        .await?;
+    let status = json!({"status": {"phase": "Bound", "accessModes": spec.access_modes, "capacity": spec.capacity}});
+    claims
+        .patch_status(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await?;
+    volumes
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await?;
+    shared.recorder.record(
+        claim.object_ref(&()),
+        Type::Normal,
+        "ProvisioningSucceeded",
+        format!("Successfully provisioned volume {name}"),
+    );
+    Ok(Action::await_change())
+}
+
+async fn reclaim(volume: Arc<PersistentVolume>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let ours = volume
+        .annotations()
+        .get(PROVISIONED_BY)
+        .is_some_and(|p| p == PROVISIONER);
+    let spec = volume.spec.clone().unwrap_or_default();
+    let Some(claim_ref) = spec
+        .claim_ref
+        .filter(|_| ours && volume.metadata.deletion_timestamp.is_none())
+    else {
+        return Ok(Action::await_change());
+    };
+    let ns = claim_ref.namespace.clone().unwrap_or_default();
+    let claim_name = claim_ref.name.clone().unwrap_or_default();
+    let cached = shared
+        .claims
+        .get(&ObjectRef::new(&claim_name).within(&ns))
+        .is_some_and(|c| c.metadata.uid == claim_ref.uid);
+    if cached {
+        return Ok(Action::await_change());
+    }
+    // The cache may be behind: only a claim the API no longer has frees the volume.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
+    match claims.get_opt(&claim_name).await? {
+        Some(c) if c.metadata.uid == claim_ref.uid => return Ok(Action::await_change()),
+        _ => {}
+    }
+    if let Some(path) = spec.host_path.as_ref().map(|h| PathBuf::from(&h.path))
+        && path.starts_with(&shared.dir)
+    {
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Failed(format!("removing {}: {e}", path.display()))),
+        }
+    }
+    let volumes: Api<PersistentVolume> = Api::all(shared.client.clone());
+    match volumes
+        .delete(&volume.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
