@@ -138,12 +138,20 @@ async fn measure(
         .buffer_unordered(CREATORS)
         .try_collect::<()>();
     let limit = Duration::from_secs(120).max(Duration::from_millis(pods as u64 * 50));
-    let (created_all, bound_all) =
-        tokio::time::timeout(limit, futures::future::join(create, bound))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("{} pods not all bound within {limit:?}", workload.name())
-            })?;
+    let Ok((created_all, bound_all)) =
+        tokio::time::timeout(limit, futures::future::join(create, bound)).await
+    else {
+        let pods = api.list(&ListParams::default()).await?.items;
+        let bound = pods
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        anyhow::bail!(
+            "{}: {bound} of {} pods created were bound within {limit:?}",
+            workload.name(),
+            pods.len()
+        );
+    };
     created_all?;
     let (latencies, last) = bound_all?;
     let took = last - started;

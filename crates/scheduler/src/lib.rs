@@ -296,7 +296,7 @@ impl Context {
             .to_owned())
     }
 
-    async fn schedule_one(&self, key: &str) {
+    async fn schedule_one(self: &Arc<Self>, key: &str) {
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(pod) = self.pods.get(&ObjectRef::new(name).within(ns)) else {
             self.forget(key);
@@ -326,6 +326,13 @@ impl Context {
             self.forget(key);
             return;
         }
+        // The binding cycle runs on its own, as upstream's: the next pod's
+        // scheduling cycle need not wait for this pod's API round trip.
+        tokio::spawn(self.clone().binding_cycle(key.to_owned(), pod, chosen));
+    }
+
+    async fn binding_cycle(self: Arc<Self>, key: Key, pod: Arc<Pod>, chosen: String) {
+        let key = key.as_str();
         match self.bind(&pod, &chosen).await {
             Ok(()) => {
                 self.forget(key);
