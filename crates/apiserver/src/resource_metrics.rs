@@ -175,7 +175,7 @@ mod tests {
                 labels: Some([("app".to_owned(), app.to_owned())].into()),
                 ..Default::default()
             },
-            timestamp: Time(k8s_openapi::jiff::Timestamp::now()),
+            timestamp: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
             window: "15s".into(),
             containers: vec![],
         }

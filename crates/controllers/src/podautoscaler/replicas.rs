@@ -162,17 +162,15 @@ fn usage_ratio(metrics: &Metrics, target: i64) -> (f64, i64) {
     (average as f64 / target as f64, average)
 }
 
-/// What a Utilization target asks for: the replica count, the current
-/// utilization (percent) and the average usage.
-pub fn for_utilization(
-    current: i32,
-    target: i32,
-    resource: &str,
+/// The pods' groups and the samples that count: those of pods neither
+/// ignored nor unready.
+fn usable(
     pods: &[Pod],
     mut metrics: Metrics,
+    resource: &str,
     timing: &Timing,
     now: Timestamp,
-) -> Result<(i32, i32, i64), String> {
+) -> Result<(Groups, Metrics), String> {
     if pods.is_empty() {
         return Err("no pods returned by selector while calculating replica count".into());
     }
@@ -181,6 +179,45 @@ pub fn for_utilization(
     if metrics.is_empty() {
         return Err("did not receive metrics for targeted pods (pods might be unready)".into());
     }
+    Ok((g, metrics))
+}
+
+/// Fills in pods without a usable sample: missing ones with
+/// `missing(name)`, and unready ones with nothing when they hold a scale-up.
+fn fill_in(
+    metrics: &mut Metrics,
+    g: &Groups,
+    with_unready: bool,
+    missing: impl Fn(&str) -> i64,
+    now: Timestamp,
+) {
+    let filler = |value| PodMetric {
+        value,
+        timestamp: now,
+        window: Duration::ZERO,
+    };
+    for name in &g.missing {
+        metrics.insert(name.clone(), filler(missing(name)));
+    }
+    if with_unready {
+        for name in &g.unready {
+            metrics.insert(name.clone(), filler(0));
+        }
+    }
+}
+
+/// What a Utilization target asks for: the replica count, the current
+/// utilization (percent) and the average usage.
+pub fn for_utilization(
+    current: i32,
+    target: i32,
+    resource: &str,
+    pods: &[Pod],
+    metrics: Metrics,
+    timing: &Timing,
+    now: Timestamp,
+) -> Result<(i32, i32, i64), String> {
+    let (g, mut metrics) = usable(pods, metrics, resource, timing, now)?;
     let requests = requests(pods, resource)?;
     let (ratio, utilization, raw) = utilization_ratio(&metrics, &requests, target)?;
     let with_unready = !g.unready.is_empty() && ratio > 1.0;
@@ -191,35 +228,16 @@ pub fn for_utilization(
         return Ok(((ratio * g.ready as f64).ceil() as i32, utilization, raw));
     }
     // Missing pods count as using their whole request (or the target)
-    // on the way down, nothing on the way up; unready ones nothing.
+    // on the way down, nothing on the way up.
     let fallback = i64::from(target.max(100));
-    for name in &g.missing {
-        let value = if ratio < 1.0 {
+    let missing = |name: &str| {
+        if ratio < 1.0 {
             requests.get(name).copied().unwrap_or_default() * fallback / 100
         } else {
             0
-        };
-        metrics.insert(
-            name.clone(),
-            PodMetric {
-                value,
-                timestamp: now,
-                window: Duration::ZERO,
-            },
-        );
-    }
-    if with_unready {
-        for name in &g.unready {
-            metrics.insert(
-                name.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: now,
-                    window: Duration::ZERO,
-                },
-            );
         }
-    }
+    };
+    fill_in(&mut metrics, &g, with_unready, missing, now);
     let (new_ratio, _, _) = utilization_ratio(&metrics, &requests, target)?;
     Ok((
         settle(current, ratio, new_ratio, metrics.len(), timing),
@@ -235,18 +253,11 @@ pub fn for_average_value(
     target: i64,
     resource: &str,
     pods: &[Pod],
-    mut metrics: Metrics,
+    metrics: Metrics,
     timing: &Timing,
     now: Timestamp,
 ) -> Result<(i32, i64), String> {
-    if pods.is_empty() {
-        return Err("no pods returned by selector while calculating replica count".into());
-    }
-    let g = group(pods, &metrics, resource == "cpu", timing, now);
-    metrics.retain(|n, _| !g.ignored.contains(n) && !g.unready.contains(n));
-    if metrics.is_empty() {
-        return Err("did not receive metrics for targeted pods (pods might be unready)".into());
-    }
+    let (g, mut metrics) = usable(pods, metrics, resource, timing, now)?;
     let (ratio, usage) = usage_ratio(&metrics, target);
     let with_unready = !g.unready.is_empty() && ratio > 1.0;
     if !with_unready && g.missing.is_empty() {
@@ -255,29 +266,8 @@ pub fn for_average_value(
         }
         return Ok(((ratio * g.ready as f64).ceil() as i32, usage));
     }
-    for name in &g.missing {
-        let value = if ratio < 1.0 { target } else { 0 };
-        metrics.insert(
-            name.clone(),
-            PodMetric {
-                value,
-                timestamp: now,
-                window: Duration::ZERO,
-            },
-        );
-    }
-    if with_unready {
-        for name in &g.unready {
-            metrics.insert(
-                name.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: now,
-                    window: Duration::ZERO,
-                },
-            );
-        }
-    }
+    let missing = |_: &str| if ratio < 1.0 { target } else { 0 };
+    fill_in(&mut metrics, &g, with_unready, missing, now);
     let (new_ratio, _) = usage_ratio(&metrics, target);
     Ok((
         settle(current, ratio, new_ratio, metrics.len(), timing),
