@@ -127,6 +127,11 @@ impl Quantity {
         })
     }
 
+    /// The value in base units as a float, for arithmetic that may round.
+    pub fn as_f64(&self) -> f64 {
+        self.nanos as f64 / NANO as f64
+    }
+
     pub fn is_zero(&self) -> bool {
         self.nanos == 0
     }
