@@ -804,12 +804,21 @@ async fn j1_go_multiroute_is_deployed_updated_and_rolled_back() {
     )
     .await;
 
+    // The seed's pipeline pushes the new version and deploys what it
+    // pushed, pinned (§1.6) by the digest the push reported.
+    let registry = kubox_testkit::Registry::start().await;
+    let digest = server.push_image(
+        "kubox.local/go-multiroute:v2",
+        &registry,
+        "leigg/go_multiroute:v2",
+    );
+    let pinned = format!("{}/leigg/go_multiroute:v2@{digest}", registry.host());
     assert_eq!(
         server.kubectl_ok(&[
             "set",
             "image",
             "deploy/go-multiroute",
-            "go-multiroute=kubox.local/go-multiroute:v2"
+            &format!("go-multiroute={pinned}"),
         ]),
         "deployment.apps/go-multiroute image updated\n"
     );
@@ -819,6 +828,18 @@ async fn j1_go_multiroute_is_deployed_updated_and_rolled_back() {
         "{status}"
     );
     all_answer(&ip, "/route1", &route1("v2", "route1's content")).await;
+    // Once the old pods have gone, both run what the registry holds.
+    eventually("both pods run the pushed digest", TIMEOUT, || async {
+        let images = jsonpath(
+            &server,
+            &["get", "pods", "-l", "app=go-multiroute"],
+            "{.items[*].status.containerStatuses[0].imageID}",
+        );
+        let images: Vec<&str> = images.split_whitespace().collect();
+        (images.len() == 2 && images.iter().all(|i| i.ends_with(&format!("@{digest}"))))
+            .then_some(())
+    })
+    .await;
     let history = rows(&server, &["rollout", "history", "deploy/go-multiroute"]);
     assert_eq!(history[0], ["deployment.apps/go-multiroute"]);
     assert_eq!(history[1], ["REVISION", "CHANGE-CAUSE"]);

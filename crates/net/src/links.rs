@@ -3,17 +3,20 @@
 //! thread that joined it.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
 };
 
 use crate::NetError;
@@ -174,7 +177,7 @@ impl Links {
     }
 
     /// A veth pair: `host` stays here in `bridge`, with hairpin on (so a pod
-    /// can reach itself through a Service), `peer` moves into the network
+    /// can reach itself through a Service), `peer` is made inside the network
     /// namespace open at `netns`.
     pub async fn add_veth(
         &self,
@@ -186,23 +189,16 @@ impl Links {
     ) -> Result<(), NetError> {
         use std::os::fd::AsRawFd;
         self.delete(host).await?;
-        self.delete(peer).await?;
-        let message = LinkVeth::new(host, peer).mtu(mtu).build();
+        let message = veth_message(host, peer, mtu, bridge, netns.as_raw_fd());
         self.handle.link().add(message).execute().await?;
-        let peer_index = self.must_index(peer).await?;
-        let message = LinkUnspec::new_with_index(peer_index)
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
-        self.handle.link().set(message).execute().await?;
         let index = self.must_index(host).await?;
-        let message = LinkUnspec::new_with_index(index)
-            .controller(bridge)
-            .up()
-            .build();
-        self.handle.link().set(message).execute().await?;
+        self.set_hairpin(index).await
+    }
+
+    /// Hairpin on the bridge port `index`; idempotent.
+    pub async fn set_hairpin(&self, index: u32) -> Result<(), NetError> {
         let port = LinkBridgePort::new(index).hairpin(true).build();
-        self.handle.link().set_port(port).execute().await?;
-        Ok(())
+        Ok(self.handle.link().set_port(port).execute().await?)
     }
 
     /// In a pod's namespace: renames `link` to `name`, gives it `address`,
@@ -409,6 +405,24 @@ where
 }
 
 /// Sets up a pod's side: `link` (just moved in) becomes eth0 with `address`.
+/// One request makes the whole pair: the host end already in the bridge and
+/// up, the peer already in the pod's namespace. Made in steps, an agent
+/// killed between them would leave a pair outside the bridge, which nothing
+/// would ever recognise as a pod's and remove.
+fn veth_message(host: &str, peer: &str, mtu: u32, bridge: u32, netns: RawFd) -> LinkMessage {
+    let peer = LinkUnspec::new_with_name(peer)
+        .mtu(mtu)
+        .setns_by_fd(netns)
+        .build();
+    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(host.to_owned())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .controller(bridge)
+        .up()
+        .build()
+}
+
 pub async fn configure_pod(
     netns: &Path,
     link: String,
@@ -421,4 +435,37 @@ pub async fn configure_pod(
             .await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_veth_pair_is_made_in_the_bridge_and_the_pod_at_once() {
+        let message = veth_message("vethab", "kbxpab", 1450, 7, 42);
+        let attrs = &message.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("vethab".into())));
+        assert!(attrs.contains(&LinkAttribute::Controller(7)));
+        assert!(attrs.contains(&LinkAttribute::Mtu(1450)));
+        assert!(message.header.flags.contains(LinkFlags::Up));
+        let peer = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    rtnetlink::packet_route::link::LinkInfo::Data(InfoData::Veth(
+                        InfoVeth::Peer(peer),
+                    )) => Some(peer.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .expect("the peer is in the request");
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("kbxpab".into()))
+        );
+        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(42)));
+        assert!(peer.attributes.contains(&LinkAttribute::Mtu(1450)));
+    }
 }

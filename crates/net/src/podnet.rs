@@ -64,7 +64,7 @@ fn veth_name(uid: &str) -> String {
     format!("veth{}", short_hash(uid))
 }
 
-/// The pod end before it moves into the pod and becomes eth0.
+/// The pod end, made in the pod's namespace and renamed eth0 there.
 fn peer_name(uid: &str) -> String {
     format!("kbxp{}", short_hash(uid))
 }
@@ -162,7 +162,9 @@ impl PodNetwork {
     }
 
     /// Frees what pods that no longer exist hold: their addresses, and
-    /// their veths left in the bridge (their namespaces may be gone).
+    /// their veths left in the bridge (their namespaces may be gone). A pair
+    /// is made in the bridge in one request (`Links::add_veth`), so there is
+    /// none outside it to look for.
     pub async fn reconcile(&self, live: &HashSet<String>) -> Result<(), NetError> {
         for owner in self.ipam.retain(|o| live.contains(o)) {
             tracing::info!(
@@ -178,10 +180,16 @@ impl PodNetwork {
         };
         let kept: HashSet<String> = live.iter().map(|uid| veth_name(uid)).collect();
         for link in self.links.all().await? {
-            if links::link_controller(&link) == Some(bridge)
-                && let Some(name) = links::link_name(&link)
-                && !kept.contains(name)
-            {
+            if links::link_controller(&link) != Some(bridge) {
+                continue;
+            }
+            let Some(name) = links::link_name(&link) else {
+                continue;
+            };
+            if kept.contains(name) {
+                // An agent stopped within attach may not have set it.
+                self.links.set_hairpin(link.header.index).await?;
+            } else {
                 self.links.delete(name).await?;
             }
         }

@@ -252,15 +252,22 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Pushes an image archive as `<host>/<name>` with skopeo.
-    pub fn push(&self, archive: &std::path::Path, name: &str) {
+    /// Pushes an image archive as `<host>/<name>` with skopeo; the manifest
+    /// digest the registry stored it under.
+    pub fn push(&self, archive: &std::path::Path, name: &str) -> String {
+        let digest_file = archive.with_extension("digest");
         let status = Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .args(["copy", "-q", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{name}", self.host()))
             .status()
             .expect("running skopeo");
         assert!(status.success(), "skopeo could not push {name}");
+        std::fs::read_to_string(&digest_file)
+            .expect("skopeo's digest file")
+            .trim()
+            .to_owned()
     }
 }
 
@@ -520,6 +527,27 @@ impl KuboxServer {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Pushes `image` from this server's node to `registry` as `name`, as
+    /// `docker push` would; the digest the registry gave it.
+    pub fn push_image(&self, image: &str, registry: &Registry, name: &str) -> String {
+        let archive = self.dir.path().join("push.tar");
+        let out = Command::new(&self.bin)
+            .args(["image", "save", "--data-dir"])
+            .arg(self.dir.path())
+            .args([image, "-o"])
+            .arg(&archive)
+            .output()
+            .expect("running kubox image save");
+        assert!(
+            out.status.success(),
+            "kubox image save {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let digest = registry.push(&archive, name);
+        std::fs::remove_file(&archive).expect("removing the pushed archive");
+        digest
     }
 
     /// Builds the example applications' images on this server's node, on

@@ -19,31 +19,28 @@ const VOLUME_PREFIX: &str = "kube-api-access-";
 /// The lifetime the kubelet's tokens are asked for (an hour and 7 s, so a
 /// server can tell them from others).
 const TOKEN_EXPIRATION: i64 = 3607;
-/// Lookups of `default` retried while the ServiceAccount controller may
-/// not have made it yet in a new namespace, as upstream retries.
-const DEFAULT_ATTEMPTS: usize = 10;
-const RETRY: Duration = Duration::from_millis(150);
+/// How long a lookup of `default` waits for the ServiceAccount controller,
+/// which may not have made it yet in a new namespace (a loaded machine can
+/// take seconds), before the pod is refused.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+const RETRY: Duration = Duration::from_millis(100);
 
 pub struct ServiceAccount;
 
 async fn lookup(store: &dyn Store, ns: &str, name: &str) -> ApiResult<Option<Value>> {
-    let attempts = if name == "default" {
-        DEFAULT_ATTEMPTS
-    } else {
-        1
-    };
-    for attempt in 1..=attempts {
+    let deadline = tokio::time::Instant::now() + DEFAULT_WAIT;
+    loop {
         let (kv, _) = store
             .get(&format!("/registry/serviceaccounts/{ns}/{name}"))
             .await?;
         if let Some(kv) = kv {
             return Ok(Some(serde_json::from_slice(&kv.value).unwrap_or_default()));
         }
-        if attempt < attempts {
-            tokio::time::sleep(RETRY).await;
+        if name != "default" || tokio::time::Instant::now() >= deadline {
+            return Ok(None);
         }
+        tokio::time::sleep(RETRY).await;
     }
-    Ok(None)
 }
 
 fn volume(name: &str) -> Value {
