@@ -81,7 +81,7 @@ impl Metrics {
         let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(BUCKETS.iter().copied())
         });
-        registry.register(
+        registry.register_bare_counter(
             "nginx_ingress_controller_requests",
             "The total number of client requests",
             requests.clone(),

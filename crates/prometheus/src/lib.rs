@@ -23,6 +23,8 @@ pub struct Registry {
     /// Run before each render, to set gauges read from state (queue
     /// lengths, object counts) at scrape time.
     hooks: Mutex<Vec<Hook>>,
+    /// Counters whose upstream name has no `_total` (Go's client allows it).
+    bare_counters: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -39,6 +41,16 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .register(name, help, metric);
+    }
+
+    /// Registers a counter exported, as upstream exports it, without the
+    /// `_total` suffix (ingress-nginx's `nginx_ingress_controller_requests`).
+    pub fn register_bare_counter(&self, name: &str, help: &str, metric: impl Metric) {
+        self.register(name, help, metric);
+        self.bare_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
     }
 
     /// Runs `hook` before every render.
@@ -60,23 +72,38 @@ impl Registry {
             &mut open,
             &self.inner.lock().unwrap_or_else(|e| e.into_inner()),
         );
-        text_format(&open)
+        let bare = self.bare_counters.lock().unwrap_or_else(|e| e.into_inner());
+        text_format(&open, &bare)
     }
 }
 
 /// OpenMetrics text as Prometheus text format 0.0.4: counter families take
-/// their samples' `_total` name, `# UNIT` and `# EOF` go.
-pub fn text_format(openmetrics: &str) -> String {
+/// their samples' `_total` name (but for the `bare` ones, whose samples
+/// lose it), `# UNIT` and `# EOF` go.
+fn text_format(openmetrics: &str, bare: &[String]) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     let mut help: Option<(&str, &str)> = None;
     for line in openmetrics.lines() {
+        if let Some(name) = bare.iter().find(|b| {
+            line.strip_prefix(b.as_str())
+                .and_then(|rest| rest.strip_prefix("_total"))
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        }) {
+            out.push_str(name);
+            out.push_str(&line[name.len() + "_total".len()..]);
+            out.push('\n');
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             help = Some(rest.split_once(' ').unwrap_or((rest, "")));
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = if kind == "counter" && !name.ends_with("_total") {
+            let name = if kind == "counter"
+                && !name.ends_with("_total")
+                && !bare.iter().any(|b| b == name)
+            {
                 format!("{name}_total")
             } else {
                 name.to_owned()
@@ -148,11 +175,15 @@ mod tests {
         registry.on_scrape(move || {
             depth.set(3);
         });
+        let bare = Counter::<u64>::default();
+        registry.register_bare_counter("nginx_requests", "Client requests.", bare.clone());
         requests.inc();
+        bare.inc();
         assert_eq!(
             registry.render(),
             "# HELP requests_total Requests served.\n# TYPE requests_total counter\nrequests_total 1\n\
-             # HELP depth Items waiting.\n# TYPE depth gauge\ndepth 3\n"
+             # HELP depth Items waiting.\n# TYPE depth gauge\ndepth 3\n\
+             # HELP nginx_requests Client requests.\n# TYPE nginx_requests counter\nnginx_requests 1\n"
         );
     }
 }
