@@ -3,6 +3,7 @@
 //! a [`pod::Worker`], reporting status back through the API.
 
 mod attach;
+mod cadvisor;
 mod cgroup;
 mod console;
 mod container;
@@ -10,6 +11,7 @@ pub mod dns;
 mod exec;
 pub mod hollow;
 pub mod image;
+mod kubelet_metrics;
 mod log_reader;
 mod logs;
 mod node;
@@ -122,6 +124,8 @@ pub struct Shared {
     pub running: std::sync::Mutex<HashMap<(String, String, String), Running>>,
     /// Pods whose sandbox exists, by namespace and name, for port-forward.
     pub sandboxes: std::sync::Mutex<HashMap<(String, String), portforward::Target>>,
+    /// kubelet's own metrics, on `/metrics`.
+    pub metrics: kubelet_metrics::KubeletMetrics,
 }
 
 /// A running container, as exec and attach find it.
@@ -131,6 +135,8 @@ pub struct Running {
     /// The cgroup of the container's pod; the container's is `<pod_cgroup>/<id>`.
     pub pod_cgroup: String,
     pub started_at: k8s_openapi::jiff::Timestamp,
+    /// The image it runs, as the pod names it.
+    pub image: String,
 }
 
 /// The labels upstream puts on a node, plus the control-plane role where it applies.
@@ -204,6 +210,7 @@ impl Agent {
             dns: config.dns,
             running: Default::default(),
             sandboxes: Default::default(),
+            metrics: Default::default(),
         });
         let endpoint = server::start(
             shared.clone(),

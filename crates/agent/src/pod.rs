@@ -136,6 +136,10 @@ pub struct Worker {
     pod_error: Option<(String, String)>,
     reported: Option<PodStatus>,
     start_time: Time,
+    /// When this agent first saw the pod, until it reports it running
+    /// (for `kubelet_pod_start_duration_seconds`); none for a pod already
+    /// running when its worker began.
+    starting_since: Option<std::time::Instant>,
 }
 
 fn now() -> Time {
@@ -157,6 +161,7 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.start_time.clone())
             .unwrap_or_else(now);
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let mut worker = Self {
             shared,
             pod,
@@ -173,6 +178,7 @@ impl Worker {
             pod_error: None,
             reported: None,
             start_time,
+            starting_since: (!running).then(std::time::Instant::now),
         };
         worker.adopt(adopted);
         worker
@@ -525,6 +531,7 @@ impl Worker {
                     io,
                     pod_cgroup: self.cgroup_parent(),
                     started_at: r.started_at,
+                    image: r.image.clone(),
                 },
             ),
             None => running.remove(&key),
@@ -1517,6 +1524,11 @@ impl Worker {
             .await
         {
             Ok(pod) => {
+                if status.phase.as_deref() == Some("Running")
+                    && let Some(since) = self.starting_since.take()
+                {
+                    self.shared.metrics.pod_started(since.elapsed());
+                }
                 self.pod.status = pod.status;
                 self.reported = Some(status);
             }

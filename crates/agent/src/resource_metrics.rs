@@ -17,7 +17,7 @@ struct Container {
     started_at: f64,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_millisecond()
 }
 
@@ -51,7 +51,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64, ms: i64) {
+pub(crate) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64, ms: i64) {
     let labels: Vec<String> = labels
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))

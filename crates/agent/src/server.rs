@@ -113,6 +113,15 @@ pub(crate) fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     resp
 }
 
+fn metrics_page(page: String) -> Response<Body> {
+    let mut resp = text(StatusCode::OK, page);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kubox_prometheus::CONTENT_TYPE),
+    );
+    resp
+}
+
 async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query: HashMap<String, String> =
@@ -123,14 +132,12 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["metrics", "resource"]) => {
-            let page = crate::resource_metrics::render(shared);
-            let mut resp = text(StatusCode::OK, page);
-            resp.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
+            metrics_page(crate::resource_metrics::render(shared))
         }
+        (&Method::GET, ["metrics", "cadvisor"]) => {
+            metrics_page(crate::cadvisor::render(shared).await)
+        }
+        (&Method::GET, ["metrics"]) => metrics_page(crate::kubelet_metrics::render(shared)),
         (&Method::GET, ["containerLogs", ns, pod, container]) => {
             container_logs(shared, ns, pod, container, &query).await
         }

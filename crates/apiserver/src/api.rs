@@ -231,6 +231,24 @@ impl Api {
         &self.caches[rt.plural]
     }
 
+    /// How many objects of each stored resource there are, by upstream's
+    /// `resource` label (`pods`, `deployments.apps`), from the watch caches.
+    pub fn object_counts(&self) -> Vec<(String, usize)> {
+        self.registry
+            .types()
+            .iter()
+            .filter_map(|t| {
+                let cache = self.caches.get(t.plural)?;
+                let name = if t.group.is_empty() {
+                    t.plural.to_owned()
+                } else {
+                    format!("{}.{}", t.plural, t.group)
+                };
+                Some((name, cache.object_count()))
+            })
+            .collect()
+    }
+
     /// The watch cache of a resource, by plural name.
     pub(crate) fn cache_of(&self, plural: &str) -> Option<Arc<Cache>> {
         self.caches.get(plural).cloned()

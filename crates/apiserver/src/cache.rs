@@ -180,6 +180,11 @@ impl Cache {
         (items, state.revision)
     }
 
+    /// How many objects the cache holds.
+    pub fn object_count(&self) -> usize {
+        self.read().objects.len()
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Stored>> {
         self.read().objects.get(key).cloned()
     }

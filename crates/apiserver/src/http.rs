@@ -388,7 +388,14 @@ impl Handler {
                     "application/jwk-set+json",
                 ));
             }
-            "/metrics" => return Ok(text(StatusCode::OK, self.metrics.render())),
+            "/metrics" => {
+                let mut resp = text(StatusCode::OK, self.metrics.render());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(kubox_prometheus::CONTENT_TYPE),
+                );
+                return Ok(resp);
+            }
             "/openapi/v3" => return ok(openapi::Documents::get(registry).index()),
             "/openapi/v2" if !swagger::accepts_json(&accept) => {
                 return Err(ApiError::new(
@@ -463,6 +470,7 @@ impl Handler {
             );
         };
         let started = std::time::Instant::now();
+        let held = self.metrics.hold(&rr);
         let dry_run = write_options(&q).dry_run;
         let result = match self.authorize(identity, &rr) {
             Err(e) => Err(e),
@@ -481,7 +489,16 @@ impl Handler {
             Err(e) => e.code.as_u16(),
         };
         self.metrics.observe(&rr, dry_run, code, started.elapsed());
-        result
+        match result {
+            // A watch is in flight for as long as its body streams.
+            Ok(resp) if rr.verb == Verb::Watch => Ok(resp.map(|body| {
+                BodyExt::boxed(body.map_frame(move |frame| {
+                    let _ = &held;
+                    frame
+                }))
+            })),
+            result => result,
+        }
     }
 
     /// metrics.k8s.io: `get` and `list` only, as metrics-server serves it.
@@ -863,9 +880,11 @@ impl Handler {
             .get(rt.group, rt.version, rt.plural)
             .cloned();
         let mut first_table = true;
+        let sent = self.metrics.watch_events(rt.group, rt.version, rt.kind);
         let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |e| {
             let line = match e {
                 WatchEvent::Object(kind, stored) => {
+                    sent.inc();
                     let object = match (form, &rt_ptr) {
                         (Form::Table, Some(rt)) => {
                             let meta = json!({"resourceVersion": stored.object["metadata"]["resourceVersion"]});

@@ -61,6 +61,8 @@ pub struct Config {
     /// How long Events are kept after their last update.
     pub event_ttl: std::time::Duration,
     pub authorization_mode: AuthorizationMode,
+    /// The process's metrics, which `/metrics` serves.
+    pub metrics: Arc<kubox_prometheus::Registry>,
 }
 
 /// Upstream's `--authorization-mode` values kubox has.
@@ -184,7 +186,7 @@ impl ApiServer {
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,
-            metrics: Default::default(),
+            metrics: metrics::Metrics::new(config.metrics.clone(), &api),
             nodes: node_proxy::NodeClient::new(&pki.client(
                 "apiserver-kubelet-client",
                 "kube-apiserver-kubelet-client",

@@ -57,6 +57,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         extra_sans: Vec::new(),
         event_ttl: Duration::from_secs(3600),
         authorization_mode: Default::default(),
+        metrics: Default::default(),
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

@@ -6,6 +6,7 @@ pub mod api;
 pub mod dns;
 pub mod ingress;
 mod load;
+pub mod metrics;
 pub mod net;
 pub mod pods;
 pub mod report;

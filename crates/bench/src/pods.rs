@@ -20,7 +20,7 @@ pub struct Options {
     pub runtime: String,
 }
 
-fn pod(name: &str) -> Pod {
+pub(crate) fn pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"bench": "pods"}},
         "spec": {
@@ -74,7 +74,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Linux reports CPU times in USER_HZ ticks, 100 a second on every architecture.
-const USER_HZ: f64 = 100.0;
+pub(crate) const USER_HZ: f64 = 100.0;
 
 /// CPU use of a process over `window`, in percent of one core.
 async fn cpu_percent(pid: u32, window: Duration) -> f64 {
@@ -106,7 +106,7 @@ fn pod_cgroups(uids: &[String]) -> usize {
         .count()
 }
 
-async fn running(api: &Api<Pod>, count: usize) -> anyhow::Result<()> {
+pub(crate) async fn running(api: &Api<Pod>, count: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let list = api

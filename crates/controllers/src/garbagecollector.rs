@@ -168,8 +168,8 @@ pub async fn run(ctx: Arc<Context>) {
             .into_iter()
             .map(|s| ((s.group().to_owned(), s.resource.kind.clone()), s))
             .collect(),
-        attempt_to_delete: WorkQueue::new(),
-        attempt_to_orphan: WorkQueue::new(),
+        attempt_to_delete: WorkQueue::new("garbage_collector_attempt_to_delete"),
+        attempt_to_orphan: WorkQueue::new("garbage_collector_attempt_to_orphan"),
         gone,
     });
     let informers: Vec<_> = monitored

@@ -28,6 +28,7 @@ mod podgc;
 mod podowners;
 mod pods;
 mod queue;
+mod queue_metrics;
 mod replicaset;
 mod resourcequota;
 mod rootca;
@@ -138,8 +139,14 @@ pub struct ControllerManager {
 }
 
 impl ControllerManager {
-    /// Campaigns for leadership and runs the controllers while leading.
-    pub fn start(client: kube::Client, config: Config) -> Self {
+    /// Campaigns for leadership and runs the controllers while leading,
+    /// with their work queues' metrics in `registry`.
+    pub fn start(
+        client: kube::Client,
+        config: Config,
+        registry: &kubox_prometheus::Registry,
+    ) -> Self {
+        queue_metrics::register(registry);
         let election =
             LeaderElection::new(client.clone(), "kube-system", LEASE, leader::identity());
         let task = tokio::spawn(election.run(move || lead(client.clone(), config.clone())));

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::queue_metrics::QueueMetrics;
 use crate::runner::Failures;
 
 struct State<T> {
@@ -23,10 +24,12 @@ pub struct WorkQueue<T> {
     state: Mutex<State<T>>,
     ready: Notify,
     failures: Failures<T>,
+    metrics: QueueMetrics,
 }
 
 impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
-    pub fn new() -> Arc<Self> {
+    /// A queue reporting its metrics as `name`, client-go's queue name.
+    pub fn new(name: &'static str) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -35,6 +38,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
             }),
             ready: Notify::new(),
             failures: Failures::default(),
+            metrics: QueueMetrics::new(name),
         })
     }
 
@@ -47,8 +51,10 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
         if !state.dirty.insert(item.clone()) {
             return;
         }
+        self.metrics.adds.inc();
         if !state.processing.contains(&item) {
             state.queue.push_back(item);
+            self.metrics.depth.set(state.queue.len() as i64);
             self.ready.notify_one();
         }
     }
@@ -66,6 +72,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
 
     /// Adds `item` again after its next exponential failure delay.
     pub fn add_rate_limited(self: &Arc<Self>, item: T) {
+        self.metrics.retries.inc();
         let delay = self.failures.delay(item.clone());
         self.add_after(item, delay);
     }
@@ -82,6 +89,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
             {
                 let mut state = self.lock();
                 if let Some(item) = state.queue.pop_front() {
+                    self.metrics.depth.set(state.queue.len() as i64);
                     state.dirty.remove(&item);
                     state.processing.insert(item.clone());
                     // Another item may be waiting for another worker.
@@ -100,6 +108,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
         state.processing.remove(item);
         if state.dirty.contains(item) {
             state.queue.push_back(item.clone());
+            self.metrics.depth.set(state.queue.len() as i64);
             self.ready.notify_one();
         }
     }
@@ -111,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_item_is_queued_once_and_requeued_when_added_while_processed() {
-        let q = WorkQueue::new();
+        let q = WorkQueue::new("test");
         q.add("a");
         q.add("a");
         q.add("b");

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
+
+use crate::queue_metrics::{QueueMetrics, queue_name};
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
 const LAST_RETRY: Duration = Duration::from_secs(1000);
@@ -42,6 +44,11 @@ impl<T: Hash + Eq> Failures<T> {
         delay
     }
 
+    /// How many items are failing.
+    pub(crate) fn len(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub(crate) fn forget(&self, item: &T) {
         self.counts
             .lock()
@@ -66,10 +73,13 @@ pub async fn run<K, C, F, Fut, E>(
     E: std::error::Error + Send + 'static,
 {
     let failures = Arc::new(Failures::<ObjectRef<K>>::default());
+    let metrics = QueueMetrics::new(queue_name(name));
     let on_error = {
-        let failures = failures.clone();
+        let (failures, metrics) = (failures.clone(), metrics.clone());
         move |obj: Arc<K>, error: &E, _: Arc<C>| {
+            metrics.retries.inc();
             let delay = failures.delay(ObjectRef::from_obj(&*obj));
+            metrics.depth.set(failures.len() as i64);
             tracing::warn!(
                 controller = name,
                 object = %ObjectRef::from_obj(&*obj),
@@ -78,10 +88,31 @@ pub async fn run<K, C, F, Fut, E>(
             Action::requeue(delay)
         }
     };
-    let mut results = std::pin::pin!(controller.run(reconcile, on_error, ctx));
+    // kube-runtime's scheduler keeps its queue to itself: what is seen of
+    // it here is each object handed to reconcile (an add) and the objects
+    // waiting out a retry delay (the depth).
+    let mut reconcile = reconcile;
+    let timed = {
+        let metrics = metrics.clone();
+        move |obj: Arc<K>, ctx: Arc<C>| {
+            metrics.adds.inc();
+            let work = reconcile(obj, ctx);
+            let metrics = metrics.clone();
+            async move {
+                let started = Instant::now();
+                let result = work.await;
+                metrics.worked(started.elapsed());
+                result
+            }
+        }
+    };
+    let mut results = std::pin::pin!(controller.run(timed, on_error, ctx));
     while let Some(result) = results.next().await {
         match result {
-            Ok((obj, _)) => failures.forget(&obj),
+            Ok((obj, _)) => {
+                failures.forget(&obj);
+                metrics.depth.set(failures.len() as i64);
+            }
             Err(e) => tracing::debug!(controller = name, "{e}"),
         }
     }

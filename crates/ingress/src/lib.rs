@@ -7,6 +7,7 @@
 mod annotations;
 mod backends;
 pub mod class;
+mod metrics;
 mod paths;
 mod proxy;
 mod service;
@@ -30,6 +31,16 @@ pub struct Config {
     /// Class names served besides the IngressClasses naming kubox's
     /// controller (`nginx`, for manifests written for ingress-nginx).
     pub extra_classes: Vec<String>,
+    /// Where each request's access log line goes.
+    pub access_log: AccessLog,
+}
+
+/// Where the access log goes: ingress-nginx logs to its standard output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +51,8 @@ pub enum Error {
     Certificate(#[from] tls::CertError),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("opening the access log {0}: {1}")]
+    AccessLog(std::path::PathBuf, #[source] std::io::Error),
 }
 
 /// A running ingress controller; dropping it stops it.
@@ -50,8 +63,24 @@ pub struct IngressController {
 }
 
 impl IngressController {
-    /// Binds both ports (so a port in use is an error now), then serves.
-    pub async fn start(client: kube::Client, config: Config) -> Result<Self, Error> {
+    /// Binds both ports (so a port in use is an error now), then serves,
+    /// with its request metrics in `registry`.
+    pub async fn start(
+        client: kube::Client,
+        config: Config,
+        registry: &kubox_prometheus::Registry,
+    ) -> Result<Self, Error> {
+        let log: Option<Box<dyn std::io::Write + Send>> = match &config.access_log {
+            AccessLog::Off => None,
+            AccessLog::Stdout => Some(Box::new(std::io::stdout())),
+            AccessLog::File(path) => Some(Box::new(std::io::LineWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::AccessLog(path.clone(), e))?,
+            ))),
+        };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -81,6 +110,7 @@ impl IngressController {
             routes,
             http_addr.port(),
             https_addr.port(),
+            metrics::Metrics::new(registry, log),
         ));
         let tasks = vec![
             tokio::spawn(sync::run(

@@ -4,14 +4,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::backends::Upstream;
+use crate::metrics::{Metrics, Origin, Served};
 use crate::table::{Route, Table};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -33,45 +35,126 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where `forward` sent a request, for its metrics and log line.
+#[derive(Default)]
+struct Routed {
+    origin: Option<Arc<Origin>>,
+    upstream: Option<Arc<Upstream>>,
+    endpoint: Option<SocketAddr>,
+    canary: bool,
+}
+
 pub struct Proxy {
     table: watch::Receiver<Arc<Table>>,
+    metrics: Metrics,
     client: Client<HttpConnector, Incoming>,
     http_port: u16,
     https_port: u16,
 }
 
 impl Proxy {
-    pub fn new(table: watch::Receiver<Arc<Table>>, http_port: u16, https_port: u16) -> Self {
+    pub fn new(
+        table: watch::Receiver<Arc<Table>>,
+        http_port: u16,
+        https_port: u16,
+        metrics: Metrics,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             table,
+            metrics,
             client,
             http_port,
             https_port,
         }
     }
 
+    /// Proxies one request, then counts and logs it.
     async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        https: bool,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let host = request_host(&req);
+        let method = req.method().as_str().to_owned();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        let version = format!("{:?}", req.version());
+        let get = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (referer, user_agent) = (get(header::REFERER), get(header::USER_AGENT));
+        let request_length = req.body().size_hint().exact().unwrap_or(0)
+            + target.len() as u64
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+                .sum::<u64>();
+        let mut routed = Routed::default();
+        let response = self.forward(req, remote, https, &host, &mut routed).await;
+        let upstream_name = routed.upstream.as_ref().map(|u| u.name.clone());
+        self.metrics.served(&Served {
+            remote,
+            method: &method,
+            target: &target,
+            version: &version,
+            host: &host,
+            referer: &referer,
+            user_agent: &user_agent,
+            request_length,
+            status: response.status().as_u16(),
+            body_bytes: response.body().size_hint().exact(),
+            took: started.elapsed(),
+            origin: routed.origin.as_deref(),
+            upstream: upstream_name.as_deref().zip(routed.endpoint),
+            canary: upstream_name.as_deref().filter(|_| routed.canary),
+        });
+        response
+    }
+
+    async fn forward(
         &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
         https: bool,
+        host: &str,
+        routed: &mut Routed,
     ) -> Response<Body> {
-        let host = request_host(&req);
+        let host = host.to_owned();
         let table = self.table.borrow().clone();
         let asked = req.uri().path().to_owned();
         let (upstream, path) =
             match table.route(&host, &asked, https, req.headers(), rand::random()) {
                 Route::NotFound => return page(StatusCode::NOT_FOUND),
                 Route::RedirectHttps => return self.redirect(&host, req.uri()),
-                Route::Proxy { upstream, path } => (upstream.clone(), path.into_owned()),
+                Route::Proxy {
+                    upstream,
+                    path,
+                    origin,
+                    canary,
+                } => {
+                    routed.origin = Some(origin.clone());
+                    routed.upstream = Some(upstream.clone());
+                    routed.canary = canary;
+                    (upstream.clone(), path.into_owned())
+                }
             };
         let Some(endpoint) = upstream.pick() else {
             return page(StatusCode::SERVICE_UNAVAILABLE);
         };
+        routed.endpoint = Some(endpoint);
         let query = req
             .uri()
             .query()
@@ -329,7 +412,12 @@ mod tests {
     #[test]
     fn forwarded_headers_name_the_peer_not_what_the_client_claims() {
         let (_, table) = watch::channel(Arc::new(Table::default()));
-        let proxy = Proxy::new(table, 8080, 8443);
+        let proxy = Proxy::new(
+            table,
+            8080,
+            8443,
+            Metrics::new(&kubox_prometheus::Registry::default(), None),
+        );
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         let peer: SocketAddr = "[::ffff:10.1.2.3]:5555".parse().unwrap();

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use crate::annotations::{Annotations, CanaryRules};
 use crate::backends::{Catalog, Upstream};
+use crate::metrics::Origin;
 use crate::paths::PathMatch;
 use crate::tls::{self, Certificates};
 
@@ -23,6 +24,10 @@ pub enum Route<'a> {
     Proxy {
         upstream: &'a Arc<Upstream>,
         path: Cow<'a, str>,
+        /// The rule (or default backend) that matched.
+        origin: &'a Arc<Origin>,
+        /// Whether the canary took the request.
+        canary: bool,
     },
     /// Plain HTTP to a location that wants HTTPS.
     RedirectHttps,
@@ -38,7 +43,7 @@ pub struct Table {
     /// Rules without a host.
     catch_all: Server,
     /// The oldest served Ingress's `defaultBackend`, for what no rule matches.
-    default: Option<Arc<Upstream>>,
+    default: Option<(Arc<Upstream>, Arc<Origin>)>,
     pub certificates: Certificates,
 }
 
@@ -52,6 +57,7 @@ struct Server {
 #[derive(Debug)]
 struct Location {
     path: PathMatch,
+    origin: Arc<Origin>,
     main: Arc<Upstream>,
     canary: Option<Canary>,
     rewrite: Option<String>,
@@ -204,7 +210,12 @@ impl Table {
             }
         }
         if let Some(upstream) = backend(&namespace, spec.default_backend.as_ref(), catalog) {
-            self.default.get_or_insert(upstream);
+            let origin = Arc::new(Origin {
+                namespace: namespace.clone(),
+                ingress: ingress.name_any(),
+                path: String::new(),
+            });
+            self.default.get_or_insert((upstream, origin));
         }
         for rule in spec.rules.iter().flatten() {
             let host = rule.host.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -232,6 +243,11 @@ impl Table {
                     continue;
                 }
                 server.locations.push(Location {
+                    origin: Arc::new(Origin {
+                        namespace: namespace.clone(),
+                        ingress: ingress.name_any(),
+                        path: matcher.source().to_owned(),
+                    }),
                     path: matcher,
                     main,
                     canary: None,
@@ -311,9 +327,11 @@ impl Table {
         let server = self.server(host);
         let Some(location) = server.locations.iter().find(|l| l.path.matches(path)) else {
             return match &self.default {
-                Some(upstream) => Route::Proxy {
+                Some((upstream, origin)) => Route::Proxy {
                     upstream,
                     path: Cow::Borrowed(path),
+                    origin,
+                    canary: false,
                 },
                 None => Route::NotFound,
             };
@@ -321,15 +339,20 @@ impl Table {
         if !https && (location.force_ssl_redirect || (location.ssl_redirect && server.tls)) {
             return Route::RedirectHttps;
         }
-        let upstream = match &location.canary {
-            Some(canary) if canary.takes(headers, roll) => &canary.upstream,
-            _ => &location.main,
+        let (upstream, canary) = match &location.canary {
+            Some(canary) if canary.takes(headers, roll) => (&canary.upstream, true),
+            _ => (&location.main, false),
         };
         let path = match &location.rewrite {
             Some(target) => Cow::Owned(location.path.rewrite(path, target)),
             None => Cow::Borrowed(path),
         };
-        Route::Proxy { upstream, path }
+        Route::Proxy {
+            upstream,
+            path,
+            origin: &location.origin,
+            canary,
+        }
     }
 }
 
@@ -399,7 +422,7 @@ mod tests {
 
     fn goes_with(table: &Table, host: &str, asked: &str, headers: &HeaderMap, roll: u32) -> String {
         match table.route(host, asked, false, headers, roll) {
-            Route::Proxy { upstream, path } => {
+            Route::Proxy { upstream, path, .. } => {
                 let svc = upstream.name.split(['/', ':']).nth(1).unwrap().to_owned();
                 if path == asked {
                     svc

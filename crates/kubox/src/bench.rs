@@ -93,6 +93,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         zones: usize,
     },
+    /// The cost of metrics: server CPU and memory with N pods while every
+    /// page is scraped each second, and the scrape times of the agent's
+    /// `/metrics/cadvisor` and `/metrics/resource` and the API server's
+    /// `/metrics`.
+    Metrics {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Scrapes of each page timed.
+        #[arg(long, default_value_t = 50)]
+        scrapes: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -182,6 +193,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let table =
                 kubox_bench::scheduler::run(kubox_bench::scheduler::Options { nodes, pods, zones })
                     .await?;
+            println!("{table}");
+        }
+        BenchCommand::Metrics { pods, scrapes } => {
+            let table =
+                kubox_bench::metrics::run(kubox_bench::metrics::Options { pods, scrapes }).await?;
             println!("{table}");
         }
         BenchCommand::Store {

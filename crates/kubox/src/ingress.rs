@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use kubox_ingress::{Config, IngressController};
+use kubox_ingress::{AccessLog, Config, IngressController};
 
 #[derive(Args, Clone)]
 pub struct IngressArgs {
@@ -22,15 +22,22 @@ pub struct IngressArgs {
     /// unchanged. Empty leaves them to a real ingress-nginx.
     #[arg(long, value_delimiter = ',', default_value = "nginx")]
     ingress_extra_classes: Vec<String>,
+    /// Where the ingress controller writes a line per request, in
+    /// ingress-nginx's format: a file, `-` for standard output, or empty
+    /// for none.
+    #[arg(long, default_value = "-")]
+    ingress_access_log: String,
 }
 
 /// Starts the controller with `kubeconfig`'s identity on `bind`'s ports,
-/// reporting `node_ip` as the Ingresses' address.
+/// reporting `node_ip` as the Ingresses' address, with its metrics in
+/// `metrics`.
 pub async fn start(
     args: &IngressArgs,
     kubeconfig: &Path,
     bind: IpAddr,
     node_ip: IpAddr,
+    metrics: &kubox_prometheus::Registry,
 ) -> anyhow::Result<IngressController> {
     let (client, _) = kubox_client::connect(kubeconfig).await?;
     let config = Config {
@@ -43,8 +50,13 @@ pub async fn start(
             .filter(|c| !c.is_empty())
             .cloned()
             .collect(),
+        access_log: match args.ingress_access_log.as_str() {
+            "" => AccessLog::Off,
+            "-" => AccessLog::Stdout,
+            path => AccessLog::File(path.into()),
+        },
     };
-    IngressController::start(client, config)
+    IngressController::start(client, config, metrics)
         .await
         .context("starting the ingress controller")
 }
@@ -59,6 +71,9 @@ pub struct StandaloneArgs {
     /// The address written to Ingresses' status; the machine's by default.
     #[arg(long)]
     node_ip: Option<IpAddr>,
+    /// The plain HTTP port of its `/metrics` (ingress-nginx's 10254); 0 for none.
+    #[arg(long, default_value_t = 10254)]
+    metrics_port: u16,
     #[command(flatten)]
     ingress: IngressArgs,
 }
@@ -66,7 +81,27 @@ pub struct StandaloneArgs {
 /// `kubox ingress`: the ingress controller alone, until SIGTERM or Ctrl-C.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let node_ip = args.node_ip.unwrap_or_else(crate::agent::default_ip);
-    let controller = start(&args.ingress, &args.kubeconfig, args.bind_address, node_ip).await?;
+    let metrics = std::sync::Arc::new(kubox_prometheus::Registry::default());
+    let controller = start(
+        &args.ingress,
+        &args.kubeconfig,
+        args.bind_address,
+        node_ip,
+        &metrics,
+    )
+    .await?;
+    let _metrics = if args.metrics_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(args.bind_address, args.metrics_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        println!("kubox ingress: metrics on http://{addr}/metrics");
+        Some(kubox_client::Tasks::new(vec![tokio::spawn(
+            kubox_prometheus::serve(listener, metrics),
+        )]))
+    };
     println!(
         "kubox ingress: serving HTTP on {} and HTTPS on {}",
         controller.http_addr, controller.https_addr

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kubox_apiserver::{ApiServer, Config};
-use kubox_store::{EtcdConfig, EtcdStore, SqliteConfig, SqliteStore, Store, spawn_compactor};
+use kubox_store::{
+    EtcdConfig, EtcdStore, MeteredStore, SqliteConfig, SqliteStore, Store, spawn_compactor,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Datastore {
@@ -149,10 +151,43 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// `apiserver_storage_size_bytes`: the embedded store's database and its
+/// write-ahead log on disk, read at each scrape.
+fn db_size_metric(metrics: &kubox_prometheus::Registry, db: PathBuf) {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Labels {
+        storage_cluster_id: String,
+    }
+    let size = Family::<Labels, Gauge>::default();
+    metrics.register(
+        "apiserver_storage_size_bytes",
+        "[STABLE] Size of the storage database file physically allocated in bytes.",
+        size.clone(),
+    );
+    metrics.on_scrape(move || {
+        let len = |suffix: &str| {
+            let mut path = db.clone().into_os_string();
+            path.push(suffix);
+            std::fs::metadata(path).map_or(0, |m| m.len())
+        };
+        size.get_or_create(&Labels {
+            storage_cluster_id: "sqlite".to_owned(),
+        })
+        .set((len("") + len("-wal")) as i64);
+    });
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
-    let store = open_store(&args).await?;
+    // One registry for every in-process component; the API server serves it.
+    let metrics = Arc::new(kubox_prometheus::Registry::default());
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(open_store(&args).await?, &metrics));
+    if let Datastore::Sqlite = args.datastore {
+        db_size_metric(&metrics, args.data_dir.join("db").join("state.db"));
+    }
     let _compactor = (!args.compaction_interval.is_zero())
         .then(|| spawn_compactor(store.clone(), args.compaction_interval));
     let advertise_address =
@@ -173,6 +208,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             AuthorizationMode::Rbac => kubox_apiserver::AuthorizationMode::Rbac,
             AuthorizationMode::AlwaysAllow => kubox_apiserver::AuthorizationMode::AlwaysAllow,
         },
+        metrics: metrics.clone(),
     };
     let server = ApiServer::start(store, &config)
         .await
@@ -200,7 +236,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
             .context("writing the scheduler's credentials")?;
         let (client, _) = kubox_client::connect(&kubeconfig).await?;
-        Some(kubox_scheduler::Scheduler::start(client))
+        Some(kubox_scheduler::Scheduler::start(client, &metrics))
     };
     let _metrics_server = {
         let kubeconfig = server
@@ -257,7 +293,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 },
             },
         };
-        Some(kubox_controllers::ControllerManager::start(client, config))
+        Some(kubox_controllers::ControllerManager::start(
+            client, config, &metrics,
+        ))
     };
     let ingress = if args.disable_ingress {
         None
@@ -266,7 +304,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("ingress", "system:kubox-ingress", &[])
             .context("writing the ingress controller's credentials")?;
         let node_ip = crate::agent::node_ip(&args.agent);
-        Some(crate::ingress::start(&args.ingress, &kubeconfig, args.bind_address, node_ip).await?)
+        Some(
+            crate::ingress::start(
+                &args.ingress,
+                &kubeconfig,
+                args.bind_address,
+                node_ip,
+                &metrics,
+            )
+            .await?,
+        )
     };
     println!("kubox server: API at https://{}", server.addr);
     if let Some(ingress) = &ingress {

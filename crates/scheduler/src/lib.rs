@@ -6,6 +6,7 @@
 mod affinity;
 mod cache;
 mod filters;
+mod metrics;
 mod node_info;
 mod preemption;
 mod queue;
@@ -17,6 +18,7 @@ use std::collections::{HashMap, hash_map::DefaultHasher};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
@@ -30,6 +32,7 @@ use rand::Rng;
 
 use crate::cache::Cache;
 pub use crate::filters::{node_fits, tolerates};
+use crate::metrics::Outcome;
 use crate::node_info::{NodeInfo, bound_node, occupies_node};
 use crate::queue::{Key, Queue};
 
@@ -53,7 +56,8 @@ struct Context {
     /// For affinity terms' namespaceSelector.
     namespaces: Store<Namespace>,
     cache: Mutex<Cache>,
-    queue: Queue,
+    queue: Arc<Queue>,
+    metrics: metrics::Metrics,
     events: Recorder,
     /// What each pending pod looked like when queued, so status-only updates
     /// (our own condition patches among them) do not retry it.
@@ -113,7 +117,10 @@ fn feasible_to_find(nodes: usize) -> usize {
 }
 
 impl Scheduler {
-    pub fn start(client: kube::Client) -> Self {
+    /// Starts scheduling, with the scheduler's metrics in `registry`.
+    pub fn start(client: kube::Client, registry: &kubox_prometheus::Registry) -> Self {
+        let queue = Arc::new(Queue::default());
+        let metrics = metrics::Metrics::new(registry, Arc::downgrade(&queue));
         let (pods, pods_writer) = reflector::store::<Pod>();
         let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
         let namespace_events = tokio::spawn(
@@ -133,7 +140,8 @@ impl Scheduler {
             client: client.clone(),
             pods,
             cache: Mutex::default(),
-            queue: Queue::default(),
+            queue,
+            metrics,
             seen: Mutex::default(),
             next_start: AtomicUsize::new(0),
         });
@@ -297,6 +305,7 @@ impl Context {
     }
 
     async fn schedule_one(self: &Arc<Self>, key: &str) {
+        let started = Instant::now();
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(pod) = self.pods.get(&ObjectRef::new(name).within(ns)) else {
             self.forget(key);
@@ -315,6 +324,7 @@ impl Context {
                 if let Some(candidate) = &preempt {
                     self.preempt(&pod, candidate).await;
                 }
+                self.metrics.attempt(Outcome::Unschedulable, started);
                 self.queue.unschedulable(key.to_owned(), priority(&pod));
                 return;
             }
@@ -328,13 +338,23 @@ impl Context {
         }
         // The binding cycle runs on its own, as upstream's: the next pod's
         // scheduling cycle need not wait for this pod's API round trip.
-        tokio::spawn(self.clone().binding_cycle(key.to_owned(), pod, chosen));
+        tokio::spawn(
+            self.clone()
+                .binding_cycle(key.to_owned(), pod, chosen, started),
+        );
     }
 
-    async fn binding_cycle(self: Arc<Self>, key: Key, pod: Arc<Pod>, chosen: String) {
+    async fn binding_cycle(
+        self: Arc<Self>,
+        key: Key,
+        pod: Arc<Pod>,
+        chosen: String,
+        started: Instant,
+    ) {
         let key = key.as_str();
         match self.bind(&pod, &chosen).await {
             Ok(()) => {
+                self.metrics.attempt(Outcome::Scheduled, started);
                 self.forget(key);
                 self.events.record(
                     pod_reference(&pod, None),
@@ -349,6 +369,7 @@ impl Context {
                     // Bound meanwhile, or gone: nothing left to do.
                     kube::Error::Api(s) if s.code == 409 || s.code == 404 => self.forget(key),
                     e => {
+                        self.metrics.attempt(Outcome::Error, started);
                         tracing::warn!(pod = key, "binding to {chosen}: {e}");
                         self.queue.retry(key.to_owned(), priority(&pod));
                     }

@@ -83,6 +83,12 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// How many pods wait in the active queue, in back-off, and unschedulable.
+    pub fn lengths(&self) -> (usize, usize, usize) {
+        let s = self.state();
+        (s.active.len(), s.backoff.len(), s.unschedulable.len())
+    }
+
     /// A pod that no longer needs scheduling.
     pub fn forget(&self, key: &str) {
         let mut s = self.state();

@@ -9,6 +9,7 @@ mod compactor;
 mod error;
 mod etcd;
 mod hub;
+mod metered;
 mod sqlite;
 mod types;
 
@@ -19,6 +20,7 @@ use futures::stream::BoxStream;
 pub use compactor::spawn_compactor;
 pub use error::{Error, Result};
 pub use etcd::{EtcdConfig, EtcdStore};
+pub use metered::MeteredStore;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::*;
 

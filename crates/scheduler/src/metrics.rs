@@ -1,0 +1,99 @@
+//! The scheduler's Prometheus metrics, with kube-scheduler's names, types
+//! and labels.
+
+use std::sync::Weak;
+use std::time::Instant;
+
+use kubox_prometheus::Registry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::queue::Queue;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+    profile: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: &'static str,
+}
+
+/// How an attempt to schedule a pod ended, as upstream's `result` label.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    Scheduled,
+    Unschedulable,
+    Error,
+}
+
+pub struct Metrics {
+    attempts: Family<AttemptLabels, Counter>,
+    durations: Family<AttemptLabels, Histogram>,
+}
+
+impl Metrics {
+    /// Registers the scheduler's metrics; `scheduler_pending_pods` is read
+    /// from `queue` at each scrape.
+    pub fn new(registry: &Registry, queue: Weak<Queue>) -> Self {
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        // Upstream's buckets: 1 ms doubling, 15 of them.
+        let durations = Family::<AttemptLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        let pending = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "scheduler_schedule_attempts",
+            "[STABLE] Number of attempts to schedule pods, by the result. 'unschedulable' means a pod could not be scheduled, while 'error' means an internal scheduler problem.",
+            attempts.clone(),
+        );
+        registry.register(
+            "scheduler_scheduling_attempt_duration_seconds",
+            "[STABLE] Scheduling attempt latency in seconds (scheduling algorithm + binding)",
+            durations.clone(),
+        );
+        registry.register(
+            "scheduler_pending_pods",
+            "[STABLE] Number of pending pods, by the queue type. 'active' means number of pods in activeQ; 'backoff' means number of pods in backoffQ; 'unschedulable' means number of pods in unschedulablePods.",
+            pending.clone(),
+        );
+        registry.on_scrape(move || {
+            let Some(queue) = queue.upgrade() else {
+                return;
+            };
+            let (active, backoff, unschedulable) = queue.lengths();
+            for (queue, n) in [
+                ("active", active),
+                ("backoff", backoff),
+                ("unschedulable", unschedulable),
+            ] {
+                pending.get_or_create(&QueueLabels { queue }).set(n as i64);
+            }
+        });
+        Self {
+            attempts,
+            durations,
+        }
+    }
+
+    /// Records one attempt, begun at `started`.
+    pub fn attempt(&self, outcome: Outcome, started: Instant) {
+        let labels = AttemptLabels {
+            result: match outcome {
+                Outcome::Scheduled => "scheduled",
+                Outcome::Unschedulable => "unschedulable",
+                Outcome::Error => "error",
+            },
+            profile: crate::DEFAULT_SCHEDULER,
+        };
+        self.attempts.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
