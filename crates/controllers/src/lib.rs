@@ -139,9 +139,14 @@ pub struct ControllerManager {
 
 impl ControllerManager {
     /// Campaigns for leadership and runs the controllers while leading.
-    pub fn start(client: kube::Client, config: Config) -> Self {
-        let election =
-            LeaderElection::new(client.clone(), "kube-system", LEASE, leader::identity());
+    pub fn start(client: kube::Client, config: Config, timing: leader::Timing) -> Self {
+        let election = LeaderElection::with_timing(
+            client.clone(),
+            "kube-system",
+            LEASE,
+            leader::identity(),
+            timing,
+        );
         let task = tokio::spawn(election.run(move || lead(client.clone(), config.clone())));
         Self {
             _tasks: kubox_client::Tasks::new(vec![task]),
