@@ -1,11 +1,10 @@
 //! The objects every cluster starts with.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::api::{Api, ObjectRef, WriteOptions};
+use crate::api::Api;
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult};
 
@@ -22,7 +21,7 @@ fn find(api: &Api, group: &str, version: &str, plural: &str) -> ApiResult<Arc<Re
         .ok_or_else(|| ApiError::internal(format!("{plural} is not registered")))
 }
 
-pub async fn run(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()> {
+pub async fn run(api: &Api, https_port: u16) -> ApiResult<()> {
     let namespaces = find(api, "", "v1", "namespaces")?;
     for ns in NAMESPACES {
         api.ensure(&namespaces, None, json!({"metadata": {"name": ns}}))
@@ -44,69 +43,5 @@ pub async fn run(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()>
     for class in crate::priority::system_classes() {
         api.ensure(&classes, None, class).await?;
     }
-    kubernetes_endpoints(api, advertise, https_port).await
-}
-
-/// Points the `kubernetes` Service at this API server, as upstream's
-/// endpoint reconciler does at start: its Endpoints and EndpointSlice name
-/// the address the server advertises. With one API server per cluster,
-/// the last to start is the one listed.
-async fn kubernetes_endpoints(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()> {
-    let ip = advertise.to_string();
-    let port = json!([{"name": "https", "port": https_port, "protocol": "TCP"}]);
-    let endpoints = json!({
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {
-            "name": "kubernetes",
-            "namespace": "default",
-            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
-        },
-        "subsets": [{"addresses": [{"ip": ip}], "ports": port}],
-    });
-    let rt = find(api, "", "v1", "endpoints")?;
-    upsert(api, &rt, endpoints, "subsets").await?;
-    let address_type = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "kubernetes",
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "kubernetes"},
-        },
-        "addressType": address_type,
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-        "ports": port,
-    });
-    let rt = find(api, "discovery.k8s.io", "v1", "endpointslices")?;
-    upsert(api, &rt, slice, "endpoints").await
-}
-
-/// Creates `obj`, or replaces the stored one when its `field` differs.
-async fn upsert(api: &Api, rt: &ResourceType, obj: Value, field: &str) -> ApiResult<()> {
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let body = serde_json::to_vec(&obj).unwrap_or_default();
-    match api.get(rt, Some("default"), &name).await {
-        Ok(current) if current[field] == obj[field] => Ok(()),
-        Ok(_) => {
-            let target = ObjectRef {
-                rt,
-                ns: Some("default"),
-                name: &name,
-                subresource: None,
-            };
-            api.update(target, &body, &WriteOptions::default())
-                .await
-                .map(drop)
-        }
-        Err(e) if e.reason == "NotFound" => api
-            .create(rt, Some("default"), &body, &WriteOptions::default())
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 mod node_proxy;
 pub mod openapi;
 pub mod patch;
+mod peers;
 pub mod pki;
 mod priority;
 pub mod registry;
@@ -26,6 +27,7 @@ pub mod request;
 pub mod resource_metrics;
 mod review;
 pub mod scale;
+pub mod secrets;
 pub mod selectors;
 pub mod server;
 pub mod serviceaccount;
@@ -63,6 +65,10 @@ pub struct Config {
     pub authorization_mode: AuthorizationMode,
     /// The process's metrics, which `/metrics` serves.
     pub metrics: Arc<kubox_prometheus::Registry>,
+    /// The cluster's shared secret (`--token`): with it the CA, the
+    /// service-account key and the rest of `DATA/pki` are shared with the
+    /// other servers on the same datastore (see `secrets`).
+    pub token: Option<String>,
 }
 
 /// Upstream's `--authorization-mode` values kubox has.
@@ -87,6 +93,8 @@ pub enum StartError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
     #[error("creating the built-in objects: {0}")]
     Bootstrap(String),
 }
@@ -102,12 +110,22 @@ pub struct ApiServer {
     server_url: String,
     data_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    peers: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.peers.abort();
     }
+}
+
+/// What every server of a cluster must share, made by the first one: the
+/// CA and the service-account signing key (whatever else is made here is
+/// shared too, see `secrets`).
+fn create_cluster_secrets(dir: &std::path::Path) -> Result<(), pki::PkiError> {
+    pki::Pki::load_or_create(dir)?.service_account_key()?;
+    Ok(())
 }
 
 fn sans(config: &Config) -> Vec<String> {
@@ -139,7 +157,13 @@ impl ApiServer {
     /// Makes certificates on first start, listens, and creates the built-in
     /// namespaces and the `kubernetes` Service.
     pub async fn start(store: Arc<dyn Store>, config: &Config) -> Result<Self, StartError> {
-        let pki = pki::Pki::load_or_create(&config.data_dir.join("pki"))?;
+        let pki_dir = config.data_dir.join("pki");
+        if let Some(token) = &config.token {
+            let shared =
+                secrets::share(store.as_ref(), &pki_dir, token, create_cluster_secrets).await?;
+            tracing::info!("cluster secrets: {shared:?}");
+        }
+        let pki = pki::Pki::load_or_create(&pki_dir)?;
         let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
         let serving = pki.serving(&sans(config))?;
         let tls = server::tls_config(&serving, pki.ca_pem())?;
@@ -195,9 +219,20 @@ impl ApiServer {
             tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
-        bootstrap::run(&api, config.advertise_address, addr.port())
+        bootstrap::run(&api, addr.port())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
+        // Servers starting together may race on the endpoints: a conflict
+        // is retried with what the other wrote.
+        let peer = peers::Peer::new(config.advertise_address, addr.port());
+        let mut attempts = 0;
+        while let Err(e) = peer.reconcile(&api).await {
+            attempts += 1;
+            if attempts >= 10 || !matches!(e.reason, "Conflict" | "AlreadyExists") {
+                return Err(StartError::Bootstrap(e.message));
+            }
+        }
+        let peers = peer.spawn(api.clone());
         let policy = rbac::policy::run(&api)
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
@@ -222,6 +257,7 @@ impl ApiServer {
             server_url,
             data_dir: config.data_dir.clone(),
             task,
+            peers,
         })
     }
 

@@ -231,6 +231,12 @@ impl Pki {
     }
 }
 
+/// Whether the PEM certificate is a CA's (basic constraints say so).
+pub fn is_ca(cert_pem: &[u8]) -> bool {
+    x509_parser::pem::parse_x509_pem(cert_pem)
+        .is_ok_and(|(_, pem)| pem.parse_x509().is_ok_and(|cert| cert.is_ca()))
+}
+
 /// Whether the PEM certificate names every one of `names` and is valid for 30 more days.
 fn covers(cert_pem: &str, names: &[String]) -> bool {
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {

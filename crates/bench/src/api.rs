@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
 use kubox_apiserver::ApiServer;
-use kubox_store::{SqliteConfig, SqliteStore};
+use kubox_store::{EtcdConfig, EtcdStore, SqliteConfig, SqliteStore, Store};
+use kubox_testkit::EtcdProcess;
 
 use crate::load::load;
 use crate::report::{Latencies, Table};
@@ -19,6 +20,8 @@ pub struct Options {
     pub duration: Duration,
     pub pods: usize,
     pub watchers: usize,
+    /// Also measure the API server on a real etcd (started on loopback).
+    pub etcd: bool,
 }
 
 async fn client(server: &ApiServer) -> anyhow::Result<Client> {
@@ -45,12 +48,33 @@ fn load_row(table: &mut Table, op: &str, clients: usize, rate: f64, lat: &Latenc
     ]);
 }
 
+/// The same phases against the embedded store, then (with `etcd`) a real
+/// etcd started on loopback, one table each.
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
-    let store =
+    let sqlite =
         Arc::new(SqliteStore::open(SqliteConfig::new(dir.path().join("db/state.db"))).await?);
+    let mut out = format!(
+        "Embedded store (SQLite):\n\n{}",
+        run_on(sqlite, dir.path(), &opts).await?
+    );
+    if opts.etcd {
+        let etcd = EtcdProcess::start().await;
+        let store = Arc::new(EtcdStore::connect(EtcdConfig::new(vec![etcd.endpoint()])).await?);
+        let dir = tempfile::tempdir()?;
+        let table = run_on(store, dir.path(), &opts).await?;
+        out.push_str(&format!("\netcd 3 (real, same machine):\n\n{table}"));
+    }
+    Ok(out)
+}
+
+async fn run_on(
+    store: Arc<dyn Store>,
+    dir: &std::path::Path,
+    opts: &Options,
+) -> anyhow::Result<String> {
     let config = kubox_apiserver::Config {
-        data_dir: dir.path().to_owned(),
+        data_dir: dir.to_owned(),
         bind_address: "127.0.0.1".parse()?,
         advertise_address: "127.0.0.1".parse()?,
         https_port: 0,
@@ -58,6 +82,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         event_ttl: Duration::from_secs(3600),
         authorization_mode: Default::default(),
         metrics: Default::default(),
+        token: None,
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

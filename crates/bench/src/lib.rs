@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod dns;
+pub mod failover;
 pub mod ingress;
 mod load;
 pub mod metrics;

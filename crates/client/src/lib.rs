@@ -2,6 +2,7 @@
 
 mod cache;
 pub mod events;
+pub mod failover;
 pub mod leader;
 pub mod quantity;
 mod tasks;
@@ -19,6 +20,8 @@ pub enum ConnectError {
     Config(String, #[source] kube::config::KubeconfigError),
     #[error("kubeconfig {0}: {1}")]
     Client(String, #[source] kube::Error),
+    #[error("kubeconfig {0}: {1}")]
+    Server(String, String),
 }
 
 /// A client with the identity and server of a kubeconfig file, and the file's contents.

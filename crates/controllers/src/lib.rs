@@ -144,11 +144,17 @@ impl ControllerManager {
     pub fn start(
         client: kube::Client,
         config: Config,
+        timing: leader::Timing,
         registry: &kubox_prometheus::Registry,
     ) -> Self {
         queue_metrics::register(registry);
-        let election =
-            LeaderElection::new(client.clone(), "kube-system", LEASE, leader::identity());
+        let election = LeaderElection::with_timing(
+            client.clone(),
+            "kube-system",
+            LEASE,
+            leader::identity(),
+            timing,
+        );
         let task = tokio::spawn(election.run(move || lead(client.clone(), config.clone())));
         Self {
             _tasks: kubox_client::Tasks::new(vec![task]),

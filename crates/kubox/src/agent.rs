@@ -92,6 +92,7 @@ pub fn node_ip(args: &AgentArgs) -> IpAddr {
 pub struct Node {
     _agent: Agent,
     _proxy: kubox_net::Proxy,
+    _balanced: Option<kubox_client::failover::Balanced>,
     pub network: std::sync::Arc<kubox_net::PodNetwork>,
 }
 
@@ -135,7 +136,16 @@ pub async fn start(
         }
         (Box::new(RuntimeCli::new(&args.runtime, &runtimes)), version)
     };
-    let (client, kubeconfig) = kubox_client::connect(kubeconfig).await?;
+    // A server's own node talks to its own API server, which it goes down
+    // with; a joined node reaches every server through its load balancer.
+    let (client, kubeconfig, balanced) = if control_plane {
+        let (client, kubeconfig) = kubox_client::connect(kubeconfig).await?;
+        (client, kubeconfig, None)
+    } else {
+        let (client, kubeconfig, balanced) =
+            kubox_client::failover::connect_balanced(kubeconfig).await?;
+        (client, kubeconfig, Some(balanced))
+    };
     // The agent's endpoint trusts the clients of the cluster CA its kubeconfig trusts.
     let client_ca_pem = kubeconfig
         .clusters
@@ -189,6 +199,7 @@ pub async fn start(
     Ok(Some(Node {
         _agent: agent,
         _proxy: proxy,
+        _balanced: balanced,
         network,
     }))
 }
@@ -222,7 +233,8 @@ pub struct StandaloneArgs {
 /// `kubox agent`: one more node for a running cluster, until SIGTERM or Ctrl-C.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     if let Some(count) = args.hollow {
-        let (client, _) = kubox_client::connect(&args.kubeconfig).await?;
+        let (client, _, _balanced) =
+            kubox_client::failover::connect_balanced(&args.kubeconfig).await?;
         let config = kubox_agent::hollow::HollowConfig {
             prefix: args.hollow_prefix,
             count,

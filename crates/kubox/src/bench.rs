@@ -22,6 +22,16 @@ enum BenchCommand {
         pods: usize,
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
+        /// Measure only the embedded store, not also a real etcd.
+        #[arg(long)]
+        no_etcd: bool,
+    },
+    /// Fail-over of the control plane: three servers on a three-member
+    /// etcd; the controller manager's leader is killed (SIGKILL) and the
+    /// time until another server's controllers act is measured, per trial.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
     },
     /// Pods on one node of a real server (scheduler, agent, container
     /// runtime): startup latency, memory and CPU with pods running,
@@ -125,13 +135,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             seconds,
             pods,
             watchers,
+            no_etcd,
         } => {
             let table = kubox_bench::api::run(kubox_bench::api::Options {
                 duration: Duration::from_secs(seconds),
                 pods,
                 watchers,
+                etcd: !no_etcd,
             })
             .await?;
+            println!("{table}");
+        }
+        BenchCommand::Failover { trials } => {
+            let table =
+                kubox_bench::failover::run(kubox_bench::failover::Options { trials }).await?;
             println!("{table}");
         }
         BenchCommand::Pods {

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod datastore;
 mod dns;
 mod image;
 mod ingress;
@@ -43,6 +44,8 @@ enum Command {
     Uninstall(net::UninstallArgs),
     /// Manage the cluster's users (client certificates and kubeconfigs).
     User(user::UserArgs),
+    /// Move a cluster's data between datastores (`migrate`: embedded to etcd).
+    Datastore(datastore::DatastoreArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
     /// The embedded container runtime's helper, which the node agent starts.
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Datastore(args) => datastore::run(args).await,
             Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kubox_apiserver::{ApiServer, Config};
+use kubox_client::leader::{self, LeaderElection};
 use kubox_store::{
     EtcdConfig, EtcdStore, MeteredStore, SqliteConfig, SqliteStore, Store, spawn_compactor,
 };
@@ -50,6 +51,11 @@ pub struct ServerArgs {
     /// Comma-separated etcd client URLs, with --datastore etcd.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
+    /// The cluster's shared secret: servers given the same token and
+    /// datastore share the cluster CA, the service-account key and the rest
+    /// of DATA/pki, which the first one makes and stores encrypted with it.
+    #[arg(long, env = "KUBOX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// How often history older than one interval is compacted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
@@ -67,6 +73,16 @@ pub struct ServerArgs {
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
+    /// How long the scheduler's and the controller manager's leader lease
+    /// lasts without renewal before another server takes it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it gives up leading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often leaders renew and candidates try to acquire.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
     /// Run no scheduler in this server (another one places pods).
     #[arg(long)]
     disable_scheduler: bool,
@@ -121,6 +137,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration {s:?}: use s, m or h")),
     };
     Ok(Duration::from_secs(seconds))
+}
+
+fn leader_timing(args: &ServerArgs) -> leader::Timing {
+    leader::Timing {
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+    }
 }
 
 /// The CA certificate (PEM) a kubeconfig trusts its API server by.
@@ -209,6 +233,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             AuthorizationMode::AlwaysAllow => kubox_apiserver::AuthorizationMode::AlwaysAllow,
         },
         metrics: metrics.clone(),
+        token: args.token.clone(),
     };
     let server = ApiServer::start(store, &config)
         .await
@@ -236,8 +261,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
             .context("writing the scheduler's credentials")?;
         let (client, _) = kubox_client::connect(&kubeconfig).await?;
-        Some(kubox_scheduler::Scheduler::start(client, &metrics))
+        // One scheduler acts among the servers of a cluster, as upstream's
+        // kube-scheduler with --leader-elect.
+        let election = LeaderElection::with_timing(
+            client.clone(),
+            "kube-system",
+            "kube-scheduler",
+            leader::identity(),
+            leader_timing(&args),
+        );
+        let metrics = metrics.clone();
+        let task = tokio::spawn(election.run(move || {
+            let scheduler = kubox_scheduler::Scheduler::start(client.clone(), &metrics);
+            async move {
+                let _scheduler = scheduler;
+                std::future::pending::<()>().await
+            }
+        }));
+        Some(kubox_client::Tasks::new(vec![task]))
     };
+    // Not leader-elected: every API server serves metrics.k8s.io from its
+    // own window, so each server's metrics-server fills its own (scraping
+    // is read-only, so N of them are safe).
     let _metrics_server = {
         let kubeconfig = server
             .component_kubeconfig("metrics-server", "system:metrics-server", &[])
@@ -294,7 +339,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
         };
         Some(kubox_controllers::ControllerManager::start(
-            client, config, &metrics,
+            client,
+            config,
+            leader_timing(&args),
+            &metrics,
         ))
     };
     let ingress = if args.disable_ingress {

@@ -6,7 +6,7 @@ pub mod hollow;
 pub mod images;
 pub mod node;
 
-pub use hollow::HollowCluster;
+pub use hollow::{HollowAgent, HollowCluster};
 pub use node::Runtime;
 
 use std::future::Future;
@@ -202,6 +202,121 @@ fn health(port: u16) -> bool {
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real etcd cluster of several members on loopback, each with its own
+/// data directory, for tests of what survives losing one.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    token: String,
+}
+
+struct EtcdMember {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until each reports healthy.
+    pub async fn start(size: usize) -> Self {
+        let members = (0..size)
+            .map(|_| EtcdMember {
+                child: None,
+                dir: tempfile::tempdir().expect("temporary directory for etcd"),
+                client_port: free_port(),
+                peer_port: free_port(),
+            })
+            .collect();
+        let mut cluster = Self {
+            members,
+            token: format!("kubox-test-{}-{}", std::process::id(), free_port()),
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i).await;
+        }
+        cluster
+    }
+
+    /// The client URLs of every member, comma-separated (`--etcd-endpoints`).
+    pub fn endpoints(&self) -> String {
+        (0..self.members.len())
+            .map(|i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn endpoint(&self, member: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[member].client_port)
+    }
+
+    /// Kills one member (SIGKILL).
+    pub fn kill(&mut self, member: usize) {
+        kill(&mut self.members[member].child);
+    }
+
+    /// Starts a killed member again on its data directory and waits until it is healthy.
+    pub async fn restart(&mut self, member: usize) {
+        self.kill(member);
+        self.spawn(member);
+        self.wait_healthy(member).await;
+    }
+
+    fn name(member: usize) -> String {
+        format!("member-{member}")
+    }
+
+    fn spawn(&mut self, member: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{}=http://127.0.0.1:{}", Self::name(i), m.peer_port))
+            .collect();
+        let m = &self.members[member];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", Self::name(member)))
+            .arg(format!(
+                "--data-dir={}",
+                m.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!("--initial-cluster-token={}", self.token))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd: is etcd-server installed? (scripts/test installs it)");
+        self.members[member].child = Some(child);
+    }
+
+    async fn wait_healthy(&self, member: usize) {
+        let port = self.members[member].client_port;
+        eventually(
+            "an etcd member to report healthy",
+            Duration::from_secs(60),
+            || async move { health(port).then_some(()) },
+        )
+        .await;
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            kill(&mut member.child);
+        }
     }
 }
 
@@ -621,6 +736,14 @@ impl KuboxServer {
     /// Starts the server again on the same data directory and port.
     pub async fn restart(&mut self) {
         self.kill();
+        self.spawn().await;
+    }
+
+    /// Restarts the server on the same data directory and ports with other
+    /// extra arguments (another datastore, say).
+    pub async fn restart_with(&mut self, extra_args: &[&str]) {
+        self.kill();
+        self.args = extra_args.iter().map(|s| s.to_string()).collect();
         self.spawn().await;
     }
 

@@ -1,0 +1,283 @@
+//! The `kubernetes` Service's endpoints list every live API server, as
+//! upstream's lease endpoint reconciler keeps them: each server renews a
+//! Lease `kube-system/apiserver-<hash>` (labelled as upstream's API server
+//! identity leases) naming the address it advertises, and from the Leases
+//! not expired writes the Endpoints and EndpointSlices; expired Leases (a
+//! server gone) are deleted by whichever server sees them first. Every
+//! server computes the same list, so N of them writing it agree.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
+use crate::deletion::DeleteOptions;
+use crate::registry::ResourceType;
+use crate::status::{ApiError, ApiResult};
+
+/// Upstream's identity lease label and value.
+pub const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity";
+const IDENTITY: &str = "kube-apiserver";
+/// The `ip:port` a server's lease stands for.
+pub const ADDRESS_ANNOTATION: &str = "kubox.io/advertise-address";
+/// Upstream's master lease TTL (`--endpoint-reconciler-type=lease`).
+const LEASE_SECONDS: i64 = 15;
+/// How often each server renews its lease and rewrites the endpoints.
+pub const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// This server's place among its peers.
+pub struct Peer {
+    address: SocketAddr,
+    lease: String,
+    holder: String,
+}
+
+fn find(api: &Api, group: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {
+    let version = "v1";
+    api.registry
+        .get(group, version, plural)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(format!("{plural} is not registered")))
+}
+
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    // The API keeps lease times to the microsecond.
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}
+
+impl Peer {
+    pub fn new(advertise: IpAddr, port: u16) -> Self {
+        let address = SocketAddr::new(advertise, port);
+        let digest = ring::digest::digest(&ring::digest::SHA256, address.to_string().as_bytes());
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let lease = format!("apiserver-{hash}");
+        Self {
+            holder: format!("{lease}_{}", uuid::Uuid::new_v4()),
+            address,
+            lease,
+        }
+    }
+
+    /// Renews this server's lease, drops expired ones, and writes the
+    /// `kubernetes` endpoints for the live servers.
+    pub async fn reconcile(&self, api: &Api) -> ApiResult<()> {
+        let leases = find(api, "coordination.k8s.io", "leases")?;
+        self.renew(api, &leases).await?;
+        let listed = api
+            .list(&leases, Some("kube-system"), &ListOptions::default())
+            .await?;
+        let now = now();
+        let mut live = vec![self.address];
+        for lease in listed["items"].as_array().into_iter().flatten() {
+            let meta = &lease["metadata"];
+            if meta["labels"][IDENTITY_LABEL] != IDENTITY {
+                continue;
+            }
+            let Some(address) = meta["annotations"][ADDRESS_ANNOTATION]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+            else {
+                continue;
+            };
+            let renewed = lease["spec"]["renewTime"]
+                .as_str()
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+            let seconds = lease["spec"]["leaseDurationSeconds"]
+                .as_i64()
+                .unwrap_or(LEASE_SECONDS);
+            if renewed.is_some_and(|r| r + time::Duration::seconds(seconds) > now) {
+                live.push(address);
+            } else if let Some(name) = meta["name"].as_str() {
+                // Another server may have deleted it first: that is fine.
+                let _ = api
+                    .delete(
+                        &leases,
+                        Some("kube-system"),
+                        name,
+                        &DeleteOptions::default(),
+                    )
+                    .await;
+            }
+        }
+        live.sort();
+        live.dedup();
+        write_endpoints(api, &live).await
+    }
+
+    async fn renew(&self, api: &Api, leases: &ResourceType) -> ApiResult<()> {
+        let renew_time = now().format(&Rfc3339).unwrap_or_default();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_default();
+        let mut lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.lease,
+                "namespace": "kube-system",
+                "labels": {IDENTITY_LABEL: IDENTITY, "kubernetes.io/hostname": host},
+                "annotations": {ADDRESS_ANNOTATION: self.address.to_string()},
+            },
+            "spec": {
+                "holderIdentity": self.holder,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": renew_time,
+            },
+        });
+        match api.get(leases, Some("kube-system"), &self.lease).await {
+            Ok(current) => {
+                lease["metadata"]["resourceVersion"] =
+                    current["metadata"]["resourceVersion"].clone();
+                let body = serde_json::to_vec(&lease).unwrap_or_default();
+                let target = ObjectRef {
+                    rt: leases,
+                    ns: Some("kube-system"),
+                    name: &self.lease,
+                    subresource: None,
+                };
+                api.update(target, &body, &WriteOptions::default())
+                    .await
+                    .map(drop)
+            }
+            Err(e) if e.reason == "NotFound" => {
+                let body = serde_json::to_vec(&lease).unwrap_or_default();
+                api.create(leases, Some("kube-system"), &body, &WriteOptions::default())
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reconciles at once, then every [`RECONCILE_PERIOD`] until dropped.
+    pub fn spawn(self, api: Arc<Api>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECONCILE_PERIOD).await;
+                if let Err(e) = self.reconcile(&api).await {
+                    tracing::warn!(
+                        "reconciling the kubernetes Service's endpoints: {}",
+                        e.message
+                    );
+                }
+            }
+        })
+    }
+}
+
+/// The Endpoints (one subset per port) and EndpointSlices (`kubernetes`
+/// for the lowest port, `kubernetes-<port>` for others: servers on one
+/// machine listen on different ports) of the live servers.
+async fn write_endpoints(api: &Api, live: &[SocketAddr]) -> ApiResult<()> {
+    let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+    for a in live {
+        by_port.entry(a.port()).or_default().push(a.ip());
+    }
+    let ports = |port: u16| json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    let subsets: Vec<Value> = by_port
+        .iter()
+        .map(|(port, ips)| {
+            let addresses: Vec<Value> =
+                ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+            json!({"addresses": addresses, "ports": ports(*port)})
+        })
+        .collect();
+    let endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+        },
+        "subsets": subsets,
+    });
+    let rt = find(api, "", "endpoints")?;
+    upsert(api, &rt, endpoints, "subsets").await?;
+    let slices = find(api, "discovery.k8s.io", "endpointslices")?;
+    let mut wanted = Vec::new();
+    for (i, (port, ips)) in by_port.iter().enumerate() {
+        let name = if i == 0 {
+            "kubernetes".to_owned()
+        } else {
+            format!("kubernetes-{port}")
+        };
+        let address_type = if ips[0].is_ipv4() { "IPv4" } else { "IPv6" };
+        let endpoints: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "labels": {SERVICE_NAME_LABEL: "kubernetes"},
+            },
+            "addressType": address_type,
+            "endpoints": endpoints,
+            "ports": ports(*port),
+        });
+        upsert(api, &slices, slice, "endpoints").await?;
+        wanted.push(name);
+    }
+    let listed = api
+        .list(&slices, Some("default"), &ListOptions::default())
+        .await?;
+    for slice in listed["items"].as_array().into_iter().flatten() {
+        let meta = &slice["metadata"];
+        let Some(name) = meta["name"].as_str() else {
+            continue;
+        };
+        if meta["labels"][SERVICE_NAME_LABEL] == "kubernetes"
+            && name.starts_with("kubernetes")
+            && !wanted.iter().any(|w| w == name)
+        {
+            let _ = api
+                .delete(&slices, Some("default"), name, &DeleteOptions::default())
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `obj`, or replaces the stored one when its `field` (or, for a
+/// slice, its ports) differs.
+async fn upsert(api: &Api, rt: &ResourceType, obj: Value, field: &str) -> ApiResult<()> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = serde_json::to_vec(&obj).unwrap_or_default();
+    match api.get(rt, Some("default"), &name).await {
+        Ok(current) if current[field] == obj[field] && current["ports"] == obj["ports"] => Ok(()),
+        Ok(_) => {
+            let target = ObjectRef {
+                rt,
+                ns: Some("default"),
+                name: &name,
+                subresource: None,
+            };
+            api.update(target, &body, &WriteOptions::default())
+                .await
+                .map(drop)
+        }
+        Err(e) if e.reason == "NotFound" => api
+            .create(rt, Some("default"), &body, &WriteOptions::default())
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    }
+}
