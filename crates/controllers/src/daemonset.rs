@@ -20,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::Selector;
-use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -30,8 +29,8 @@ use crate::deployment::util::{compute_hash, scaled_value};
 use crate::expectations::Expectations;
 use crate::history::{self, REVISION_HASH};
 use crate::ownerref::{self, Claimer};
-use crate::podowners::{PodOwners, Selecting, key};
-use crate::{Change, Context, Error, api_message, is_not_found, pods, runner};
+use crate::podowners::{self, OwnsPods, Selecting, key};
+use crate::{Context, Error, api_message, is_not_found, pods, runner};
 
 pub const COMPONENT: &str = "daemonset-controller";
 
@@ -52,6 +51,18 @@ struct Shared {
     revisions: Store<ControllerRevision>,
 }
 
+impl OwnsPods for Shared {
+    type Owner = DaemonSet;
+
+    fn owners(&self) -> &Store<DaemonSet> {
+        &self.sets
+    }
+
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let sets = ctx.informers.get::<DaemonSet>();
     let pod_informer = ctx.informers.get::<Pod>();
@@ -70,23 +81,6 @@ pub async fn run(ctx: Arc<Context>) {
         nodes: nodes.store(),
         revisions: revisions.store(),
     });
-    let on_set = shared.clone();
-    let set_changes = sets.changes().map(move |change| {
-        if let Change::Deleted(gone) = &change {
-            on_set.expectations.forget(&key(gone.meta()));
-        }
-        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
-    });
-    let on_pod = shared.clone();
-    let pod_triggers = pod_informer.changes().flat_map(move |change| {
-        futures::stream::iter(
-            PodOwners {
-                owners: &on_pod.sets,
-                expectations: &on_pod.expectations,
-            }
-            .pod_changed(change),
-        )
-    });
     // Any node change may change where every DaemonSet runs.
     let on_node = shared.clone();
     let node_triggers = nodes.changes().flat_map(move |_| {
@@ -99,9 +93,8 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect::<Vec<_>>(),
         )
     });
-    let controller = Controller::for_stream(set_changes, sets.store())
-        .reconcile_on(pod_triggers)
-        .reconcile_on(node_triggers);
+    let controller =
+        podowners::controller(&shared, &sets, &pod_informer).reconcile_on(node_triggers);
     runner::run(COMPONENT, controller, reconcile, shared).await;
 }
 

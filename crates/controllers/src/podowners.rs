@@ -7,14 +7,16 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
+use kube::runtime::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 
 use crate::expectations::Expectations;
-use crate::{Change, Informed, ownerref, pods};
+use crate::{Change, Informed, Informer, ownerref, pods};
 
 /// A controller of pods chosen by a label selector.
 pub trait Selecting: Informed {
@@ -119,4 +121,51 @@ impl<K: Selecting> PodOwners<'_, K> {
             .map(|o| ObjectRef::from_obj(&*o))
             .collect()
     }
+}
+
+/// The shared state of a pod-owning controller, as the wiring reads it.
+pub trait OwnsPods: Send + Sync + 'static {
+    type Owner: Selecting;
+
+    fn owners(&self) -> &Store<Self::Owner>;
+
+    fn expectations(&self) -> &Expectations;
+
+    /// A deleted owner's expectations go, so one recreated under its name
+    /// starts clean.
+    fn owner_deleted(&self, owner: &Self::Owner) {
+        self.expectations().forget(&key(owner.meta()));
+    }
+
+    /// The owners a pod change concerns.
+    fn pod_changed(&self, change: Change<Pod>) -> Vec<ObjectRef<Self::Owner>> {
+        PodOwners {
+            owners: self.owners(),
+            expectations: self.expectations(),
+        }
+        .pod_changed(change)
+    }
+}
+
+/// The work queue of a pod-owning controller (upstream's informer event
+/// handlers of ReplicaSet, Job, DaemonSet and StatefulSet): an owner is
+/// reconciled when it changes and when one of its pods does, and its
+/// expectations are dropped when it is deleted.
+pub fn controller<S: OwnsPods>(
+    shared: &Arc<S>,
+    owners: &Informer<S::Owner>,
+    pods: &Informer<Pod>,
+) -> Controller<S::Owner> {
+    let on_owner = shared.clone();
+    let owner_changes = owners.changes().map(move |change| {
+        if let Change::Deleted(gone) = &change {
+            on_owner.owner_deleted(gone);
+        }
+        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
+    });
+    let on_pod = shared.clone();
+    let pod_triggers = pods
+        .changes()
+        .flat_map(move |change| futures::stream::iter(on_pod.pod_changed(change)));
+    Controller::for_stream(owner_changes, owners.store()).reconcile_on(pod_triggers)
 }

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -18,16 +17,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, PostParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use kubox_client::events::{Recorder, Type};
 
 use crate::expectations::Expectations;
 use crate::ownerref::{self, Claimer};
-use crate::podowners::{PodOwners, Selecting, key};
-use crate::{Change, Context, Error, api_message, is_not_found, pods, runner};
+use crate::podowners::{self, OwnsPods, Selecting, key};
+use crate::{Context, Error, api_message, is_not_found, pods, runner};
 
 /// At most this many pods are created or deleted in one sync.
 const BURST: usize = 500;
@@ -178,33 +176,23 @@ async fn run<K: Replicated>(ctx: Arc<Context>) {
         owners: owners.store(),
         pods: pod_informer.store(),
     });
-    let on_owner = shared.clone();
-    let owner_changes = owners.changes().map(move |change| {
-        // A deleted controller's expectations go, so one recreated under
-        // its name starts clean.
-        if let Change::Deleted(gone) = &change {
-            on_owner.expectations.forget(&key(gone.meta()));
-        }
-        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
-    });
-    let on_pod = shared.clone();
-    let pod_triggers = pod_informer
-        .changes()
-        .flat_map(move |change| futures::stream::iter(on_pod.pod_changed(change)));
-    let controller =
-        Controller::for_stream(owner_changes, owners.store()).reconcile_on(pod_triggers);
+    let controller = podowners::controller(&shared, &owners, &pod_informer);
     runner::run(K::COMPONENT, controller, reconcile::<K>, shared).await;
 }
 
-impl<K: Replicated> Shared<K> {
-    fn pod_changed(&self, change: Change<Pod>) -> Vec<ObjectRef<K>> {
-        PodOwners {
-            owners: &self.owners,
-            expectations: &self.expectations,
-        }
-        .pod_changed(change)
+impl<K: Replicated> OwnsPods for Shared<K> {
+    type Owner = K;
+
+    fn owners(&self) -> &Store<K> {
+        &self.owners
     }
 
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
+    }
+}
+
+impl<K: Replicated> Shared<K> {
     fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
         self.pods
             .state()

@@ -18,14 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::Selector;
-use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -34,7 +32,7 @@ use serde_json::json;
 
 use crate::expectations::Expectations;
 use crate::ownerref::{self, Claimer};
-use crate::podowners::{PodOwners, Selecting, key};
+use crate::podowners::{self, OwnsPods, PodOwners, Selecting, key};
 use crate::{Change, Context, Error, api_message, is_not_found, pods, runner};
 use status::Tracker;
 
@@ -109,18 +107,7 @@ pub async fn run(ctx: Arc<Context>) {
         removing: Mutex::default(),
         backoffs: Mutex::default(),
     });
-    let on_job = shared.clone();
-    let job_changes = jobs.changes().map(move |change| {
-        if let Change::Deleted(gone) = &change {
-            on_job.job_deleted(gone);
-        }
-        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
-    });
-    let on_pod = shared.clone();
-    let pod_triggers = pod_informer
-        .changes()
-        .flat_map(move |change| futures::stream::iter(on_pod.pod_changed(change)));
-    let controller = Controller::for_stream(job_changes, jobs.store()).reconcile_on(pod_triggers);
+    let controller = podowners::controller(&shared, &jobs, &pod_informer);
     runner::run(COMPONENT, controller, reconcile, shared).await;
 }
 
@@ -146,9 +133,15 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or_default()
 }
 
-impl Shared {
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
+impl OwnsPods for Shared {
+    type Owner = Job;
+
+    fn owners(&self) -> &Store<Job> {
+        &self.jobs
+    }
+
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
     }
 
     fn pod_changed(&self, change: Change<Pod>) -> Vec<ObjectRef<Job>> {
@@ -180,7 +173,7 @@ impl Shared {
 
     /// A deleted Job lets go of its pods' finalizers (upstream's
     /// cleanupPodFinalizers).
-    fn job_deleted(&self, job: &Job) {
+    fn owner_deleted(&self, job: &Job) {
         let job_key = key(&job.metadata);
         self.expectations.forget(&job_key);
         Self::lock(&self.removing).remove(&job_key);
@@ -196,6 +189,12 @@ impl Shared {
             })
             .collect();
         self.release(held);
+    }
+}
+
+impl Shared {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn release(&self, held: Vec<Arc<Pod>>) {

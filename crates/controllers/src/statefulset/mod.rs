@@ -14,7 +14,6 @@ mod plan;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodTemplateSpec};
@@ -22,7 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
-use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -33,8 +31,8 @@ use crate::deployment::util::compute_hash;
 use crate::expectations::Expectations;
 use crate::history::{self, REVISION_HASH};
 use crate::ownerref::{self, Claimer};
-use crate::podowners::{PodOwners, Selecting, key};
-use crate::{Change, Context, Error, api_message, is_not_found, is_reason, runner};
+use crate::podowners::{self, OwnsPods, Selecting, key};
+use crate::{Context, Error, api_message, is_not_found, is_reason, runner};
 
 use plan::Members;
 
@@ -56,6 +54,18 @@ struct Shared {
     revisions: Store<ControllerRevision>,
 }
 
+impl OwnsPods for Shared {
+    type Owner = StatefulSet;
+
+    fn owners(&self) -> &Store<StatefulSet> {
+        &self.sets
+    }
+
+    fn expectations(&self) -> &Expectations {
+        &self.expectations
+    }
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let sets = ctx.informers.get::<StatefulSet>();
     let pod_informer = ctx.informers.get::<Pod>();
@@ -74,24 +84,7 @@ pub async fn run(ctx: Arc<Context>) {
         claims: claims.store(),
         revisions: revisions.store(),
     });
-    let on_set = shared.clone();
-    let set_changes = sets.changes().map(move |change| {
-        if let Change::Deleted(gone) = &change {
-            on_set.expectations.forget(&key(gone.meta()));
-        }
-        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
-    });
-    let on_pod = shared.clone();
-    let pod_triggers = pod_informer.changes().flat_map(move |change| {
-        futures::stream::iter(
-            PodOwners {
-                owners: &on_pod.sets,
-                expectations: &on_pod.expectations,
-            }
-            .pod_changed(change),
-        )
-    });
-    let controller = Controller::for_stream(set_changes, sets.store()).reconcile_on(pod_triggers);
+    let controller = podowners::controller(&shared, &sets, &pod_informer);
     runner::run(COMPONENT, controller, reconcile, shared).await;
 }
 
