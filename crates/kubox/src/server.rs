@@ -270,9 +270,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             leader::identity(),
             leader_timing(&args),
         );
-        let metrics = metrics.clone();
+        let metrics = kubox_scheduler::Metrics::new(&metrics);
         let task = tokio::spawn(election.run(move || {
-            let scheduler = kubox_scheduler::Scheduler::start(client.clone(), &metrics);
+            let scheduler = kubox_scheduler::Scheduler::start(client.clone(), metrics.clone());
             async move {
                 let _scheduler = scheduler;
                 std::future::pending::<()>().await

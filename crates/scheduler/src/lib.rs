@@ -7,6 +7,8 @@ mod affinity;
 mod cache;
 mod filters;
 mod metrics;
+
+pub use metrics::Metrics;
 mod node_info;
 mod preemption;
 mod queue;
@@ -117,10 +119,10 @@ fn feasible_to_find(nodes: usize) -> usize {
 }
 
 impl Scheduler {
-    /// Starts scheduling, with the scheduler's metrics in `registry`.
-    pub fn start(client: kube::Client, registry: &kubox_prometheus::Registry) -> Self {
+    /// Starts scheduling, recording into `metrics`.
+    pub fn start(client: kube::Client, metrics: Metrics) -> Self {
         let queue = Arc::new(Queue::default());
-        let metrics = metrics::Metrics::new(registry, Arc::downgrade(&queue));
+        metrics.follow(&queue);
         let (pods, pods_writer) = reflector::store::<Pod>();
         let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
         let namespace_events = tokio::spawn(

@@ -1,7 +1,7 @@
 //! The scheduler's Prometheus metrics, with kube-scheduler's names, types
 //! and labels.
 
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use kubox_prometheus::Registry;
@@ -32,15 +32,20 @@ pub enum Outcome {
     Error,
 }
 
+/// Registered once per process: a scheduler started again (a server that
+/// wins back leadership) records into the same series.
+#[derive(Clone)]
 pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     durations: Family<AttemptLabels, Histogram>,
+    /// The running scheduler's queue, which `scheduler_pending_pods` reads.
+    queue: Arc<Mutex<Weak<Queue>>>,
 }
 
 impl Metrics {
-    /// Registers the scheduler's metrics; `scheduler_pending_pods` is read
-    /// from `queue` at each scrape.
-    pub fn new(registry: &Registry, queue: Weak<Queue>) -> Self {
+    /// Registers the scheduler's metrics in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let queue = Arc::new(Mutex::new(Weak::<Queue>::new()));
         let attempts = Family::<AttemptLabels, Counter>::default();
         // Upstream's buckets: 1 ms doubling, 15 of them.
         let durations = Family::<AttemptLabels, Histogram>::new_with_constructor(|| {
@@ -62,8 +67,9 @@ impl Metrics {
             "[STABLE] Number of pending pods, by the queue type. 'active' means number of pods in activeQ; 'backoff' means number of pods in backoffQ; 'unschedulable' means number of pods in unschedulablePods.",
             pending.clone(),
         );
+        let watched = queue.clone();
         registry.on_scrape(move || {
-            let Some(queue) = queue.upgrade() else {
+            let Some(queue) = watched.lock().unwrap_or_else(|e| e.into_inner()).upgrade() else {
                 return;
             };
             let (active, backoff, unschedulable) = queue.lengths();
@@ -78,7 +84,13 @@ impl Metrics {
         Self {
             attempts,
             durations,
+            queue,
         }
+    }
+
+    /// `scheduler_pending_pods` follows `queue` from now on.
+    pub(crate) fn follow(&self, queue: &Arc<Queue>) {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(queue);
     }
 
     /// Records one attempt, begun at `started`.
