@@ -1260,7 +1260,7 @@ impl Api {
         target: ObjectRef<'_>,
         patch_type: Option<PatchType>,
         body: &[u8],
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> ApiResult<Value> {
         let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
@@ -1286,12 +1286,14 @@ impl Api {
             };
             let mut new = old.clone();
             scale::apply_scale(rt, &mut new, &scale)?;
+            let now = now_rfc3339();
+            apply::track_scale(&old, &mut new, &opts.writer(rt, Some("scale"), &now));
             let main = ObjectRef {
                 subresource: None,
                 ..target
             };
             match self
-                .write_update(main, &old, new, expected, dry_run, None)
+                .write_update(main, &old, new, expected, opts.dry_run, None)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
