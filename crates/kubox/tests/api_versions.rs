@@ -342,3 +342,50 @@ async fn events_k8s_io_is_a_view_of_core_events() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "python events ok\n");
 }
+
+/// Discovery and OpenAPI carry the converted versions: kubectl lists them,
+/// explains them and finds their documents.
+#[tokio::test]
+async fn converted_versions_are_discovered_and_explained() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let k = |args: &[&str]| server.kubectl_ok(args);
+    let index: serde_json::Value =
+        serde_json::from_str(&k(&["get", "--raw", "/openapi/v3"])).unwrap();
+    for gv in [
+        "apis/autoscaling/v1",
+        "apis/autoscaling/v2",
+        "apis/events.k8s.io/v1",
+    ] {
+        assert!(index["paths"][gv].is_object(), "{gv} in {index}");
+    }
+    let wide = k(&["api-resources", "-o", "wide", "--api-group=events.k8s.io"]);
+    let mut lines = wide.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SHORTNAMES",
+            "APIVERSION",
+            "NAMESPACED",
+            "KIND",
+            "VERBS",
+            "CATEGORIES"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "events",
+            "ev",
+            "events.k8s.io/v1",
+            "true",
+            "Event",
+            "create,delete,deletecollection,get,list,patch,update,watch"
+        ],
+        "{wide}"
+    );
+    let explained = k(&["explain", "events.note", "--api-version=events.k8s.io/v1"]);
+    assert!(explained.contains("FIELD: note <string>"), "{explained}");
+}
