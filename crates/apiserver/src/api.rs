@@ -203,13 +203,66 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
     }
 }
 
+/// Records a write in the object's managedFields, in the version the
+/// client wrote: for a converted version, on that version's view of the old
+/// and new objects, so the field paths are those the client sent.
+fn track_update(rt: &ResourceType, old: Option<&Value>, new: &mut Value, writer: &apply::Writer) {
+    if rt.conversion.is_none() {
+        return apply::track_update(old, new, writer);
+    }
+    let old_view = old.map(|o| rt.from_storage(o.clone()));
+    let mut new_view = rt.from_storage(new.clone());
+    apply::track_update(old_view.as_ref(), &mut new_view, writer);
+    match new_view["metadata"]
+        .get_mut("managedFields")
+        .map(Value::take)
+    {
+        Some(fields) if !fields.is_null() => new["metadata"]["managedFields"] = fields,
+        _ => {
+            if let Some(m) = new["metadata"].as_object_mut() {
+                m.remove("managedFields");
+            }
+        }
+    }
+}
+
+/// A watch of stored objects seen in a converted version. The forwarding
+/// task ends when either side does: a closed cache watch (a lagging
+/// watcher) closes the client's, as it would unconverted.
+fn converted_watch(
+    served: Arc<ResourceType>,
+    mut stored: tokio::sync::mpsc::Receiver<WatchEvent>,
+) -> tokio::sync::mpsc::Receiver<WatchEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(event) = stored.recv().await {
+            let event = match event {
+                WatchEvent::Object(kind, s) => WatchEvent::Object(
+                    kind,
+                    Arc::new(Stored {
+                        key: s.key.clone(),
+                        object: served.from_storage(s.object.clone()),
+                        revision: s.revision,
+                    }),
+                ),
+                other => other,
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 impl Api {
     pub fn new(store: Arc<dyn Store>, event_ttl: std::time::Duration) -> Self {
         let registry = Registry::builtin();
         let caches = registry
             .types()
             .iter()
-            .filter(|t| t.stored())
+            // A converted version shares the stored version's cache.
+            .filter(|t| t.stored() && t.conversion.is_none())
             .map(|t| (t.plural, Cache::start(store.clone(), t.key_prefix())))
             .collect();
         Self {
@@ -327,6 +380,7 @@ impl Api {
         let mut obj = typed;
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
+        let mut obj = rt.to_storage(obj, self.registry.storage_of(rt))?;
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
         }
@@ -356,7 +410,7 @@ impl Api {
     }
 
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
-        Ok(self.load(rt, ns, name).await?.0)
+        Ok(rt.from_storage(self.load(rt, ns, name).await?.0))
     }
 
     /// The stored object, with its resourceVersion set, and its revision; 404 if absent.
@@ -374,13 +428,21 @@ impl Api {
     fn filter(rt: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> ApiResult<Filter> {
         for f in opts.field_selector.fields() {
             let generic = ["metadata.name", "metadata.namespace"].contains(&f);
-            if !generic && !crate::selectors::supported_fields(rt.plural).contains(&f) {
+            let supported = match rt.conversion {
+                Some(c) => c.field_labels.iter().any(|(served, _)| *served == f),
+                None => crate::selectors::supported_fields(rt.plural).contains(&f),
+            };
+            if !generic && !supported {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {f}"
                 )));
             }
         }
-        let (labels, fields) = (opts.label_selector.clone(), opts.field_selector.clone());
+        // Selectors match stored objects, so they name the stored form's fields.
+        let labels = opts.label_selector.clone();
+        let fields = opts
+            .field_selector
+            .renamed(|f| rt.storage_field_label(f).to_owned());
         let ns = ns.map(str::to_owned);
         Ok(Arc::new(move |s: &Stored| {
             let meta = &s.object["metadata"];
@@ -417,7 +479,10 @@ impl Api {
         let exact = opts.resource_version_match.as_deref() == Some("Exact");
         let (items, revision, cont, remaining) =
             if opts.limit > 0 || opts.continue_token.is_some() || exact {
-                self.list_from_store(&prefix, opts, &*filter).await?
+                let (items, revision, cont, remaining) =
+                    self.list_from_store(&prefix, opts, &*filter).await?;
+                let items: Vec<Value> = items.into_iter().map(|o| rt.from_storage(o)).collect();
+                (items, revision, cont, remaining)
             } else {
                 let cache = self.cache(rt);
                 match opts.resource_version.as_deref() {
@@ -429,7 +494,10 @@ impl Api {
                 }
                 let (items, revision) = cache.list(&prefix, &*filter);
                 (
-                    items.into_iter().map(|s| s.object.clone()).collect(),
+                    items
+                        .into_iter()
+                        .map(|s| rt.from_storage(s.object.clone()))
+                        .collect(),
                     revision,
                     None,
                     None,
@@ -541,7 +609,13 @@ impl Api {
             }
         };
         let mark_initial_end = from.is_none() && opts.send_initial_events && opts.allow_bookmarks;
-        cache.watch(from, filter, opts.allow_bookmarks, mark_initial_end)
+        let stored = cache.watch(from, filter, opts.allow_bookmarks, mark_initial_end)?;
+        match self.registry.get(rt.group, rt.version, rt.plural) {
+            Some(served) if served.conversion.is_some() => {
+                Ok(converted_watch(served.clone(), stored))
+            }
+            _ => Ok(stored),
+        }
     }
 
     /// CREATE, with upstream's metadata handling.
@@ -553,7 +627,11 @@ impl Api {
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
         let (obj, warnings) = self.decode(rt, body, opts)?;
-        self.create_object(rt, ns, obj, warnings, opts, true).await
+        let mut written = self
+            .create_object(rt, ns, obj, warnings, opts, true)
+            .await?;
+        written.object = rt.from_storage(written.object);
+        Ok(written)
     }
 
     /// Creates a decoded object; `track` records the write in its
@@ -640,7 +718,7 @@ impl Api {
         self.check_write(opts, rt, ns, &obj)?;
         if track {
             let now = now_rfc3339();
-            apply::track_update(None, &mut obj, &opts.writer(rt, None, &now));
+            track_update(rt, None, &mut obj, &opts.writer(rt, None, &now));
         }
         let key = rt.key(ns, &name);
         if opts.dry_run {
@@ -836,7 +914,7 @@ impl Api {
         self.admission.validate(&attrs, &new, &*self.store).await?;
         if let Some(opts) = track {
             let now = now_rfc3339();
-            apply::track_update(Some(old), &mut new, &opts.writer(rt, subresource, &now));
+            track_update(rt, Some(old), &mut new, &opts.writer(rt, subresource, &now));
         }
         if dry_run {
             return Ok(new);
@@ -921,7 +999,10 @@ impl Api {
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
             .await?;
-        Ok(Written { object, warnings })
+        Ok(Written {
+            object: rt.from_storage(object),
+            warnings,
+        })
     }
 
     /// PATCH: applied to the stored object, retried on concurrent writes
@@ -936,7 +1017,8 @@ impl Api {
         let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
             let (old, revision) = self.load(rt, ns, name).await?;
-            let mut patched = old.clone();
+            // The patch applies to the object in the version it is sent to.
+            let mut patched = rt.from_storage(old.clone());
             patch::apply(&mut patched, patch_type, body)
                 .map_err(|e| ApiError::new(http::StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e))?;
             let pinned = patched["metadata"]["resourceVersion"]
@@ -962,7 +1044,12 @@ impl Api {
                     continue;
                 }
                 Err(e) => return Err(e),
-                Ok(object) => return Ok(Written { object, warnings }),
+                Ok(object) => {
+                    return Ok(Written {
+                        object: rt.from_storage(object),
+                        warnings,
+                    });
+                }
             }
         }
         Err(ApiError::modified(rt.group, rt.plural, name))
@@ -1006,20 +1093,25 @@ impl Api {
                         self.decode(rt, &serde_json::to_vec(&obj).unwrap_or_default(), opts)?;
                     match self.create_object(rt, ns, obj, warnings, opts, false).await {
                         Err(e) if e.reason == "AlreadyExists" => continue,
-                        other => return other.map(|w| (w, true)),
+                        Err(e) => return Err(e),
+                        Ok(mut w) => {
+                            w.object = rt.from_storage(w.object);
+                            return Ok((w, true));
+                        }
                     }
                 }
                 other => other?,
             };
+            let live = rt.from_storage(old.clone());
             let merged =
-                apply::apply(Some(&old), &config, &writer, opts.force).map_err(conflict)?;
+                apply::apply(Some(&live), &config, &writer, opts.force).map_err(conflict)?;
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&merged).unwrap_or_default(), opts)?;
             // An apply that changes nothing writes nothing, as upstream.
             if new == old {
                 return Ok((
                     Written {
-                        object: old,
+                        object: live,
                         warnings,
                     },
                     false,
@@ -1032,7 +1124,15 @@ impl Api {
             {
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
-                Ok(object) => return Ok((Written { object, warnings }, false)),
+                Ok(object) => {
+                    return Ok((
+                        Written {
+                            object: rt.from_storage(object),
+                            warnings,
+                        },
+                        false,
+                    ));
+                }
             }
         }
         Err(ApiError::modified(rt.group, rt.plural, name))
@@ -1178,7 +1278,7 @@ impl Api {
         target: ObjectRef<'_>,
         patch_type: Option<PatchType>,
         body: &[u8],
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> ApiResult<Value> {
         let ObjectRef { rt, ns, name, .. } = target;
         for _ in 0..16 {
@@ -1204,12 +1304,14 @@ impl Api {
             };
             let mut new = old.clone();
             scale::apply_scale(rt, &mut new, &scale)?;
+            let now = now_rfc3339();
+            apply::track_scale(&old, &mut new, &opts.writer(rt, Some("scale"), &now));
             let main = ObjectRef {
                 subresource: None,
                 ..target
             };
             match self
-                .write_update(main, &old, new, expected, dry_run, None)
+                .write_update(main, &old, new, expected, opts.dry_run, None)
                 .await
             {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
@@ -1226,6 +1328,17 @@ impl Api {
     /// garbage collector's `orphan` or `foregroundDeletion` finalizer, as
     /// upstream's registry does.
     pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        Ok(rt.from_storage(self.delete_stored(rt, ns, name, opts).await?))
+    }
+
+    /// DELETE, returning the object in its stored form.
+    async fn delete_stored(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,

@@ -789,12 +789,18 @@ impl Handler {
             subresource: Some("scale"),
         };
         let content_type = content_type(&req);
-        let dry_run = write_options(q).dry_run;
+        let user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let mut wopts = write_options(q);
+        wopts.field_manager = apply::manager_name(Some(wopts.field_manager.as_str()), user_agent);
         let scale = match rr.verb {
             Verb::Get => self.api.get_scale(target).await?,
             Verb::Update => {
                 let body = read_object_body(req.into_body(), &content_type).await?;
-                self.api.write_scale(target, None, &body, dry_run).await?
+                self.api.write_scale(target, None, &body, &wopts).await?
             }
             Verb::Patch => {
                 let patch_type = PatchType::from_content_type(&content_type)
@@ -802,7 +808,7 @@ impl Handler {
                     .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
                 let body = read_body(req.into_body()).await?;
                 self.api
-                    .write_scale(target, Some(patch_type), &body, dry_run)
+                    .write_scale(target, Some(patch_type), &body, &wopts)
                     .await?
             }
             _ => return Err(ApiError::method_not_allowed()),

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod authz;
 pub mod cache;
 mod client_auth;
+pub mod conversion;
 pub mod deletion;
 pub mod discovery;
 mod eviction;

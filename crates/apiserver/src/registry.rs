@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
-    autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use k8s_openapi::{NamespaceResourceScope, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::conversion::{self, Conversion};
+use crate::status::{ApiError, ApiResult};
 use crate::strategy::{self, Strategy};
 
 /// Decodes a JSON object as the resource's typed form and encodes it back:
@@ -72,9 +74,50 @@ pub struct ResourceType {
     pub normalize: Normalize,
     pub schema: SchemaOf,
     pub strategy: &'static dyn Strategy,
+    /// For a version that is not the one stored: how its objects convert to
+    /// and from the stored form (see `conversion`). Objects inside the
+    /// generic verbs are always in the stored form, so such a type shares
+    /// the stored type's strategy, cache and storage keys.
+    pub conversion: Option<&'static Conversion>,
 }
 
 impl ResourceType {
+    /// An object of this version in the stored form.
+    pub fn to_storage(&self, obj: Value, storage: &ResourceType) -> ApiResult<Value> {
+        let Some(c) = self.conversion else {
+            return Ok(obj);
+        };
+        let mut out = (c.to_storage)(obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                self.kind, self.version, self.kind
+            ))
+        })?;
+        out["apiVersion"] = serde_json::json!(storage.api_version());
+        out["kind"] = serde_json::json!(storage.kind);
+        Ok(out)
+    }
+
+    /// A stored object in this version's form: the conversion's output
+    /// decoded as this version's type, so it has what Go's encoding of it
+    /// always has.
+    pub fn from_storage(&self, obj: Value) -> Value {
+        let Some(c) = self.conversion else {
+            return obj;
+        };
+        let mut out = (c.from_storage)(obj);
+        out["apiVersion"] = serde_json::json!(self.api_version());
+        out["kind"] = serde_json::json!(self.kind);
+        (self.normalize)(out.clone()).unwrap_or(out)
+    }
+
+    /// A field selector label of this version as the stored form names it.
+    pub fn storage_field_label<'a>(&self, label: &'a str) -> &'a str {
+        self.conversion
+            .and_then(|c| c.field_labels.iter().find(|(served, _)| *served == label))
+            .map_or(label, |(_, stored)| stored)
+    }
+
     /// Whether objects of this type live in the store (and its watch cache).
     pub fn stored(&self) -> bool {
         !self.review && !self.metrics
@@ -119,6 +162,7 @@ struct Options {
     metrics: bool,
     gc: GcPolicy,
     strategy: &'static dyn Strategy,
+    conversion: Option<&'static Conversion>,
 }
 
 const PLAIN: Options = Options {
@@ -130,6 +174,7 @@ const PLAIN: Options = Options {
     metrics: false,
     gc: GcPolicy::DeleteDependents,
     strategy: &strategy::Plain,
+    conversion: None,
 };
 
 /// Create-only resources answered from the request, never stored.
@@ -165,10 +210,24 @@ where
         normalize: normalize::<K>,
         schema: schema_of::<K>,
         strategy: o.strategy,
+        conversion: o.conversion,
     }
 }
 
 const ALL: &[&str] = &["all"];
+
+const EVENT: Options = Options {
+    short_names: &["ev"],
+    gc: GcPolicy::Unsupported,
+    ..PLAIN
+};
+
+const HPA: Options = Options {
+    short_names: &["hpa"],
+    categories: ALL,
+    status: true,
+    ..PLAIN
+};
 
 /// Every built-in resource kubox serves.
 fn builtins() -> Vec<ResourceType> {
@@ -209,11 +268,7 @@ fn builtins() -> Vec<ResourceType> {
             short_names: &["sa"],
             ..PLAIN
         }),
-        resource::<core::Event>(Options {
-            short_names: &["ev"],
-            gc: GcPolicy::Unsupported,
-            ..PLAIN
-        }),
+        resource::<core::Event>(EVENT),
         resource::<core::Node>(Options {
             short_names: &["no"],
             status: true,
@@ -325,13 +380,17 @@ fn builtins() -> Vec<ResourceType> {
             status: true,
             ..PLAIN
         }),
-        resource::<autoscaling::HorizontalPodAutoscaler>(Options {
-            short_names: &["hpa"],
-            categories: ALL,
-            status: true,
-            ..PLAIN
+        resource::<autoscaling::HorizontalPodAutoscaler>(HPA),
+        // Served second, so autoscaling/v2 is the group's preferred version.
+        resource::<autoscaling_v1::HorizontalPodAutoscaler>(Options {
+            conversion: Some(&conversion::HPA_V1),
+            ..HPA
         }),
         resource::<discovery::EndpointSlice>(PLAIN),
+        resource::<events::Event>(Options {
+            conversion: Some(&conversion::EVENT_V1),
+            ..EVENT
+        }),
         resource::<scheduling::PriorityClass>(Options {
             short_names: &["pc"],
             ..PLAIN
@@ -384,6 +443,18 @@ impl Registry {
         &self.types
     }
 
+    /// The type whose form a resource is stored in: itself, or for a
+    /// converted version the type of the same resource without conversion.
+    pub fn storage_of<'a>(&'a self, rt: &'a ResourceType) -> &'a ResourceType {
+        if rt.conversion.is_none() {
+            return rt;
+        }
+        self.types
+            .iter()
+            .find(|t| t.plural == rt.plural && t.conversion.is_none() && t.stored())
+            .map_or(rt, |t| &**t)
+    }
+
     /// The resources one group-version serves.
     pub fn group_version(&self, group: &str, version: &str) -> Vec<&Arc<ResourceType>> {
         self.types
@@ -434,9 +505,30 @@ mod tests {
     }
 
     #[test]
+    fn converted_versions_are_stored_as_another() {
+        let r = Registry::builtin();
+        for (group, version, plural, stored) in [
+            (
+                "autoscaling",
+                "v1",
+                "horizontalpodautoscalers",
+                "autoscaling/v2",
+            ),
+            ("events.k8s.io", "v1", "events", "v1"),
+        ] {
+            let rt = r.get(group, version, plural).unwrap();
+            assert_eq!(r.storage_of(rt).api_version(), stored);
+        }
+    }
+
+    #[test]
     fn every_stored_plural_is_unique() {
         let r = Registry::builtin();
-        let stored: Vec<_> = r.types().iter().filter(|t| t.stored()).collect();
+        let stored: Vec<_> = r
+            .types()
+            .iter()
+            .filter(|t| t.stored() && t.conversion.is_none())
+            .collect();
         let mut plurals: Vec<_> = stored.iter().map(|t| t.plural).collect();
         plurals.sort();
         plurals.dedup();

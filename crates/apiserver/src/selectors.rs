@@ -210,6 +210,16 @@ impl FieldSelector {
         self.0.iter().map(|(f, _, _)| f.as_str())
     }
 
+    /// The same requirements on fields named otherwise.
+    pub fn renamed(&self, name: impl Fn(&str) -> String) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(f, eq, v)| (name(f), *eq, v.clone()))
+                .collect(),
+        )
+    }
+
     /// A `metadata.name=x` requirement, which lets a watch or list look at one key.
     pub fn exact_name(&self) -> Option<&str> {
         self.0

@@ -998,7 +998,10 @@ pub fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let mut row = json!({"cells": cells(rt, o)});
+            // Columns print from the stored form, as upstream's printers
+            // print the internal version whatever version was asked for.
+            let stored = rt.conversion.and_then(|c| (c.to_storage)(o.clone()).ok());
+            let mut row = json!({"cells": cells(rt, stored.as_ref().unwrap_or(o))});
             match include {
                 IncludeObject::None => {}
                 IncludeObject::Metadata => row["object"] = partial_metadata(o),

@@ -189,3 +189,56 @@ async fn apply_conflicts_with_an_updater_and_upgrades_client_side_apply() {
         "{owners:?}"
     );
 }
+
+/// `kubectl scale` is recorded as upstream's scale handler records it: an
+/// Update entry of the scale subresource owning `.spec.replicas` in the
+/// workload's apiVersion (with no time), which the applier loses.
+#[tokio::test]
+async fn scale_writes_own_replicas_in_managed_fields() {
+    let server = KuboxServer::start(KUBOX, &[]).await;
+    let file = manifest_file(&server, "web.yaml", &deployment(2, ""));
+    server.kubectl_ok(&["apply", "--server-side", "-f", &file]);
+    assert_eq!(
+        server.kubectl_ok(&["scale", "deploy", "web", "--replicas=3"]),
+        "deployment.apps/web scaled\n"
+    );
+    let out = server.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entries = obj["metadata"]["managedFields"].as_array().unwrap();
+    let scale: Vec<_> = entries
+        .iter()
+        .filter(|e| e["subresource"] == "scale")
+        .collect();
+    assert_eq!(
+        scale,
+        [&serde_json::json!({
+            "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+            "manager": "kubectl",
+            "operation": "Update",
+            "subresource": "scale",
+        })],
+        "{out}"
+    );
+    let applier = entries.iter().find(|e| e["operation"] == "Apply").unwrap();
+    assert!(
+        applier["fieldsV1"]["f:spec"].get("f:replicas").is_none(),
+        "{applier}"
+    );
+    let out = server.kubectl(&["apply", "--server-side", "-f", &file]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            r#"conflict with "kubectl" with subresource "scale" using apps/v1: .spec.replicas"#
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

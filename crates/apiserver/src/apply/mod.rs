@@ -226,6 +226,24 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer) {
     set_entries(new, list);
 }
 
+/// Records a write of the scale subresource as upstream's scale handler
+/// maps it onto the workload: the writer's `subresource: scale` Update entry
+/// owns `.spec.replicas` in the workload's apiVersion, which other managers
+/// lose. Its time is the one the workload's entry for that manager already
+/// had, none at first, as upstream takes entries' times from the parent.
+pub fn track_scale(old: &Value, new: &mut Value, w: &Writer) {
+    let before = entries(old)
+        .into_iter()
+        .find(|e| e.is(w, UPDATE))
+        .and_then(|e| e.time);
+    track_update(Some(old), new, w);
+    let mut list = entries(new);
+    if let Some(e) = list.iter_mut().find(|e| e.is(w, UPDATE)) {
+        e.time = before;
+    }
+    set_entries(new, list);
+}
+
 /// Apply conflicts: fields the configuration changes that other managers own.
 #[derive(Debug)]
 pub struct Conflicts(Vec<(Entry, String)>);
