@@ -6,11 +6,13 @@ pub mod admission;
 pub mod allocator;
 pub mod api;
 pub mod apply;
+pub mod audit;
 pub mod authz;
 pub mod cache;
 mod client_auth;
 pub mod deletion;
 pub mod discovery;
+pub mod encryption;
 mod eviction;
 pub mod http;
 mod impersonation;
@@ -61,6 +63,11 @@ pub struct Config {
     /// How long Events are kept after their last update.
     pub event_ttl: std::time::Duration,
     pub authorization_mode: AuthorizationMode,
+    /// Upstream's `--encryption-provider-config`; without one, the
+    /// configuration under `DATA/pki`, made with a new key at first start.
+    pub encryption_provider_config: Option<PathBuf>,
+    /// The audit policy (`--audit-policy-file`) and log (`--audit-log-*`).
+    pub audit: Option<(PathBuf, audit::LogConfig)>,
 }
 
 /// Upstream's `--authorization-mode` values kubox has.
@@ -79,6 +86,10 @@ pub enum StartError {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    #[error(transparent)]
+    Encryption(#[from] encryption::EncryptionError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {
         addr: SocketAddr,
@@ -137,7 +148,14 @@ impl ApiServer {
     /// Makes certificates on first start, listens, and creates the built-in
     /// namespaces and the `kubernetes` Service.
     pub async fn start(store: Arc<dyn Store>, config: &Config) -> Result<Self, StartError> {
-        let pki = pki::Pki::load_or_create(&config.data_dir.join("pki"))?;
+        let pki_dir = config.data_dir.join("pki");
+        let pki = pki::Pki::load_or_create(&pki_dir)?;
+        let encryption = encryption::Encryption::load(
+            config.encryption_provider_config.as_deref(),
+            &pki_dir,
+            &registry::Registry::builtin(),
+        )?;
+        let store: Arc<dyn Store> = encryption::EncryptedStore::open(store, encryption).await?;
         let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
         let serving = pki.serving(&sans(config))?;
         let tls = server::tls_config(&serving, pki.ca_pem())?;
@@ -180,7 +198,12 @@ impl ApiServer {
             }
         };
         let resource_metrics = Arc::new(resource_metrics::MetricsWindow::default());
+        let audit = match &config.audit {
+            Some((policy, log)) => Some(Arc::new(audit::Audit::open(policy, log.clone())?)),
+            None => None,
+        };
         let handler = Arc::new(Handler {
+            audit,
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,

@@ -57,6 +57,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         extra_sans: Vec::new(),
         event_ttl: Duration::from_secs(3600),
         authorization_mode: Default::default(),
+        encryption_provider_config: None,
+        audit: None,
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

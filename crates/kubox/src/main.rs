@@ -6,6 +6,7 @@ mod dns;
 mod image;
 mod ingress;
 mod net;
+mod secrets;
 mod server;
 mod user;
 
@@ -43,6 +44,8 @@ enum Command {
     Uninstall(net::UninstallArgs),
     /// Manage the cluster's users (client certificates and kubeconfigs).
     User(user::UserArgs),
+    /// Work on the cluster's Secrets (re-encrypting them after a key change).
+    Secrets(secrets::SecretsArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
     /// The embedded container runtime's helper, which the node agent starts.
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Secrets(args) => secrets::run(args).await,
             Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }
