@@ -55,6 +55,8 @@ pub struct Handler {
     pub tokens: Arc<crate::serviceaccount::Tokens>,
     /// What metrics-server last measured, served as metrics.k8s.io.
     pub resource_metrics: Arc<crate::resource_metrics::MetricsWindow>,
+    /// The users of `--token-auth-file`, by bearer token.
+    pub static_tokens: crate::token_file::TokenFile,
     /// The audit log, when a policy and a log path are given.
     pub audit: Option<Arc<crate::audit::Audit>>,
 }
@@ -303,12 +305,15 @@ impl Handler {
         // which must be good: a bad one is refused, never taken as anonymous.
         let authenticated = match (identity, bearer(req.headers())) {
             (Some(identity), _) => identity,
-            (None, Some(token)) => match self.tokens.authenticate(&self.api, token).await {
-                Ok(identity) => identity,
-                Err(why) => {
-                    tracing::debug!(%why, "bearer token refused");
-                    return error_response(&ApiError::unauthorized());
-                }
+            (None, Some(token)) => match self.static_tokens.authenticate(token) {
+                Some(identity) => identity,
+                None => match self.tokens.authenticate(&self.api, token).await {
+                    Ok(identity) => identity,
+                    Err(why) => {
+                        tracing::debug!(%why, "bearer token refused");
+                        return error_response(&ApiError::unauthorized());
+                    }
+                },
             },
             // Requests without credentials are the anonymous user's, whom
             // RBAC lets reach only the public endpoints, as upstream.

@@ -35,6 +35,7 @@ pub mod status;
 pub mod strategy;
 pub mod swagger;
 pub mod table;
+pub mod token_file;
 pub mod validation;
 pub mod warning;
 
@@ -68,6 +69,8 @@ pub struct Config {
     pub encryption_provider_config: Option<PathBuf>,
     /// The audit policy (`--audit-policy-file`) and log (`--audit-log-*`).
     pub audit: Option<(PathBuf, audit::LogConfig)>,
+    /// Upstream's `--token-auth-file`: static bearer tokens.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// Upstream's `--authorization-mode` values kubox has.
@@ -90,6 +93,8 @@ pub enum StartError {
     Encryption(#[from] encryption::EncryptionError),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    TokenFile(#[from] token_file::TokenFileError),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {
         addr: SocketAddr,
@@ -202,8 +207,13 @@ impl ApiServer {
             Some((policy, log)) => Some(Arc::new(audit::Audit::open(policy, log.clone())?)),
             None => None,
         };
+        let static_tokens = match &config.token_auth_file {
+            Some(path) => token_file::TokenFile::load(path)?,
+            None => token_file::TokenFile::default(),
+        };
         let handler = Arc::new(Handler {
             audit,
+            static_tokens,
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,

@@ -59,6 +59,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         authorization_mode: Default::default(),
         encryption_provider_config: None,
         audit: None,
+        token_auth_file: None,
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

@@ -84,6 +84,9 @@ pub struct ServerArgs {
     /// Days a rotated audit log is kept (0: no limit).
     #[arg(long, default_value_t = 0)]
     audit_log_maxage: u64,
+    /// Static bearer tokens: a CSV file of `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
@@ -218,6 +221,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         encryption_provider_config: args.encryption_provider_config.clone(),
         audit: audit_config(&args)?,
+        token_auth_file: args.token_auth_file.clone(),
     };
     let server = ApiServer::start(store, &config)
         .await

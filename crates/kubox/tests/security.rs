@@ -4,7 +4,7 @@
 //! that refuses to start on a bad key file.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use kubox_testkit::{EtcdProcess, KuboxServer, eventually, free_port};
@@ -178,49 +178,32 @@ async fn a_bad_key_file_stops_the_server() {
     let dir = server.data_dir().to_owned();
     let path = dir.join("pki/encryption-config.yaml");
     let good = std::fs::read_to_string(&path).expect("the generated configuration");
-
-    // A key that is not base64.
     let secret_line = good
         .lines()
         .find(|l| l.trim_start().starts_with("secret:"))
         .expect("a secret line")
         .to_owned();
-    std::fs::write(
-        &path,
-        good.replace(&secret_line, "              secret: not*base64"),
-    )
-    .unwrap();
-    let err = refused_start(&dir, &[]).await;
+    // A key that is not base64, one of the wrong length, and one that is
+    // valid but not the one the stored Secrets were written with.
+    let refused_with = |secret: String| {
+        std::fs::write(
+            &path,
+            good.replace(&secret_line, &format!("              secret: {secret}")),
+        )
+        .unwrap();
+        refused_start(&dir, &[])
+    };
+    let err = refused_with("not*base64".into()).await;
     assert!(
         err.contains("encryption-config.yaml") && err.contains("secrets must be base64 encoded"),
         "{err}"
     );
-
-    // A key of the wrong length.
-    std::fs::write(
-        &path,
-        good.replace(
-            &secret_line,
-            &format!("              secret: {}", key(1, 8)),
-        ),
-    )
-    .unwrap();
-    let err = refused_start(&dir, &[]).await;
+    let err = refused_with(key(1, 8)).await;
     assert!(
         err.contains("secret is not of the expected length, got 8, expected one of [32]"),
         "{err}"
     );
-
-    // A valid key, but not the one the stored Secrets were written with.
-    std::fs::write(
-        &path,
-        good.replace(
-            &secret_line,
-            &format!("              secret: {}", key(2, 32)),
-        ),
-    )
-    .unwrap();
-    let err = refused_start(&dir, &[]).await;
+    let err = refused_with(key(2, 32)).await;
     assert!(
         err.contains("cannot decrypt /registry/secrets/default/s1"),
         "{err}"
@@ -505,4 +488,145 @@ async fn the_audit_log_records_requests_by_policy() {
         watch,
         ["RequestReceived", "ResponseStarted", "ResponseComplete"]
     );
+}
+
+/// A kubeconfig with the server and CA of `server` and a bearer token only.
+fn token_kubeconfig(server: &KuboxServer, dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{token}.kubeconfig"));
+    let file = path.to_str().unwrap();
+    let ca = server.data_dir().join("pki/ca.crt");
+    let url = format!("https://127.0.0.1:{}", server.port());
+    for args in [
+        vec![
+            "config",
+            "set-cluster",
+            "k",
+            "--server",
+            &url,
+            "--certificate-authority",
+            ca.to_str().unwrap(),
+        ],
+        vec!["config", "set-credentials", "t", "--token", token],
+        vec![
+            "config",
+            "set-context",
+            "k",
+            "--cluster",
+            "k",
+            "--user",
+            "t",
+        ],
+        vec!["config", "use-context", "k"],
+    ] {
+        let out = Command::new("kubectl")
+            .args(&args)
+            .args(["--kubeconfig", file])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    path
+}
+
+#[tokio::test]
+async fn static_tokens_authenticate_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(
+        &tokens,
+        "s3cr3t-t0ken,alice,1001,\"dev,ops\"\nother,bob,1002\n",
+    )
+    .unwrap();
+    let server = KuboxServer::start(
+        KUBOX,
+        &[
+            "--disable-agent",
+            "--token-auth-file",
+            tokens.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let alice = token_kubeconfig(&server, dir.path(), "s3cr3t-t0ken");
+    let out = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            alice.to_str().unwrap(),
+            "auth",
+            "whoami",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let review: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    assert_eq!(
+        review["status"]["userInfo"]["groups"],
+        serde_json::json!(["dev", "ops", "system:authenticated"])
+    );
+    // Known but granted nothing: RBAC's refusal names the token's user.
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", alice.to_str().unwrap(), "get", "pods"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("User \"alice\" cannot list resource \"pods\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let wrong = token_kubeconfig(&server, dir.path(), "not-in-the-file");
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", wrong.to_str().unwrap(), "get", "pods"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("Unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `openssl s_client` to the server with one protocol version.
+fn handshake(server: &KuboxServer, version: &str) -> Output {
+    Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port()),
+            version,
+        ])
+        // Let the client offer old versions, so the refusal is the server's.
+        .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl")
+}
+
+#[tokio::test]
+async fn only_tls_1_2_and_later_are_served() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    for old in ["-tls1", "-tls1_1"] {
+        let out = handshake(&server, old);
+        assert!(
+            !out.status.success(),
+            "{old} accepted: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stdout).contains("Cipher is (NONE)")
+                || text(&out.stdout).contains("Cipher    : 0000"),
+            "{old}: {}",
+            text(&out.stdout)
+        );
+    }
+    for new in ["-tls1_2", "-tls1_3"] {
+        let out = handshake(&server, new);
+        assert!(
+            out.status.success(),
+            "{new} refused: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }
