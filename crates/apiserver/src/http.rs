@@ -55,6 +55,10 @@ pub struct Handler {
     pub tokens: Arc<crate::serviceaccount::Tokens>,
     /// What metrics-server last measured, served as metrics.k8s.io.
     pub resource_metrics: Arc<crate::resource_metrics::MetricsWindow>,
+    /// The users of `--token-auth-file`, by bearer token.
+    pub static_tokens: crate::token_file::TokenFile,
+    /// The audit log, when a policy and a log path are given.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -238,6 +242,12 @@ const OBJECT_MEDIA_TYPES: &[&str] = &[
 /// Reads a create, update or delete body as JSON, converting YAML and the
 /// protobuf client-go's typed clients send.
 async fn read_object_body(body: Incoming, content_type: &str) -> ApiResult<Bytes> {
+    let json = read_object_json(body, content_type).await?;
+    crate::audit::request_object(&json);
+    Ok(json)
+}
+
+async fn read_object_json(body: Incoming, content_type: &str) -> ApiResult<Bytes> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
         "" | "application/json" | "*/*" => read_body(body).await,
@@ -288,18 +298,22 @@ impl Handler {
         &self,
         req: Request<Incoming>,
         identity: Option<Identity>,
+        peer: std::net::IpAddr,
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         // A client certificate authenticates first, then a bearer token,
         // which must be good: a bad one is refused, never taken as anonymous.
-        let identity = match (identity, bearer(req.headers())) {
+        let authenticated = match (identity, bearer(req.headers())) {
             (Some(identity), _) => identity,
-            (None, Some(token)) => match self.tokens.authenticate(&self.api, token).await {
-                Ok(identity) => identity,
-                Err(why) => {
-                    tracing::debug!(%why, "bearer token refused");
-                    return error_response(&ApiError::unauthorized());
-                }
+            (None, Some(token)) => match self.static_tokens.authenticate(token) {
+                Some(identity) => identity,
+                None => match self.tokens.authenticate(&self.api, token).await {
+                    Ok(identity) => identity,
+                    Err(why) => {
+                        tracing::debug!(%why, "bearer token refused");
+                        return error_response(&ApiError::unauthorized());
+                    }
+                },
             },
             // Requests without credentials are the anonymous user's, whom
             // RBAC lets reach only the public endpoints, as upstream.
@@ -308,12 +322,111 @@ impl Handler {
                 groups: vec![UNAUTHENTICATED.to_owned()],
             },
         };
-        let identity =
-            match crate::impersonation::impersonate(&*self.authorizer, &identity, req.headers()) {
-                Ok(i) => i,
-                Err(e) => return error_response(&e),
+        let identity = match crate::impersonation::impersonate(
+            &*self.authorizer,
+            &authenticated,
+            req.headers(),
+        ) {
+            Ok(i) => i,
+            Err(e) => return error_response(&e),
+        };
+        let Some(audit) = &self.audit else {
+            return self.serve(req, &path, &identity).await;
+        };
+        let watch = query(&req)
+            .get("watch")
+            .is_some_and(|v| v == "true" || v == "1");
+        let rr = request::parse(req.method(), &path, watch);
+        let method = req.method().as_str().to_ascii_lowercase();
+        let attrs = crate::audit::RequestAttributes {
+            user: &authenticated,
+            verb: rr.as_ref().map_or(method.as_str(), |rr| rr.verb.as_str()),
+            resource: rr.as_ref(),
+            path: &path,
+        };
+        let uri = req
+            .uri()
+            .path_and_query()
+            .map_or(path.clone(), |pq| pq.as_str().to_owned());
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let Some(record) = audit.begin(&attrs, &identity, &uri, peer, agent) else {
+            return self.serve(req, &path, &identity).await;
+        };
+        use crate::audit::{Level, Stage};
+        record.emit(Stage::RequestReceived, None, None, None);
+        let handling = std::panic::AssertUnwindSafe(self.serve(req, &path, &identity));
+        let (outcome, recorded) = record.run(futures::FutureExt::catch_unwind(handling)).await;
+        let resp = match outcome {
+            Ok(resp) => resp,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let e = ApiError::internal(format!("APIServer panic'd: {message}"));
+                let status = crate::audit::response_status(500, Some(&e.to_status()));
+                record.emit(Stage::Panic, Some(&recorded), Some(&status), None);
+                return error_response(&e);
+            }
+        };
+        let code = resp.status().as_u16();
+        let streaming = rr.as_ref().is_some_and(|rr| rr.verb == Verb::Watch) && code == 200;
+        if streaming {
+            // A watch answers at once and goes on: its end is ResponseComplete.
+            let status = crate::audit::response_status(code, None);
+            record.emit(Stage::ResponseStarted, Some(&recorded), Some(&status), None);
+            let (parts, body) = resp.into_parts();
+            let done = move || {
+                record.emit(
+                    Stage::ResponseComplete,
+                    Some(&recorded),
+                    Some(&status),
+                    None,
+                );
             };
-        let (result, warnings) = crate::warning::gather(self.route(req, &path, &identity)).await;
+            return Response::from_parts(parts, BoxBody::new(OnEnd::new(body, done)));
+        }
+        // Failures (for their Status) and RequestResponse bodies are read
+        // whole: neither streams.
+        if code < 400 && record.level() < Level::RequestResponse {
+            let status = crate::audit::response_status(code, None);
+            record.emit(
+                Stage::ResponseComplete,
+                Some(&recorded),
+                Some(&status),
+                None,
+            );
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let object: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let status = crate::audit::response_status(code, object.as_ref());
+        record.emit(
+            Stage::ResponseComplete,
+            Some(&recorded),
+            Some(&status),
+            object.as_ref(),
+        );
+        Response::from_parts(parts, full(bytes))
+    }
+
+    /// Routes an authenticated request, with the warnings it gathers.
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        identity: &Identity,
+    ) -> Response<Body> {
+        let (result, warnings) = crate::warning::gather(self.route(req, path, identity)).await;
         let mut resp = result.unwrap_or_else(|e| error_response(&e));
         crate::warning::attach(&mut resp, &warnings);
         resp
@@ -323,10 +436,7 @@ impl Handler {
     fn authorize_path(&self, user: &Identity, method: &Method, path: &str) -> ApiResult<()> {
         let verb = method.as_str().to_ascii_lowercase();
         let attrs = authz::Attributes::non_resource(user, &verb, path);
-        match authz::decide(&*self.authorizer, &attrs) {
-            Decision::Allow => Ok(()),
-            Decision::Deny(reason) => Err(authz::forbidden(&attrs, &reason)),
-        }
+        audited(authz::decide(&*self.authorizer, &attrs), &attrs)
     }
 
     async fn route(
@@ -692,6 +802,7 @@ impl Handler {
                     .ok_or_else(|| ApiError::unsupported_media_type(PatchType::ACCEPTED))?;
                 check_patch_options(&q, patch_type)?;
                 let body = read_body(req.into_body()).await?;
+                crate::audit::request_object(&body);
                 if patch_type == PatchType::Apply {
                     let (w, created) = api.apply(target, &body, &wopts).await?;
                     let status = if created {
@@ -768,10 +879,7 @@ impl Handler {
             name: rr.name.as_deref(),
             path: None,
         };
-        match authz::decide(&*self.authorizer, &attrs) {
-            Decision::Allow => Ok(()),
-            Decision::Deny(reason) => Err(authz::forbidden(&attrs, &reason)),
-        }
+        audited(authz::decide(&*self.authorizer, &attrs), &attrs)
     }
 
     async fn scale(
@@ -925,6 +1033,63 @@ impl Handler {
 
 /// A CertificateSigningRequest records who asked for it, whatever the
 /// body says, as upstream's strategy does.
+/// The authorizer's answer as the request's result, noted for the audit
+/// log as upstream's `authorization.k8s.io/decision` and `/reason`.
+fn audited(decision: Decision, attrs: &authz::Attributes<'_>) -> ApiResult<()> {
+    match decision {
+        Decision::Allow => {
+            crate::audit::annotate("authorization.k8s.io/decision", "allow");
+            crate::audit::annotate("authorization.k8s.io/reason", "");
+            Ok(())
+        }
+        Decision::Deny(reason) => {
+            crate::audit::annotate("authorization.k8s.io/decision", "forbid");
+            crate::audit::annotate("authorization.k8s.io/reason", reason.clone());
+            Err(authz::forbidden(attrs, &reason))
+        }
+    }
+}
+
+/// A response body that calls `done` once it has ended or been dropped (the
+/// client went away), for a watch's ResponseComplete audit event.
+struct OnEnd<F: FnOnce()> {
+    body: Body,
+    done: Option<F>,
+}
+
+impl<F: FnOnce()> OnEnd<F> {
+    fn new(body: Body, done: F) -> Self {
+        Self {
+            body,
+            done: Some(done),
+        }
+    }
+}
+
+impl<F: FnOnce()> Drop for OnEnd<F> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done();
+        }
+    }
+}
+
+impl<F: FnOnce() + Unpin> hyper::body::Body for OnEnd<F> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
 fn requested_by(body: &[u8], user: &Identity) -> ApiResult<Bytes> {
     let mut csr: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?;

@@ -6,12 +6,14 @@ pub mod admission;
 pub mod allocator;
 pub mod api;
 pub mod apply;
+pub mod audit;
 pub mod authz;
 pub mod cache;
 mod client_auth;
 pub mod conversion;
 pub mod deletion;
 pub mod discovery;
+pub mod encryption;
 mod eviction;
 pub mod http;
 mod impersonation;
@@ -36,6 +38,7 @@ pub mod status;
 pub mod strategy;
 pub mod swagger;
 pub mod table;
+pub mod token_file;
 pub mod validation;
 pub mod warning;
 
@@ -70,6 +73,13 @@ pub struct Config {
     /// service-account key and the rest of `DATA/pki` are shared with the
     /// other servers on the same datastore (see `secrets`).
     pub token: Option<String>,
+    /// Upstream's `--encryption-provider-config`; without one, the
+    /// configuration under `DATA/pki`, made with a new key at first start.
+    pub encryption_provider_config: Option<PathBuf>,
+    /// The audit policy (`--audit-policy-file`) and log (`--audit-log-*`).
+    pub audit: Option<(PathBuf, audit::LogConfig)>,
+    /// Upstream's `--token-auth-file`: static bearer tokens.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// Upstream's `--authorization-mode` values kubox has.
@@ -88,6 +98,12 @@ pub enum StartError {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    #[error(transparent)]
+    Encryption(#[from] encryption::EncryptionError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    TokenFile(#[from] token_file::TokenFileError),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {
         addr: SocketAddr,
@@ -124,9 +140,12 @@ impl Drop for ApiServer {
 /// What every server of a cluster must share, made by the first one: the
 /// CA and the service-account signing key (whatever else is made here is
 /// shared too, see `secrets`).
+/// What the first server of a cluster makes for all: the CA and keys, and
+/// the default encryption key, which every server must share to read the
+/// others' Secrets.
 fn create_cluster_secrets(dir: &std::path::Path) -> Result<(), pki::PkiError> {
     pki::Pki::load_or_create(dir)?.service_account_key()?;
-    Ok(())
+    encryption::write_default_config(dir)
 }
 
 fn sans(config: &Config) -> Vec<String> {
@@ -165,6 +184,12 @@ impl ApiServer {
             tracing::info!("cluster secrets: {shared:?}");
         }
         let pki = pki::Pki::load_or_create(&pki_dir)?;
+        let encryption = encryption::Encryption::load(
+            config.encryption_provider_config.as_deref(),
+            &pki_dir,
+            &registry::Registry::builtin(),
+        )?;
+        let store: Arc<dyn Store> = encryption::EncryptedStore::open(store, encryption).await?;
         let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
         let serving = pki.serving(&sans(config))?;
         let tls = server::tls_config(&serving, pki.ca_pem())?;
@@ -207,7 +232,17 @@ impl ApiServer {
             }
         };
         let resource_metrics = Arc::new(resource_metrics::MetricsWindow::default());
+        let audit = match &config.audit {
+            Some((policy, log)) => Some(Arc::new(audit::Audit::open(policy, log.clone())?)),
+            None => None,
+        };
+        let static_tokens = match &config.token_auth_file {
+            Some(path) => token_file::TokenFile::load(path)?,
+            None => token_file::TokenFile::default(),
+        };
         let handler = Arc::new(Handler {
+            audit,
+            static_tokens,
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,

@@ -120,7 +120,7 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let handler = handler.clone();
         let who = who.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.handle(req, who).await) }
+        async move { Ok::<_, std::convert::Infallible>(handler.handle(req, who, peer.ip()).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder

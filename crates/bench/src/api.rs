@@ -83,6 +83,9 @@ async fn run_on(
         authorization_mode: Default::default(),
         metrics: Default::default(),
         token: None,
+        encryption_provider_config: None,
+        audit: None,
+        token_auth_file: None,
     };
     let server = ApiServer::start(store, &config).await?;
     let client = client(&server).await?;

@@ -7,6 +7,7 @@ mod dns;
 mod image;
 mod ingress;
 mod net;
+mod secrets;
 mod server;
 mod user;
 
@@ -46,6 +47,8 @@ enum Command {
     User(user::UserArgs),
     /// Move a cluster's data between datastores (`migrate`: embedded to etcd).
     Datastore(datastore::DatastoreArgs),
+    /// Work on the cluster's Secrets (re-encrypting them after a key change).
+    Secrets(secrets::SecretsArgs),
     /// Measure kubox's components.
     Bench(bench::BenchArgs),
     /// The embedded container runtime's helper, which the node agent starts.
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Datastore(args) => datastore::run(args).await,
+            Command::Secrets(args) => secrets::run(args).await,
             Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }

@@ -70,6 +70,31 @@ pub struct ServerArgs {
     /// AlwaysAllow (everything, anonymous requests too).
     #[arg(long, value_enum, default_value = "RBAC")]
     authorization_mode: AuthorizationMode,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) saying how
+    /// resources are encrypted in the datastore. Without it Secrets are
+    /// encrypted with a key made at first start, in
+    /// DATA/pki/encryption-config.yaml.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// An audit Policy (audit.k8s.io/v1) saying which requests are logged
+    /// at which level; with --audit-log-path.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events go, one JSON line each; `-` is standard output.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Megabytes the audit log may reach before it is rotated (0: never).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxbackup: usize,
+    /// Days a rotated audit log is kept (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxage: u64,
+    /// Static bearer tokens: a CSV file of `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
@@ -203,6 +228,27 @@ fn db_size_metric(metrics: &kubox_prometheus::Registry, db: PathBuf) {
     });
 }
 
+/// Auditing needs both a policy and a log, as upstream's: either alone is
+/// refused rather than silently logging nothing.
+fn audit_config(
+    args: &ServerArgs,
+) -> anyhow::Result<Option<(PathBuf, kubox_apiserver::audit::LogConfig)>> {
+    match (&args.audit_policy_file, &args.audit_log_path) {
+        (Some(policy), Some(path)) => Ok(Some((
+            policy.clone(),
+            kubox_apiserver::audit::LogConfig {
+                path: path.clone(),
+                max_size_mb: args.audit_log_maxsize,
+                max_backups: args.audit_log_maxbackup,
+                max_age_days: args.audit_log_maxage,
+            },
+        ))),
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!("--audit-policy-file needs --audit-log-path"),
+        (None, Some(_)) => anyhow::bail!("--audit-log-path needs --audit-policy-file"),
+    }
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
@@ -234,6 +280,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         metrics: metrics.clone(),
         token: args.token.clone(),
+        encryption_provider_config: args.encryption_provider_config.clone(),
+        audit: audit_config(&args)?,
+        token_auth_file: args.token_auth_file.clone(),
     };
     let server = ApiServer::start(store, &config)
         .await
