@@ -258,15 +258,16 @@ impl ApiServer {
         bootstrap::run(&api, addr.port())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
-        // Servers starting together may race on the endpoints: a conflict
-        // is retried with what the other wrote.
+        // Servers starting together race on the endpoints (a conflict), and
+        // a loaded server's caches may lag its writes: both pass on a retry.
         let peer = peers::Peer::new(config.advertise_address, addr.port());
         let mut attempts = 0;
         while let Err(e) = peer.reconcile(&api).await {
             attempts += 1;
-            if attempts >= 10 || !matches!(e.reason, "Conflict" | "AlreadyExists") {
+            if attempts >= 10 {
                 return Err(StartError::Bootstrap(e.message));
             }
+            tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
         }
         let peers = peer.spawn(api.clone());
         let policy = rbac::policy::run(&api)

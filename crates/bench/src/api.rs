@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
 use kubox_apiserver::ApiServer;
@@ -157,6 +157,11 @@ async fn run_on(
     .await?;
     load_row(&mut table, "create+delete", 16, rate, &lat);
 
+    // No controller manager runs here to make the account pods run as.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let mut default = ServiceAccount::default();
+    default.metadata.name = Some("default".into());
+    accounts.create(&PostParams::default(), &default).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let template: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "p", "labels": {"app": "bench"}},

@@ -259,13 +259,7 @@ pub async fn connect_balanced(
         cluster.tls_server_name = Some(host.to_owned());
     }
     cluster.server = Some(format!("https://{}", failover.addr()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig.clone(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|e| ConnectError::Config(shown.clone(), e))?;
-    let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(shown, e))?;
+    let client = crate::client_for(&kubeconfig, shown).await?;
     let failover = Arc::new(failover);
     let follow = tokio::spawn(follow_endpoints(client.clone(), failover.clone()));
     Ok((

@@ -31,12 +31,20 @@ pub async fn connect(
     let shown = path.display().to_string();
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .map_err(|e| ConnectError::Read(shown.clone(), e))?;
+    let client = client_for(&kubeconfig, shown).await?;
+    Ok((client, kubeconfig))
+}
+
+/// A client for a kubeconfig read from the file `shown` names.
+async fn client_for(
+    kubeconfig: &kube::config::Kubeconfig,
+    shown: String,
+) -> Result<kube::Client, ConnectError> {
     let config = kube::Config::from_custom_kubeconfig(
         kubeconfig.clone(),
         &kube::config::KubeConfigOptions::default(),
     )
     .await
     .map_err(|e| ConnectError::Config(shown.clone(), e))?;
-    let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(shown, e))?;
-    Ok((client, kubeconfig))
+    kube::Client::try_from(config).map_err(|e| ConnectError::Client(shown, e))
 }

@@ -115,69 +115,25 @@ pub fn multiroute_spec(image: &str, config_map: &str) -> serde_json::Value {
 
 /// A single-member etcd cluster on free loopback ports, with its data in a
 /// temporary directory. Killed and removed on drop.
-pub struct EtcdProcess {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    client_port: u16,
-    peer_port: u16,
-}
+pub struct EtcdProcess(EtcdCluster);
 
 impl EtcdProcess {
-    /// Starts etcd and waits until it serves requests.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory for etcd");
-        let mut etcd = Self {
-            child: None,
-            dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
-        etcd.spawn().await;
-        etcd
+        Self(EtcdCluster::start(1).await)
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.0.endpoint(0)
     }
 
     /// Kills etcd with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        kill(&mut self.child);
+        self.0.kill(0);
     }
 
     /// Starts etcd again on the same data directory and ports.
     pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    async fn spawn(&mut self) {
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
-            .arg("--name=kubox-test")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=kubox-test={peer}"))
-            .arg("--log-level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting etcd: is etcd-server installed? (scripts/test installs it)");
-        self.child = Some(child);
-        let port = self.client_port;
-        eventually(
-            "etcd to report healthy",
-            Duration::from_secs(30),
-            || async move { health(port).then_some(()) },
-        )
-        .await;
+        self.0.restart(0).await;
     }
 }
 
@@ -197,12 +153,6 @@ fn health(port: u16) -> bool {
     let mut body = String::new();
     let _ = conn.read_to_string(&mut body);
     body.contains("\"health\":\"true\"")
-}
-
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A real etcd cluster of several members on loopback, each with its own
