@@ -316,6 +316,121 @@ async fn kubox_user_create_writes_a_working_kubeconfig() {
     assert!(!reserved.status.success());
 }
 
+/// The seeds' `new_user.sh` and `del_user.sh` in one command each: a
+/// namespace of the user's own with a role, a quota and default limits, and
+/// a kubeconfig working in it; deleting the user takes all of it away.
+#[tokio::test]
+async fn kubox_user_add_gives_a_namespace_with_a_role_and_a_quota() {
+    let server = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.kubeconfig");
+    let dd = server.data_dir().to_str().unwrap().to_owned();
+    let add = [
+        "user",
+        "add",
+        "dev",
+        "--role",
+        "edit",
+        "--quota",
+        "cpu=1,memory=1Gi,pods=2",
+        "--data-dir",
+        &dd,
+        "-o",
+        path.to_str().unwrap(),
+    ];
+    run(KUBOX, &add, dir.path());
+    // Run again, it keeps what is there.
+    run(KUBOX, &add, dir.path());
+    let as_dev = |args: &[&str]| kubectl_as(&path, args);
+    assert_eq!(
+        text(
+            &as_dev(&[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.contexts[0].context.namespace}"
+            ])
+            .stdout
+        ),
+        "ns-dev"
+    );
+    assert_eq!(
+        text(&as_dev(&["auth", "can-i", "create", "deployments"]).stdout),
+        "yes\n"
+    );
+    // edit, not admin: no granting of roles, nothing outside the namespace.
+    assert_eq!(
+        text(&as_dev(&["auth", "can-i", "create", "rolebindings"]).stdout),
+        "no\n"
+    );
+    let out = as_dev(&["get", "pods", "-n", "default"]);
+    assert!(
+        text(&out.stderr).contains(
+            r#"User "dev" cannot list resource "pods" in API group "" in the namespace "default""#
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // A pod naming no resources gets the defaults the quota needs.
+    until_ok(
+        &path,
+        &["run", "one", "--image=busybox", "--", "sleep", "3600"],
+    )
+    .await;
+    let limits = text(
+        &as_dev(&[
+            "get",
+            "pod",
+            "one",
+            "-o",
+            "jsonpath={.spec.containers[0].resources}",
+        ])
+        .stdout,
+    );
+    let limits: serde_json::Value = serde_json::from_str(&limits).unwrap();
+    assert_eq!(limits["requests"]["cpu"], "100m", "{limits}");
+    assert_eq!(limits["limits"]["memory"], "512Mi", "{limits}");
+    as_dev(&["run", "two", "--image=busybox", "--", "sleep", "3600"]);
+    let third = as_dev(&["run", "three", "--image=busybox", "--", "sleep", "3600"]);
+    assert!(
+        text(&third.stderr).contains(
+            "exceeded quota: quota-dev, requested: pods=1, used: pods=2, limited: pods=2"
+        ),
+        "{}",
+        text(&third.stderr)
+    );
+
+    run(
+        KUBOX,
+        &["user", "delete", "dev", "--data-dir", &dd],
+        dir.path(),
+    );
+    eventually(
+        "the user's namespace to go",
+        Duration::from_secs(60),
+        || async {
+            let out = server.kubectl(&["get", "namespace", "ns-dev"]);
+            (!out.status.success()).then_some(())
+        },
+    )
+    .await;
+    let out = as_dev(&["get", "pods"]);
+    assert!(
+        text(&out.stderr).contains(
+            r#"User "dev" cannot list resource "pods" in API group "" in the namespace "ns-dev""#
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let again = Command::new(KUBOX)
+        .args(["user", "delete", "dev", "--data-dir", &dd])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains(r#"no namespace belongs to user "dev""#));
+}
+
 #[tokio::test]
 async fn anonymous_requests_see_only_health_and_version() {
     let server = start().await;
