@@ -14,6 +14,7 @@ pub mod discovery;
 mod eviction;
 pub mod http;
 mod impersonation;
+mod jobspec;
 pub mod leases;
 pub mod metrics;
 mod node_proxy;
