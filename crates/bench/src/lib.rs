@@ -9,6 +9,7 @@ mod load;
 pub mod net;
 pub mod pods;
 pub mod report;
+pub mod rollout;
 pub mod scheduler;
 pub mod store;
 pub mod streams;
