@@ -17,6 +17,7 @@ pub mod encryption;
 mod eviction;
 pub mod http;
 mod impersonation;
+mod jobspec;
 pub mod leases;
 pub mod metrics;
 mod node_proxy;

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::status::FieldError;
-use crate::validation;
+use crate::{jobspec, validation};
 
 pub trait Strategy: Send + Sync {
     /// Sets upstream's defaults (done on create and update, as upstream's
@@ -30,7 +30,7 @@ pub struct Plain;
 impl Strategy for Plain {}
 
 /// Inserts `value` at `key` of an object unless something is already there.
-fn or_insert(obj: &mut Value, key: &str, value: Value) {
+pub(crate) fn or_insert(obj: &mut Value, key: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
         map.entry(key).or_insert(value);
     }
@@ -363,14 +363,7 @@ impl Strategy for Workload {
                 or_insert(spec, "revisionHistoryLimit", json!(10));
             }
             "Job" => {
-                if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
-                    spec["completions"] = json!(1);
-                }
-                or_insert(spec, "parallelism", json!(1));
-                or_insert(spec, "backoffLimit", json!(6));
-                or_insert(spec, "completionMode", json!("NonIndexed"));
-                or_insert(spec, "suspend", json!(false));
-                or_insert(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+                jobspec::default(spec);
                 or_insert(spec, "manualSelector", json!(false));
             }
             "CronJob" => {
@@ -379,20 +372,7 @@ impl Strategy for Workload {
                 or_insert(spec, "successfulJobsHistoryLimit", json!(3));
                 or_insert(spec, "failedJobsHistoryLimit", json!(1));
                 if let Some(job_spec) = path_mut(spec, &["jobTemplate", "spec"]) {
-                    if job_spec.get("completions").is_none()
-                        && job_spec.get("parallelism").is_none()
-                    {
-                        job_spec["completions"] = json!(1);
-                    }
-                    or_insert(job_spec, "parallelism", json!(1));
-                    or_insert(job_spec, "backoffLimit", json!(6));
-                    or_insert(job_spec, "completionMode", json!("NonIndexed"));
-                    or_insert(job_spec, "suspend", json!(false));
-                    or_insert(
-                        job_spec,
-                        "podReplacementPolicy",
-                        json!("TerminatingOrFailed"),
-                    );
+                    jobspec::default(job_spec);
                 }
             }
             _ => {}
@@ -409,16 +389,24 @@ impl Strategy for Workload {
 
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         if obj["kind"] == "CronJob" {
-            return validate_pod_spec(
+            let mut errs = validate_pod_spec(
                 &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
                 "spec.jobTemplate.spec.template.spec",
             );
+            errs.extend(jobspec::validate(
+                &obj["spec"]["jobTemplate"]["spec"],
+                "spec.jobTemplate.spec",
+            ));
+            return errs;
         }
         let mut errs = validate_selector(obj);
         errs.extend(validate_pod_spec(
             &obj["spec"]["template"]["spec"],
             "spec.template.spec",
         ));
+        if obj["kind"] == "Job" {
+            errs.extend(jobspec::validate(&obj["spec"], "spec"));
+        }
         errs
     }
 

@@ -53,8 +53,9 @@ pub fn name_rule(plural: &str) -> fn(&str) -> Option<String> {
     }
 }
 
-/// Label keys: an optional DNS subdomain prefix and a name of up to 63 characters.
-fn label_key(key: &str) -> Option<String> {
+/// Qualified names (label keys, condition types): an optional DNS
+/// subdomain prefix and a name of up to 63 characters.
+pub fn qualified_name(key: &str) -> Option<String> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -94,7 +95,7 @@ pub fn metadata(meta: &Value, plural: &str) -> Vec<FieldError> {
     }
     if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
-            if let Some(why) = label_key(k) {
+            if let Some(why) = qualified_name(k) {
                 errs.push(FieldError::invalid("metadata.labels", &json!(k), why));
             }
             if let Some(why) = v.as_str().and_then(label_value) {
@@ -115,7 +116,7 @@ pub fn metadata(meta: &Value, plural: &str) -> Vec<FieldError> {
             });
         }
         for k in annotations.keys() {
-            if let Some(why) = label_key(k) {
+            if let Some(why) = qualified_name(k) {
                 errs.push(FieldError::invalid("metadata.annotations", &json!(k), why));
             }
         }

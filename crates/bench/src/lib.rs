@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod net;
 pub mod pods;
 pub mod report;
+pub mod rollout;
 pub mod scheduler;
 pub mod store;
 pub mod streams;

@@ -162,6 +162,37 @@ async fn measure(
     })
 }
 
+/// A fresh `kubox server` without a node agent, `nodes` hollow nodes over
+/// `zones` zones registered with it, and a client of it.
+pub(crate) async fn hollow_cluster(
+    exe: &std::path::Path,
+    nodes: usize,
+    zones: usize,
+) -> anyhow::Result<(KuboxServer, kube::Client, HollowNodes)> {
+    let server = KuboxServer::start(exe, &["--disable-agent"]).await;
+    let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
+    let hollow = HollowNodes::start(
+        client.clone(),
+        HollowConfig {
+            prefix: "hollow-".into(),
+            count: nodes,
+            zones,
+        },
+    )
+    .await?;
+    let node_api: Api<Node> = Api::all(client.clone());
+    eventually(
+        "the hollow nodes to register",
+        Duration::from_secs(600),
+        || async {
+            let listed = node_api.list_metadata(&ListParams::default()).await.ok()?;
+            (listed.items.len() >= nodes).then_some(())
+        },
+    )
+    .await;
+    Ok((server, client, hollow))
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
     let mut table = Table::new(&[
@@ -175,27 +206,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         "server RSS after",
     ]);
     for &nodes in &opts.nodes {
-        let server = KuboxServer::start(&exe, &["--disable-agent"]).await;
-        let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
-        let _hollow = HollowNodes::start(
-            client.clone(),
-            HollowConfig {
-                prefix: "hollow-".into(),
-                count: nodes,
-                zones: opts.zones,
-            },
-        )
-        .await?;
-        let node_api: Api<Node> = Api::all(client.clone());
-        eventually(
-            "the hollow nodes to register",
-            Duration::from_secs(600),
-            || async {
-                let listed = node_api.list_metadata(&ListParams::default()).await.ok()?;
-                (listed.items.len() >= nodes).then_some(())
-            },
-        )
-        .await;
+        let (server, client, _hollow) = hollow_cluster(&exe, nodes, opts.zones).await?;
         for workload in Workload::ALL {
             let m = measure(&client, workload, opts.pods, nodes).await?;
             let rss = server.pid().map_or(0, |pid| crate::pods::usage(pid).0);

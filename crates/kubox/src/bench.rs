@@ -114,6 +114,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         scrapes: usize,
     },
+    /// A Deployment's rolling update on hollow nodes: from the image
+    /// change to every new replica available.
+    Rollout {
+        #[arg(long, default_value_t = 100)]
+        replicas: i32,
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+    },
     /// The storage engine: write latency and throughput, range reads, watch fan-out.
     Store {
         /// Skip measuring a real etcd side by side.
@@ -215,6 +223,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Metrics { pods, scrapes } => {
             let table =
                 kubox_bench::metrics::run(kubox_bench::metrics::Options { pods, scrapes }).await?;
+            println!("{table}");
+        }
+        BenchCommand::Rollout { replicas, nodes } => {
+            let table =
+                kubox_bench::rollout::run(kubox_bench::rollout::Options { replicas, nodes })
+                    .await?;
             println!("{table}");
         }
         BenchCommand::Store {

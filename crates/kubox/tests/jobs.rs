@@ -310,3 +310,147 @@ async fn a_job_made_from_a_cronjob_runs_its_template() {
         ["nightly", "0 3 * * *", "<none>", "False", "0", "<none>"]
     );
 }
+
+/// `kubectl create -f -` of `manifest`; kubectl's stderr when it fails.
+fn create_refused(server: &KuboxServer, manifest: &Value) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["create", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "created: {manifest}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_pod_failure_policy_fails_ignores_or_counts_failures_by_exit_code() {
+    let server = cluster(&[]).await;
+    let policy = json!({"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+        {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]});
+
+    // Exit code 42 fails the Job at once, whatever the backoff limit.
+    server.apply_json(&job(
+        "fatal",
+        json!({"backoffLimit": 6, "podFailurePolicy": policy}),
+        "exit 42",
+    ));
+    let created = get_json(&server, &["get", "job", "fatal"]);
+    assert_eq!(created["spec"]["podReplacementPolicy"], "Failed");
+    assert_eq!(
+        created["spec"]["podFailurePolicy"]["rules"][2]["onPodConditions"][0]["status"],
+        "True"
+    );
+    let failed = job_condition(&server, "fatal", "Failed").await;
+    let pods = job_pods(&server, "fatal");
+    assert_eq!(pods.len(), 1, "no replacement for a fatal failure");
+    let message = format!(
+        "Container main for pod default/{} failed with exit code 42 matching FailJob rule at index 0",
+        pods[0]["metadata"]["name"].as_str().unwrap()
+    );
+    for type_ in ["FailureTarget", "Failed"] {
+        let c = condition(&failed, type_);
+        assert_eq!(
+            (&c["reason"], &c["message"]),
+            (&json!("PodFailurePolicy"), &json!(message)),
+            "{type_}"
+        );
+    }
+    assert_eq!(failed["status"]["failed"], 1);
+    assert_eq!(events(&server, "fatal", "PodFailurePolicy"), [message]);
+    let (_, row) = table(&server, "jobs", "fatal");
+    assert_eq!(row[..3], ["fatal", "Failed", "0/1"]);
+
+    // Exit code 3 is ignored: with no failure allowed, the Job still
+    // replaces its pod rather than fail, and counts nothing.
+    server.apply_json(&job(
+        "flaky",
+        json!({"backoffLimit": 0, "podFailurePolicy": policy}),
+        "exit 3",
+    ));
+    let ignored = eventually("two ignored failures of job/flaky", TIMEOUT, || async {
+        let pods = job_pods(&server, "flaky");
+        let failed = pods
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Failed")
+            .count();
+        (failed >= 2).then_some(pods)
+    })
+    .await;
+    for p in ignored.iter().filter(|p| p["status"]["phase"] == "Failed") {
+        let state = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(state["exitCode"], 3, "{p}");
+    }
+    let j = get_json(&server, &["get", "job", "flaky"]);
+    assert!(condition(&j, "Failed").is_null(), "{j}");
+    assert!(condition(&j, "FailureTarget").is_null(), "{j}");
+    assert!(j["status"]["failed"].is_null(), "{}", j["status"]);
+
+    // Any other exit code counts toward the limit as without a policy.
+    server.apply_json(&job(
+        "counted",
+        json!({"backoffLimit": 0, "podFailurePolicy": policy}),
+        "exit 1",
+    ));
+    let failed = job_condition(&server, "counted", "Failed").await;
+    assert_eq!(
+        condition(&failed, "Failed")["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(failed["status"]["failed"], 1);
+}
+
+#[tokio::test]
+async fn a_bad_pod_failure_policy_is_refused_as_upstream_refuses_it() {
+    let server = cluster(&[]).await;
+    let bad = job(
+        "bad",
+        json!({"podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [0, 1]}},
+            {"action": "Ignore", "onExitCodes": {"containerName": "other", "operator": "NotIn", "values": [1]}},
+            {"action": "FailIndex", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]}}),
+        "true",
+    );
+    let err = create_refused(&server, &bad);
+    assert!(err.contains("The Job \"bad\" is invalid"), "{err}");
+    for cause in [
+        "spec.podFailurePolicy.rules[0].onExitCodes.values[0]: Invalid value: 0: \
+         must not be 0 for the In operator",
+        "spec.podFailurePolicy.rules[1].onExitCodes.containerName: Invalid value: \"other\": \
+         must be one of the container or initContainer names in the pod template",
+        "spec.podFailurePolicy.rules[2].action: Invalid value: \"FailIndex\": \
+         requires the backoffLimitPerIndex to be set",
+    ] {
+        assert!(err.contains(cause), "{cause} in {err}");
+    }
+    let mut restarting = job(
+        "restarting",
+        json!({"podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}),
+        "true",
+    );
+    restarting["spec"]["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+    let err = create_refused(&server, &restarting);
+    assert!(
+        err.contains(
+            "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": \
+             only \"Never\" is supported when podFailurePolicy is specified"
+        ),
+        "{err}"
+    );
+}

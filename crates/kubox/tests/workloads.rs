@@ -1185,12 +1185,12 @@ async fn a_deployment_recovers_from_pods_deleted_at_random() {
 #[tokio::test]
 async fn a_rollout_resumes_after_the_server_is_killed_without_exceeding_its_surge() {
     let mut server = cluster().await;
-    let mut roll = deployment("roll", 6, "busybox:1.0");
+    let mut roll = deployment("roll", 10, "busybox:1.0");
     roll["spec"]["minReadySeconds"] = json!(2);
     roll["spec"]["strategy"] =
-        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}});
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 0}});
     apply(&server, &roll);
-    deploy_shows(&server, "roll", "6/6", "6", "6").await;
+    deploy_shows(&server, "roll", "10/10", "10", "10").await;
     let counter = PodCounter::start(&server, "roll");
     server.kubectl_ok(&["set", "image", "deploy/roll", "app=busybox:2.0"]);
     eventually("the rollout to be under way", TIMEOUT, || async {
@@ -1199,6 +1199,10 @@ async fn a_rollout_resumes_after_the_server_is_killed_without_exceeding_its_surg
         (images.len() == 2).then_some(())
     })
     .await;
+    let uid = |rs: &Value| rs["metadata"]["uid"].as_str().unwrap().to_owned();
+    let before: BTreeSet<String> = replica_sets(&server, "roll").iter().map(uid).collect();
+    assert_eq!(before.len(), 2, "the old and the new ReplicaSet");
+    // SIGKILL mid-rollout: nothing is flushed or handed over.
     server.kill();
     server.restart().await;
     let status = rollout_status(&server, "roll");
@@ -1206,16 +1210,36 @@ async fn a_rollout_resumes_after_the_server_is_killed_without_exceeding_its_surg
         status.ends_with("deployment \"roll\" successfully rolled out\n"),
         "{status}"
     );
-    eventually("six new pods", TIMEOUT, || async {
+    eventually("ten new pods", TIMEOUT, || async {
         let pods = active_pods(&server, "roll");
-        (pods.len() == 6 && images_of(&pods) == BTreeSet::from(["busybox:2.0".to_string()]))
+        (pods.len() == 10 && images_of(&pods) == BTreeSet::from(["busybox:2.0".to_string()]))
             .then_some(())
     })
     .await;
     assert!(
-        counter.max() <= 8,
+        counter.max() <= 13,
         "{} active pods at once, more than replicas + maxSurge",
         counter.max()
     );
-    assert!(counter.max() >= 7, "the surge was used: {}", counter.max());
+    assert!(counter.max() >= 11, "the surge was used: {}", counter.max());
+    // The same two ReplicaSets, none lost and none made again: the old
+    // one scaled to zero as revision 1, the new one holding all ten.
+    let sets = replica_sets(&server, "roll");
+    let after: BTreeSet<String> = sets.iter().map(uid).collect();
+    assert_eq!(after, before);
+    let mut by_revision: Vec<(String, Value)> = sets
+        .iter()
+        .map(|rs| {
+            let revision = rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (revision, rs["spec"]["replicas"].clone())
+        })
+        .collect();
+    by_revision.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by_revision,
+        [("1".to_string(), json!(0)), ("2".to_string(), json!(10))]
+    );
 }

@@ -8,6 +8,7 @@
 //! interim SuccessCriteriaMet or FailureTarget condition, and Complete or
 //! Failed once its pods are gone.
 
+mod failurepolicy;
 pub mod indexes;
 mod status;
 
@@ -264,13 +265,20 @@ fn suspended(job: &Job) -> bool {
     spec(job).suspend == Some(true)
 }
 
+/// Whether a pod is replaced only once it has failed, not while it
+/// terminates: so asked, or a pod failure policy needs its exit codes.
+fn only_replace_failed(job: &Job) -> bool {
+    spec(job).pod_replacement_policy.as_deref() == Some("Failed")
+        || spec(job).pod_failure_policy.is_some()
+}
+
 /// Failed, or (unless only failed pods are replaced) deleted before it
 /// could succeed: an orphan may never reach the Failed phase.
 fn is_failed(pod: &Pod, job: &Job) -> bool {
     if phase(pod) == "Failed" {
         return true;
     }
-    if spec(job).pod_replacement_policy.as_deref() == Some("Failed") {
+    if only_replace_failed(job) {
         return false;
     }
     pod.metadata.deletion_timestamp.is_some() && phase(pod) != "Succeeded"
@@ -390,7 +398,24 @@ async fn sync_job(job: Job, shared: &Shared) -> Result<Option<Duration>, Error> 
     let job = &tracker.job;
     if tracker.finished.is_none() {
         let limit = spec(job).backoff_limit.unwrap_or(6);
-        if tracker.failed > limit || past_backoff_limit_on_failure(job, &tracker.pods) {
+        // A failure the policy says fails the Job is recorded in the interim
+        // condition before any finalizer goes, so its message survives.
+        let fail_job = tracker
+            .pods
+            .iter()
+            .filter(|p| is_failed(p, job))
+            .find_map(|p| match failurepolicy::judge(job, p) {
+                failurepolicy::Verdict::FailJob(message) => Some(message),
+                _ => None,
+            });
+        if let Some(message) = fail_job {
+            tracker.finished = Some(status::condition(
+                status::FAILURE_TARGET,
+                "PodFailurePolicy",
+                &message,
+                now,
+            ));
+        } else if tracker.failed > limit || past_backoff_limit_on_failure(job, &tracker.pods) {
             tracker.finished = Some(status::condition(
                 status::FAILURE_TARGET,
                 "BackoffLimitExceeded",
@@ -625,7 +650,7 @@ async fn manage(
         tracker.deleted(&deleted);
         return err.map_or(Ok(None), Err);
     }
-    let terminating = if spec(&job).pod_replacement_policy.as_deref() == Some("Failed") {
+    let terminating = if only_replace_failed(&job) {
         tracker.terminating as usize
     } else {
         0

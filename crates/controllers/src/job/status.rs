@@ -18,7 +18,8 @@ use kube::{Api, Resource, ResourceExt};
 use kubox_client::events::{Recorder, Type};
 
 use super::{
-    has_finalizer, indexes, is_failed, is_indexed, is_terminating, phase, spec, suspended,
+    failurepolicy, has_finalizer, indexes, is_failed, is_indexed, is_terminating, phase, spec,
+    suspended,
 };
 use crate::{Error, pods};
 
@@ -176,8 +177,12 @@ impl Tracker {
         let uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
         t.succeeded = status.succeeded.unwrap_or(0)
             + (new_succeeded.len() + uids(&uncounted.succeeded).len()) as i32;
-        t.failed =
-            status.failed.unwrap_or(0) + (new_failed.len() + uids(&uncounted.failed).len()) as i32;
+        // Failures the pod failure policy ignores never count.
+        let new_failed = new_failed
+            .iter()
+            .filter(|p| failurepolicy::judge(&t.job, p).counts())
+            .count();
+        t.failed = status.failed.unwrap_or(0) + (new_failed + uids(&uncounted.failed).len()) as i32;
         if is_indexed(&t.job) {
             let completions = spec(&t.job).completions.unwrap_or(0);
             t.prev_succeeded_indexes = indexes::parse(
@@ -410,6 +415,7 @@ impl Tracker {
             } else if (considered_failed || failing)
                 && !failed.contains(&uid(p))
                 && (!indexed || indexes::of(p).is_some_and(|i| i < completions))
+                && failurepolicy::judge(&self.job, p).counts()
             {
                 failed.insert(uid(p));
                 uncounted.failed.get_or_insert_with(Vec::new).push(uid(p));
