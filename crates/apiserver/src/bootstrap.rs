@@ -22,7 +22,7 @@ fn find(api: &Api, group: &str, version: &str, plural: &str) -> ApiResult<Arc<Re
         .ok_or_else(|| ApiError::internal(format!("{plural} is not registered")))
 }
 
-pub async fn run(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()> {
+pub async fn run(api: &Api, advertise: IpAddr, https_port: u16, ca_pem: &str) -> ApiResult<()> {
     let namespaces = find(api, "", "v1", "namespaces")?;
     for ns in NAMESPACES {
         api.ensure(&namespaces, None, json!({"metadata": {"name": ns}}))
@@ -44,7 +44,48 @@ pub async fn run(api: &Api, advertise: IpAddr, https_port: u16) -> ApiResult<()>
     for class in crate::priority::system_classes() {
         api.ensure(&classes, None, class).await?;
     }
-    kubernetes_endpoints(api, advertise, https_port).await
+    kubernetes_endpoints(api, advertise, https_port).await?;
+    cluster_info(api, advertise, https_port, ca_pem).await
+}
+
+/// kube-public's `cluster-info` ConfigMap, as kubeadm publishes it: a
+/// kubeconfig naming the API server and its CA, readable anonymously, so a
+/// joining node can fetch the CA and check it against its join token's
+/// hash before trusting the server.
+async fn cluster_info(
+    api: &Api,
+    advertise: IpAddr,
+    https_port: u16,
+    ca_pem: &str,
+) -> ApiResult<()> {
+    use base64::Engine;
+    let server = match advertise {
+        IpAddr::V6(ip) => format!("https://[{ip}]:{https_port}"),
+        IpAddr::V4(ip) => format!("https://{ip}:{https_port}"),
+    };
+    let kubeconfig = format!(
+        "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: {server}
+  name: \"\"
+contexts: null
+current-context: \"\"
+kind: Config
+preferences: {{}}
+users: null
+",
+        ca = base64::engine::general_purpose::STANDARD.encode(ca_pem),
+    );
+    let info = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": kubeconfig},
+    });
+    let rt = find(api, "", "v1", "configmaps")?;
+    upsert(api, &rt, "kube-public", info, "data").await
 }
 
 /// Points the `kubernetes` Service at this API server, as upstream's
@@ -65,7 +106,7 @@ async fn kubernetes_endpoints(api: &Api, advertise: IpAddr, https_port: u16) -> 
         "subsets": [{"addresses": [{"ip": ip}], "ports": port}],
     });
     let rt = find(api, "", "v1", "endpoints")?;
-    upsert(api, &rt, endpoints, "subsets").await?;
+    upsert(api, &rt, "default", endpoints, "subsets").await?;
     let address_type = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
@@ -80,22 +121,22 @@ async fn kubernetes_endpoints(api: &Api, advertise: IpAddr, https_port: u16) -> 
         "ports": port,
     });
     let rt = find(api, "discovery.k8s.io", "v1", "endpointslices")?;
-    upsert(api, &rt, slice, "endpoints").await
+    upsert(api, &rt, "default", slice, "endpoints").await
 }
 
 /// Creates `obj`, or replaces the stored one when its `field` differs.
-async fn upsert(api: &Api, rt: &ResourceType, obj: Value, field: &str) -> ApiResult<()> {
+async fn upsert(api: &Api, rt: &ResourceType, ns: &str, obj: Value, field: &str) -> ApiResult<()> {
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let body = serde_json::to_vec(&obj).unwrap_or_default();
-    match api.get(rt, Some("default"), &name).await {
+    match api.get(rt, Some(ns), &name).await {
         Ok(current) if current[field] == obj[field] => Ok(()),
         Ok(_) => {
             let target = ObjectRef {
                 rt,
-                ns: Some("default"),
+                ns: Some(ns),
                 name: &name,
                 subresource: None,
             };
@@ -104,7 +145,7 @@ async fn upsert(api: &Api, rt: &ResourceType, obj: Value, field: &str) -> ApiRes
                 .map(drop)
         }
         Err(e) if e.reason == "NotFound" => api
-            .create(rt, Some("default"), &body, &WriteOptions::default())
+            .create(rt, Some(ns), &body, &WriteOptions::default())
             .await
             .map(drop),
         Err(e) => Err(e),

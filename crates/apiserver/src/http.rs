@@ -294,7 +294,12 @@ impl Handler {
         // which must be good: a bad one is refused, never taken as anonymous.
         let identity = match (identity, bearer(req.headers())) {
             (Some(identity), _) => identity,
-            (None, Some(token)) => match self.tokens.authenticate(&self.api, token).await {
+            (None, Some(token)) => match match crate::bootstrap_token::Token::parse(token) {
+                Some(bootstrap) => {
+                    crate::bootstrap_token::authenticate(&self.api, &bootstrap).await
+                }
+                None => self.tokens.authenticate(&self.api, token).await,
+            } {
                 Ok(identity) => identity,
                 Err(why) => {
                     tracing::debug!(%why, "bearer token refused");

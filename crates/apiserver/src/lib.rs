@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod api;
 pub mod apply;
 pub mod authz;
+pub mod bootstrap_token;
 pub mod cache;
 mod client_auth;
 pub mod deletion;
@@ -193,7 +194,7 @@ impl ApiServer {
             tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
-        bootstrap::run(&api, config.advertise_address, addr.port())
+        bootstrap::run(&api, config.advertise_address, addr.port(), pki.ca_pem())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
         let policy = rbac::policy::run(&api)

@@ -5,8 +5,10 @@ mod bench;
 mod dns;
 mod image;
 mod ingress;
+mod join;
 mod net;
 mod server;
+mod token;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,8 @@ enum Command {
     Ingress(ingress::StandaloneArgs),
     /// Remove what a node's network made: nft tables, bridge, veths, routes.
     Uninstall(net::UninstallArgs),
+    /// Make join tokens for new nodes.
+    Token(token::TokenArgs),
     /// Manage the cluster's users (client certificates and kubeconfigs).
     User(user::UserArgs),
     /// Measure kubox's components.
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingress(args) => ingress::run(args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }
