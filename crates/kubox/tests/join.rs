@@ -571,3 +571,85 @@ async fn three_nodes_run_a_deployment_with_services_and_dns_across_them() {
     spawn_agent(&mut hosts, 1, &server, &url, &join, "node-c");
     server.wait_node_ready("node-c").await;
 }
+
+#[tokio::test]
+async fn a_node_cut_off_has_its_pods_replaced_and_stops_them_when_it_returns() {
+    let mut hosts = Hosts::new(1);
+    let (server, url) = server_on(&hosts, &["--node-monitor-grace-period=10s"]).await;
+    server.import_busybox();
+    let join = server_token(&server).await;
+    let dir = hosts.host(0).data_dir().to_owned();
+    import_busybox(Path::new(KUBOX), &dir, "docker.io/library/busybox:latest");
+    spawn_agent(&mut hosts, 0, &server, &url, &join, "node-b");
+    server.wait_node_ready("node-a").await;
+    server.wait_node_ready("node-b").await;
+    // Its pods tolerate an unreachable node for 5 s rather than 300 s; all
+    // start on node-b.
+    server.kubectl_ok(&["cordon", "node-a"]);
+    let mut deployment = web_deployment(2);
+    deployment["spec"]["template"]["spec"]["tolerations"] = json!([
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
+    ]);
+    server.apply_json(&deployment);
+    server.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=180s"]);
+    server.kubectl_ok(&["uncordon", "node-a"]);
+    let per_pod = kubox_testkit::node::containers(&dir).len() / 2;
+    assert!(per_pod > 0);
+    // (name, node, terminating, ready) of the Deployment's pods.
+    let pods = || -> Vec<(String, String, bool, bool)> {
+        let list: Value = serde_json::from_str(
+            &server.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "json"]),
+        )
+        .unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    p["metadata"]["deletionTimestamp"].is_string(),
+                    ready,
+                )
+            })
+            .collect()
+    };
+
+    hosts.host(0).set_link(false);
+    eventually(
+        "node-b's pods replaced on node-a",
+        Duration::from_secs(180),
+        || async {
+            let on_a = pods()
+                .iter()
+                .filter(|(_, node, terminating, ready)| node == "node-a" && !terminating && *ready)
+                .count();
+            (on_a == 2).then_some(())
+        },
+    )
+    .await;
+
+    hosts.host(0).set_link(true);
+    server.wait_node_ready("node-b").await;
+    eventually(
+        "node-b stops the replaced pods",
+        Duration::from_secs(180),
+        || async {
+            let left_on_b = pods()
+                .iter()
+                .filter(|(_, node, ..)| node == "node-b")
+                .count();
+            (left_on_b == 0 && kubox_testkit::node::containers(&dir).is_empty()).then_some(())
+        },
+    )
+    .await;
+}

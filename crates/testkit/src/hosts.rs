@@ -53,6 +53,7 @@ impl Hosts {
         // What a crashed holder of the slot may have left.
         for i in 0..count {
             quietly(&["ip", "netns", "del", &format!("kbxh{slot}n{i}")]);
+            quietly(&["ip", "link", "del", &format!("kbxh{slot}v{i}")]);
         }
         quietly(&["ip", "link", "del", &bridge]);
         run(&["ip", "link", "add", &bridge, "type", "bridge"]);
@@ -189,6 +190,8 @@ impl Drop for Hosts {
             crate::node::release(host.dir.path());
             // Its bridge, veths, VXLAN device and tables go with the namespace.
             quietly(&["ip", "netns", "del", &host.netns]);
+            // Gone with the namespace, unless something still holds it.
+            quietly(&["ip", "link", "del", &host.link]);
         }
         quietly(&["ip", "link", "del", &self.bridge]);
     }
