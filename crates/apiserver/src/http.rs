@@ -307,13 +307,21 @@ impl Handler {
             (Some(identity), _) => identity,
             (None, Some(token)) => match self.static_tokens.authenticate(token) {
                 Some(identity) => identity,
-                None => match self.tokens.authenticate(&self.api, token).await {
-                    Ok(identity) => identity,
-                    Err(why) => {
-                        tracing::debug!(%why, "bearer token refused");
-                        return error_response(&ApiError::unauthorized());
+                None => {
+                    let verified = match crate::bootstrap_token::Token::parse(token) {
+                        Some(bootstrap) => {
+                            crate::bootstrap_token::authenticate(&self.api, &bootstrap).await
+                        }
+                        None => self.tokens.authenticate(&self.api, token).await,
+                    };
+                    match verified {
+                        Ok(identity) => identity,
+                        Err(why) => {
+                            tracing::debug!(%why, "bearer token refused");
+                            return error_response(&ApiError::unauthorized());
+                        }
                     }
-                },
+                }
             },
             // Requests without credentials are the anonymous user's, whom
             // RBAC lets reach only the public endpoints, as upstream.

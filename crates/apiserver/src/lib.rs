@@ -8,6 +8,7 @@ pub mod api;
 pub mod apply;
 pub mod audit;
 pub mod authz;
+pub mod bootstrap_token;
 pub mod cache;
 mod client_auth;
 pub mod conversion;
@@ -256,7 +257,7 @@ impl ApiServer {
             tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
-        bootstrap::run(&api, addr.port())
+        bootstrap::run(&api, config.advertise_address, addr.port(), pki.ca_pem())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
         // Servers starting together race on the endpoints (a conflict), and

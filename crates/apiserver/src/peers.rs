@@ -204,7 +204,7 @@ async fn write_endpoints(api: &Api, live: &[SocketAddr]) -> ApiResult<()> {
         "subsets": subsets,
     });
     let rt = find(api, "", "endpoints")?;
-    upsert(api, &rt, endpoints, "subsets").await?;
+    crate::bootstrap::upsert(api, &rt, "default", endpoints, &["subsets"]).await?;
     let slices = find(api, "discovery.k8s.io", "endpointslices")?;
     let mut wanted = Vec::new();
     for (i, (port, ips)) in by_port.iter().enumerate() {
@@ -230,7 +230,7 @@ async fn write_endpoints(api: &Api, live: &[SocketAddr]) -> ApiResult<()> {
             "endpoints": endpoints,
             "ports": ports(*port),
         });
-        upsert(api, &slices, slice, "endpoints").await?;
+        crate::bootstrap::upsert(api, &slices, "default", slice, &["endpoints", "ports"]).await?;
         wanted.push(name);
     }
     let listed = api
@@ -251,33 +251,4 @@ async fn write_endpoints(api: &Api, live: &[SocketAddr]) -> ApiResult<()> {
         }
     }
     Ok(())
-}
-
-/// Creates `obj`, or replaces the stored one when its `field` (or, for a
-/// slice, its ports) differs.
-async fn upsert(api: &Api, rt: &ResourceType, obj: Value, field: &str) -> ApiResult<()> {
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let body = serde_json::to_vec(&obj).unwrap_or_default();
-    match api.get(rt, Some("default"), &name).await {
-        Ok(current) if current[field] == obj[field] && current["ports"] == obj["ports"] => Ok(()),
-        Ok(_) => {
-            let target = ObjectRef {
-                rt,
-                ns: Some("default"),
-                name: &name,
-                subresource: None,
-            };
-            api.update(target, &body, &WriteOptions::default())
-                .await
-                .map(drop)
-        }
-        Err(e) if e.reason == "NotFound" => api
-            .create(rt, Some("default"), &body, &WriteOptions::default())
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    }
 }

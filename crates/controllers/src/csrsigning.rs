@@ -1,8 +1,9 @@
 //! The CertificateSigningRequest signer for `kubernetes.io/kube-apiserver-client`
-//! (upstream's csrsigning controller): an approved request, not denied or
-//! failed and not yet signed, gets a client certificate from the cluster CA
-//! in `status.certificate`, valid for `spec.expirationSeconds` (a year by
-//! default, as upstream's `--cluster-signing-duration`).
+//! and `kubernetes.io/kube-apiserver-client-kubelet` (nodes' client
+//! certificates; upstream's csrsigning controller): an approved request,
+//! not denied or failed and not yet signed, gets a client certificate from
+//! the cluster CA in `status.certificate`, valid for `spec.expirationSeconds`
+//! but no longer than `--cluster-signing-duration` (a year by default).
 
 use std::sync::Arc;
 
@@ -22,9 +23,14 @@ use rcgen::{
 use crate::{Context, Error, is_not_found, runner};
 
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
-const DEFAULT_SECONDS: i64 = 365 * 24 * 3600;
+const SIGNERS: &[&str] = &[SIGNER, crate::csrapproving::KUBELET_SIGNER];
 /// Upstream refuses shorter durations than ten minutes.
 const MIN_SECONDS: i64 = 600;
+/// Certificates start a little in the past for clocks a little behind,
+/// except short-lived ones (under 8 hours), which would otherwise spend
+/// much of their life before their rotation deadline (upstream's policy).
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+const SHORT: time::Duration = time::Duration::hours(8);
 
 /// The cluster CA, which signs the requests.
 #[derive(Clone, Debug)]
@@ -36,6 +42,8 @@ pub struct SigningCa {
 struct State {
     client: kube::Client,
     issuer: Issuer<'static, KeyPair>,
+    /// The longest lifetime a certificate gets.
+    duration: time::Duration,
 }
 
 pub async fn run(ctx: Arc<Context>) {
@@ -57,6 +65,8 @@ pub async fn run(ctx: Arc<Context>) {
     let state = Arc::new(State {
         client: ctx.client.clone(),
         issuer,
+        duration: time::Duration::try_from(ctx.config.cluster_signing_duration)
+            .unwrap_or(time::Duration::MAX),
     });
     runner::run("csrsigning", controller, reconcile, state).await;
 }
@@ -67,21 +77,20 @@ fn has(conditions: &[CertificateSigningRequestCondition], kind: &str) -> bool {
         .any(|c| c.type_ == kind && c.status == "True")
 }
 
-fn sign(
-    csr: &CertificateSigningRequest,
-    issuer: &Issuer<'static, KeyPair>,
-) -> Result<String, String> {
+fn sign(csr: &CertificateSigningRequest, state: &State) -> Result<String, String> {
     let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|e| e.to_string())?;
     let mut request = CertificateSigningRequestParams::from_pem(&pem).map_err(|e| e.to_string())?;
-    let seconds = csr
-        .spec
-        .expiration_seconds
-        .map_or(DEFAULT_SECONDS, i64::from)
-        .max(MIN_SECONDS);
+    let lifetime = csr.spec.expiration_seconds.map_or(state.duration, |s| {
+        time::Duration::seconds(i64::from(s).max(MIN_SECONDS)).min(state.duration)
+    });
     let now = time::OffsetDateTime::now_utc();
     let params = &mut request.params;
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(seconds);
+    params.not_before = if lifetime < SHORT {
+        now
+    } else {
+        now - BACKDATE
+    };
+    params.not_after = now + lifetime;
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -89,7 +98,9 @@ fn sign(
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.subject_alt_names.clear();
-    let cert = request.signed_by(issuer).map_err(|e| e.to_string())?;
+    let cert = request
+        .signed_by(&state.issuer)
+        .map_err(|e| e.to_string())?;
     Ok(cert.pem())
 }
 
@@ -100,7 +111,7 @@ async fn reconcile(
     let status = csr.status.clone().unwrap_or_default();
     let conditions = status.conditions.clone().unwrap_or_default();
     let signed = status.certificate.as_ref().is_some_and(|c| !c.0.is_empty());
-    if csr.spec.signer_name != SIGNER
+    if !SIGNERS.contains(&csr.spec.signer_name.as_str())
         || signed
         || !has(&conditions, "Approved")
         || has(&conditions, "Denied")
@@ -110,7 +121,7 @@ async fn reconcile(
     }
     let mut updated = (*csr).clone();
     let mut new_status = status;
-    match sign(&csr, &state.issuer) {
+    match sign(&csr, &state) {
         Ok(pem) => new_status.certificate = Some(ByteString(pem.into_bytes())),
         Err(reason) => {
             let mut all = conditions;

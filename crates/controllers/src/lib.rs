@@ -6,6 +6,7 @@
 
 mod clusterroleaggregation;
 mod cronjob;
+mod csrapproving;
 mod csrsigning;
 mod daemonset;
 mod deployment;
@@ -36,6 +37,7 @@ mod runner;
 mod serviceaccount;
 mod servicelb;
 mod statefulset;
+mod tokencleaner;
 mod tokens;
 mod ttlafterfinished;
 
@@ -78,6 +80,9 @@ pub struct Config {
     pub node_monitor_grace_period: std::time::Duration,
     /// Where the local-path provisioner makes its volumes' directories.
     pub local_path_dir: std::path::PathBuf,
+    /// The longest a signed certificate lives (upstream's
+    /// `--cluster-signing-duration`, a year).
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 /// What every controller shares.
@@ -213,6 +218,8 @@ async fn lead(client: kube::Client, config: Config) {
             clusterroleaggregation::run(ctx.clone()).boxed(),
         ),
         ("csrsigning", csrsigning::run(ctx.clone()).boxed()),
+        ("csrapproving", csrapproving::run(ctx.clone()).boxed()),
+        ("tokencleaner", tokencleaner::run(ctx.clone()).boxed()),
         (
             "local-path-provisioner",
             localpath::run(ctx.clone()).boxed(),

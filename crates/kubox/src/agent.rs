@@ -205,15 +205,26 @@ pub async fn start(
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("credentials").required(true).args(["kubeconfig", "server", "uninstall"]))]
 pub struct StandaloneArgs {
     /// The node's credentials and the API server to join.
+    #[arg(long, conflicts_with_all = ["server", "token"])]
+    kubeconfig: Option<PathBuf>,
+    /// The API server to join with a join token (`https://HOST:6443`).
+    #[arg(long, requires = "token")]
+    server: Option<String>,
+    /// The join token `kubox server` printed or `kubox token create` made.
+    #[arg(long, env = "KUBOX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Remove what this node made (its network, as `kubox uninstall`, and
+    /// the credentials it joined with), after `kubectl delete node`.
     #[arg(long)]
-    kubeconfig: PathBuf,
+    uninstall: bool,
     /// Register this many hollow nodes instead of a real one, as kubemark
     /// and kwok do: simulated nodes whose pods are reported running without
     /// containers. Their credentials must allow writing any Node and Pod
     /// status (an admin kubeconfig).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", requires = "kubeconfig")]
     hollow: Option<usize>,
     /// Hollow nodes are named `{prefix}{index}`.
     #[arg(long, default_value = "hollow-", requires = "hollow")]
@@ -232,9 +243,8 @@ pub struct StandaloneArgs {
 
 /// `kubox agent`: one more node for a running cluster, until SIGTERM or Ctrl-C.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
-    if let Some(count) = args.hollow {
-        let (client, _, _balanced) =
-            kubox_client::failover::connect_balanced(&args.kubeconfig).await?;
+    if let (Some(count), Some(kubeconfig)) = (args.hollow, &args.kubeconfig) {
+        let (client, _, _balanced) = kubox_client::failover::connect_balanced(kubeconfig).await?;
         let config = kubox_agent::hollow::HollowConfig {
             prefix: args.hollow_prefix,
             count,
@@ -246,16 +256,75 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         println!("kubox agent: {count} hollow nodes running");
         return crate::server::wait_for_shutdown().await;
     }
+    if args.uninstall {
+        return uninstall(&args).await;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot use data directory {}", args.data_dir.display()))?;
-    let _node = start(
-        &args.agent,
-        &args.net,
-        &args.data_dir,
-        &args.kubeconfig,
-        false,
-    )
-    .await?;
-    println!("kubox agent: node {} running", node_name(&args.agent));
-    crate::server::wait_for_shutdown().await
+    let name = node_name(&args.agent);
+    let (Some(server), Some(token)) = (&args.server, &args.token) else {
+        let kubeconfig = args
+            .kubeconfig
+            .as_deref()
+            .context("--kubeconfig or --server")?;
+        let _node = start(&args.agent, &args.net, &args.data_dir, kubeconfig, false).await?;
+        println!("kubox agent: node {name} running");
+        return crate::server::wait_for_shutdown().await;
+    };
+    let join = crate::join::Join {
+        server: server.trim_end_matches('/').to_owned(),
+        token: kubox_apiserver::bootstrap_token::JoinToken::parse(token)
+            .map_err(|e| anyhow::anyhow!("--token: {e}"))?,
+        node_name: name.clone(),
+        state_dir: state_dir(&args.data_dir),
+    };
+    let shutdown = crate::server::wait_for_shutdown();
+    tokio::pin!(shutdown);
+    let mut renewed = false;
+    loop {
+        let kubeconfig = tokio::select! {
+            k = join.credentials() => k,
+            r = &mut shutdown => return r,
+        };
+        let node = match start(&args.agent, &args.net, &args.data_dir, &kubeconfig, false).await {
+            Ok(node) => node,
+            // The components just stopped may hold their port a moment longer.
+            Err(e) if renewed => {
+                tracing::warn!("restarting the node's components: {e:#}; retrying in 1s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        println!("kubox agent: node {name} running");
+        tokio::select! {
+            () = join.renew_when_due() => {}
+            r = &mut shutdown => return r,
+        }
+        // The components' clients hold the old certificate: they start
+        // again with the new one (pods and network stay as they are).
+        drop(node);
+        renewed = true;
+        tracing::info!("restarting the node's components with the renewed certificate");
+    }
+}
+
+/// `kubox agent --uninstall`: the node's network and join credentials go,
+/// so the machine can join again afresh (under its name too, once the Node
+/// is deleted).
+async fn uninstall(args: &StandaloneArgs) -> anyhow::Result<()> {
+    let state = state_dir(&args.data_dir);
+    kubox_net::uninstall(&args.net.config()?, &state)
+        .await
+        .context("removing the node's network")?;
+    for file in crate::join::CREDENTIALS {
+        match std::fs::remove_file(state.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {file}"));
+            }
+            _ => {}
+        }
+    }
+    println!("kubox agent: node network and credentials removed");
+    Ok(())
 }

@@ -6,9 +6,11 @@ mod datastore;
 mod dns;
 mod image;
 mod ingress;
+mod join;
 mod net;
 mod secrets;
 mod server;
+mod token;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,8 @@ enum Command {
     Ingress(ingress::StandaloneArgs),
     /// Remove what a node's network made: nft tables, bridge, veths, routes.
     Uninstall(net::UninstallArgs),
+    /// Make join tokens for new nodes.
+    Token(token::TokenArgs),
     /// Manage the cluster's users (client certificates and kubeconfigs).
     User(user::UserArgs),
     /// Move a cluster's data between datastores (`migrate`: embedded to etcd).
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Datastore(args) => datastore::run(args).await,
             Command::Secrets(args) => secrets::run(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }

@@ -63,6 +63,10 @@ pub struct ServerArgs {
     /// the node controller marks it unreachable and taints it.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
+    /// The longest a certificate signed for a CertificateSigningRequest
+    /// lives (nodes rotate theirs at 70-90% of it).
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    cluster_signing_duration: Duration,
     /// How long Events are kept after their last update.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
@@ -170,16 +174,6 @@ fn leader_timing(args: &ServerArgs) -> leader::Timing {
         renew_deadline: args.leader_elect_renew_deadline,
         retry_period: args.leader_elect_retry_period,
     }
-}
-
-/// The CA certificate (PEM) a kubeconfig trusts its API server by.
-fn cluster_ca(kubeconfig: &kube::config::Kubeconfig) -> Option<String> {
-    use base64::Engine;
-    let cluster = kubeconfig.clusters.first()?.cluster.as_ref()?;
-    let pem = base64::engine::general_purpose::STANDARD
-        .decode(cluster.certificate_authority_data.as_ref()?)
-        .ok()?;
-    String::from_utf8(pem).ok()
 }
 
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -351,7 +345,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
             .context("writing the controller manager's credentials")?;
         let (client, kubeconfig) = kubox_client::connect(&kubeconfig).await?;
-        let root_ca = cluster_ca(&kubeconfig)
+        let root_ca = crate::token::kubeconfig_ca(&kubeconfig)
             .context("the controller manager's kubeconfig names no cluster CA")?;
         if args.node_cidr_mask_size < args.net.cluster_cidr.prefix_len() {
             anyhow::bail!("--node-cidr-mask-size is shorter than --cluster-cidr's prefix");
@@ -365,6 +359,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             disabled,
             node_monitor_grace_period: args.node_monitor_grace_period,
             local_path_dir: args.data_dir.join("storage"),
+            cluster_signing_duration: args.cluster_signing_duration,
             signing_ca: Some(kubox_controllers::SigningCa {
                 cert_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
                     .context("reading the cluster CA for the CSR signer")?,
@@ -419,12 +414,32 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ingress.http_addr, ingress.https_addr
         );
     }
+    let join = join_token(&args.data_dir, &server.kubeconfig).await?;
+    println!(
+        "kubox server: nodes join with: kubox agent --server https://{} --token {join}",
+        std::net::SocketAddr::new(advertise_address, server.addr.port())
+    );
     println!("kubox server: data in {}", args.data_dir.display());
     println!(
         "kubox server: admin kubeconfig at {}",
         server.kubeconfig.display()
     );
     wait_for_shutdown().await
+}
+
+/// The server's join token, `DATA/token` (mode 0600), made at first start
+/// and valid until its Secret is deleted, as k3s's server token.
+async fn join_token(data_dir: &std::path::Path, admin: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token = crate::token::create_with(admin, None, "the server's join token")
+        .await
+        .context("making the server's join token")?
+        .to_string();
+    kubox_apiserver::pki::write_file(&path, format!("{token}\n").as_bytes(), true)?;
+    Ok(token)
 }
 
 /// Until SIGTERM or Ctrl-C.

@@ -3,10 +3,13 @@
 //! when dropped.
 
 pub mod hollow;
+pub mod hosts;
 pub mod images;
 pub mod node;
 
 pub use hollow::{HollowAgent, HollowCluster};
+
+pub use hosts::{Host, Hosts};
 pub use node::Runtime;
 
 use std::future::Future;

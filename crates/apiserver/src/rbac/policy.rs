@@ -117,6 +117,10 @@ const DNS_ROLE: &str = "system:coredns";
 const INGRESS: &str = "system:kubox-ingress";
 const PUBLISHER: &str = "system:kubox:service-publisher";
 const METRICS_SERVER: &str = "system:metrics-server";
+const NODE_BOOTSTRAPPER: &str = "system:node-bootstrapper";
+const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 
 fn view_rules() -> Vec<Value> {
     vec![
@@ -821,10 +825,13 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
                     ],
                 ),
                 named(
-                    &["sign"],
+                    &["approve", "sign"],
                     &["certificates.k8s.io"],
                     &["signers"],
-                    &["kubernetes.io/kube-apiserver-client"],
+                    &[
+                        "kubernetes.io/kube-apiserver-client",
+                        "kubernetes.io/kube-apiserver-client-kubelet",
+                    ],
                 ),
                 rule(
                     &["create"],
@@ -958,6 +965,42 @@ pub fn cluster_roles() -> Vec<Value> {
                 &["certificates.k8s.io"],
                 &["signers"],
                 &["kubernetes.io/kube-apiserver-client"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:kube-apiserver-client-kubelet-approver",
+            vec![named(
+                &["approve"],
+                &["certificates.k8s.io"],
+                &["signers"],
+                &["kubernetes.io/kube-apiserver-client-kubelet"],
+            )],
+        ),
+        // What a joining node's bootstrap token may do: ask for its client
+        // certificate, and have it approved (nodeclient); a node renewing
+        // its own certificate has it approved by selfnodeclient.
+        cluster_role(
+            NODE_BOOTSTRAPPER,
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
+        cluster_role(
+            NODE_CLIENT,
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            SELF_NODE_CLIENT,
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
             )],
         ),
     ];
@@ -1094,6 +1137,27 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         DNS_ROLE,
         "ClusterRole",
         vec![subject("ServiceAccount:kube-system", DNS_ACCOUNT)],
+    ));
+    // kubeadm's bindings for joining nodes, under kubox's prefix: bootstrap
+    // tokens may ask for node certificates and have them approved, nodes
+    // may renew their own.
+    bindings.push(binding_to(
+        "kubox:kubelet-bootstrap",
+        "ClusterRole",
+        NODE_BOOTSTRAPPER,
+        vec![group(crate::bootstrap_token::GROUP)],
+    ));
+    bindings.push(binding_to(
+        "kubox:node-autoapprove-bootstrap",
+        "ClusterRole",
+        NODE_CLIENT,
+        vec![group(crate::bootstrap_token::GROUP)],
+    ));
+    bindings.push(binding_to(
+        "kubox:node-autoapprove-certificate-rotation",
+        "ClusterRole",
+        SELF_NODE_CLIENT,
+        vec![group("system:nodes")],
     ));
     bindings.push(binding(INGRESS, "ClusterRole", vec![user(INGRESS)]));
     bindings.push(binding(
@@ -1278,14 +1342,29 @@ async fn ensure(api: &Api, rt: &ResourceType, ns: Option<&str>, obj: Value) -> A
     Ok(revision_of(&w.object))
 }
 
+/// kube-public's: anyone may read `cluster-info`, as kubeadm allows, for
+/// joining nodes to find the CA their token's hash vouches for.
+fn public() -> (Vec<Value>, Vec<Value>) {
+    let name = "kubeadm:bootstrap-signer-clusterinfo";
+    let role = json!({
+        "metadata": metadata(name, &[]),
+        "rules": [named(&["get"], &[""], &["configmaps"], &["cluster-info"])],
+    });
+    let binding = binding(name, "Role", vec![subject("User", crate::http::ANONYMOUS)]);
+    (vec![role], vec![binding])
+}
+
 /// Creates or reconciles the whole policy.
 pub async fn run(api: &Api) -> ApiResult<Revisions> {
     let (roles, role_bindings) = namespaced();
+    let (public_roles, public_bindings) = public();
     let sets = [
         ("clusterroles", None, cluster_roles()),
         ("clusterrolebindings", None, cluster_role_bindings()),
         ("roles", Some("kube-system"), roles),
         ("rolebindings", Some("kube-system"), role_bindings),
+        ("roles", Some("kube-public"), public_roles),
+        ("rolebindings", Some("kube-public"), public_bindings),
     ];
     let mut revisions = Vec::new();
     for (plural, ns, objects) in sets {
