@@ -70,7 +70,7 @@ async fn network(netns: PathBuf) -> std::io::Result<Vec<Interface>> {
     .await
 }
 
-fn labels<'a>(c: &'a Container, cpu: bool) -> Vec<(&'a str, &'a str)> {
+fn labels(c: &Container, cpu: bool) -> Vec<(&str, &str)> {
     let mut l = vec![("container", c.name.as_str())];
     if cpu {
         l.push(("cpu", "total"));

@@ -138,7 +138,7 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<R
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let registry = registry.clone();
                 async move {
-                    let response = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header(header::CONTENT_TYPE, CONTENT_TYPE)
                             .body(Full::new(bytes::Bytes::from(registry.render())))
@@ -148,8 +148,7 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<R
                             .body(Full::new(bytes::Bytes::from_static(
                                 b"404 page not found\n",
                             )))
-                    };
-                    response
+                    }
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
