@@ -70,7 +70,7 @@ async fn network(netns: PathBuf) -> std::io::Result<Vec<Interface>> {
     .await
 }
 
-fn labels<'a>(c: &'a Container, cpu: bool) -> Vec<(&'a str, &'a str)> {
+fn labels(c: &Container, cpu: bool) -> Vec<(&str, &str)> {
     let mut l = vec![("container", c.name.as_str())];
     if cpu {
         l.push(("cpu", "total"));
@@ -133,13 +133,23 @@ pub async fn render(shared: &Shared) -> String {
         .iter()
         .filter_map(|(k, t)| Some((k.clone(), t.netns.clone()?)))
         .collect();
-    let mut networks = Vec::new();
-    for ((namespace, pod), netns) in sandboxes {
-        match network(netns).await {
-            Ok(interfaces) => networks.push((namespace, pod, interfaces, now_ms())),
-            Err(e) => tracing::debug!(pod, "reading the pod's network counters: {e}"),
-        }
-    }
+    // Each read is a thread joining a namespace: all pods at once.
+    let reads = sandboxes
+        .into_iter()
+        .map(|((namespace, pod), netns)| async move {
+            match network(netns).await {
+                Ok(interfaces) => Some((namespace, pod, interfaces, now_ms())),
+                Err(e) => {
+                    tracing::debug!(pod, "reading the pod's network counters: {e}");
+                    None
+                }
+            }
+        });
+    let mut networks: Vec<_> = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     networks.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
 
     let mut out = String::new();

@@ -45,9 +45,10 @@ pub(crate) fn usage(pid: u32) -> (u64, u64) {
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .unwrap_or_default();
+    // Parsed in place: the state field (a letter) counts too.
     let fields: Vec<u64> = after
         .split_whitespace()
-        .filter_map(|f| f.parse().ok())
+        .map(|f| f.parse().unwrap_or(0))
         .collect();
     let cpu = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     (rss, cpu)

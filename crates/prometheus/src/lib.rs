@@ -79,7 +79,8 @@ impl Registry {
 
 /// OpenMetrics text as Prometheus text format 0.0.4: counter families take
 /// their samples' `_total` name (but for the `bare` ones, whose samples
-/// lose it), `# UNIT` and `# EOF` go.
+/// lose it), help texts lose the full stop prometheus-client adds, `# UNIT`
+/// and `# EOF` go.
 fn text_format(openmetrics: &str, bare: &[String]) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     let mut help: Option<(&str, &str)> = None;
@@ -108,7 +109,10 @@ fn text_format(openmetrics: &str, bare: &[String]) -> String {
             } else {
                 name.to_owned()
             };
+            // prometheus-client ends every help text with a full stop of
+            // its own; the text is upstream's as registered.
             if let Some((_, text)) = help.take() {
+                let text = text.strip_suffix('.').unwrap_or(text);
                 out.push_str(&format!("# HELP {name} {text}\n"));
             }
             out.push_str(&format!("# TYPE {name} {kind}\n"));
@@ -138,7 +142,7 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<R
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let registry = registry.clone();
                 async move {
-                    let response = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header(header::CONTENT_TYPE, CONTENT_TYPE)
                             .body(Full::new(bytes::Bytes::from(registry.render())))
@@ -148,8 +152,7 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<R
                             .body(Full::new(bytes::Bytes::from_static(
                                 b"404 page not found\n",
                             )))
-                    };
-                    response
+                    }
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
