@@ -74,13 +74,14 @@ fn label(server: &KuboxServer, node: &str, label: &str) {
 async fn hollow_nodes_heartbeat_and_run_their_pods() {
     let cluster = HollowCluster::start(BIN, 3, &[]).await;
     let s = &cluster.server;
-    let leases = s.kubectl_ok(&["get", "leases", "-n", "kube-node-lease", "-o", "name"]);
-    for i in 0..3 {
-        assert!(
-            leases.contains(&format!("lease.coordination.k8s.io/hollow-{i}")),
-            "{leases}"
-        );
-    }
+    // A node's Lease follows its registration.
+    eventually("a Lease per hollow node", TIMEOUT, || async {
+        let leases = s.kubectl_ok(&["get", "leases", "-n", "kube-node-lease", "-o", "name"]);
+        (0..3)
+            .all(|i| leases.contains(&format!("lease.coordination.k8s.io/hollow-{i}")))
+            .then_some(())
+    })
+    .await;
     create(s, "web", json!({}), json!({}));
     let node = node_of(s, "web").await;
     assert!(node.starts_with("hollow-"), "{node}");
