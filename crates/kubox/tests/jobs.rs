@@ -313,23 +313,13 @@ async fn a_job_made_from_a_cronjob_runs_its_template() {
 
 /// `kubectl create -f -` of `manifest`; kubectl's stderr when it fails.
 fn create_refused(server: &KuboxServer, manifest: &Value) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(server.kubeconfig())
-        .args(["create", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = kubox_testkit::output_with_input(
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig())
+            .args(["create", "-f", "-"]),
+        manifest.to_string().as_bytes(),
+    );
     assert!(!out.status.success(), "created: {manifest}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -38,20 +38,10 @@ type Page = HashMap<String, Family>;
 /// `page` parsed by prometheus_client's parser (which refuses a malformed page).
 fn parse(page: &str) -> Page {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/prom_parse.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running python3 (scripts/test installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = kubox_testkit::output_with_input(
+        std::process::Command::new("python3").arg(script),
+        page.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the parser refused the page: {}\n{page}",

@@ -63,20 +63,10 @@ fn other_kubectls() -> Vec<String> {
 }
 
 fn apply(server: &KuboxServer, yaml: &str) {
-    let mut child = kubectl(server, "kubectl", &[])
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = kubox_testkit::output_with_input(
+        kubectl(server, "kubectl", &[]).args(["apply", "-f", "-"]),
+        yaml.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{}",
