@@ -26,15 +26,23 @@ pub struct Cache {
     /// Counted pods with pod affinity or anti-affinity terms, which every
     /// incoming pod is checked against.
     with_affinity: HashSet<Key>,
+    /// How many nodes have each image, kept as nodes change rather than
+    /// counted over every node for every pod (ImageLocality's spread).
+    images: HashMap<String, usize>,
 }
 
 impl Cache {
     pub fn set_node(&mut self, node: Arc<Node>) {
         let name = node.name_any();
         match self.nodes.get_mut(&name) {
-            Some(info) => info.set_node(node),
+            Some(info) => {
+                count_images(&mut self.images, info, -1);
+                info.set_node(node);
+                count_images(&mut self.images, info, 1);
+            }
             None => {
                 let mut info = NodeInfo::new(node);
+                count_images(&mut self.images, &info, 1);
                 for (key, pod) in self.waiting.remove(&name).unwrap_or_default() {
                     info.add(key, pod);
                 }
@@ -47,6 +55,7 @@ impl Cache {
 
     pub fn remove_node(&mut self, name: &str) {
         if let Some(info) = self.nodes.remove(name) {
+            count_images(&mut self.images, &info, -1);
             self.order.retain(|n| n != name);
             self.waiting.insert(name.to_owned(), info.pods);
         }
@@ -136,6 +145,24 @@ impl Cache {
 
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+
+    /// How many nodes have each image.
+    pub fn image_spread(&self) -> crate::scores::ImageSpread<'_> {
+        crate::scores::ImageSpread {
+            nodes_with: &self.images,
+            total: self.len(),
+        }
+    }
+}
+
+fn count_images(counts: &mut HashMap<String, usize>, info: &NodeInfo, sign: isize) {
+    for image in info.images.keys() {
+        let n = counts.entry(image.clone()).or_default();
+        *n = n.saturating_add_signed(sign);
+        if *n == 0 {
+            counts.remove(image);
+        }
     }
 }
 

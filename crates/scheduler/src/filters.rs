@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
 
-use crate::node_info::{NodeInfo, host_ports};
-use crate::resources::Resources;
+use crate::node_info::{HostPort, NodeInfo, host_ports, non_zero_requests};
+use crate::resources::{Resources, pod_requests};
 
 /// Why a node was rejected, and whether evicting pods (preemption) could change that.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,11 +32,43 @@ impl Rejection {
     }
 }
 
-/// What the filters need computed once per pod (upstream's PreFilter state).
+/// What the filters and scores need computed once per pod (upstream's
+/// PreFilter and PreScore state), so that no node pays for it again.
 pub struct PreFilter {
     pub requests: Resources,
+    /// CPU and memory as scoring counts them.
+    pub non_zero: (i64, i64),
+    pub host_ports: Vec<HostPort>,
+    /// The tolerations that can tolerate PreferNoSchedule taints.
+    pub prefer_tolerations: Vec<Toleration>,
+    /// The pod's images, normalised.
+    pub images: Vec<String>,
     pub affinity: Option<crate::affinity::State>,
     pub spread: Option<crate::spread::State>,
+}
+
+impl PreFilter {
+    /// The per-pod inputs, without the cluster-wide affinity and spread
+    /// state (added by the caller when the pod needs them).
+    pub fn new(pod: &Pod) -> Self {
+        Self {
+            requests: pod_requests(pod),
+            non_zero: non_zero_requests(pod),
+            host_ports: host_ports(pod),
+            prefer_tolerations: tolerations(pod)
+                .iter()
+                .filter(|t| {
+                    t.effect
+                        .as_deref()
+                        .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+                })
+                .cloned()
+                .collect(),
+            images: crate::scores::pod_images(pod),
+            affinity: None,
+            spread: None,
+        }
+    }
 }
 
 pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
@@ -73,12 +105,15 @@ fn node_unschedulable(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false);
+    if !cordoned {
+        return Ok(());
+    }
     let taint = Taint {
         key: "node.kubernetes.io/unschedulable".into(),
         effect: "NoSchedule".into(),
         ..Default::default()
     };
-    if cordoned && !tolerates(tolerations(pod), &taint) {
+    if !tolerates(tolerations(pod), &taint) {
         return Err(Rejection::unresolvable("node(s) were unschedulable"));
     }
     Ok(())
@@ -194,8 +229,8 @@ pub fn node_fits(
     untolerated_taint(pod, &info, effects).is_none()
 }
 
-fn node_ports(pod: &Pod, info: &NodeInfo) -> Result<(), Rejection> {
-    let conflict = host_ports(pod).iter().any(|(proto, ip, port)| {
+fn node_ports(wanted: &[HostPort], info: &NodeInfo) -> Result<(), Rejection> {
+    let conflict = wanted.iter().any(|(proto, ip, port)| {
         info.ports
             .iter()
             .any(|(p, i, n)| p == proto && n == port && (i.is_empty() || ip.is_empty() || i == ip))
@@ -239,7 +274,7 @@ pub fn filter(pod: &Pod, pre: &PreFilter, info: &NodeInfo) -> Result<(), Rejecti
     node_unschedulable(pod, info)?;
     taint_toleration(pod, info)?;
     node_affinity(pod, info)?;
-    node_ports(pod, info)?;
+    node_ports(&pre.host_ports, info)?;
     resources_fit(&pre.requests, info)?;
     if let Some(spread) = &pre.spread {
         spread.filter(info)?;
@@ -313,12 +348,7 @@ mod tests {
     }
 
     fn check(p: &Pod, n: &NodeInfo) -> Result<(), Rejection> {
-        let pre = PreFilter {
-            requests: crate::resources::pod_requests(p),
-            affinity: None,
-            spread: None,
-        };
-        filter(p, &pre, n)
+        filter(p, &PreFilter::new(p), n)
     }
 
     #[test]

@@ -257,12 +257,12 @@ impl Context {
             });
         }
         let pre = filters::PreFilter {
-            requests: resources::pod_requests(pod),
             affinity: affinity::State::needed(pod, cache).then(|| {
                 let namespaces = affinity::namespace_labels(&self.namespaces.state());
                 affinity::State::new(pod, cache, &namespaces)
             }),
             spread: spread::State::new(pod, cache),
+            ..filters::PreFilter::new(pod)
         };
         let want = feasible_to_find(total);
         let start = self.next_start.load(Ordering::Relaxed) % total;
@@ -293,7 +293,7 @@ impl Context {
                 preempt,
             });
         }
-        let scores = scores::score(pod, &pre, &feasible, cache.nodes());
+        let scores = scores::score(pod, &pre, &feasible, &cache.image_spread());
         let best = scores.iter().copied().max().unwrap_or(0);
         let top: Vec<&NodeInfo> = feasible
             .iter()

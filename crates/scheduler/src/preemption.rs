@@ -105,11 +105,7 @@ mod tests {
         cache.assume("default/b1".into(), "b".into(), pod("b1", 5, "1"));
         cache.assume("default/b2".into(), "b".into(), pod("b2", 1000, "1"));
         let incoming = pod("vip", 100, "1");
-        let pre = PreFilter {
-            requests: crate::resources::pod_requests(&incoming),
-            affinity: None,
-            spread: None,
-        };
+        let pre = PreFilter::new(&incoming);
         let rejected: Vec<(&NodeInfo, Rejection)> = cache
             .nodes()
             .map(|n| (n, filter(&incoming, &pre, n).unwrap_err()))

@@ -6,22 +6,22 @@ use k8s_openapi::api::core::v1::Pod;
 use std::collections::HashMap;
 
 use crate::filters::{PreFilter, term_matches, tolerates};
-use crate::node_info::{NodeInfo, non_zero_requests};
+use crate::node_info::NodeInfo;
 
 const MAX: i64 = 100;
 
 /// NodeResourcesFit with LeastAllocated: free CPU and memory after placing the pod.
-fn least_allocated(pod: &Pod, info: &NodeInfo) -> i64 {
-    let (cpu, mem) = fractions(pod, info);
+fn least_allocated(pre: &PreFilter, info: &NodeInfo) -> i64 {
+    let (cpu, mem) = fractions(pre, info);
     (((1.0 - cpu) * MAX as f64 + (1.0 - mem) * MAX as f64) / 2.0)
         .round()
         .max(0.0) as i64
 }
 
 /// CPU and memory in use after placing the pod, as fractions of allocatable.
-fn fractions(pod: &Pod, info: &NodeInfo) -> (f64, f64) {
+fn fractions(pre: &PreFilter, info: &NodeInfo) -> (f64, f64) {
     let alloc = &info.allocatable;
-    let (pod_cpu, pod_mem) = non_zero_requests(pod);
+    let (pod_cpu, pod_mem) = pre.non_zero;
     let frac = |used: i64, cap: Option<&i64>| match cap {
         Some(cap) if *cap > 0 => (used as f64 / *cap as f64).min(1.0),
         _ => 1.0,
@@ -33,35 +33,21 @@ fn fractions(pod: &Pod, info: &NodeInfo) -> (f64, f64) {
 }
 
 /// NodeResourcesBalancedAllocation: CPU and memory used in like proportion.
-fn balanced_allocation(pod: &Pod, info: &NodeInfo) -> i64 {
-    let (cpu, mem) = fractions(pod, info);
+fn balanced_allocation(pre: &PreFilter, info: &NodeInfo) -> i64 {
+    let (cpu, mem) = fractions(pre, info);
     let std_dev = (cpu - mem).abs() / 2.0;
     ((1.0 - std_dev) * MAX as f64).round() as i64
 }
 
 /// TaintToleration: how many PreferNoSchedule taints the pod does not tolerate (fewer is better).
-fn intolerable_taints(pod: &Pod, info: &NodeInfo) -> i64 {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or_default();
-    let prefer: Vec<_> = tolerations
-        .iter()
-        .filter(|t| {
-            t.effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
-        })
-        .cloned()
-        .collect();
+fn intolerable_taints(pre: &PreFilter, info: &NodeInfo) -> i64 {
     info.node
         .spec
         .as_ref()
         .and_then(|s| s.taints.as_deref())
         .unwrap_or_default()
         .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&prefer, t))
+        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&pre.prefer_tolerations, t))
         .count() as i64
 }
 
@@ -163,12 +149,7 @@ pub fn pod_images(pod: &Pod) -> Vec<String> {
 /// ImageLocality: the sizes of the pod's images the node already has, each
 /// scaled by the share of nodes that have it (so one node hoarding an image
 /// does not draw every pod), between 23 MB and 1000 MB per container.
-fn image_locality(
-    images: &[String],
-    spread: &HashMap<String, usize>,
-    total: usize,
-    info: &NodeInfo,
-) -> i64 {
+fn image_locality(images: &[String], spread: &ImageSpread, info: &NodeInfo) -> i64 {
     const MIN: i64 = 23 * 1024 * 1024;
     const MAX_PER_CONTAINER: i64 = 1000 * 1024 * 1024;
     if images.is_empty() {
@@ -178,7 +159,8 @@ fn image_locality(
         .iter()
         .filter_map(|i| {
             let size = info.images.get(i)?;
-            let share = spread.get(i).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+            let share =
+                spread.nodes_with.get(i).copied().unwrap_or(0) as f64 / spread.total.max(1) as f64;
             Some((*size as f64 * share) as i64)
         })
         .sum();
@@ -186,38 +168,26 @@ fn image_locality(
     MAX * (sum.clamp(MIN, max) - MIN) / (max - MIN)
 }
 
-/// How many of the cluster's nodes have each of the pod's images.
-pub fn image_spread<'a>(
-    images: &[String],
-    nodes: impl Iterator<Item = &'a NodeInfo>,
-) -> HashMap<String, usize> {
-    let mut spread = HashMap::new();
-    if images.is_empty() {
-        return spread;
-    }
-    for info in nodes {
-        for i in images {
-            if info.images.contains_key(i) {
-                *spread.entry(i.clone()).or_default() += 1;
-            }
-        }
-    }
-    spread
+/// How many of the cluster's nodes have each image, and how many nodes
+/// there are: what ImageLocality scales an image's size by.
+pub struct ImageSpread<'a> {
+    pub nodes_with: &'a HashMap<String, usize>,
+    pub total: usize,
 }
 
 /// The weighted total of every score for each feasible node, in order,
 /// with upstream's default weights.
-pub fn score<'a>(
-    pod: &Pod,
-    pre: &PreFilter,
-    nodes: &[&NodeInfo],
-    all: impl ExactSizeIterator<Item = &'a NodeInfo>,
-) -> Vec<i64> {
-    let per = |f: fn(&Pod, &NodeInfo) -> i64| nodes.iter().map(|n| f(pod, n)).collect::<Vec<_>>();
-    let fit = per(least_allocated);
-    let balanced = per(balanced_allocation);
+pub fn score(pod: &Pod, pre: &PreFilter, nodes: &[&NodeInfo], images: &ImageSpread) -> Vec<i64> {
+    let per =
+        |f: fn(&PreFilter, &NodeInfo) -> i64| nodes.iter().map(|n| f(pre, n)).collect::<Vec<_>>();
     let taints = normalize(&per(intolerable_taints), true);
-    let node_affinity = normalize(&per(preferred_affinity), false);
+    let node_affinity = normalize(
+        &nodes
+            .iter()
+            .map(|n| preferred_affinity(pod, n))
+            .collect::<Vec<_>>(),
+        false,
+    );
     let pod_affinity = match &pre.affinity {
         Some(a) => normalize_min_max(&nodes.iter().map(|n| a.score(n)).collect::<Vec<_>>()),
         None => vec![0; nodes.len()],
@@ -226,18 +196,15 @@ pub fn score<'a>(
         Some(s) => s.scores(pod, nodes),
         None => vec![0; nodes.len()],
     };
-    let images = pod_images(pod);
-    let total = all.len();
-    let image_nodes = image_spread(&images, all);
     (0..nodes.len())
         .map(|i| {
-            fit[i]
-                + balanced[i]
+            least_allocated(pre, nodes[i])
+                + balanced_allocation(pre, nodes[i])
                 + 3 * taints[i]
                 + 2 * node_affinity[i]
                 + 2 * pod_affinity[i]
                 + 2 * spread[i]
-                + image_locality(&images, &image_nodes, total, nodes[i])
+                + image_locality(&pre.images, images, nodes[i])
         })
         .collect()
 }
@@ -263,12 +230,15 @@ mod tests {
     }
 
     fn plain_score(p: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
-        let pre = PreFilter {
-            requests: crate::resources::pod_requests(p),
-            affinity: None,
-            spread: None,
+        let mut nodes_with = HashMap::new();
+        for image in nodes.iter().flat_map(|n| n.images.keys()) {
+            *nodes_with.entry(image.clone()).or_default() += 1;
+        }
+        let images = ImageSpread {
+            nodes_with: &nodes_with,
+            total: nodes.len(),
         };
-        score(p, &pre, nodes, nodes.iter().copied())
+        score(p, &PreFilter::new(p), nodes, &images)
     }
 
     #[test]
