@@ -237,14 +237,7 @@ fn converted_watch(
     tokio::spawn(async move {
         while let Some(event) = stored.recv().await {
             let event = match event {
-                WatchEvent::Object(kind, s) => WatchEvent::Object(
-                    kind,
-                    Arc::new(Stored {
-                        key: s.key.clone(),
-                        object: served.from_storage(s.object.clone()),
-                        revision: s.revision,
-                    }),
-                ),
+                WatchEvent::Object(kind, s) => WatchEvent::Object(kind, s.served(&served)),
                 other => other,
             };
             if tx.send(event).await.is_err() {
@@ -253,6 +246,51 @@ fn converted_watch(
         }
     });
     rx
+}
+
+/// A LIST's result, its items shared with the watch cache where they come
+/// from it, so a response is assembled from their JSON as encoded once.
+pub struct List {
+    pub kind: String,
+    pub api_version: String,
+    pub metadata: Value,
+    pub items: Vec<Arc<Stored>>,
+}
+
+impl List {
+    /// The list as one JSON value, for the server's own uses of it.
+    pub fn into_value(self) -> Value {
+        let items: Vec<Value> = self.items.iter().map(|s| s.object.clone()).collect();
+        json!({
+            "kind": self.kind,
+            "apiVersion": self.api_version,
+            "metadata": self.metadata,
+            "items": items,
+        })
+    }
+
+    /// The list's JSON, written around its items' cached encodings.
+    pub fn to_json(&self) -> Bytes {
+        let head = json!({
+            "kind": self.kind,
+            "apiVersion": self.api_version,
+            "metadata": self.metadata,
+        })
+        .to_string();
+        let size = self.items.iter().map(|s| s.json().len() + 1).sum::<usize>();
+        let mut out = Vec::with_capacity(head.len() + size + 16);
+        // `head` is an object: reopen it before its closing brace.
+        out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        out.extend_from_slice(b",\"items\":[");
+        for (i, s) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(s.json());
+        }
+        out.extend_from_slice(b"]}");
+        Bytes::from(out)
+    }
 }
 
 impl Api {
@@ -474,15 +512,22 @@ impl Api {
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> ApiResult<Value> {
+        Ok(self.list_shared(rt, ns, opts).await?.into_value())
+    }
+
+    /// LIST, with the items the cache holds shared rather than copied.
+    pub async fn list_shared(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<List> {
         let filter = Self::filter(rt, ns, opts)?;
         let prefix = rt.namespace_prefix(ns);
         let exact = opts.resource_version_match.as_deref() == Some("Exact");
         let (items, revision, cont, remaining) =
             if opts.limit > 0 || opts.continue_token.is_some() || exact {
-                let (items, revision, cont, remaining) =
-                    self.list_from_store(&prefix, opts, &*filter).await?;
-                let items: Vec<Value> = items.into_iter().map(|o| rt.from_storage(o)).collect();
-                (items, revision, cont, remaining)
+                self.list_from_store(&prefix, opts, &*filter).await?
             } else {
                 let cache = self.cache(rt);
                 match opts.resource_version.as_deref() {
@@ -493,15 +538,7 @@ impl Api {
                     None => self.catch_up(cache, None).await?,
                 }
                 let (items, revision) = cache.list(&prefix, &*filter);
-                (
-                    items
-                        .into_iter()
-                        .map(|s| rt.from_storage(s.object.clone()))
-                        .collect(),
-                    revision,
-                    None,
-                    None,
-                )
+                (items, revision, None, None)
             };
         let mut metadata = json!({"resourceVersion": revision.to_string()});
         if let Some(c) = cont {
@@ -510,12 +547,12 @@ impl Api {
         if let Some(r) = remaining {
             metadata["remainingItemCount"] = json!(r);
         }
-        Ok(json!({
-            "kind": format!("{}List", rt.kind),
-            "apiVersion": rt.api_version(),
-            "metadata": metadata,
-            "items": items,
-        }))
+        Ok(List {
+            kind: format!("{}List", rt.kind),
+            api_version: rt.api_version(),
+            metadata,
+            items: items.iter().map(|s| s.served(rt)).collect(),
+        })
     }
 
     async fn list_from_store(
@@ -523,7 +560,7 @@ impl Api {
         prefix: &str,
         opts: &ListOptions,
         filter: &(dyn Fn(&Stored) -> bool + Send + Sync),
-    ) -> ApiResult<(Vec<Value>, Revision, Option<String>, Option<i64>)> {
+    ) -> ApiResult<(Vec<Arc<Stored>>, Revision, Option<String>, Option<i64>)> {
         let (mut revision, mut start) = match &opts.continue_token {
             Some(token) => {
                 let (rv, key) = decode_continue(token)?;
@@ -565,13 +602,9 @@ impl Api {
                     return Ok((items, revision, Some(encode_continue(revision, next)), None));
                 }
                 let obj = with_revision(&kv.value, kv.mod_revision)?;
-                let stored = Stored {
-                    key: kv.key.clone(),
-                    object: obj,
-                    revision: kv.mod_revision,
-                };
+                let stored = Stored::new(kv.key.clone(), obj, kv.mod_revision);
                 if filter(&stored) {
-                    items.push(stored.object);
+                    items.push(Arc::new(stored));
                 }
                 last_key = Some(kv.key.clone());
             }
@@ -1501,6 +1534,40 @@ impl Api {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: Vec<Value>) -> List {
+        List {
+            kind: "PodList".into(),
+            api_version: "v1".into(),
+            metadata: json!({"resourceVersion": "9", "continue": "c"}),
+            items: items
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| Arc::new(Stored::new(format!("/registry/pods/a/{i}"), o, 9)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_list_written_from_cached_items_is_the_list_value() {
+        for items in [
+            vec![],
+            vec![json!({"metadata": {"name": "x"}})],
+            vec![
+                json!({"metadata": {"name": "x"}}),
+                json!({"spec": {"a": "\"]}"}}),
+            ],
+        ] {
+            let bytes = list(items.clone()).to_json();
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(parsed, list(items).into_value());
         }
     }
 }

@@ -4,14 +4,16 @@
 //! never holds up the store, the cache or other watchers.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use kubox_store::{EventKind, RangeRequest, Revision, Store, WatchMessage, WatchRequest};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult};
 
 /// Changes kept for watches that resume from an older resourceVersion.
@@ -21,12 +23,59 @@ const WATCHER_QUEUE: usize = 1_000;
 /// How long a read waits for the cache to reach a resourceVersion.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
-/// An object as stored, with `metadata.resourceVersion` filled in.
+/// An object as stored, with `metadata.resourceVersion` filled in. Like
+/// upstream's cachingObject, it is encoded to JSON at most once, however
+/// many LISTs and watchers send it, and converted at most once per version
+/// it is served in.
 #[derive(Debug)]
 pub struct Stored {
     pub key: String,
     pub object: Value,
     pub revision: Revision,
+    json: OnceLock<Bytes>,
+    /// Its views in other versions, by (group, version) served.
+    converted: Mutex<Vec<(GroupVersion, Arc<Stored>)>>,
+}
+
+type GroupVersion = (&'static str, &'static str);
+
+impl Stored {
+    pub fn new(key: String, object: Value, revision: Revision) -> Self {
+        Self {
+            key,
+            object,
+            revision,
+            json: OnceLock::new(),
+            converted: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The object as JSON.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(serde_json::to_vec(&self.object).expect("a JSON value serializes"))
+        })
+    }
+
+    /// The object as `served` presents it: itself, unless that version is
+    /// converted from the stored one.
+    pub fn served(self: &Arc<Self>, served: &ResourceType) -> Arc<Stored> {
+        if served.conversion.is_none() {
+            return self.clone();
+        }
+        let version = (served.group, served.version);
+        let mut converted = self.converted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = converted.iter().find(|(v, _)| *v == version) {
+            return s.clone();
+        }
+        let s = Arc::new(Stored::new(
+            self.key.clone(),
+            served.from_storage(self.object.clone()),
+            self.revision,
+        ));
+        converted.push((version, s.clone()));
+        s
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +101,12 @@ struct Change {
     object: Arc<Stored>,
     prev: Option<Arc<Stored>>,
     deleted: bool,
+}
+
+/// A change as the store reports it, before the cache has applied it.
+enum Update {
+    Put(Arc<Stored>),
+    Delete { key: String, revision: Revision },
 }
 
 /// What a watcher receives.
@@ -108,11 +163,7 @@ fn decode(key: &str, value: &[u8], revision: Revision) -> Option<Arc<Stored>> {
     match serde_json::from_slice::<Value>(value) {
         Ok(mut object) => {
             object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-            Some(Arc::new(Stored {
-                key: key.to_owned(),
-                object,
-                revision,
-            }))
+            Some(Arc::new(Stored::new(key.to_owned(), object, revision)))
         }
         Err(e) => {
             tracing::error!(key, error = %e, "undecodable object in storage");
@@ -243,15 +294,36 @@ impl Cache {
         Ok(rx)
     }
 
-    fn apply(&self, revision: Revision, changes: Vec<Change>) {
+    fn apply(&self, revision: Revision, updates: Vec<Update>) {
         let mut state = self.write();
-        for c in &changes {
-            if c.deleted {
-                state.objects.remove(&c.object.key);
-            } else {
-                state.objects.insert(c.object.key.clone(), c.object.clone());
-            }
-        }
+        // The cache holds every object's previous state, so the store's
+        // copy of it need not be decoded again.
+        let changes: Vec<Change> = updates
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Put(object) => {
+                    let prev = state.objects.insert(object.key.clone(), object.clone());
+                    Some(Change {
+                        revision: object.revision,
+                        object,
+                        prev,
+                        deleted: false,
+                    })
+                }
+                Update::Delete { key, revision } => {
+                    let last = state.objects.remove(&key)?;
+                    // A deleted object is reported in its last state, at the deletion's revision.
+                    let mut object = last.object.clone();
+                    object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    Some(Change {
+                        revision,
+                        object: Arc::new(Stored::new(key, object, revision)),
+                        prev: Some(last),
+                        deleted: true,
+                    })
+                }
+            })
+            .collect();
         state.watchers.retain(|w| {
             changes
                 .iter()
@@ -337,42 +409,19 @@ async fn feed(cache: std::sync::Weak<Cache>, store: Arc<dyn Store>) {
                     WatchMessage::Progress(rev) => c.progress(rev),
                     WatchMessage::Events(events) => {
                         let revision = events.last().map_or(0, |e| e.revision());
-                        let changes = events
+                        // Decoded here, outside the cache's lock.
+                        let updates = events
                             .into_iter()
-                            .filter_map(|e| {
-                                let prev = e
-                                    .prev_kv
-                                    .as_ref()
-                                    .and_then(|p| decode(&p.key, &p.value, p.mod_revision));
-                                let (object, deleted) = match e.kind {
-                                    EventKind::Put => {
-                                        (decode(&e.kv.key, &e.kv.value, e.kv.mod_revision)?, false)
-                                    }
-                                    // A deleted object is reported in its last state, at the deletion's revision.
-                                    EventKind::Delete => {
-                                        let last = prev.clone()?;
-                                        let mut object = last.object.clone();
-                                        object["metadata"]["resourceVersion"] =
-                                            Value::String(e.kv.mod_revision.to_string());
-                                        (
-                                            Arc::new(Stored {
-                                                key: last.key.clone(),
-                                                object,
-                                                revision: e.kv.mod_revision,
-                                            }),
-                                            true,
-                                        )
-                                    }
-                                };
-                                Some(Change {
+                            .filter_map(|e| match e.kind {
+                                EventKind::Put => decode(&e.kv.key, &e.kv.value, e.kv.mod_revision)
+                                    .map(Update::Put),
+                                EventKind::Delete => Some(Update::Delete {
+                                    key: e.kv.key,
                                     revision: e.kv.mod_revision,
-                                    object,
-                                    prev,
-                                    deleted,
-                                })
+                                }),
                             })
                             .collect();
-                        c.apply(revision, changes);
+                        c.apply(revision, updates);
                     }
                 }
             }
@@ -387,5 +436,44 @@ async fn feed(cache: std::sync::Weak<Cache>, store: Arc<dyn Store>) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use serde_json::json;
+
+    #[test]
+    fn an_object_is_encoded_once() {
+        let s = Stored::new("/registry/pods/a/x".into(), json!({"kind": "Pod"}), 7);
+        let first = s.json().clone();
+        assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object);
+        // The same buffer, not an equal one.
+        assert_eq!(s.json().as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn a_converted_view_is_made_once_per_version() {
+        let registry = Registry::builtin();
+        let core = registry.get("", "v1", "events").unwrap();
+        let events = registry.get("events.k8s.io", "v1", "events").unwrap();
+        let (stored_form, converted) = if core.conversion.is_some() {
+            (events, core)
+        } else {
+            (core, events)
+        };
+        let s = Arc::new(Stored::new(
+            "/registry/events/a/e".into(),
+            json!({"apiVersion": stored_form.api_version(), "kind": "Event",
+                   "metadata": {"name": "e", "namespace": "a"}}),
+            3,
+        ));
+        assert!(Arc::ptr_eq(&s.served(stored_form), &s));
+        let view = s.served(converted);
+        assert_eq!(view.object["apiVersion"], converted.api_version());
+        assert_eq!(view.revision, 3);
+        assert!(Arc::ptr_eq(&s.served(converted), &view));
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, ListOptions, ObjectRef, WriteOptions};
 use crate::apply;
 use crate::authz::{self, Authorizer, Decision};
-use crate::cache::WatchEvent;
+use crate::cache::{EventType, WatchEvent};
 use crate::deletion::DeleteOptions;
 use crate::discovery;
 use crate::openapi;
@@ -76,7 +76,15 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 fn respond_json(code: StatusCode, v: &Value, content_type: &str) -> Response<Body> {
-    let mut resp = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
+    respond_bytes(
+        code,
+        serde_json::to_vec(v).unwrap_or_default(),
+        content_type,
+    )
+}
+
+fn respond_bytes(code: StatusCode, json: impl Into<Bytes>, content_type: &str) -> Response<Body> {
+    let mut resp = Response::new(full(json));
     *resp.status_mut() = code;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -772,20 +780,32 @@ impl Handler {
         let (status, object, warnings) = match rr.verb {
             Verb::Get => {
                 let obj = api.get(rt, ns, name.unwrap_or_default()).await?;
-                (
-                    StatusCode::OK,
-                    self.present(rt, obj, form, &q, false),
-                    Vec::new(),
-                )
+                (StatusCode::OK, self.present(rt, obj, form, &q), Vec::new())
             }
             Verb::List => {
-                let opts = list_options(&q, None)?;
-                let list = api.list(rt, ns, &opts).await?;
-                (
-                    StatusCode::OK,
-                    self.present(rt, list, form, &q, true),
-                    Vec::new(),
-                )
+                let list = api.list_shared(rt, ns, &list_options(&q, None)?).await?;
+                let list = match form {
+                    Form::Object => {
+                        return Ok(respond_bytes(
+                            StatusCode::OK,
+                            list.to_json(),
+                            "application/json",
+                        ));
+                    }
+                    Form::Table => {
+                        let items: Vec<&Value> = list.items.iter().map(|s| &s.object).collect();
+                        table::table(rt, &items, list.metadata.clone(), include_object(&q), true)
+                    }
+                    Form::Metadata => {
+                        let items: Vec<Value> = list
+                            .items
+                            .iter()
+                            .map(|s| table::partial_metadata(&s.object))
+                            .collect();
+                        json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list.metadata, "items": items})
+                    }
+                };
+                (StatusCode::OK, list, Vec::new())
             }
             Verb::Watch => return self.watch(rt, ns, list_options(&q, name)?, form, &q).await,
             Verb::Create => {
@@ -939,30 +959,12 @@ impl Handler {
         v: Value,
         form: Form,
         q: &HashMap<String, String>,
-        is_list: bool,
     ) -> Value {
         match form {
             Form::Object => v,
             Form::Table => {
-                let (items, meta) = if is_list {
-                    (
-                        v["items"].as_array().cloned().unwrap_or_default(),
-                        v["metadata"].clone(),
-                    )
-                } else {
-                    let rv = v["metadata"]["resourceVersion"].clone();
-                    (vec![v], json!({"resourceVersion": rv}))
-                };
-                table::table(rt, &items, meta, include_object(q), true)
-            }
-            Form::Metadata if is_list => {
-                let items: Vec<Value> = v["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(table::partial_metadata)
-                    .collect();
-                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"], "items": items})
+                let meta = json!({"resourceVersion": v["metadata"]["resourceVersion"]});
+                table::table(rt, &[&v], meta, include_object(q), true)
             }
             Form::Metadata => table::partial_metadata(&v),
         }
@@ -1010,12 +1012,12 @@ impl Handler {
                     let object = match (form, &rt_ptr) {
                         (Form::Table, Some(rt)) => {
                             let meta = json!({"resourceVersion": stored.object["metadata"]["resourceVersion"]});
-                            let t = table::table(rt, std::slice::from_ref(&stored.object), meta, include, first_table);
+                            let t = table::table(rt, &[&stored.object], meta, include, first_table);
                             first_table = false;
                             t
                         }
                         (Form::Metadata, _) => table::partial_metadata(&stored.object),
-                        _ => stored.object.clone(),
+                        _ => return Ok(Frame::data(event_frame(kind, stored.json()))),
                     };
                     json!({"type": kind.as_str(), "object": object})
                 }
@@ -1108,6 +1110,21 @@ fn requested_by(body: &[u8], user: &Identity) -> ApiResult<Bytes> {
     Ok(Bytes::from(serde_json::to_vec(&csr).unwrap_or_default()))
 }
 
+/// A watch event's line around the object's JSON as encoded once for
+/// every watcher.
+fn event_frame(kind: EventType, object: &[u8]) -> Bytes {
+    let head = r#"{"type":""#;
+    let mid = r#"","object":"#;
+    let mut line =
+        Vec::with_capacity(head.len() + mid.len() + kind.as_str().len() + object.len() + 2);
+    line.extend_from_slice(head.as_bytes());
+    line.extend_from_slice(kind.as_str().as_bytes());
+    line.extend_from_slice(mid.as_bytes());
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
@@ -1119,6 +1136,20 @@ fn bookmark(kind: &str, api_version: &str, rv: i64, initial_end: bool) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_line_wraps_the_cached_object() {
+        let object = br#"{"kind":"Pod","metadata":{"name":"x"}}"#;
+        for kind in [EventType::Added, EventType::Modified, EventType::Deleted] {
+            let line = event_frame(kind, object);
+            assert!(line.ends_with(b"}\n"));
+            let parsed: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(
+                parsed,
+                json!({"type": kind.as_str(), "object": {"kind": "Pod", "metadata": {"name": "x"}}})
+            );
+        }
+    }
 
     #[test]
     fn patch_options_as_upstream_checks_them() {

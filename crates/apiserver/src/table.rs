@@ -982,7 +982,7 @@ pub enum IncludeObject {
 /// A `Table` of `objects`; `resource_version` and `continue` come from the list.
 pub fn table(
     rt: &ResourceType,
-    objects: &[Value],
+    objects: &[&Value],
     list_meta: Value,
     include: IncludeObject,
     with_columns: bool,
@@ -997,7 +997,7 @@ pub fn table(
         .collect();
     let rows: Vec<Value> = objects
         .iter()
-        .map(|o| {
+        .map(|&o| {
             // Columns print from the stored form, as upstream's printers
             // print the internal version whatever version was asked for.
             let stored = rt.conversion.and_then(|c| (c.to_storage)(o.clone()).ok());
