@@ -129,6 +129,7 @@ pub struct ApiServer {
     server_url: String,
     data_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    peer: Arc<peers::Peer>,
     peers: tokio::task::JoinHandle<()>,
 }
 
@@ -271,7 +272,8 @@ impl ApiServer {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
         }
-        let peers = peer.spawn(api.clone());
+        let peer = Arc::new(peer);
+        let peers = peer.clone().spawn(api.clone());
         let policy = rbac::policy::run(&api)
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
@@ -296,8 +298,18 @@ impl ApiServer {
             server_url,
             data_dir: config.data_dir.clone(),
             task,
+            peer,
             peers,
         })
+    }
+
+    /// Takes this server out of the `kubernetes` Service's endpoints and
+    /// deletes its lease, for a graceful shutdown; it keeps serving.
+    pub async fn leave(&self) {
+        self.peers.abort();
+        if let Err(e) = self.peer.leave(&self.api).await {
+            tracing::warn!("leaving the kubernetes Service's endpoints: {}", e.message);
+        }
     }
 
     /// The service-account signing key's PEM, for the controller manager's

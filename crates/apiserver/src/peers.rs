@@ -4,7 +4,8 @@
 //! identity leases) naming the address it advertises, and from the Leases
 //! not expired writes the Endpoints and EndpointSlices; expired Leases (a
 //! server gone) are deleted by whichever server sees them first. Every
-//! server computes the same list, so N of them writing it agree.
+//! server computes the same list, so N of them writing it agree. A server
+//! shutting down deletes its lease and drops itself from the endpoints.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -74,41 +75,35 @@ impl Peer {
     pub async fn reconcile(&self, api: &Api) -> ApiResult<()> {
         let leases = find(api, "coordination.k8s.io", "leases")?;
         self.renew(api, &leases).await?;
-        let listed = api
-            .list(&leases, Some("kube-system"), &ListOptions::default())
-            .await?;
-        let now = now();
-        let mut live = vec![self.address];
-        for lease in listed["items"].as_array().into_iter().flatten() {
-            let meta = &lease["metadata"];
-            if meta["labels"][IDENTITY_LABEL] != IDENTITY {
-                continue;
-            }
-            let Some(address) = meta["annotations"][ADDRESS_ANNOTATION]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-            else {
-                continue;
-            };
-            let renewed = lease["spec"]["renewTime"]
-                .as_str()
-                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-            let seconds = lease["spec"]["leaseDurationSeconds"]
-                .as_i64()
-                .unwrap_or(LEASE_SECONDS);
-            if renewed.is_some_and(|r| r + time::Duration::seconds(seconds) > now) {
-                live.push(address);
-            } else if let Some(name) = meta["name"].as_str() {
-                // Another server may have deleted it first: that is fine.
-                let _ = api
-                    .delete(
-                        &leases,
-                        Some("kube-system"),
-                        name,
-                        &DeleteOptions::default(),
-                    )
-                    .await;
-            }
+        let mut live = live_servers(api, &leases).await?;
+        live.push(self.address);
+        live.sort();
+        live.dedup();
+        write_endpoints(api, &live).await
+    }
+
+    /// Deletes this server's lease and writes the endpoints of the others,
+    /// so clients stop coming here at once rather than when the lease runs
+    /// out. The last server leaves the endpoints as they are: as upstream,
+    /// never erase them all.
+    pub async fn leave(&self, api: &Api) -> ApiResult<()> {
+        let leases = find(api, "coordination.k8s.io", "leases")?;
+        let deleted = api
+            .delete(
+                &leases,
+                Some("kube-system"),
+                &self.lease,
+                &DeleteOptions::default(),
+            )
+            .await;
+        match deleted {
+            Err(e) if e.reason != "NotFound" => return Err(e),
+            _ => {}
+        }
+        let mut live = live_servers(api, &leases).await?;
+        live.retain(|a| *a != self.address);
+        if live.is_empty() {
+            return Ok(());
         }
         live.sort();
         live.dedup();
@@ -160,8 +155,8 @@ impl Peer {
         }
     }
 
-    /// Reconciles at once, then every [`RECONCILE_PERIOD`] until dropped.
-    pub fn spawn(self, api: Arc<Api>) -> tokio::task::JoinHandle<()> {
+    /// Reconciles every [`RECONCILE_PERIOD`] until aborted.
+    pub fn spawn(self: Arc<Self>, api: Arc<Api>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RECONCILE_PERIOD).await;
@@ -174,6 +169,43 @@ impl Peer {
             }
         })
     }
+}
+
+/// The addresses of the servers whose leases are live; expired leases are
+/// deleted.
+async fn live_servers(api: &Api, leases: &ResourceType) -> ApiResult<Vec<SocketAddr>> {
+    let listed = api
+        .list(leases, Some("kube-system"), &ListOptions::default())
+        .await?;
+    let now = now();
+    let mut live = Vec::new();
+    for lease in listed["items"].as_array().into_iter().flatten() {
+        let meta = &lease["metadata"];
+        if meta["labels"][IDENTITY_LABEL] != IDENTITY {
+            continue;
+        }
+        let Some(address) = meta["annotations"][ADDRESS_ANNOTATION]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+        else {
+            continue;
+        };
+        let renewed = lease["spec"]["renewTime"]
+            .as_str()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        let seconds = lease["spec"]["leaseDurationSeconds"]
+            .as_i64()
+            .unwrap_or(LEASE_SECONDS);
+        if renewed.is_some_and(|r| r + time::Duration::seconds(seconds) > now) {
+            live.push(address);
+        } else if let Some(name) = meta["name"].as_str() {
+            // Another server may have deleted it first: that is fine.
+            let _ = api
+                .delete(leases, Some("kube-system"), name, &DeleteOptions::default())
+                .await;
+        }
+    }
+    Ok(live)
 }
 
 /// The Endpoints (one subset per port) and EndpointSlices (`kubernetes`

@@ -2,7 +2,10 @@
 //! leaderelection with a LeaseLock: one holder at a time, renewed every
 //! retry period; a candidate takes over once the holder has not renewed
 //! for a whole lease duration *as this process observed it*, so clocks that
-//! disagree between machines do not matter.
+//! disagree between machines do not matter. A candidate stopped with
+//! [`Candidate::release`] gives the lease up, as client-go's
+//! `ReleaseOnCancel`, so its successor (or itself restarted) need not wait
+//! the lease out.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -12,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Upstream's defaults for kube-controller-manager and kube-scheduler.
 #[derive(Clone, Debug)]
@@ -70,25 +75,82 @@ impl LeaderElection {
         }
     }
 
-    /// Runs `lead` whenever this candidate holds the lease, and drops its
-    /// future as soon as leadership is lost; then campaigns again. Never returns.
-    pub async fn run<F, Fut>(mut self, mut lead: F)
+    /// Campaigns in the background: runs `lead` whenever this candidate
+    /// holds the lease, drops its future as soon as leadership is lost, then
+    /// campaigns again, until the [`Candidate`] is released or dropped.
+    pub fn spawn<F, Fut>(self, lead: F) -> Candidate
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(self.run(lead, stopped));
+        Candidate {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn run<F, Fut>(mut self, mut lead: F, mut stopped: oneshot::Receiver<()>)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = ()>,
     {
         loop {
-            while !self.try_acquire_or_renew().await {
-                tokio::time::sleep(self.timing.retry_period).await;
+            let acquire = async {
+                while !self.try_acquire_or_renew().await {
+                    tokio::time::sleep(self.timing.retry_period).await;
+                }
+            };
+            tokio::select! {
+                () = acquire => {}
+                _ = &mut stopped => return,
             }
             tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
             let leading = lead();
             tokio::select! {
-                () = leading => {}
+                () = leading => continue,
                 () = self.keep_renewing() => {
                     tracing::warn!(lease = %self.name, "leadership lost");
+                    continue;
+                }
+                _ = &mut stopped => {
+                    // The leader's work has stopped (its future dropped)
+                    // before the lease says so.
                 }
             }
+            self.release().await;
+            return;
+        }
+    }
+
+    /// Ends this candidate's hold on the lease, as client-go's release: no
+    /// holder, a one-second duration, the transitions kept; only while it
+    /// still holds it (a lease taken over meanwhile is left alone).
+    async fn release(&mut self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return;
+        }
+        let now = MicroTime(Timestamp::now());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: spec.lease_transitions,
+            ..Default::default()
+        });
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %self.name, "released the lease"),
+            Err(e) => tracing::warn!(lease = %self.name, "releasing the lease: {e}"),
         }
     }
 
@@ -192,5 +254,29 @@ impl LeaderElection {
                 false
             }
         }
+    }
+}
+
+/// A campaigning [`LeaderElection`]; dropping it stops campaigning (and
+/// leading) at once, leaving the lease to expire.
+pub struct Candidate {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Candidate {
+    /// Stops leading and gives up the lease if held, waiting at most
+    /// `timeout` for the API to take the release.
+    pub async fn release(mut self, timeout: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(timeout, &mut self.task).await;
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

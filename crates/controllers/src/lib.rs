@@ -140,7 +140,7 @@ pub fn now() -> Time {
 
 /// A running controller manager; dropping it stops it.
 pub struct ControllerManager {
-    _tasks: kubox_client::Tasks,
+    candidate: leader::Candidate,
 }
 
 impl ControllerManager {
@@ -160,10 +160,15 @@ impl ControllerManager {
             leader::identity(),
             timing,
         );
-        let task = tokio::spawn(election.run(move || lead(client.clone(), config.clone())));
         Self {
-            _tasks: kubox_client::Tasks::new(vec![task]),
+            candidate: election.spawn(move || lead(client.clone(), config.clone())),
         }
+    }
+
+    /// Stops the controllers and gives up the leader lease, so another
+    /// server (or this one restarted) leads without waiting it out.
+    pub async fn stop(self, timeout: std::time::Duration) {
+        self.candidate.release(timeout).await;
     }
 }
 

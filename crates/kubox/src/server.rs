@@ -297,7 +297,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let _dns = crate::dns::start(&args.dns, &args.agent, _node.as_ref(), &server).await?;
-    let _scheduler = if args.disable_scheduler {
+    let scheduler = if args.disable_scheduler {
         None
     } else {
         let kubeconfig = server
@@ -314,14 +314,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             leader_timing(&args),
         );
         let metrics = kubox_scheduler::Metrics::new(&metrics);
-        let task = tokio::spawn(election.run(move || {
+        Some(election.spawn(move || {
             let scheduler = kubox_scheduler::Scheduler::start(client.clone(), metrics.clone());
             async move {
                 let _scheduler = scheduler;
                 std::future::pending::<()>().await
             }
-        }));
-        Some(kubox_client::Tasks::new(vec![task]))
+        }))
     };
     // Not leader-elected: every API server serves metrics.k8s.io from its
     // own window, so each server's metrics-server fills its own (scraping
@@ -338,7 +337,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
     };
     let disabled = args.disable_controllers.clone().unwrap_or_default();
-    let _controllers = if disabled.iter().any(|d| d == "*") {
+    let controllers = if disabled.iter().any(|d| d == "*") {
         None
     } else {
         let kubeconfig = server
@@ -424,8 +423,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "kubox server: admin kubeconfig at {}",
         server.kubeconfig.display()
     );
-    wait_for_shutdown().await
+    wait_for_shutdown().await?;
+    // Given up while this API server still serves, so the next leader (or
+    // this server restarted) need not wait out leases nobody renews.
+    tokio::join!(
+        async {
+            if let Some(scheduler) = scheduler {
+                scheduler.release(RELEASE_TIMEOUT).await;
+            }
+        },
+        async {
+            if let Some(controllers) = controllers {
+                controllers.stop(RELEASE_TIMEOUT).await;
+            }
+        },
+    );
+    server.leave().await;
+    Ok(())
 }
+
+/// How long a stopping server tries to give up its leader leases.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's join token, `DATA/token` (mode 0600), made at first start
 /// and valid until its Secret is deleted, as k3s's server token.

@@ -82,8 +82,8 @@ async fn the_controller_manager_holds_its_lease() {
     assert_eq!(spec.lease_transitions, Some(0));
 }
 
-/// Two candidates for one lease: one leads at a time, and the other takes
-/// over once the leader stops renewing.
+/// Candidates for one lease: one leads at a time, another takes over once
+/// the leader stops renewing, and a leader released hands the lease on at once.
 #[tokio::test]
 async fn a_standby_candidate_takes_over_when_the_leader_stops() {
     let server = KuboxServer::start(
@@ -111,13 +111,13 @@ async fn a_standby_candidate_takes_over_when_the_leader_stops() {
             timing.clone(),
         );
         let tx = tx.clone();
-        tokio::spawn(election.run(move || {
+        election.spawn(move || {
             let tx = tx.clone();
             async move {
                 let _ = tx.send(name);
                 std::future::pending::<()>().await
             }
-        }))
+        })
     };
     let a = candidate("a");
     assert_eq!(leaders.recv().await, Some("a"));
@@ -128,15 +128,27 @@ async fn a_standby_candidate_takes_over_when_the_leader_stops() {
         standby.is_err(),
         "b must not lead while a renews: {standby:?}"
     );
-    a.abort();
+    // A crashed leader (its task gone, the lease left as it was) is
+    // succeeded once its lease runs out.
+    drop(a);
     let next = tokio::time::timeout(TIMEOUT, leaders.recv()).await;
     assert_eq!(next.ok().flatten(), Some("b"));
-    let lease: Lease = Api::namespaced(client, "default")
-        .get("test-election")
-        .await
-        .unwrap();
-    let spec = lease.spec.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let spec = leases.get("test-election").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
-    b.abort();
+    // A leader stopped gracefully gives the lease up (client-go's
+    // ReleaseOnCancel): no holder, one second, the transitions kept.
+    b.release(TIMEOUT).await;
+    let spec = leases.get("test-election").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some(""));
+    assert_eq!(spec.lease_duration_seconds, Some(1));
+    assert_eq!(spec.lease_transitions, Some(1));
+    let c = candidate("c");
+    let next = tokio::time::timeout(TIMEOUT, leaders.recv()).await;
+    assert_eq!(next.ok().flatten(), Some("c"));
+    let spec = leases.get("test-election").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("c"));
+    assert_eq!(spec.lease_transitions, Some(2));
+    drop(c);
 }
