@@ -133,7 +133,7 @@ async fn a_standby_candidate_takes_over_when_the_leader_stops() {
     drop(a);
     let next = tokio::time::timeout(TIMEOUT, leaders.recv()).await;
     assert_eq!(next.ok().flatten(), Some("b"));
-    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let spec = leases.get("test-election").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
