@@ -55,6 +55,10 @@ enum BenchCommand {
         /// MiB read through each port-forward.
         #[arg(long, default_value_t = 1024)]
         megabytes: usize,
+        /// The node agent's container runtime, as `kubox server --runtime`;
+        /// with `runc`, `runc exec` alone is measured beside the exec.
+        #[arg(long, default_value = "embedded")]
+        runtime: String,
     },
     /// The service proxy and pod network: rule programming latency with
     /// many Services, throughput through a ClusterIP against a pod's IP.
@@ -172,10 +176,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("{table}");
         }
-        BenchCommand::Streams { execs, megabytes } => {
-            let table =
-                kubox_bench::streams::run(kubox_bench::streams::Options { execs, megabytes })
-                    .await?;
+        BenchCommand::Streams {
+            execs,
+            megabytes,
+            runtime,
+        } => {
+            let table = kubox_bench::streams::run(kubox_bench::streams::Options {
+                execs,
+                megabytes,
+                runtime,
+            })
+            .await?;
             println!("{table}");
         }
         BenchCommand::Net {
