@@ -135,6 +135,10 @@ pub struct Worker {
     verdict_rx: mpsc::UnboundedReceiver<prober::Verdict>,
     slots: BTreeMap<String, Slot>,
     volumes: HashMap<String, PathBuf>,
+    /// When the volumes were last made or refreshed. Their ConfigMaps,
+    /// Secrets and tokens are looked up again `RESYNC` later, not at every
+    /// wake-up: each status the worker writes comes back as a pod update.
+    volumes_refreshed: Option<Instant>,
     sandbox_ready: bool,
     /// The pod's address on the pod network (not for hostNetwork pods).
     pod_ip: Option<String>,
@@ -178,6 +182,7 @@ impl Worker {
             verdict_rx,
             slots: BTreeMap::new(),
             volumes: HashMap::new(),
+            volumes_refreshed: None,
             sandbox_ready: false,
             pod_ip: None,
             pod_error: None,
@@ -400,7 +405,12 @@ impl Worker {
             }
             let wake = self.sync().await;
             self.report().await;
-            let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + RESYNC));
+            let resync = self
+                .volumes_refreshed
+                .map(|at| at + RESYNC)
+                .filter(|at| *at > Instant::now())
+                .unwrap_or_else(|| Instant::now() + RESYNC);
+            let sleep = tokio::time::sleep_until(wake.map_or(resync, |w| w.min(resync)));
             tokio::select! {
                 changed = self.pod_rx.changed() => {
                     if changed.is_err() {
@@ -645,16 +655,19 @@ impl Worker {
         }
         // The volumes' API calls (a token, the CA's ConfigMap) go out while
         // the sandbox is made: neither needs the other.
+        let fresh = self
+            .volumes_refreshed
+            .is_some_and(|at| at.elapsed() < RESYNC);
         let (client, pod, pod_dir) = (self.shared.client.clone(), self.pod.clone(), self.pod_dir());
         let volumes = async move {
+            if fresh {
+                return None;
+            }
             let began = std::time::Instant::now();
             let prepared = volumes::prepare(&client, &pod, &pod_dir).await;
-            (prepared, began.elapsed())
+            Some((prepared, began.elapsed()))
         };
-        let (made, (prepared, took)) = tokio::join!(self.ensure_sandbox(), volumes);
-        if let Some(steps) = self.starting.as_mut() {
-            steps.record("volumes", took);
-        }
+        let (made, prepared) = tokio::join!(self.ensure_sandbox(), volumes);
         if let Err(e) = made {
             self.set_pod_error(Some((
                 "FailedCreatePodSandBox".into(),
@@ -663,12 +676,19 @@ impl Worker {
             return Some(Instant::now() + BACKOFF_INITIAL);
         }
         self.set_sandbox(true);
-        match prepared {
-            Ok(v) => {
+        if let Some((_, took)) = &prepared
+            && let Some(steps) = self.starting.as_mut()
+        {
+            steps.record("volumes", *took);
+        }
+        match prepared.map(|(p, _)| p) {
+            None => {}
+            Some(Ok(v)) => {
                 self.volumes = v;
+                self.volumes_refreshed = Some(Instant::now());
                 self.set_pod_error(None);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::info!(pod = %self.name(), "{e}");
                 self.set_pod_error(Some(("FailedMount".into(), e.to_string())));
                 for c in self.containers(true).iter().chain(&self.containers(false)) {
