@@ -27,6 +27,7 @@ pub mod sandbox;
 mod server;
 mod spdy;
 mod spec;
+mod startup;
 mod status;
 mod tunnel;
 mod upgrade;
@@ -38,8 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
@@ -126,6 +128,9 @@ pub struct Shared {
     pub sandboxes: std::sync::Mutex<HashMap<(String, String), portforward::Target>>,
     /// kubelet's own metrics, on `/metrics`.
     pub metrics: kubelet_metrics::KubeletMetrics,
+    /// The `kubernetes` Service, whose variables every container gets, as a
+    /// reflector keeps it: read at each container start, never fetched then.
+    pub api_service: Store<Service>,
 }
 
 /// A running container, as exec and attach find it.
@@ -189,6 +194,18 @@ impl Agent {
         }
         runtime::become_subreaper().map_err(|e| AgentError::Io("the subreaper flag".into(), e))?;
         let images = ImageStore::open(&dirs.images)?;
+        let (api_service, api_service_writer) = reflector::store();
+        let api_service_events = tokio::spawn(
+            reflector::reflector(
+                api_service_writer,
+                watcher(
+                    Api::<Service>::namespaced(client.clone(), "default"),
+                    watcher::Config::default().fields("metadata.name=kubernetes"),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| async {}),
+        );
         let shared = Arc::new(Shared {
             events: kubox_client::events::Recorder::new(
                 client.clone(),
@@ -211,6 +228,7 @@ impl Agent {
             running: Default::default(),
             sandboxes: Default::default(),
             metrics: Default::default(),
+            api_service,
         });
         let endpoint = server::start(
             shared.clone(),
@@ -224,7 +242,7 @@ impl Agent {
         let heartbeat = tokio::spawn(node::heartbeat(shared.clone(), node));
         let pods = tokio::spawn(run_pods(shared));
         Ok(Self {
-            _tasks: kubox_client::Tasks::new(vec![pods, heartbeat, endpoint]),
+            _tasks: kubox_client::Tasks::new(vec![pods, heartbeat, endpoint, api_service_events]),
         })
     }
 }

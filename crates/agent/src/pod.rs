@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -28,6 +29,7 @@ use crate::logs::{self, Pipes};
 use crate::runtime::{ExitWatch, Exited, Status as RuntimeStatus, Stdio};
 use crate::sandbox::{self, HostShared, Sandbox};
 use crate::spec::{ContainerConfig, oci_spec};
+use crate::startup::Steps;
 use crate::volumes::Source;
 use crate::{Running, Shared, portforward, probe, prober, status, volumes};
 use kubox_client::events::{Type, pod_reference};
@@ -40,6 +42,9 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 const RESYNC: Duration = Duration::from_secs(60);
 /// The sandbox file written last: once it exists, the sandbox is complete.
 const LAST_ETC_FILE: &str = "resolv.conf";
+/// How long a container start waits for the agent's first list of the
+/// `kubernetes` Service before going without its variables.
+const API_SERVICE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the agent keeps on disk about each container it started, so a
 /// restarted agent can adopt it.
@@ -130,16 +135,20 @@ pub struct Worker {
     verdict_rx: mpsc::UnboundedReceiver<prober::Verdict>,
     slots: BTreeMap<String, Slot>,
     volumes: HashMap<String, PathBuf>,
+    /// When the volumes were last made or refreshed. Their ConfigMaps,
+    /// Secrets and tokens are looked up again `RESYNC` later, not at every
+    /// wake-up: each status the worker writes comes back as a pod update.
+    volumes_refreshed: Option<Instant>,
     sandbox_ready: bool,
     /// The pod's address on the pod network (not for hostNetwork pods).
     pod_ip: Option<String>,
     pod_error: Option<(String, String)>,
     reported: Option<PodStatus>,
     start_time: Time,
-    /// When this agent first saw the pod, until it reports it running
-    /// (for `kubelet_pod_start_duration_seconds`); none for a pod already
-    /// running when its worker began.
-    starting_since: Option<std::time::Instant>,
+    /// The steps of the pod's start since this agent first saw it, until
+    /// it reports it running (also `kubelet_pod_start_duration_seconds`);
+    /// none for a pod already running when its worker began.
+    starting: Option<Steps>,
 }
 
 fn now() -> Time {
@@ -173,12 +182,13 @@ impl Worker {
             verdict_rx,
             slots: BTreeMap::new(),
             volumes: HashMap::new(),
+            volumes_refreshed: None,
             sandbox_ready: false,
             pod_ip: None,
             pod_error: None,
             reported: None,
             start_time,
-            starting_since: (!running).then(std::time::Instant::now),
+            starting: (!running).then(Steps::new),
         };
         worker.adopt(adopted);
         worker
@@ -206,6 +216,13 @@ impl Worker {
             self.event(None, Type::Warning, reason, message.clone());
         }
         self.pod_error = error;
+    }
+
+    /// Counts the time since `since` towards a step of the pod's start, while it starts.
+    fn step(&mut self, step: &'static str, since: std::time::Instant) {
+        if let Some(steps) = self.starting.as_mut() {
+            steps.record(step, since.elapsed());
+        }
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -294,14 +311,29 @@ impl Worker {
             .unwrap_or_else(|| self.name())
     }
 
+    /// Makes the sandbox unless it is made already.
+    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+        if !self.sandbox_ready {
+            self.create_sandbox().await?;
+            self.sandbox_ready = true;
+        }
+        Ok(())
+    }
+
     /// Makes the namespaces, puts the pod on the pod network, and writes
     /// its /etc files.
     async fn create_sandbox(&mut self) -> Result<(), String> {
         let sandbox = self.sandbox();
-        sandbox
-            .create(&self.hostname())
+        let began = std::time::Instant::now();
+        // Its namespaces are made on a thread of their own, joined here: off the runtime's threads.
+        let (making, hostname) = (sandbox.clone(), self.hostname());
+        tokio::task::spawn_blocking(move || making.create(&hostname))
+            .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        self.step("namespaces", began);
         if let Some(netns) = sandbox.path(sandbox::Kind::Network) {
+            let began = std::time::Instant::now();
             let ip = self
                 .shared
                 .network
@@ -309,11 +341,18 @@ impl Worker {
                 .await
                 .map_err(|e| format!("setting up the pod network: {e}"))?;
             self.pod_ip = Some(ip.to_string());
+            self.step("network", began);
         }
-        self.write_etc_files().map_err(|e| e.to_string())
+        let began = std::time::Instant::now();
+        self.write_etc_files().map_err(|e| e.to_string())?;
+        self.step("etc_files", began);
+        Ok(())
     }
 
     pub async fn run(mut self) {
+        if let Some(steps) = self.starting.as_mut() {
+            steps.record("queued", steps.elapsed());
+        }
         // Containers adopted while running get their exit watched again.
         let adopted: Vec<Record> = self
             .slots
@@ -366,7 +405,12 @@ impl Worker {
             }
             let wake = self.sync().await;
             self.report().await;
-            let sleep = tokio::time::sleep_until(wake.unwrap_or_else(|| Instant::now() + RESYNC));
+            let resync = self
+                .volumes_refreshed
+                .map(|at| at + RESYNC)
+                .filter(|at| *at > Instant::now())
+                .unwrap_or_else(|| Instant::now() + RESYNC);
+            let sleep = tokio::time::sleep_until(wake.map_or(resync, |w| w.min(resync)));
             tokio::select! {
                 changed = self.pod_rx.changed() => {
                     if changed.is_err() {
@@ -609,23 +653,42 @@ impl Worker {
         if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
             return None;
         }
-        if !self.sandbox_ready {
-            if let Err(e) = self.create_sandbox().await {
-                self.set_pod_error(Some((
-                    "FailedCreatePodSandBox".into(),
-                    format!("Failed to create pod sandbox: {e}"),
-                )));
-                return Some(Instant::now() + BACKOFF_INITIAL);
+        // The volumes' API calls (a token, the CA's ConfigMap) go out while
+        // the sandbox is made: neither needs the other.
+        let fresh = self
+            .volumes_refreshed
+            .is_some_and(|at| at.elapsed() < RESYNC);
+        let (client, pod, pod_dir) = (self.shared.client.clone(), self.pod.clone(), self.pod_dir());
+        let volumes = async move {
+            if fresh {
+                return None;
             }
-            self.sandbox_ready = true;
+            let began = std::time::Instant::now();
+            let prepared = volumes::prepare(&client, &pod, &pod_dir).await;
+            Some((prepared, began.elapsed()))
+        };
+        let (made, prepared) = tokio::join!(self.ensure_sandbox(), volumes);
+        if let Err(e) = made {
+            self.set_pod_error(Some((
+                "FailedCreatePodSandBox".into(),
+                format!("Failed to create pod sandbox: {e}"),
+            )));
+            return Some(Instant::now() + BACKOFF_INITIAL);
         }
         self.set_sandbox(true);
-        match volumes::prepare(&self.shared.client, &self.pod, &self.pod_dir()).await {
-            Ok(v) => {
+        if let Some((_, took)) = &prepared
+            && let Some(steps) = self.starting.as_mut()
+        {
+            steps.record("volumes", *took);
+        }
+        match prepared.map(|(p, _)| p) {
+            None => {}
+            Some(Ok(v)) => {
                 self.volumes = v;
+                self.volumes_refreshed = Some(Instant::now());
                 self.set_pod_error(None);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::info!(pod = %self.name(), "{e}");
                 self.set_pod_error(Some(("FailedMount".into(), e.to_string())));
                 for c in self.containers(true).iter().chain(&self.containers(false)) {
@@ -880,6 +943,7 @@ impl Worker {
         let shared = self.shared.clone();
         let reference = Reference::parse(c.image.as_deref().unwrap_or_default())
             .map_err(|e| ("InvalidImageName".to_owned(), e.to_string()))?;
+        let began = std::time::Instant::now();
         let image = self.ensure_image(c, &reference).await?;
         let config_err = |e: String| ("CreateContainerConfigError".to_owned(), e);
         let image_config = shared
@@ -890,8 +954,11 @@ impl Worker {
             .images
             .layer_dirs(&image)
             .map_err(|e| config_err(e.to_string()))?;
+        self.step("image", began);
 
+        let began = std::time::Instant::now();
         let mut env = self.env(c, &image_config).await.map_err(config_err)?;
+        self.step("env", began);
         if c.tty.unwrap_or(false) {
             // As containerd gives a container with a terminal.
             env = container::merge_env(env.into_iter().chain([("TERM".into(), "xterm".into())]));
@@ -914,6 +981,7 @@ impl Worker {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             ("CreateContainerError".to_owned(), format!("{what}: {e}"))
         };
+        let began = std::time::Instant::now();
         std::fs::create_dir_all(&rootfs)
             .map_err(|e| fail("creating the container directory", &e))?;
         mount_rootfs(&dir, &layers).map_err(|e| fail("mounting the root filesystem", &e))?;
@@ -921,6 +989,7 @@ impl Worker {
             |file: &str| std::fs::read_to_string(rootfs.join(file.trim_start_matches('/'))).ok();
         let (image_uid, image_gid) =
             container::image_user(&image_config, lookup).map_err(config_err)?;
+        self.step("rootfs", began);
 
         let sc = c.security_context.clone().unwrap_or_default();
         let pod_sc = self
@@ -1046,6 +1115,7 @@ impl Worker {
                 _ => Some(burstable_oom_score(memory_limit)),
             },
         };
+        let began = std::time::Instant::now();
         let spec = oci_spec(&config, &self.sandbox());
         let fail_cleanup = |what: &str, e: &dyn std::fmt::Display| {
             unmount_rootfs(&dir);
@@ -1097,6 +1167,8 @@ impl Worker {
             stderr,
             console_socket: console.as_ref().map(|s| s.path().to_owned()),
         };
+        self.step("bundle", began);
+        let began = std::time::Instant::now();
         let pid = match shared.runtime.create(&id, &dir, stdio).await {
             Ok(pid) => pid,
             Err(e) => {
@@ -1104,6 +1176,7 @@ impl Worker {
                 return Err(fail_cleanup("creating the container", &e));
             }
         };
+        self.step("create", began);
         if let Some(socket) = console {
             let received = tokio::time::timeout(Duration::from_secs(10), socket.receive())
                 .await
@@ -1148,10 +1221,12 @@ impl Worker {
             return Err(fail_cleanup("saving the container record", &e));
         }
         self.watch_exit(&c.name, pid);
+        let began = std::time::Instant::now();
         if let Err(e) = shared.runtime.start(&id).await {
             let _ = shared.runtime.delete(&id).await;
             return Err(fail_cleanup("starting the container", &e));
         }
+        self.step("start", began);
         let slot = self.slots.entry(c.name.clone()).or_default();
         if let Some(previous) = slot.current.replace(record) {
             if let Some(older) = slot.last.replace(previous) {
@@ -1195,12 +1270,16 @@ impl Worker {
     /// every container whatever its `enableServiceLinks`, so in-cluster
     /// clients find the API server.
     async fn api_server_env(&self) -> Vec<(String, String)> {
-        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
-            kube::Api::namespaced(self.shared.client.clone(), "default");
-        let Ok(service) = api.get("kubernetes").await else {
+        let store = &self.shared.api_service;
+        // Only an agent that has not listed Services yet waits, and not for long.
+        let listed = tokio::time::timeout(API_SERVICE_WAIT, store.wait_until_ready()).await;
+        if !matches!(listed, Ok(Ok(()))) {
+            return Vec::new();
+        }
+        let Some(service) = store.get(&ObjectRef::new("kubernetes").within("default")) else {
             return Vec::new();
         };
-        let spec = service.spec.unwrap_or_default();
+        let spec = service.spec.clone().unwrap_or_default();
         let (Some(ip), Some(port)) = (
             spec.cluster_ip.filter(|ip| ip != "None"),
             spec.ports.and_then(|p| p.into_iter().next()),
@@ -1519,15 +1598,18 @@ impl Worker {
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.namespace());
         let patch = serde_json::json!({"status": status});
+        let began = std::time::Instant::now();
         match api
             .patch_status(&self.name(), &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(pod) => {
+                self.step("status", began);
                 if status.phase.as_deref() == Some("Running")
-                    && let Some(since) = self.starting_since.take()
+                    && let Some(steps) = self.starting.take()
                 {
-                    self.shared.metrics.pod_started(since.elapsed());
+                    self.shared.metrics.pod_started(steps.elapsed());
+                    steps.log(&self.name());
                 }
                 self.pod.status = pod.status;
                 self.reported = Some(status);

@@ -29,53 +29,64 @@ pub async fn files(
     current: &Path,
 ) -> Result<Vec<File>, MountError> {
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
-    let mut files = Vec::new();
-    for source in projected.sources.iter().flatten() {
-        if let Some(t) = &source.service_account_token {
-            let expiration = t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION);
-            let token = match fresh(&current.join(&t.path)) {
-                Some(token) => token,
-                None => request_token(client, pod, t.audience.as_deref(), expiration)
-                    .await
-                    .map_err(|e| setup_err(volume, e))?,
-            };
-            files.push((t.path.clone(), token.into_bytes(), None));
-        }
-        let from_object = match (&source.config_map, &source.secret) {
-            (Some(cm), _) => Some((
-                Source::ConfigMap,
-                &cm.name,
-                cm.optional,
-                cm.items.as_deref(),
-            )),
-            (None, Some(s)) => Some((Source::Secret, &s.name, s.optional, s.items.as_deref())),
-            (None, None) => None,
-        };
-        if let Some((source, name, optional, items)) = from_object {
-            match key_values(client, &ns, source, name).await {
-                Ok(Some(data)) => files.extend(select(&data, items, volume)?),
-                Ok(None) if optional.unwrap_or(false) => {}
-                Ok(None) => return Err(setup_err(volume, source.not_found(name))),
-                Err(e) => return Err(setup_err(volume, e)),
-            }
-        }
-        if let Some(d) = &source.downward_api {
-            for item in d.items.iter().flatten() {
-                let Some(field) = &item.field_ref else {
-                    return Err(setup_err(
-                        volume,
-                        "downwardAPI resourceFieldRef items are not supported by kubox yet",
-                    ));
+    // Each source's API call (a token, a ConfigMap) goes out at once; the
+    // files keep the sources' order, and the first failing source in that
+    // order is the one told.
+    let sources = projected.sources.iter().flatten().map(|source| {
+        let ns = &ns;
+        async move {
+            let mut files = Vec::new();
+            if let Some(t) = &source.service_account_token {
+                let expiration = t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION);
+                let token = match fresh(&current.join(&t.path)) {
+                    Some(token) => token,
+                    None => request_token(client, pod, t.audience.as_deref(), expiration)
+                        .await
+                        .map_err(|e| setup_err(volume, e))?,
                 };
-                let value = metadata_field(pod, field).ok_or_else(|| {
-                    setup_err(
-                        volume,
-                        format!("unsupported fieldPath: {}", field.field_path),
-                    )
-                })?;
-                files.push((item.path.clone(), value.into_bytes(), item.mode));
+                files.push((t.path.clone(), token.into_bytes(), None));
             }
+            let from_object = match (&source.config_map, &source.secret) {
+                (Some(cm), _) => Some((
+                    Source::ConfigMap,
+                    &cm.name,
+                    cm.optional,
+                    cm.items.as_deref(),
+                )),
+                (None, Some(s)) => Some((Source::Secret, &s.name, s.optional, s.items.as_deref())),
+                (None, None) => None,
+            };
+            if let Some((source, name, optional, items)) = from_object {
+                match key_values(client, ns, source, name).await {
+                    Ok(Some(data)) => files.extend(select(&data, items, volume)?),
+                    Ok(None) if optional.unwrap_or(false) => {}
+                    Ok(None) => return Err(setup_err(volume, source.not_found(name))),
+                    Err(e) => return Err(setup_err(volume, e)),
+                }
+            }
+            if let Some(d) = &source.downward_api {
+                for item in d.items.iter().flatten() {
+                    let Some(field) = &item.field_ref else {
+                        return Err(setup_err(
+                            volume,
+                            "downwardAPI resourceFieldRef items are not supported by kubox yet",
+                        ));
+                    };
+                    let value = metadata_field(pod, field).ok_or_else(|| {
+                        setup_err(
+                            volume,
+                            format!("unsupported fieldPath: {}", field.field_path),
+                        )
+                    })?;
+                    files.push((item.path.clone(), value.into_bytes(), item.mode));
+                }
+            }
+            Ok(files)
         }
+    });
+    let mut files = Vec::new();
+    for made in futures::future::join_all(sources).await {
+        files.extend(made?);
     }
     Ok(files)
 }
