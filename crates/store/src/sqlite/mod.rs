@@ -1,6 +1,7 @@
 //! The embedded backend: SQLite in WAL mode, one writer thread with group
 //! commit, watches pushed from the write path.
 
+mod checkpoint;
 mod schema;
 mod writer;
 
@@ -66,7 +67,8 @@ impl SqliteStore {
     pub async fn open(config: SqliteConfig) -> Result<Self> {
         let path = config.path.clone();
         let (conn, revision) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let conn = schema::open_writer(&path)?;
+            let mut conn = schema::open_writer(&path)?;
+            checkpoint::start(&mut conn, &path)?;
             let revision = schema::meta(&conn, META_REVISION)?;
             Ok((conn, revision))
         })
@@ -353,7 +355,7 @@ impl Store for SqliteStore {
             match self
                 .inner
                 .hub
-                .register(&req.prefix, req.progress_notify, seen)
+                .register(&req.prefix, req.progress_notify, seen, start)
             {
                 Ok(live) => break live,
                 Err(now) => seen = now,
@@ -362,19 +364,6 @@ impl Store for SqliteStore {
         let replayed = group_by_revision(replay)
             .into_iter()
             .map(|events| Ok(WatchMessage::Events(events)));
-        let live = live.filter_map(move |msg| {
-            futures::future::ready(match msg {
-                // A watch that starts in the future skips what comes before.
-                Ok(WatchMessage::Events(events)) => {
-                    let events: Vec<Event> = events
-                        .into_iter()
-                        .filter(|e| e.revision() >= start)
-                        .collect();
-                    (!events.is_empty()).then_some(Ok(WatchMessage::Events(events)))
-                }
-                other => Some(other),
-            })
-        });
         Ok(futures::stream::iter(replayed).chain(live).boxed())
     }
 

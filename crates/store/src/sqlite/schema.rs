@@ -102,6 +102,13 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens the connection that checkpoints the log into the database file.
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| corrupt(path, e))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
+    Ok(conn)
+}
+
 pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,

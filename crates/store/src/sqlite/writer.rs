@@ -121,7 +121,7 @@ pub(crate) fn run(
             Ok(()) => {
                 committed = batch.revision;
                 if !batch.events.is_empty() {
-                    hub.publish(committed, &batch.events);
+                    hub.publish(committed, batch.events);
                 }
                 batch.answers.into_iter().for_each(|a| a.send(None));
             }
