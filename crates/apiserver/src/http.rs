@@ -598,7 +598,7 @@ impl Handler {
         let started = std::time::Instant::now();
         let held = self.metrics.hold(&rr);
         let dry_run = write_options(&q).dry_run;
-        let result = match self.authorize(identity, &rr) {
+        let result = match self.authorize(identity, &rr, &q) {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,
@@ -896,7 +896,24 @@ impl Handler {
         ))
     }
 
-    fn authorize(&self, user: &Identity, rr: &ResourceRequest) -> ApiResult<()> {
+    fn authorize(
+        &self,
+        user: &Identity,
+        rr: &ResourceRequest,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<()> {
+        // A list or watch of one name is authorized as a read of that name,
+        // as upstream's request info takes it from the field selector.
+        let fields = match rr.verb {
+            Verb::List | Verb::Watch => q
+                .get("fieldSelector")
+                .and_then(|f| FieldSelector::parse(f).ok()),
+            _ => None,
+        };
+        let selected = fields
+            .as_ref()
+            .and_then(FieldSelector::exact_name)
+            .filter(|n| crate::validation::path_segment(n).is_none());
         let attrs = authz::Attributes {
             user,
             verb: rr.verb.as_str(),
@@ -904,7 +921,8 @@ impl Handler {
             group: &rr.group,
             resource: &rr.resource,
             subresource: rr.subresource.as_deref(),
-            name: rr.name.as_deref(),
+            name: rr.name.as_deref().or(selected),
+            fields: fields.as_ref(),
             path: None,
         };
         audited(authz::decide(&*self.authorizer, &attrs), &attrs)
