@@ -717,6 +717,8 @@ impl Handler {
                 };
                 let content_type = content_type(&req);
                 let body = read_object_body(req.into_body(), &content_type).await?;
+                let pod = api.get(rt, ns, target.name).await?;
+                crate::admission::noderestriction::eviction(user, &pod)?;
                 let status = self.api.evict(target, &body).await?;
                 return Ok(respond_json(
                     StatusCode::CREATED,
@@ -728,6 +730,23 @@ impl Handler {
                 let content_type = content_type(&req);
                 let body = read_object_body(req.into_body(), &content_type).await?;
                 let name = rr.name.as_deref().unwrap_or_default();
+                if crate::nodeauthz::node_name(user).is_some() {
+                    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let bound = request["spec"]["boundObjectRef"]["name"]
+                        .as_str()
+                        .filter(|n| !n.is_empty());
+                    let pods = api.registry.get("", "v1", "pods");
+                    let pod = match (bound, pods) {
+                        (Some(pod), Some(pods)) => api.get(pods, ns, pod).await.ok(),
+                        _ => None,
+                    };
+                    crate::admission::noderestriction::token_request(
+                        user,
+                        name,
+                        &request,
+                        pod.as_ref(),
+                    )?;
+                }
                 let issued = self
                     .tokens
                     .request(api, ns.unwrap_or_default(), name, &body)
@@ -852,7 +871,10 @@ impl Handler {
                     serde_json::from_slice(&body)
                         .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
                 };
-                let opts = DeleteOptions::parse(&body, &q)?;
+                let opts = DeleteOptions {
+                    user: Some(user.clone()),
+                    ..DeleteOptions::parse(&body, &q)?
+                };
                 let obj = if rr.verb == Verb::Delete {
                     api.delete(rt, ns, name.unwrap_or_default(), &opts).await?
                 } else {

@@ -141,7 +141,10 @@ pub fn pod_references(pod: &Value) -> Vec<(Kind, String)> {
     for v in spec["volumes"].as_array().into_iter().flatten() {
         add(Kind::Secret, text(&v["secret"]["secretName"]));
         add(Kind::Secret, text(&v["azureFile"]["secretName"]));
-        add(Kind::Secret, text(&v["csi"]["nodePublishSecretRef"]["name"]));
+        add(
+            Kind::Secret,
+            text(&v["csi"]["nodePublishSecretRef"]["name"]),
+        );
         for source in SECRET_REF_SOURCES {
             add(Kind::Secret, text(&v[source]["secretRef"]["name"]));
         }

@@ -104,11 +104,15 @@ fn binding(name: &str, role_kind: &str, subjects: Vec<Value>) -> Value {
 }
 
 fn binding_to(name: &str, role_kind: &str, role: &str, subjects: Vec<Value>) -> Value {
-    json!({
+    let mut binding = json!({
         "metadata": metadata(name, &[]),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": subjects,
-    })
+    });
+    // As upstream's `system:node`, a binding to no one has no subjects field.
+    if !subjects.is_empty() {
+        binding["subjects"] = json!(subjects);
+    }
+    binding
 }
 
 const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
@@ -1399,4 +1403,23 @@ pub async fn run(api: &Api) -> ApiResult<Revisions> {
         revisions.push((plural, newest));
     }
     Ok(revisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciling_withdraws_the_nodes_group_from_system_node() {
+        let wanted = binding("system:node", "ClusterRole", Vec::new());
+        let mut old = wanted.clone();
+        old["subjects"] = json!([subject("Group", "system:nodes")]);
+        let updated = reconciled(&old, &wanted).expect("the subject is withdrawn");
+        assert_eq!(updated["subjects"], json!([]));
+        assert!(reconciled(&wanted, &wanted).is_none());
+        // Only from that binding.
+        let mut other = binding("system:node-proxier", "ClusterRole", Vec::new());
+        other["subjects"] = json!([subject("Group", "system:nodes")]);
+        assert!(reconciled(&other, &other).is_none());
+    }
 }
