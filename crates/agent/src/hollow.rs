@@ -65,7 +65,7 @@ fn pod_cidr(i: u32) -> (Ipv4Addr, String) {
 
 fn node(config: &HollowConfig, i: u32) -> Node {
     let name = format!("{}{i}", config.prefix);
-    let mut labels = crate::node_labels(&name, false);
+    let mut labels = crate::node_labels(&name);
     if config.zones > 0 {
         labels.insert(
             "topology.kubernetes.io/zone".into(),

@@ -144,9 +144,11 @@ pub struct Running {
     pub image: String,
 }
 
-/// The labels upstream puts on a node, plus the control-plane role where it applies.
-pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
+/// The labels upstream's kubelet puts on its node. The control-plane role
+/// is not one: NodeRestriction keeps a node from giving itself
+/// `node-role.kubernetes.io/*` labels, so the server sets it.
+pub fn node_labels(node_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("kubernetes.io/hostname".to_owned(), node_name.to_owned()),
         ("kubernetes.io/os".to_owned(), "linux".to_owned()),
         (
@@ -158,14 +160,7 @@ pub fn node_labels(node_name: &str, control_plane: bool) -> BTreeMap<String, Str
             "beta.kubernetes.io/arch".to_owned(),
             image::platform_architecture().to_owned(),
         ),
-    ]);
-    if control_plane {
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".to_owned(),
-            String::new(),
-        );
-    }
-    labels
+    ])
 }
 
 /// Fails unless this process can do what the agent does; checked before

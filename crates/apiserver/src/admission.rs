@@ -9,9 +9,11 @@ use kubox_store::Store;
 use serde_json::{Value, json};
 
 mod limitranger;
+pub mod noderestriction;
 mod podsecurity;
 mod resourcequota;
 
+use crate::http::Identity;
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult, qualified};
 
@@ -30,6 +32,10 @@ pub struct Attributes<'a> {
     pub namespace: Option<&'a str>,
     pub name: &'a str,
     pub dry_run: bool,
+    /// Who writes; None for the server's own writes.
+    pub user: Option<&'a Identity>,
+    /// The stored object an update changes.
+    pub old: Option<&'a Value>,
 }
 
 #[async_trait]
@@ -66,6 +72,7 @@ impl Default for Chain {
             Box::new(NamespaceLifecycle),
             Box::new(limitranger::LimitRanger),
             Box::new(crate::serviceaccount::admission::ServiceAccount),
+            Box::new(noderestriction::NodeRestriction),
             Box::new(crate::priority::Priority),
             Box::new(DefaultTolerationSeconds),
             Box::new(podsecurity::PodSecurity),

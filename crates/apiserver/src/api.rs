@@ -739,6 +739,8 @@ impl Api {
             namespace: ns,
             name: &name,
             dry_run: opts.dry_run,
+            user: opts.user.as_ref(),
+            old: None,
         };
         self.admission
             .mutate(&attrs, &mut obj, &*self.store)
@@ -939,6 +941,8 @@ impl Api {
             namespace: ns,
             name,
             dry_run,
+            user: track.and_then(|o| o.user.as_ref()),
+            old: Some(old),
         };
         self.admission
             .mutate(&attrs, &mut new, &*self.store)
@@ -1417,6 +1421,8 @@ impl Api {
                 namespace: ns,
                 name,
                 dry_run: opts.dry_run,
+                user: opts.user.as_ref(),
+                old: None,
             };
             self.admission.validate(&attrs, &obj, &*self.store).await?;
             let being_deleted = obj["metadata"]["deletionTimestamp"].is_string();

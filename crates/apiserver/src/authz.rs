@@ -1,11 +1,13 @@
 //! Authorization: one interface every request passes after authentication,
-//! with upstream's modes (`--authorization-mode`): RBAC (`crate::rbac`) by
-//! default, AlwaysAllow for compatibility. Members of `system:masters` are
-//! allowed before any authorizer is asked, as upstream's privileged group.
+//! with upstream's modes (`--authorization-mode`): Node
+//! (`crate::nodeauthz`) then RBAC (`crate::rbac`) by default, AlwaysAllow
+//! for compatibility. Members of `system:masters` are allowed before any
+//! authorizer is asked, as upstream's privileged group.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
 use crate::http::Identity;
+use crate::selectors::FieldSelector;
 use crate::status::ApiError;
 
 /// The group whose members may do everything, whatever the authorizer.
@@ -21,6 +23,9 @@ pub struct Attributes<'a> {
     pub resource: &'a str,
     pub subresource: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// A list's or watch's field selector (the Node authorizer lets a node
+    /// list only its own pods).
+    pub fields: Option<&'a FieldSelector>,
     /// The URL path of a non-resource request (`/healthz`, `/apis`).
     pub path: Option<&'a str>,
 }
@@ -36,6 +41,7 @@ impl<'a> Attributes<'a> {
             resource: "",
             subresource: None,
             name: None,
+            fields: None,
             path: Some(path),
         }
     }
@@ -44,7 +50,8 @@ impl<'a> Attributes<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// Refused, with an optional reason appended to the message.
+    /// Not allowed, with an optional reason appended to the message. No
+    /// authorizer of kubox denies outright: in a `Union` the next one is asked.
     Deny(String),
 }
 
@@ -62,6 +69,31 @@ pub fn decide(authorizer: &dyn Authorizer, attrs: &Attributes<'_>) -> Decision {
         return Decision::Allow;
     }
     authorizer.authorize(attrs)
+}
+
+/// Authorizers asked in turn until one allows, as upstream's union of
+/// `--authorization-mode`s; the refusal gives every reason they gave.
+pub struct Union(pub Vec<std::sync::Arc<dyn Authorizer>>);
+
+impl Authorizer for Union {
+    fn authorize(&self, attrs: &Attributes<'_>) -> Decision {
+        let mut reasons = Vec::new();
+        for a in &self.0 {
+            match a.authorize(attrs) {
+                Decision::Allow => return Decision::Allow,
+                Decision::Deny(reason) if !reason.is_empty() => reasons.push(reason),
+                Decision::Deny(_) => {}
+            }
+        }
+        Decision::Deny(reasons.join("\n"))
+    }
+
+    fn rules_for(&self, user: &Identity, namespace: &str) -> Vec<PolicyRule> {
+        self.0
+            .iter()
+            .flat_map(|a| a.rules_for(user, namespace))
+            .collect()
+    }
 }
 
 /// Every request is allowed (upstream's AlwaysAllow mode).
@@ -143,6 +175,7 @@ mod tests {
             resource: "pods",
             subresource: None,
             name: None,
+            fields: None,
             path: None,
         };
         let e = forbidden(&list, "");
@@ -162,6 +195,7 @@ mod tests {
             resource: "deployments",
             subresource: Some("scale"),
             name: Some("web"),
+            fields: None,
             path: None,
         };
         assert_eq!(

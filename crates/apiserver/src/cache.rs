@@ -374,6 +374,54 @@ impl Cache {
     }
 }
 
+/// What the server keeps in step with one of its own caches, as upstream's
+/// API server runs informers on itself (the RBAC view, the node graph).
+pub trait Follower: Send + Sync + 'static {
+    /// The whole of the cache `plural`, at the start and after every re-watch.
+    fn replace(&self, plural: &'static str, objects: Vec<Arc<Stored>>, revision: Revision);
+    /// One change after that.
+    fn apply(&self, plural: &'static str, event: EventType, object: &Stored);
+}
+
+/// Follows `cache` for as long as `follower` lives: its initial objects are
+/// handed over at once (no moment with half of them), then changes one by
+/// one. A closed watch (the cache re-listed, or this watcher fell behind)
+/// starts over.
+pub fn follow<F: Follower>(follower: &Arc<F>, cache: Arc<Cache>, plural: &'static str) {
+    let follower = Arc::downgrade(follower);
+    tokio::spawn(async move {
+        loop {
+            let mut rx = match cache.watch(None, Arc::new(|_| true), false, true) {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, plural, "cannot follow the cache");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut initial = Some(Vec::new());
+            while let Some(event) = rx.recv().await {
+                let Some(follower) = follower.upgrade() else {
+                    return;
+                };
+                match (event, initial.as_mut()) {
+                    (WatchEvent::Object(_, stored), Some(objects)) => objects.push(stored),
+                    (WatchEvent::InitialEventsEnd(rev), Some(_)) => {
+                        follower.replace(plural, initial.take().unwrap_or_default(), rev);
+                    }
+                    (WatchEvent::Object(event, stored), None) => {
+                        follower.apply(plural, event, &stored);
+                    }
+                    _ => {}
+                }
+            }
+            if follower.strong_count() == 0 {
+                return;
+            }
+        }
+    });
+}
+
 /// Lists, then follows the store's watch; re-lists when the watch breaks.
 async fn feed(cache: std::sync::Weak<Cache>, store: Arc<dyn Store>) {
     let mut backoff = Duration::from_millis(100);

@@ -29,6 +29,8 @@ pub struct DeleteOptions {
     pub propagation: Option<Propagation>,
     pub orphan_dependents: Option<bool>,
     pub dry_run: bool,
+    /// Who deletes, for admission; None for the server's own deletes.
+    pub user: Option<crate::http::Identity>,
 }
 
 impl DeleteOptions {
@@ -78,6 +80,7 @@ impl DeleteOptions {
                 || body["dryRun"]
                     .as_array()
                     .is_some_and(|d| d.iter().any(|v| v == "All")),
+            user: None,
         })
     }
 }

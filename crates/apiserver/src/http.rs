@@ -598,7 +598,7 @@ impl Handler {
         let started = std::time::Instant::now();
         let held = self.metrics.hold(&rr);
         let dry_run = write_options(&q).dry_run;
-        let result = match self.authorize(identity, &rr) {
+        let result = match self.authorize(identity, &rr, &q) {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,
@@ -717,6 +717,8 @@ impl Handler {
                 };
                 let content_type = content_type(&req);
                 let body = read_object_body(req.into_body(), &content_type).await?;
+                let pod = api.get(rt, ns, target.name).await?;
+                crate::admission::noderestriction::eviction(user, &pod)?;
                 let status = self.api.evict(target, &body).await?;
                 return Ok(respond_json(
                     StatusCode::CREATED,
@@ -728,6 +730,23 @@ impl Handler {
                 let content_type = content_type(&req);
                 let body = read_object_body(req.into_body(), &content_type).await?;
                 let name = rr.name.as_deref().unwrap_or_default();
+                if crate::nodeauthz::node_name(user).is_some() {
+                    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let bound = request["spec"]["boundObjectRef"]["name"]
+                        .as_str()
+                        .filter(|n| !n.is_empty());
+                    let pods = api.registry.get("", "v1", "pods");
+                    let pod = match (bound, pods) {
+                        (Some(pod), Some(pods)) => api.get(pods, ns, pod).await.ok(),
+                        _ => None,
+                    };
+                    crate::admission::noderestriction::token_request(
+                        user,
+                        name,
+                        &request,
+                        pod.as_ref(),
+                    )?;
+                }
                 let issued = self
                     .tokens
                     .request(api, ns.unwrap_or_default(), name, &body)
@@ -852,7 +871,10 @@ impl Handler {
                     serde_json::from_slice(&body)
                         .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
                 };
-                let opts = DeleteOptions::parse(&body, &q)?;
+                let opts = DeleteOptions {
+                    user: Some(user.clone()),
+                    ..DeleteOptions::parse(&body, &q)?
+                };
                 let obj = if rr.verb == Verb::Delete {
                     api.delete(rt, ns, name.unwrap_or_default(), &opts).await?
                 } else {
@@ -896,7 +918,24 @@ impl Handler {
         ))
     }
 
-    fn authorize(&self, user: &Identity, rr: &ResourceRequest) -> ApiResult<()> {
+    fn authorize(
+        &self,
+        user: &Identity,
+        rr: &ResourceRequest,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<()> {
+        // A list or watch of one name is authorized as a read of that name,
+        // as upstream's request info takes it from the field selector.
+        let fields = match rr.verb {
+            Verb::List | Verb::Watch => q
+                .get("fieldSelector")
+                .and_then(|f| FieldSelector::parse(f).ok()),
+            _ => None,
+        };
+        let selected = fields
+            .as_ref()
+            .and_then(FieldSelector::exact_name)
+            .filter(|n| crate::validation::path_segment(n).is_none());
         let attrs = authz::Attributes {
             user,
             verb: rr.verb.as_str(),
@@ -904,7 +943,8 @@ impl Handler {
             group: &rr.group,
             resource: &rr.resource,
             subresource: rr.subresource.as_deref(),
-            name: rr.name.as_deref(),
+            name: rr.name.as_deref().or(selected),
+            fields: fields.as_ref(),
             path: None,
         };
         audited(authz::decide(&*self.authorizer, &attrs), &attrs)

@@ -60,6 +60,7 @@ pub fn impersonate(
         resource,
         subresource: None,
         name: Some(name),
+        fields: None,
         path: None,
     };
     let service_account = user

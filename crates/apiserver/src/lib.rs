@@ -22,6 +22,7 @@ mod jobspec;
 pub mod leases;
 pub mod metrics;
 mod node_proxy;
+pub mod nodeauthz;
 pub mod openapi;
 pub mod patch;
 mod peers;
@@ -87,8 +88,11 @@ pub struct Config {
 /// Upstream's `--authorization-mode` values kubox has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AuthorizationMode {
-    /// Roles and bindings decide (the default).
+    /// The Node authorizer for nodes, then roles and bindings (the default,
+    /// as kubeadm's `Node,RBAC`).
     #[default]
+    NodeRbac,
+    /// Roles and bindings alone.
     Rbac,
     /// Every request is allowed, anonymous ones too, as upstream's mode.
     AlwaysAllow,
@@ -226,12 +230,20 @@ impl ApiServer {
         let api = Arc::new(Api::new(store, config.event_ttl));
         let (authorizer, view): (Arc<dyn authz::Authorizer>, _) = match config.authorization_mode {
             AuthorizationMode::AlwaysAllow => (Arc::new(authz::AlwaysAllow), None),
-            AuthorizationMode::Rbac => {
+            mode @ (AuthorizationMode::Rbac | AuthorizationMode::NodeRbac) => {
                 let view = rbac::view::RbacView::start(|plural| api.cache_of(plural));
                 let rbac = Arc::new(rbac::Rbac { view: view.clone() });
                 let check = Arc::new(rbac::escalation::Escalation { rbac: rbac.clone() });
                 let _ = api.write_check.set(check);
-                (rbac, Some(view))
+                if mode == AuthorizationMode::Rbac {
+                    (rbac, Some(view))
+                } else {
+                    let node = nodeauthz::NodeAuthorizer::start(|plural| api.cache_of(plural));
+                    (
+                        Arc::new(authz::Union(vec![Arc::new(node), rbac])),
+                        Some(view),
+                    )
+                }
             }
         };
         let resource_metrics = Arc::new(resource_metrics::MetricsWindow::default());

@@ -85,6 +85,9 @@ fn access(
         text(&nra["verb"])
     };
     let path = text(&nra["path"]);
+    // An unparsable selector is as none, as upstream ignores a selector it cannot use.
+    let fields =
+        crate::selectors::FieldSelector::parse(&text(&ra["fieldSelector"]["rawSelector"])).ok();
     let attrs = Attributes {
         user: &subject,
         verb: &verb,
@@ -93,6 +96,7 @@ fn access(
         resource: &resource,
         subresource: Some(subresource.as_str()).filter(|s| !s.is_empty()),
         name: Some(name.as_str()).filter(|n| !n.is_empty()),
+        fields: fields.as_ref(),
         path: nra.is_object().then_some(path.as_str()),
     };
     Ok(match authz::decide(authorizer, &attrs) {

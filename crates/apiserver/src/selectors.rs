@@ -222,9 +222,14 @@ impl FieldSelector {
 
     /// A `metadata.name=x` requirement, which lets a watch or list look at one key.
     pub fn exact_name(&self) -> Option<&str> {
+        self.requires("metadata.name")
+    }
+
+    /// The value `field` must equal, if the selector says.
+    pub fn requires(&self, field: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|(f, eq, _)| f == "metadata.name" && *eq)
+            .find(|(f, eq, _)| f == field && *eq)
             .map(|(_, _, v)| v.as_str())
     }
 

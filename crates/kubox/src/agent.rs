@@ -177,7 +177,7 @@ pub async fn start(
     let agent = Agent::start(
         client,
         AgentConfig {
-            labels: node_labels(&node_name, control_plane),
+            labels: node_labels(&node_name),
             node_name,
             node_ip: IpAddr::V4(node_ipv4),
             state_dir: state,
@@ -328,3 +328,34 @@ async fn uninstall(args: &StandaloneArgs) -> anyhow::Result<()> {
     println!("kubox agent: node network and credentials removed");
     Ok(())
 }
+
+/// Gives the server's own Node the control-plane role, as the server
+/// rather than the node (as k3s's server does): NodeRestriction refuses a
+/// node its own `node-role.kubernetes.io/*` labels.
+pub async fn mark_control_plane(
+    api: &kubox_apiserver::api::Api,
+    node_name: &str,
+) -> anyhow::Result<()> {
+    let rt = api
+        .registry
+        .get("", "v1", "nodes")
+        .context("nodes are not served")?;
+    let target = kubox_apiserver::api::ObjectRef {
+        rt,
+        ns: None,
+        name: node_name,
+        subresource: None,
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {CONTROL_PLANE_LABEL: ""}}});
+    api.patch(
+        target,
+        kubox_apiserver::patch::PatchType::Merge,
+        patch.to_string().as_bytes(),
+        &kubox_apiserver::api::WriteOptions::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("labelling node {node_name}: {}", e.message))?;
+    Ok(())
+}
+
+const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";

@@ -23,6 +23,8 @@ pub enum Datastore {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum AuthorizationMode {
+    #[value(name = "Node,RBAC")]
+    NodeRbac,
     #[value(name = "RBAC")]
     Rbac,
     #[value(name = "AlwaysAllow")]
@@ -70,9 +72,10 @@ pub struct ServerArgs {
     /// How long Events are kept after their last update.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
-    /// How requests are authorized: RBAC (roles and bindings), or
-    /// AlwaysAllow (everything, anonymous requests too).
-    #[arg(long, value_enum, default_value = "RBAC")]
+    /// How requests are authorized: Node,RBAC (nodes reach only what their
+    /// pods need, then roles and bindings), RBAC (roles and bindings
+    /// alone), or AlwaysAllow (everything, anonymous requests too).
+    #[arg(long, value_enum, default_value = "Node,RBAC")]
     authorization_mode: AuthorizationMode,
     /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) saying how
     /// resources are encrypted in the datastore. Without it Secrets are
@@ -269,6 +272,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         extra_sans: args.tls_sans.clone(),
         event_ttl: args.event_ttl,
         authorization_mode: match args.authorization_mode {
+            AuthorizationMode::NodeRbac => kubox_apiserver::AuthorizationMode::NodeRbac,
             AuthorizationMode::Rbac => kubox_apiserver::AuthorizationMode::Rbac,
             AuthorizationMode::AlwaysAllow => kubox_apiserver::AuthorizationMode::AlwaysAllow,
         },
@@ -296,6 +300,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         true,
     )
     .await?;
+    if _node.is_some() {
+        crate::agent::mark_control_plane(&server.api, &crate::agent::node_name(&args.agent))
+            .await?;
+    }
     let _dns = crate::dns::start(&args.dns, &args.agent, _node.as_ref(), &server).await?;
     let scheduler = if args.disable_scheduler {
         None

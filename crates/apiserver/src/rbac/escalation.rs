@@ -40,6 +40,7 @@ impl Escalation {
             resource,
             subresource: None,
             name: Some(name),
+            fields: None,
             path: None,
         };
         authz::decide(&*self.rbac, &attrs) == Decision::Allow

@@ -11,8 +11,10 @@
 //! rather than one ServiceAccount each, so each `system:controller:*`
 //! binding names that user beside the ServiceAccount upstream binds; the
 //! service proxy runs with its node's identity, so `system:node-proxier` is
-//! bound to `system:nodes` as well as `system:kube-proxy`, and with no Node
-//! authorizer `system:node` is bound to `system:nodes`.
+//! bound to `system:nodes` as well as `system:kube-proxy`. As upstream,
+//! `system:node` is bound to no one: the Node authorizer applies its rules
+//! to nodes, subdividing what a node may read by the pods bound to it; the
+//! `system:nodes` subject earlier kubox versions gave it is withdrawn.
 
 use serde_json::{Value, json};
 
@@ -102,11 +104,15 @@ fn binding(name: &str, role_kind: &str, subjects: Vec<Value>) -> Value {
 }
 
 fn binding_to(name: &str, role_kind: &str, role: &str, subjects: Vec<Value>) -> Value {
-    json!({
+    let mut binding = json!({
         "metadata": metadata(name, &[]),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": subjects,
-    })
+    });
+    // As upstream's `system:node`, a binding to no one has no subjects field.
+    if !subjects.is_empty() {
+        binding["subjects"] = json!(subjects);
+    }
+    binding
 }
 
 const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
@@ -316,6 +322,14 @@ fn admin_rules() -> Vec<Value> {
             &["roles", "rolebindings"],
         ),
     ]
+}
+
+/// The `system:node` role's rules, which the Node authorizer applies.
+pub fn node_policy_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    node_rules()
+        .into_iter()
+        .filter_map(|r| serde_json::from_value(r).ok())
+        .collect()
 }
 
 fn node_rules() -> Vec<Value> {
@@ -1115,7 +1129,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "ClusterRole",
             vec![group("system:monitoring")],
         ),
-        binding("system:node", "ClusterRole", vec![group("system:nodes")]),
+        binding("system:node", "ClusterRole", Vec::new()),
         binding(
             "system:node-proxier",
             "ClusterRole",
@@ -1265,14 +1279,27 @@ fn revision_of(obj: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// What `wanted` adds to `current`: rules for roles, subjects for bindings.
+/// Subjects earlier kubox versions bound that the policy no longer grants:
+/// (binding, subject kind, subject name).
+const WITHDRAWN: &[(&str, &str, &str)] = &[("system:node", "Group", "system:nodes")];
+
+/// What `wanted` adds to `current`: rules for roles, subjects for bindings
+/// (less the withdrawn ones).
 fn reconciled(current: &Value, wanted: &Value) -> Option<Value> {
     if current["metadata"]["annotations"][AUTOUPDATE] == "false" {
         return None;
     }
     let mut out = current.clone();
     if wanted.get("roleRef").is_some() {
-        let have = current["subjects"].as_array().cloned().unwrap_or_default();
+        let name = &current["metadata"]["name"];
+        let mut have = current["subjects"].as_array().cloned().unwrap_or_default();
+        let before = have.len();
+        have.retain(|s| {
+            !WITHDRAWN
+                .iter()
+                .any(|(b, kind, who)| name == b && s["kind"] == *kind && s["name"] == *who)
+        });
+        let withdrawn = have.len() != before;
         let missing: Vec<Value> = wanted["subjects"]
             .as_array()
             .into_iter()
@@ -1286,7 +1313,7 @@ fn reconciled(current: &Value, wanted: &Value) -> Option<Value> {
             })
             .cloned()
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() && !withdrawn {
             return None;
         }
         out["subjects"] = json!([have, missing].concat());
@@ -1376,4 +1403,23 @@ pub async fn run(api: &Api) -> ApiResult<Revisions> {
         revisions.push((plural, newest));
     }
     Ok(revisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciling_withdraws_the_nodes_group_from_system_node() {
+        let wanted = binding("system:node", "ClusterRole", Vec::new());
+        let mut old = wanted.clone();
+        old["subjects"] = json!([subject("Group", "system:nodes")]);
+        let updated = reconciled(&old, &wanted).expect("the subject is withdrawn");
+        assert_eq!(updated["subjects"], json!([]));
+        assert!(reconciled(&wanted, &wanted).is_none());
+        // Only from that binding.
+        let mut other = binding("system:node-proxier", "ClusterRole", Vec::new());
+        other["subjects"] = json!([subject("Group", "system:nodes")]);
+        assert!(reconciled(&other, &other).is_none());
+    }
 }

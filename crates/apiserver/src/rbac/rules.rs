@@ -205,6 +205,7 @@ mod tests {
             resource,
             subresource: sub,
             name,
+            fields: None,
             path: None,
         }
     }

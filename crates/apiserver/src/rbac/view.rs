@@ -1,6 +1,6 @@
 //! The RBAC objects in memory: Roles, ClusterRoles, RoleBindings and
 //! ClusterRoleBindings decoded once, kept current by watches on the API
-//! server's own watch caches (upstream's informers), so authorizing a
+//! server's own watch caches (`cache::follow`, upstream's informers), so authorizing a
 //! request reads no storage.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use kubox_store::Revision;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::cache::{Cache, EventType, WatchEvent};
+use crate::cache::{Cache, EventType, Follower, Stored};
 
 /// A binding as the authorizer uses it.
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ impl Kind {
             Kind::RoleBindings => "rolebindings",
             Kind::ClusterRoleBindings => "clusterrolebindings",
         }
+    }
+
+    fn of(plural: &str) -> Option<Self> {
+        KINDS.into_iter().find(|k| k.plural() == plural)
     }
 }
 
@@ -105,7 +109,7 @@ impl RbacView {
         });
         for kind in KINDS {
             if let Some(cache) = cache_of(kind.plural()) {
-                tokio::spawn(follow(Arc::downgrade(&view), cache, kind));
+                crate::cache::follow(&view, cache, kind.plural());
             }
         }
         view
@@ -121,10 +125,10 @@ impl RbacView {
 
     /// Waits until the view of `plural` has applied `revision`.
     pub async fn wait_for(&self, plural: &str, revision: Revision) -> bool {
-        let Some(kind) = KINDS.iter().find(|k| k.plural() == plural) else {
+        let Some(kind) = Kind::of(plural) else {
             return false;
         };
-        let mut rx = self.seen[kind].subscribe();
+        let mut rx = self.seen[&kind].subscribe();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r >= revision))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -205,42 +209,21 @@ impl RbacView {
     }
 }
 
-/// Watches one cache from its current state; the initial objects replace
-/// the kind's index at once (no moment with half of them), then changes
-/// apply one by one. A closed watch (the cache re-listed, or this watcher
-/// fell behind) starts over.
-async fn follow(view: std::sync::Weak<RbacView>, cache: Arc<Cache>, kind: Kind) {
-    loop {
-        let mut rx = match cache.watch(None, Arc::new(|_| true), false, true) {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::warn!(error = %e.message, kind = kind.plural(), "RBAC view cannot watch");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut initial: Option<HashMap<Key, Entry>> = Some(HashMap::new());
-        while let Some(event) = rx.recv().await {
-            let Some(view) = view.upgrade() else {
-                return;
-            };
-            match (event, initial.as_mut()) {
-                (WatchEvent::Object(_, stored), Some(objects)) => {
-                    if let Some(e) = entry(kind, &stored.object) {
-                        objects.insert(key(&stored.object), e);
-                    }
-                }
-                (WatchEvent::InitialEventsEnd(rev), Some(_)) => {
-                    view.replace(kind, initial.take().unwrap_or_default(), rev);
-                }
-                (WatchEvent::Object(event, stored), None) => {
-                    view.apply(kind, event, &stored.object, stored.revision);
-                }
-                _ => {}
-            }
-        }
-        if view.strong_count() == 0 {
+impl Follower for RbacView {
+    fn replace(&self, plural: &'static str, objects: Vec<Arc<Stored>>, revision: Revision) {
+        let Some(kind) = Kind::of(plural) else {
             return;
+        };
+        let entries = objects
+            .iter()
+            .filter_map(|s| Some((key(&s.object), entry(kind, &s.object)?)))
+            .collect();
+        RbacView::replace(self, kind, entries, revision);
+    }
+
+    fn apply(&self, plural: &'static str, event: EventType, object: &Stored) {
+        if let Some(kind) = Kind::of(plural) {
+            RbacView::apply(self, kind, event, &object.object, object.revision);
         }
     }
 }
