@@ -17,7 +17,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback port nothing listens on right now.
+/// kubectl 1.35, which scripts/test installs beside the kubectl on PATH so
+/// that the API is checked against a newer client as well.
+pub const KUBECTL_1_35: &str = "/usr/local/lib/kubox-test/kubectl-1.35";
+
 /// Runs `command` with `input` on its standard input; its whole output.
 pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
     use std::io::Write;
@@ -36,6 +39,7 @@ pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::O
     child.wait_with_output().expect("waiting for the command")
 }
 
+/// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -528,17 +532,28 @@ impl KuboxServer {
 
     /// Runs the real kubectl against this server.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .output()
-            .expect("running kubectl")
+        self.kubectl_at(std::path::Path::new("kubectl"), args)
     }
 
     /// Runs kubectl, failing the test unless it succeeds; returns its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
+        self.kubectl_at_ok(std::path::Path::new("kubectl"), args)
+    }
+
+    /// Runs the kubectl binary `program` (another release than the one on
+    /// PATH, such as [`KUBECTL_1_35`]) against this server.
+    pub fn kubectl_at(&self, program: &std::path::Path, args: &[&str]) -> std::process::Output {
+        Command::new(program)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
+    }
+
+    /// [`Self::kubectl_at`], failing the test unless it succeeds; returns its stdout.
+    pub fn kubectl_at_ok(&self, program: &std::path::Path, args: &[&str]) -> String {
+        let out = self.kubectl_at(program, args);
         assert!(
             out.status.success(),
             "kubectl {} failed: {}{}",
