@@ -1,7 +1,7 @@
 //! What controllers ask of pods: whether they are active, ready, available,
 //! and which to delete first, as upstream's pkg/controller helpers.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -92,71 +92,42 @@ fn phase_ordinal(p: &Pod) -> u8 {
     }
 }
 
-/// `t1` is after `t2`, a missing time counting as after any other.
-fn after_or_zero(t1: Option<Timestamp>, t2: Option<Timestamp>) -> bool {
-    match (t1, t2) {
-        (None, _) | (_, None) => t1.is_none(),
-        (Some(a), Some(b)) => a > b,
+/// The base-2 logarithm of the time since `t` (upstream's logarithmic
+/// scale-down), so that pods of about the same age rank equal; a missing
+/// time ranks before any other, as upstream's zero time.
+fn log_age(t: Option<Timestamp>, now: Timestamp) -> i64 {
+    let Some(t) = t else { return i64::MIN };
+    let nanos = now.as_nanosecond() - t.as_nanosecond();
+    if nanos > 0 {
+        (nanos as f64).log2() as i64
+    } else {
+        -1
     }
 }
 
-/// The difference of base-2 logarithms of two ages, so that pods of about
-/// the same age compare equal.
-fn log_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
-    let rank = |t: Timestamp| {
-        let nanos = now.as_nanosecond() - t.as_nanosecond();
-        if nanos > 0 {
-            (nanos as f64).log2() as i64
-        } else {
-            -1
-        }
-    };
-    rank(t1) - rank(t2)
-}
-
-/// Whether `a` should be deleted before `b` (upstream's ActivePodsWithRanks,
-/// with pod deletion cost and logarithmic scale-down as enabled by default):
-/// unscheduled before scheduled; pending, then unknown, then running; not
-/// ready before ready; lower deletion cost; more pods of the same owners on
-/// its node; ready for less time; more restarts; newer.
-fn delete_first(a: (&Pod, usize), b: (&Pod, usize), now: Timestamp) -> bool {
-    let ((a, rank_a), (b, rank_b)) = (a, b);
-    let (node_a, node_b) = (node_name(a), node_name(b));
-    if node_a != node_b && (node_a.is_empty() || node_b.is_empty()) {
-        return node_a.is_empty();
-    }
-    if phase_ordinal(a) != phase_ordinal(b) {
-        return phase_ordinal(a) < phase_ordinal(b);
-    }
-    if is_ready(a) != is_ready(b) {
-        return !is_ready(a);
-    }
-    if deletion_cost(a) != deletion_cost(b) {
-        return deletion_cost(a) < deletion_cost(b);
-    }
-    if rank_a != rank_b {
-        return rank_a > rank_b;
-    }
-    let by_age = |t1: Option<Timestamp>, t2: Option<Timestamp>| match (t1, t2) {
-        (Some(t1), Some(t2)) => match log_rank_diff(t1, t2, now) {
-            0 => a.metadata.uid < b.metadata.uid,
-            d => d < 0,
-        },
-        _ => after_or_zero(t1, t2),
-    };
-    if let (Some(ready_a), Some(ready_b)) = (ready_since(a), ready_since(b))
-        && ready_a != ready_b
-    {
-        return by_age(ready_a, ready_b);
-    }
-    if max_restarts(a) != max_restarts(b) {
-        return max_restarts(a) > max_restarts(b);
-    }
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    if created(a) != created(b) {
-        return by_age(created(a), created(b));
-    }
-    false
+/// A pod's place in the deletion order, lowest first (upstream's
+/// ActivePodsWithRanks, with pod deletion cost and logarithmic scale-down
+/// as enabled by default): unscheduled before scheduled; pending, then
+/// unknown, then running; not ready before ready; lower deletion cost;
+/// more pods of the same owners on its node; ready for less time; more
+/// restarts; newer; then UID. Upstream compares pairs, and its rule is not
+/// transitive (pods ready at different instants of one log-scale bucket
+/// compare by UID, pods ready at the same instant by restarts); Go's sort
+/// tolerates that, Rust's panics, so this is a key: within a bucket the
+/// later criteria decide.
+fn deletion_key(p: &Pod, rank: usize, now: Timestamp) -> impl Ord + use<> {
+    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (
+        !node_name(p).is_empty(),
+        phase_ordinal(p),
+        is_ready(p),
+        deletion_cost(p),
+        Reverse(rank),
+        ready_since(p).map(|t| log_age(t, now)),
+        Reverse(max_restarts(p)),
+        log_age(created, now),
+        p.metadata.uid.clone(),
+    )
 }
 
 /// The `n` pods of `pods` to delete first. `related` are the active pods
@@ -174,16 +145,7 @@ pub fn to_delete(
             *on_node.entry(node_name(p)).or_default() += 1;
         }
         let rank = |p: &Pod| on_node.get(node_name(p)).copied().unwrap_or(0);
-        pods.sort_by(|a, b| {
-            let (a, b) = ((&**a, rank(a)), (&**b, rank(b)));
-            if delete_first(a, b, now) {
-                Ordering::Less
-            } else if delete_first(b, a, now) {
-                Ordering::Greater
-            } else {
-                Ordering::Equal
-            }
-        });
+        pods.sort_by_cached_key(|p| deletion_key(p, rank(p), now));
     }
     pods.truncate(n);
     pods
@@ -400,6 +362,32 @@ mod tests {
             pod("sibling", "n2", "Running", None, 0, 100),
         ];
         assert_eq!(names(&to_delete(pods, &related, 1, now)), ["crowded"]);
+    }
+
+    /// Ready times a little apart (one log-scale bucket) and equal ones
+    /// mixed, with restarts: upstream's comparison is not transitive on
+    /// such pods, and the standard sort panics on a comparison that is not.
+    #[test]
+    fn many_pods_ready_about_the_same_time_sort_consistently() {
+        let now = ts(1_000_000);
+        let pods: Vec<Arc<Pod>> = (0..200)
+            .map(|i| {
+                let ready = now.as_second() - 600 - (i * 37 % 5) * 50;
+                let name = format!("p{:03}", i * 89 % 200);
+                pod(&name, "n", "Running", Some(ready), (i * 7 % 3) as i32, 100)
+            })
+            .collect();
+        let ordered = to_delete(pods.clone(), &pods, 199, now);
+        assert_eq!(ordered.len(), 199);
+        let key = |p: &Arc<Pod>| {
+            let ready = ready_since(p).flatten().unwrap();
+            (
+                log_age(Some(ready), now),
+                -max_restarts(p),
+                p.metadata.uid.clone(),
+            )
+        };
+        assert!(ordered.windows(2).all(|w| key(&w[0]) <= key(&w[1])));
     }
 
     #[test]
