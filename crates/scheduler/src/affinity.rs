@@ -2,13 +2,15 @@
 //! topology domain are computed once per pod (upstream's PreFilter and
 //! PreScore), then each node is judged by its domain's counts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodAffinityTerm};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Query};
+use crate::domains::DomainCounts;
 use crate::filters::Rejection;
 use crate::node_info::NodeInfo;
 
@@ -32,8 +34,9 @@ pub fn namespace_labels(namespaces: &[std::sync::Arc<Namespace>]) -> NamespaceLa
 }
 
 /// A pod affinity term made ready to match pods.
-struct Term {
-    namespaces: HashSet<String>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    namespaces: BTreeSet<String>,
     namespace_selector: Option<Selector>,
     /// None: the term's nil labelSelector matches no pod.
     selector: Option<Selector>,
@@ -41,9 +44,22 @@ struct Term {
     weight: i64,
 }
 
+impl Hash for Term {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.namespaces.hash(state);
+        self.namespace_selector
+            .as_ref()
+            .map(ToString::to_string)
+            .hash(state);
+        self.selector.as_ref().map(ToString::to_string).hash(state);
+        self.key.hash(state);
+        self.weight.hash(state);
+    }
+}
+
 impl Term {
     fn new(term: &PodAffinityTerm, owner: &Pod, weight: i64) -> Self {
-        let mut namespaces: HashSet<String> = term.namespaces.iter().flatten().cloned().collect();
+        let mut namespaces: BTreeSet<String> = term.namespaces.iter().flatten().cloned().collect();
         let namespace_selector = term
             .namespace_selector
             .clone()
@@ -75,6 +91,21 @@ impl Term {
                 .selector
                 .as_ref()
                 .is_some_and(|s| s.matches(pod.labels()))
+    }
+
+    /// The term as the cache counts pods for it: its namespaces named or
+    /// selected now, and its selector (None: it matches no pod).
+    fn matcher(&self, ns_labels: &NamespaceLabels) -> Option<(BTreeSet<String>, Selector)> {
+        let mut namespaces = self.namespaces.clone();
+        if let Some(s) = &self.namespace_selector {
+            namespaces.extend(
+                ns_labels
+                    .iter()
+                    .filter(|(_, labels)| s.matches(labels))
+                    .map(|(ns, _)| ns.clone()),
+            );
+        }
+        Some((namespaces, self.selector.clone()?))
     }
 }
 
@@ -130,12 +161,105 @@ impl Terms {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.required_affinity.is_empty()
-            && self.required_anti.is_empty()
-            && self.preferred_affinity.is_empty()
-            && self.preferred_anti.is_empty()
+    /// What the cache must count for these terms of an incoming pod, each
+    /// with what a matching pod adds in its domain: for the required
+    /// affinity, pods matching all its terms, per term's key; for the
+    /// others, pods matching each term.
+    fn queries(&self, ns_labels: &NamespaceLabels) -> Vec<(Kind, Query)> {
+        let mut queries = Vec::new();
+        let all: Option<Vec<_>> = self
+            .required_affinity
+            .iter()
+            .map(|t| t.matcher(ns_labels))
+            .collect();
+        if let Some(matchers) = all.filter(|m| !m.is_empty()) {
+            for term in &self.required_affinity {
+                queries.push((
+                    Kind::Affinity,
+                    Query {
+                        matchers: matchers.clone(),
+                        key: term.key.clone(),
+                        live_only: false,
+                    },
+                ));
+            }
+        }
+        let each = [
+            (&self.required_anti, 0),
+            (&self.preferred_affinity, 1),
+            (&self.preferred_anti, -1),
+        ];
+        for (terms, sign) in each {
+            for term in terms {
+                let Some(matcher) = term.matcher(ns_labels) else {
+                    continue;
+                };
+                let kind = if sign == 0 {
+                    Kind::Anti
+                } else {
+                    Kind::Preferred(sign * term.weight)
+                };
+                queries.push((
+                    kind,
+                    Query {
+                        matchers: vec![matcher],
+                        key: term.key.clone(),
+                        live_only: false,
+                    },
+                ));
+            }
+        }
+        queries
     }
+}
+
+/// What pods matching an incoming pod's term count for.
+#[derive(Clone, Copy)]
+enum Kind {
+    Affinity,
+    Anti,
+    Preferred(i64),
+}
+
+/// A term an existing pod holds, as the cache groups its holders: a
+/// required anti-affinity term forbids its holders' domains to the pods
+/// it matches; other terms weigh them, by their weight.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeldTerm {
+    term: Term,
+    forbids: bool,
+}
+
+impl HeldTerm {
+    pub fn key(&self) -> &str {
+        &self.term.key
+    }
+}
+
+/// The terms an existing pod holds that concern incoming pods.
+pub fn held_terms(pod: &Pod) -> Vec<HeldTerm> {
+    let t = Terms::of(pod);
+    let forbidding = t.required_anti.into_iter().map(|term| HeldTerm {
+        term,
+        forbids: true,
+    });
+    let weighing = t
+        .required_affinity
+        .into_iter()
+        .map(|term| Term {
+            weight: HARD_AFFINITY_WEIGHT,
+            ..term
+        })
+        .chain(t.preferred_affinity)
+        .chain(t.preferred_anti.into_iter().map(|term| Term {
+            weight: -term.weight,
+            ..term
+        }))
+        .map(|term| HeldTerm {
+            term,
+            forbids: false,
+        });
+    forbidding.chain(weighing).collect()
 }
 
 pub fn has_affinity(pod: &Pod) -> bool {
@@ -166,13 +290,32 @@ fn pair(info: &NodeInfo, key: &str) -> Option<Pair> {
     info.labels().get(key).map(|v| (key.to_owned(), v.clone()))
 }
 
+fn add_domains(into: &mut HashMap<Pair, i64>, counts: &DomainCounts, weight: i64) {
+    for (value, n) in counts.domains() {
+        *into
+            .entry((counts.key().to_owned(), value.clone()))
+            .or_default() += weight * n;
+    }
+}
+
 impl State {
     /// Whether the pod has terms of its own, or some existing pod has
     /// terms that could concern it (upstream skips the plugin otherwise).
     pub fn needed(pod: &Pod, cache: &Cache) -> bool {
-        has_affinity(pod) || cache.pods_with_affinity() > 0
+        has_affinity(pod) || cache.held_terms().next().is_some()
     }
 
+    /// What [`State::new`] asks the cache to count for the pod.
+    pub fn queries(pod: &Pod, ns_labels: &NamespaceLabels) -> Vec<Query> {
+        Terms::of(pod)
+            .queries(ns_labels)
+            .into_iter()
+            .map(|(_, q)| q)
+            .collect()
+    }
+
+    /// The state from the cache's counts, once the cache was prepared
+    /// with the pod's [`State::queries`].
     pub fn new(pod: &Pod, cache: &Cache, ns_labels: &NamespaceLabels) -> Self {
         let terms = Terms::of(pod);
         let mut state = Self {
@@ -181,84 +324,34 @@ impl State {
                     .required_affinity
                     .iter()
                     .all(|t| t.matches(pod, ns_labels)),
-            terms,
             affinity_counts: HashMap::new(),
             anti_counts: HashMap::new(),
             existing_anti: HashMap::new(),
             preferred: HashMap::new(),
+            terms: Terms::default(),
         };
-        if !state.terms.is_empty() {
-            for info in cache.nodes() {
-                for existing in info.pods.values() {
-                    state.count_for_incoming(existing, info, ns_labels);
-                }
+        for (kind, query) in terms.queries(ns_labels) {
+            let Some(counts) = cache.counts(&query) else {
+                continue;
+            };
+            match kind {
+                Kind::Affinity => add_domains(&mut state.affinity_counts, counts, 1),
+                Kind::Anti => add_domains(&mut state.anti_counts, counts, 1),
+                Kind::Preferred(weight) => add_domains(&mut state.preferred, counts, weight),
             }
         }
-        for (info, existing) in cache.affinity_pods() {
-            state.count_for_existing(pod, existing, info, ns_labels);
+        state.terms = terms;
+        for (held, counts) in cache.held_terms() {
+            if !held.term.matches(pod, ns_labels) {
+                continue;
+            }
+            if held.forbids {
+                add_domains(&mut state.existing_anti, counts, 1);
+            } else {
+                add_domains(&mut state.preferred, counts, held.term.weight);
+            }
         }
         state
-    }
-
-    /// The incoming pod's own terms, against an existing pod.
-    fn count_for_incoming(&mut self, existing: &Pod, info: &NodeInfo, ns: &NamespaceLabels) {
-        let t = &self.terms;
-        if !t.required_affinity.is_empty()
-            && t.required_affinity.iter().all(|t| t.matches(existing, ns))
-        {
-            for term in &t.required_affinity {
-                if let Some(p) = pair(info, &term.key) {
-                    *self.affinity_counts.entry(p).or_default() += 1;
-                }
-            }
-        }
-        for term in &t.required_anti {
-            if term.matches(existing, ns)
-                && let Some(p) = pair(info, &term.key)
-            {
-                *self.anti_counts.entry(p).or_default() += 1;
-            }
-        }
-        for (terms, sign) in [(&t.preferred_affinity, 1), (&t.preferred_anti, -1)] {
-            for term in terms {
-                if term.matches(existing, ns)
-                    && let Some(p) = pair(info, &term.key)
-                {
-                    *self.preferred.entry(p).or_default() += sign * term.weight;
-                }
-            }
-        }
-    }
-
-    /// An existing pod's terms, against the incoming pod (symmetry).
-    fn count_for_existing(
-        &mut self,
-        incoming: &Pod,
-        existing: &Pod,
-        info: &NodeInfo,
-        ns: &NamespaceLabels,
-    ) {
-        let t = Terms::of(existing);
-        for term in &t.required_anti {
-            if term.matches(incoming, ns)
-                && let Some(p) = pair(info, &term.key)
-            {
-                *self.existing_anti.entry(p).or_default() += 1;
-            }
-        }
-        let weighted = t
-            .required_affinity
-            .iter()
-            .map(|term| (term, HARD_AFFINITY_WEIGHT))
-            .chain(t.preferred_affinity.iter().map(|term| (term, term.weight)))
-            .chain(t.preferred_anti.iter().map(|term| (term, -term.weight)));
-        for (term, weight) in weighted {
-            if term.matches(incoming, ns)
-                && let Some(p) = pair(info, &term.key)
-            {
-                *self.preferred.entry(p).or_default() += weight;
-            }
-        }
     }
 
     pub fn filter(&self, info: &NodeInfo) -> Result<(), Rejection> {
@@ -341,14 +434,20 @@ mod tests {
         cache
     }
 
-    fn verdicts(cache: &Cache, incoming: &Pod) -> Vec<Result<(), Rejection>> {
-        let state = State::new(incoming, cache, &NamespaceLabels::new());
+    fn state(cache: &mut Cache, incoming: &Pod) -> State {
+        let ns = NamespaceLabels::new();
+        cache.prepare(&State::queries(incoming, &ns));
+        State::new(incoming, cache, &ns)
+    }
+
+    fn verdicts(cache: &mut Cache, incoming: &Pod) -> Vec<Result<(), Rejection>> {
+        let state = state(cache, incoming);
         cache.nodes().map(|n| state.filter(n)).collect()
     }
 
     #[test]
     fn required_affinity_and_anti_affinity_follow_the_topology_key() {
-        let cache = cluster();
+        let mut cache = cluster();
         let near_db = pod(
             "web",
             json!({}),
@@ -356,7 +455,7 @@ mod tests {
             "requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}}),
         );
-        let v = verdicts(&cache, &near_db);
+        let v = verdicts(&mut cache, &near_db);
         assert!(v[0].is_ok() && v[1].is_ok(), "{v:?}");
         assert_eq!(v[2].as_ref().unwrap_err().reasons, [AFFINITY_NOT_MATCH]);
         let away = pod(
@@ -366,7 +465,7 @@ mod tests {
             "requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
         );
-        let v = verdicts(&cache, &away);
+        let v = verdicts(&mut cache, &away);
         assert_eq!(
             v[0].as_ref().unwrap_err().reasons,
             [ANTI_AFFINITY_NOT_MATCH]
@@ -388,7 +487,7 @@ mod tests {
                     {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"}]}}}),
             ),
         );
-        let v = verdicts(&cache, &pod("web", json!({"app": "web"}), json!({})));
+        let v = verdicts(&mut cache, &pod("web", json!({"app": "web"}), json!({})));
         assert!(v[0].is_ok());
         assert_eq!(
             v[2].as_ref().unwrap_err().reasons,
@@ -398,7 +497,7 @@ mod tests {
 
     #[test]
     fn the_first_of_a_self_affine_group_goes_anywhere() {
-        let cache = cluster();
+        let mut cache = cluster();
         let first = pod(
             "w",
             json!({"app": "w"}),
@@ -406,12 +505,12 @@ mod tests {
             "requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": {"app": "w"}}, "topologyKey": "zone"}]}}}),
         );
-        assert!(verdicts(&cache, &first).iter().all(Result::is_ok));
+        assert!(verdicts(&mut cache, &first).iter().all(Result::is_ok));
     }
 
     #[test]
     fn preferences_score_the_domains() {
-        let cache = cluster();
+        let mut cache = cluster();
         let prefers = pod(
             "web",
             json!({}),
@@ -419,7 +518,7 @@ mod tests {
             "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm":
                 {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}}]}}}),
         );
-        let state = State::new(&prefers, &cache, &NamespaceLabels::new());
+        let state = state(&mut cache, &prefers);
         let scores: Vec<i64> = cache.nodes().map(|n| state.score(n)).collect();
         assert_eq!(scores, [10, 10, 0]);
     }

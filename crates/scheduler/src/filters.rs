@@ -34,7 +34,7 @@ impl Rejection {
 
 /// What the filters and scores need computed once per pod (upstream's
 /// PreFilter and PreScore state), so that no node pays for it again.
-pub struct PreFilter {
+pub struct PreFilter<'a> {
     pub requests: Resources,
     /// CPU and memory as scoring counts them.
     pub non_zero: (i64, i64),
@@ -44,10 +44,10 @@ pub struct PreFilter {
     /// The pod's images, normalised.
     pub images: Vec<String>,
     pub affinity: Option<crate::affinity::State>,
-    pub spread: Option<crate::spread::State>,
+    pub spread: Option<crate::spread::State<'a>>,
 }
 
-impl PreFilter {
+impl PreFilter<'_> {
     /// The per-pod inputs, without the cluster-wide affinity and spread
     /// state (added by the caller when the pod needs them).
     pub fn new(pod: &Pod) -> Self {

@@ -5,6 +5,7 @@
 
 mod affinity;
 mod cache;
+mod domains;
 mod filters;
 mod metrics;
 
@@ -248,7 +249,7 @@ impl Context {
     /// Runs the filters over the nodes, as many as needed to find enough
     /// feasible ones, then scores those: the chosen node's name, or why none
     /// fits and whom to preempt for it.
-    fn decide(&self, pod: &Pod, cache: &Cache) -> Result<String, Unschedulable> {
+    fn decide(&self, pod: &Pod, cache: &mut Cache) -> Result<String, Unschedulable> {
         let total = cache.len();
         if total == 0 {
             return Err(Unschedulable {
@@ -256,11 +257,16 @@ impl Context {
                 preempt: None,
             });
         }
+        let namespaces = affinity::State::needed(pod, cache)
+            .then(|| affinity::namespace_labels(&self.namespaces.state()));
+        let mut queries = spread::State::queries(pod);
+        if let Some(namespaces) = &namespaces {
+            queries.extend(affinity::State::queries(pod, namespaces));
+        }
+        cache.prepare(&queries);
+        let cache = &*cache;
         let pre = filters::PreFilter {
-            affinity: affinity::State::needed(pod, cache).then(|| {
-                let namespaces = affinity::namespace_labels(&self.namespaces.state());
-                affinity::State::new(pod, cache, &namespaces)
-            }),
+            affinity: namespaces.map(|namespaces| affinity::State::new(pod, cache, &namespaces)),
             spread: spread::State::new(pod, cache),
             ..filters::PreFilter::new(pod)
         };
@@ -317,7 +323,7 @@ impl Context {
             self.forget(key);
             return;
         }
-        let decision = self.decide(&pod, &lock(&self.cache));
+        let decision = self.decide(&pod, &mut lock(&self.cache));
         let chosen = match decision {
             Ok(chosen) => chosen,
             Err(Unschedulable { message, preempt }) => {

@@ -193,7 +193,7 @@ pub fn score(pod: &Pod, pre: &PreFilter, nodes: &[&NodeInfo], images: &ImageSpre
         None => vec![0; nodes.len()],
     };
     let spread = match &pre.spread {
-        Some(s) => s.scores(pod, nodes),
+        Some(s) => s.scores(nodes),
         None => vec![0; nodes.len()],
     };
     (0..nodes.len())

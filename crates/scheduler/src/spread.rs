@@ -1,15 +1,17 @@
 //! PodTopologySpread, as upstream's plugin: matching pods are counted per
-//! topology domain once per pod; a node is feasible while placing the pod
-//! there keeps each DoNotSchedule constraint's skew within maxSkew, and
-//! ScheduleAnyway constraints prefer the emptier domains.
+//! topology domain (by the cache, as pods come and go); a node is feasible
+//! while placing the pod there keeps each DoNotSchedule constraint's skew
+//! within maxSkew, and ScheduleAnyway constraints prefer the emptier domains.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Query};
+use crate::domains::DomainCounts;
 use crate::filters::{Rejection, node_affinity, untolerated_taint};
 use crate::node_info::NodeInfo;
 
@@ -24,7 +26,9 @@ struct Constraint {
     key: String,
     /// DoNotSchedule (a filter) rather than ScheduleAnyway (a score).
     hard: bool,
-    selector: Option<Selector>,
+    /// The pods it counts: live ones of the pod's namespace its selector
+    /// matches (None: a nil selector matches none).
+    query: Option<Query>,
     min_domains: usize,
     honor_affinity: bool,
     honor_taints: bool,
@@ -51,7 +55,11 @@ impl Constraint {
             max_skew: i64::from(c.max_skew),
             key: c.topology_key.clone(),
             hard: c.when_unsatisfiable == "DoNotSchedule",
-            selector,
+            query: selector.map(|selector| Query {
+                matchers: vec![([pod.namespace().unwrap_or_default()].into(), selector)],
+                key: c.topology_key.clone(),
+                live_only: true,
+            }),
             min_domains: c.min_domains.map_or(1, |m| m.max(1) as usize),
             honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
             honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
@@ -67,65 +75,114 @@ impl Constraint {
                 || untolerated_taint(pod, info, &["NoSchedule", "NoExecute"]).is_none())
     }
 
-    fn matching_pods(&self, pod: &Pod, info: &NodeInfo) -> i64 {
-        let Some(selector) = &self.selector else {
-            return 0;
-        };
-        let ns = pod.metadata.namespace.as_deref();
-        info.pods
-            .values()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == ns
-                    && p.metadata.deletion_timestamp.is_none()
-                    && selector.matches(p.labels())
-            })
-            .count() as i64
+    /// Whether every node with the key counts: the pod's node affinity and
+    /// taints narrow nothing.
+    fn counts_every_node(&self, pod: &Pod) -> bool {
+        let spec = pod.spec.as_ref();
+        let node_constrained = spec
+            .and_then(|s| s.node_selector.as_ref())
+            .is_some_and(|s| !s.is_empty())
+            || spec
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some_and(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                });
+        !(self.honor_taints || self.honor_affinity && node_constrained)
     }
 }
 
+fn constraints(pod: &Pod) -> Vec<Constraint> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.topology_spread_constraints.iter().flatten())
+        .map(|c| Constraint::new(c, pod))
+        .collect()
+}
+
 /// Per constraint: matching pods per domain value.
-pub struct State {
+pub struct State<'a> {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<String, i64>>,
+    /// Per constraint: the cache's counts of the pods it counts.
+    pods: Vec<Option<&'a DomainCounts>>,
+    /// Per constraint: matching pods per domain of the nodes that count.
+    counts: Vec<Cow<'a, HashMap<String, i64>>>,
     /// Per hard constraint: the fewest matching pods in any domain.
     minimums: Vec<i64>,
 }
 
-impl State {
-    pub fn new(pod: &Pod, cache: &Cache) -> Option<Self> {
-        let constraints: Vec<Constraint> = pod
-            .spec
-            .as_ref()?
-            .topology_spread_constraints
-            .as_ref()?
-            .iter()
-            .map(|c| Constraint::new(c, pod))
-            .collect();
+impl<'a> State<'a> {
+    /// What [`State::new`] asks the cache to count for the pod.
+    pub fn queries(pod: &Pod) -> Vec<Query> {
+        constraints(pod)
+            .into_iter()
+            .filter_map(|c| c.query)
+            .collect()
+    }
+
+    /// The state from the cache's counts, once the cache was prepared
+    /// with the pod's [`State::queries`].
+    pub fn new(pod: &Pod, cache: &'a Cache) -> Option<Self> {
+        let constraints = constraints(pod);
         if constraints.is_empty() {
             return None;
         }
-        let mut counts = vec![HashMap::<String, i64>::new(); constraints.len()];
+        let pods: Vec<Option<&DomainCounts>> = constraints
+            .iter()
+            .map(|c| c.query.as_ref().and_then(|q| cache.counts(q)))
+            .collect();
         let hard_keys: Vec<&str> = constraints
             .iter()
             .filter(|c| c.hard)
             .map(|c| c.key.as_str())
             .collect();
-        for info in cache.nodes() {
-            // A node counts for the filter only with every hard constraint's key.
-            let has_hard_keys = hard_keys.iter().all(|k| info.labels().contains_key(*k));
-            for (c, counts) in constraints.iter().zip(&mut counts) {
-                if (c.hard && !has_hard_keys) || !c.counts_node(pod, info) {
-                    continue;
+        let on_every_node = |key: &str| {
+            cache
+                .label_values(key)
+                .is_some_and(|values| values.values().sum::<usize>() == cache.len())
+        };
+        let (counts, domains): (Vec<Cow<HashMap<String, i64>>>, Vec<usize>) =
+            if constraints.iter().all(|c| c.counts_every_node(pod))
+                && hard_keys.iter().all(|k| on_every_node(k))
+            {
+                // Every node with a constraint's key counts: the cache's counts are the domains'.
+                constraints
+                    .iter()
+                    .zip(&pods)
+                    .map(|(c, pods)| {
+                        let counts = pods.map_or_else(
+                            || Cow::Owned(HashMap::new()),
+                            |p| Cow::Borrowed(p.domains()),
+                        );
+                        (counts, cache.label_values(&c.key).map_or(0, HashMap::len))
+                    })
+                    .unzip()
+            } else {
+                let mut counts = vec![HashMap::<String, i64>::new(); constraints.len()];
+                for info in cache.nodes() {
+                    // A node counts for the filter only with every hard constraint's key.
+                    let has_hard_keys = hard_keys.iter().all(|k| info.labels().contains_key(*k));
+                    for ((c, counts), pods) in constraints.iter().zip(&mut counts).zip(&pods) {
+                        if (c.hard && !has_hard_keys) || !c.counts_node(pod, info) {
+                            continue;
+                        }
+                        *counts.entry(info.labels()[&c.key].clone()).or_default() +=
+                            pods.map_or(0, |p| p.on_node(info.name()));
+                    }
                 }
-                *counts.entry(info.labels()[&c.key].clone()).or_default() +=
-                    c.matching_pods(pod, info);
-            }
-        }
+                let domains = counts.iter().map(HashMap::len).collect::<Vec<_>>();
+                (
+                    counts.into_iter().map(Cow::Owned).collect::<Vec<_>>(),
+                    domains,
+                )
+            };
         let minimums = constraints
             .iter()
-            .zip(&counts)
-            .map(|(c, counts)| {
-                if counts.len() < c.min_domains {
+            .zip(counts.iter().zip(&domains))
+            .map(|(c, (counts, domains))| {
+                // Domains without matching pods have none in `counts`.
+                if *domains < c.min_domains || counts.len() < *domains {
                     0
                 } else {
                     counts.values().copied().min().unwrap_or(0)
@@ -134,6 +191,7 @@ impl State {
             .collect();
         Some(Self {
             constraints,
+            pods,
             counts,
             minimums,
         })
@@ -154,7 +212,7 @@ impl State {
 
     /// Scores the feasible nodes by their ScheduleAnyway constraints, fewer
     /// matching pods scoring higher, normalised to 0..=100 as upstream.
-    pub fn scores(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+    pub fn scores(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
         let soft: Vec<(usize, &Constraint)> = self
             .constraints
             .iter()
@@ -183,7 +241,7 @@ impl State {
                 for ((i, c), w) in soft.iter().zip(&weights) {
                     let value = info.labels().get(&c.key)?;
                     let count = if c.key == HOSTNAME {
-                        c.matching_pods(pod, info)
+                        self.pods[*i].map_or(0, |p| p.on_node(info.name()))
                     } else {
                         self.counts[*i].get(value).copied().unwrap_or(0)
                     };
@@ -243,11 +301,19 @@ mod tests {
         pod("new", json!({"topologySpreadConstraints": [c]}))
     }
 
+    /// The cache, made ready for `incoming`.
+    fn prepared<'a>(cache: &'a mut Cache, incoming: &Pod) -> &'a Cache {
+        cache.prepare(&State::queries(incoming));
+        cache
+    }
+
     #[test]
     fn skew_beyond_max_rejects_and_a_missing_key_is_unresolvable() {
         let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2")), ("c", None)]);
         cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
-        let state = State::new(&spread("DoNotSchedule", json!({})), &cache).unwrap();
+        let incoming = spread("DoNotSchedule", json!({}));
+        let cache = prepared(&mut cache, &incoming);
+        let state = State::new(&incoming, cache).unwrap();
         let v: Vec<_> = cache.nodes().map(|n| state.filter(n)).collect();
         assert_eq!(v[0].as_ref().unwrap_err().reasons, [CONSTRAINTS_NOT_MATCH]);
         assert!(v[0].as_ref().unwrap_err().resolvable);
@@ -260,10 +326,12 @@ mod tests {
         let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2"))]);
         cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
         cache.assume("default/w2".into(), "b".into(), pod("w2", json!({})));
-        let state = State::new(&spread("DoNotSchedule", json!({"minDomains": 3})), &cache).unwrap();
-        assert!(cache.nodes().all(|n| state.filter(n).is_err()));
-        let state = State::new(&spread("DoNotSchedule", json!({})), &cache).unwrap();
-        assert!(cache.nodes().all(|n| state.filter(n).is_ok()));
+        for (min_domains, fits) in [(json!({"minDomains": 3}), false), (json!({}), true)] {
+            let incoming = spread("DoNotSchedule", min_domains);
+            let cache = prepared(&mut cache, &incoming);
+            let state = State::new(&incoming, cache).unwrap();
+            assert!(cache.nodes().all(|n| state.filter(n).is_ok() == fits));
+        }
     }
 
     #[test]
@@ -271,9 +339,10 @@ mod tests {
         let mut cache = cluster(&[("a", Some("z1")), ("b", Some("z2"))]);
         cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
         let incoming = spread("ScheduleAnyway", json!({}));
-        let state = State::new(&incoming, &cache).unwrap();
+        let cache = prepared(&mut cache, &incoming);
+        let state = State::new(&incoming, cache).unwrap();
         let nodes: Vec<&NodeInfo> = cache.nodes().collect();
-        let scores = state.scores(&incoming, &nodes);
+        let scores = state.scores(&nodes);
         assert!(scores[1] > scores[0], "{scores:?}");
         assert!(nodes.iter().all(|n| state.filter(n).is_ok()));
     }
