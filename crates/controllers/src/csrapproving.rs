@@ -6,24 +6,18 @@
 //! node) or, for a node renewing its own certificate,
 //! `certificatesigningrequests/selfnodeclient`. Others are left alone.
 //!
-//! A node name is held by one key (k3s's node-password idea): the first
-//! approval records the hash of the request's public key in the Secret
-//! `<node>.node-key.kubox` of kube-system; a later bootstrap request for
-//! that name with another key is denied while the Node exists, so a second
-//! machine cannot take over a node by claiming its name. Renewals by the
-//! node itself record their new key.
+//! A request is approved only if its key holds the node's name
+//! (`nodeclaim`); one for a name another key holds is denied, so a second
+//! machine cannot take over a node by claiming its name.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
-use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
@@ -38,7 +32,6 @@ use crate::{Context, Error, is_not_found, runner};
 pub const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 const NODE_USER_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
-const KEYS_NAMESPACE: &str = "kube-system";
 /// The usages a node client certificate may ask for; client auth is required.
 const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
 
@@ -54,11 +47,6 @@ pub async fn run(ctx: Arc<Context>) {
         client: ctx.client.clone(),
     });
     runner::run("csrapproving", controller, reconcile, state).await;
-}
-
-/// The Secret recording the key that holds a node's name.
-pub fn key_secret_name(node: &str) -> String {
-    format!("{node}.node-key.kubox")
 }
 
 /// What a node client certificate request asks for: the node's name and
@@ -127,63 +115,6 @@ async fn allowed(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// Records `hash` as the key of `node`, unless another key holds the name
-/// of a registered Node: then why the request is refused.
-async fn hold_name(
-    client: &kube::Client,
-    node: &str,
-    hash: &str,
-    renewal: bool,
-) -> Result<Result<(), String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), KEYS_NAMESPACE);
-    let name = key_secret_name(node);
-    let current = secrets.get_opt(&name).await?;
-    let recorded = current
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("hash"))
-        .map(|h| String::from_utf8_lossy(&h.0).into_owned());
-    if recorded.as_deref() == Some(hash) {
-        return Ok(Ok(()));
-    }
-    if recorded.is_some() && !renewal {
-        let nodes: Api<Node> = Api::all(client.clone());
-        if nodes.get_opt(node).await?.is_some() {
-            return Ok(Err(format!(
-                "node {node:?} is already registered by another machine (another key): \
-                 pick another --node-name, or delete the node first (kubectl delete node {node})"
-            )));
-        }
-    }
-    let data = BTreeMap::from([("hash".to_owned(), ByteString(hash.as_bytes().to_vec()))]);
-    let result = match current {
-        Some(mut secret) => {
-            secret.data = Some(data);
-            secrets
-                .replace(&name, &PostParams::default(), &secret)
-                .await
-                .map(drop)
-        }
-        None => {
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name),
-                    namespace: Some(KEYS_NAMESPACE.into()),
-                    ..ObjectMeta::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(data),
-                ..Secret::default()
-            };
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .map(drop)
-        }
-    };
-    result?;
-    Ok(Ok(()))
-}
-
 async fn reconcile(
     csr: Arc<CertificateSigningRequest>,
     state: Arc<State>,
@@ -212,7 +143,7 @@ async fn reconcile(
     if !allowed(&state.client, &csr, subresource).await? {
         return Ok(Action::await_change());
     }
-    let condition = match hold_name(&state.client, &node, &hash, renewal).await? {
+    let condition = match crate::nodeclaim::hold(&state.client, &node, &hash, renewal).await? {
         Ok(()) => (
             "Approved",
             "AutoApproved",

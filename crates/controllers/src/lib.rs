@@ -21,6 +21,7 @@ mod informer;
 mod job;
 mod localpath;
 mod namespace;
+mod nodeclaim;
 mod nodeipam;
 mod nodelifecycle;
 mod ownerref;
@@ -224,6 +225,7 @@ async fn lead(client: kube::Client, config: Config) {
         ),
         ("csrsigning", csrsigning::run(ctx.clone()).boxed()),
         ("csrapproving", csrapproving::run(ctx.clone()).boxed()),
+        ("nodeclaim", nodeclaim::run(ctx.clone()).boxed()),
         ("tokencleaner", tokencleaner::run(ctx.clone()).boxed()),
         (
             "local-path-provisioner",

@@ -385,6 +385,96 @@ async fn agents_join_with_a_token_checked_against_the_ca_and_keep_their_names() 
     log_says(&mut hosts, 1, "401 Unauthorized").await;
 }
 
+/// A node client certificate request for `node` with a new key, as a
+/// bootstrapping kubelet sends it.
+fn node_csr(name: &str, node: &str) -> Value {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-keyout", "node.key", "-subj"])
+        .arg(format!("/O=system:nodes/CN=system:node:{node}"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl req: {}", stderr(&out));
+    json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(&out.stdout),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        },
+    })
+}
+
+/// The CSR's Approved or Denied condition, once it has one.
+async fn csr_decision(server: &KuboxServer, name: &str) -> String {
+    let what = format!("CSR {name} decided");
+    eventually(&what, TIMEOUT, || async {
+        let out = server.kubectl_ok(&[
+            "get",
+            "csr",
+            name,
+            "-o",
+            "jsonpath={.status.conditions[*].type}",
+        ]);
+        (!out.is_empty()).then_some(out)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn of_two_machines_claiming_one_new_name_at_once_one_is_denied() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    // One kubectl sends both, one right after the other.
+    let files: Vec<String> = ["first", "second"]
+        .iter()
+        .map(|name| {
+            let file = server.data_dir().join(format!("{name}.json"));
+            std::fs::write(&file, node_csr(name, "twin").to_string()).unwrap();
+            file.display().to_string()
+        })
+        .collect();
+    server.kubectl_ok(&["create", "-f", &files[0], "-f", &files[1]]);
+    let mut decisions = vec![
+        csr_decision(&server, "first").await,
+        csr_decision(&server, "second").await,
+    ];
+    decisions.sort();
+    assert_eq!(decisions, ["Approved", "Denied"]);
+    let claim = ["get", "secret", "-n", "kube-system", "twin.node-key.kubox"];
+
+    // The node registers: it owns its claim, and its deletion drops it,
+    // so another machine may take the name.
+    server.apply_json(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "twin"}}));
+    let uid = server.kubectl_ok(&["get", "node", "twin", "-o", "jsonpath={.metadata.uid}"]);
+    let mut owned = claim.to_vec();
+    owned.extend(["-o", "jsonpath={.metadata.ownerReferences[*].uid}"]);
+    eventually("the Node owns its claim", TIMEOUT, || async {
+        (server.kubectl_ok(&owned) == uid).then_some(())
+    })
+    .await;
+    server.apply_json(&node_csr("third", "twin"));
+    assert_eq!(csr_decision(&server, "third").await, "Denied");
+    server.kubectl_ok(&["delete", "node", "twin"]);
+    eventually("the claim is deleted with its Node", TIMEOUT, || async {
+        stderr(&server.kubectl(&claim))
+            .contains("NotFound")
+            .then_some(())
+    })
+    .await;
+    server.apply_json(&node_csr("fourth", "twin"));
+    assert_eq!(csr_decision(&server, "fourth").await, "Approved");
+
+    // A Node registered without a claim (the server's own, an agent given
+    // a kubeconfig) is not handed to a joining machine.
+    server.apply_json(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "own"}}));
+    server.apply_json(&node_csr("fifth", "own"));
+    assert_eq!(csr_decision(&server, "fifth").await, "Denied");
+}
+
 #[tokio::test]
 async fn a_joined_node_renews_its_certificate_before_it_expires() {
     let mut hosts = Hosts::new(1);
