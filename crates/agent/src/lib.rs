@@ -251,7 +251,8 @@ async fn run_pods(shared: Arc<Shared>) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
     // Back off between retries while the API server cannot be reached.
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut events =
+        std::pin::pin!(watcher(api, config).backoff(kubox_client::node_watch_backoff()));
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: Vec<String> = Vec::new();
     while let Some(event) = events.next().await {

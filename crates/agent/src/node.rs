@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{GetParams, Patch, PatchParams, PostParams};
 
 use crate::Shared;
 
@@ -275,11 +275,26 @@ pub(crate) async fn renew_lease(
     }
 }
 
-/// Renews the Lease every 10 s and reports node status when it changes.
+/// A status's conditions in type order, their heartbeat times dropped:
+/// heartbeat times alone are no change.
+fn conditions_apart_from_heartbeats(status: &NodeStatus) -> Vec<NodeCondition> {
+    let mut conditions = status.conditions.clone().unwrap_or_default();
+    for c in &mut conditions {
+        c.last_heartbeat_time = None;
+    }
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    conditions
+}
+
+/// Renews the Lease every 10 s and reports node status when it changes:
+/// when it differs from what was last sent, or its conditions from the
+/// Node's as the API server has them (as kubelet compares), so a node the
+/// controllers marked unreachable while it was cut off reports itself
+/// Ready again at its first heartbeat back.
 pub async fn heartbeat(shared: std::sync::Arc<Shared>, node: Node) {
     let api: Api<Node> = Api::all(shared.client.clone());
     let uid = node.metadata.uid.clone();
-    let mut last = node.status;
+    let mut last = node.status.unwrap_or_default();
     let mut last_sent = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(LEASE_RENEW);
     loop {
@@ -287,17 +302,22 @@ pub async fn heartbeat(shared: std::sync::Arc<Shared>, node: Node) {
         if let Err(e) = renew_lease(&shared.client, &shared.node_name, uid.clone()).await {
             tracing::warn!("renewing the node lease: {e}");
         }
-        let mut next = status(&shared, last.as_ref());
-        // Heartbeat times alone are no change; they go out with the periodic report.
+        let current = match api.get_with(&shared.node_name, &GetParams::any()).await {
+            Ok(node) => node.status.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("reading the node: {e}");
+                continue;
+            }
+        };
+        let mut next = status(&shared, Some(&current));
         let changed = {
-            let strip = |s: &NodeStatus| {
-                let mut s = s.clone();
-                for c in s.conditions.iter_mut().flatten() {
-                    c.last_heartbeat_time = None;
-                }
-                s
+            let strip = |s: &NodeStatus| NodeStatus {
+                conditions: Some(conditions_apart_from_heartbeats(s)),
+                ..s.clone()
             };
-            last.as_ref().map(strip) != Some(strip(&next))
+            strip(&last) != strip(&next)
+                || conditions_apart_from_heartbeats(&current)
+                    != conditions_apart_from_heartbeats(&next)
         };
         if !changed && last_sent.elapsed() < STATUS_REPORT {
             continue;
@@ -313,7 +333,7 @@ pub async fn heartbeat(shared: std::sync::Arc<Shared>, node: Node) {
         {
             Ok(n) => {
                 next = n.status.unwrap_or(next);
-                last = Some(next);
+                last = next;
                 last_sent = tokio::time::Instant::now();
             }
             Err(e) => tracing::warn!("reporting node status: {e}"),

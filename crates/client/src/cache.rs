@@ -28,8 +28,9 @@ where
     let (store, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client);
     let task = tokio::spawn(async move {
+        // Its users are a node's service proxy and cluster DNS.
         let events = watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::node_watch_backoff())
             .reflect(writer);
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {

@@ -1,5 +1,6 @@
 //! What kubox's components share as API clients.
 
+mod backoff;
 mod cache;
 pub mod events;
 pub mod failover;
@@ -7,6 +8,7 @@ pub mod leader;
 pub mod quantity;
 mod tasks;
 
+pub use backoff::node_watch_backoff;
 pub use cache::follow;
 pub use tasks::Tasks;
 

@@ -90,7 +90,7 @@ impl PodNetwork {
         let (store, writer) = reflector::store::<Node>();
         let api: Api<Node> = Api::all(client);
         let nodes = watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(kubox_client::node_watch_backoff())
             .reflect(writer)
             .touched_objects();
         let follow = tokio::spawn(follow_nodes(config.clone(), nodes, store, ready_tx));
