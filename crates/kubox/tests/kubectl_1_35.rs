@@ -21,6 +21,21 @@ fn kubectl() -> &'static Path {
     path
 }
 
+/// `kubectl get pods -o wide`'s header, split at whitespace as [`rows`] splits it.
+const WIDE_POD_HEADER: [&str; 11] = [
+    "NAME",
+    "READY",
+    "STATUS",
+    "RESTARTS",
+    "AGE",
+    "IP",
+    "NODE",
+    "NOMINATED",
+    "NODE",
+    "READINESS",
+    "GATES",
+];
+
 fn k(server: &KuboxServer, args: &[&str]) -> String {
     server.kubectl_at_ok(kubectl(), args)
 }
@@ -118,22 +133,7 @@ async fn kubectl_1_35_walks_the_core_journeys() {
     );
     assert_eq!(deploys[1][..4], ["web", "2/2", "2", "2"]);
     let wide = rows(&server, &["get", "pods", "-o", "wide", "-l", "app=web"]);
-    assert_eq!(
-        wide[0],
-        [
-            "NAME",
-            "READY",
-            "STATUS",
-            "RESTARTS",
-            "AGE",
-            "IP",
-            "NODE",
-            "NOMINATED",
-            "NODE",
-            "READINESS",
-            "GATES"
-        ]
-    );
+    assert_eq!(wide[0], WIDE_POD_HEADER);
     assert_eq!(wide.len(), 3, "{wide:?}");
     for pod in &wide[1..] {
         assert_eq!(pod[1..4], ["1/1", "Running", "0"], "{pod:?}");
@@ -245,23 +245,7 @@ async fn get_watch_wide_prints_rows_as_events_arrive() {
         );
         let path = write_manifest(&server, &format!("{name}.json"), &pod);
         server.kubectl_ok(&["create", "-f", &path]);
-        assert_eq!(
-            watch.next(),
-            [
-                "NAME",
-                "READY",
-                "STATUS",
-                "RESTARTS",
-                "AGE",
-                "IP",
-                "NODE",
-                "NOMINATED",
-                "NODE",
-                "READINESS",
-                "GATES"
-            ],
-            "{program:?}"
-        );
+        assert_eq!(watch.next(), WIDE_POD_HEADER, "{program:?}");
         let added = watch.next();
         assert_eq!(
             added[..4],
