@@ -20,12 +20,7 @@ async fn cluster() -> KuboxServer {
 
 /// The whitespace-separated columns of each line of `kubectl args`.
 fn rows(server: &KuboxServer, args: &[&str]) -> Vec<Vec<String>> {
-    server
-        .kubectl_ok(args)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .collect()
+    kubox_testkit::table_rows(&server.kubectl_ok(args))
 }
 
 /// The row of `kubectl args` whose first column starts with `name`.

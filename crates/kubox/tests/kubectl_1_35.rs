@@ -42,10 +42,7 @@ fn k(server: &KuboxServer, args: &[&str]) -> String {
 
 /// The whitespace-separated columns of each line of `kubectl args`.
 fn rows(server: &KuboxServer, args: &[&str]) -> Vec<Vec<String>> {
-    k(server, args)
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .collect()
+    kubox_testkit::table_rows(&k(server, args))
 }
 
 fn write_manifest(server: &KuboxServer, name: &str, body: &str) -> String {

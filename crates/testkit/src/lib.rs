@@ -40,6 +40,16 @@ pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::O
 }
 
 /// A loopback port nothing listens on right now.
+/// The whitespace-separated columns of each non-blank line of a table
+/// kubectl printed.
+pub fn table_rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
