@@ -85,6 +85,9 @@ pub async fn start(
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            // Streams carry small frames both ways (exec's exit status,
+            // stdin keystrokes); Nagle would hold them for the peer's ACK.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, shared) = (acceptor.clone(), shared.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else {

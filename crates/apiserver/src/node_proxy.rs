@@ -107,6 +107,9 @@ impl NodeClient {
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| e.to_string())?;
+        // Exec and attach frames are small and answered; Nagle would add a
+        // delayed-ACK round (tens of ms) to each.
+        let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
         let tls = self
             .connector
