@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use kubox_prometheus::Registry;
@@ -38,12 +38,56 @@ const BUCKETS: &[f64] = &[
 const CONTROLLER_CLASS: &str = "kubox.io/ingress-controller";
 
 /// Where a request was routed: the Ingress rule that took it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Origin {
     pub namespace: String,
     pub ingress: String,
     /// The rule's path as written in the Ingress.
     pub path: String,
+    series: Series,
+}
+
+impl Origin {
+    pub fn new(namespace: String, ingress: String, path: String) -> Self {
+        Self {
+            namespace,
+            ingress,
+            path,
+            series: Series::default(),
+        }
+    }
+}
+
+/// The counter and histogram of one label set.
+#[derive(Clone)]
+struct Handles {
+    requests: Counter,
+    durations: Histogram,
+}
+
+/// What varies between the series of one rule's requests.
+#[derive(Debug, PartialEq, Eq)]
+struct SeriesKey {
+    status: u16,
+    method: String,
+    host: String,
+    service: String,
+    canary: String,
+}
+
+/// A rule's series, resolved from the families once rather than per
+/// request (building and hashing a label set of owned strings on every
+/// request showed in profiles). Bounded, since hosts come from clients:
+/// series beyond the bound are looked up in the families each time.
+#[derive(Default)]
+struct Series(Mutex<Vec<(SeriesKey, Handles)>>);
+
+const SERIES_PER_ORIGIN: usize = 64;
+
+impl std::fmt::Debug for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Series")
+    }
 }
 
 /// One request, as logged and counted.
@@ -71,7 +115,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
     controller_pod: String,
-    log: Option<Mutex<Box<dyn Write + Send>>>,
+    log: Option<mpsc::Sender<String>>,
 }
 
 impl Metrics {
@@ -98,40 +142,99 @@ impl Metrics {
             requests,
             durations,
             controller_pod,
-            log: log.map(Mutex::new),
+            log: log.map(log_writer),
         }
     }
 
     pub fn served(&self, r: &Served) {
+        let handles = self.handles(r);
+        handles.requests.inc();
+        handles.durations.observe(r.took.as_secs_f64());
+        if let Some(log) = &self.log {
+            let _ = log.send(access_line(r, &jiff::Zoned::now()));
+        }
+    }
+
+    /// The series `r` counts in: its rule's cached handles when it has
+    /// them, the families' otherwise.
+    fn handles(&self, r: &Served) -> Handles {
         let service = r
             .upstream
             .and_then(|(name, _)| name.split(['/', ':']).nth(1))
             .unwrap_or_default();
-        let origin = r.origin.cloned().unwrap_or_default();
+        let canary = r.canary.unwrap_or_default();
+        let Some(origin) = r.origin else {
+            return self.resolve(r, None, service, canary);
+        };
+        let is = |k: &SeriesKey| {
+            k.status == r.status
+                && k.method == r.method
+                && k.host == r.host
+                && k.service == service
+                && k.canary == canary
+        };
+        let mut cached = origin.series.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, handles)) = cached.iter().find(|(k, _)| is(k)) {
+            return handles.clone();
+        }
+        let handles = self.resolve(r, Some(origin), service, canary);
+        if cached.len() < SERIES_PER_ORIGIN {
+            let key = SeriesKey {
+                status: r.status,
+                method: r.method.to_owned(),
+                host: r.host.to_owned(),
+                service: service.to_owned(),
+                canary: canary.to_owned(),
+            };
+            cached.push((key, handles.clone()));
+        }
+        handles
+    }
+
+    fn resolve(&self, r: &Served, origin: Option<&Origin>, service: &str, canary: &str) -> Handles {
+        let field = |f: fn(&Origin) -> &String| origin.map(f).cloned().unwrap_or_default();
         let labels = Labels {
-            canary: r.canary.unwrap_or_default().to_owned(),
+            canary: canary.to_owned(),
             controller_class: CONTROLLER_CLASS,
             controller_namespace: "kube-system",
             controller_pod: self.controller_pod.clone(),
             host: r.host.to_owned(),
-            ingress: origin.ingress,
+            ingress: field(|o| &o.ingress),
             method: r.method.to_owned(),
-            namespace: origin.namespace,
-            path: origin.path,
+            namespace: field(|o| &o.namespace),
+            path: field(|o| &o.path),
             service: service.to_owned(),
             status: r.status.to_string(),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.durations
-            .get_or_create(&labels)
-            .observe(r.took.as_secs_f64());
-        if let Some(log) = &self.log {
-            let line = access_line(r, &jiff::Zoned::now());
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = log.write_all(line.as_bytes());
-            let _ = log.flush();
+        Handles {
+            requests: self.requests.get_or_create(&labels).clone(),
+            durations: self.durations.get_or_create(&labels).clone(),
         }
     }
+}
+
+/// Writes access log lines on a thread of its own, buffered and flushed
+/// whenever no more lines wait: a write per burst of requests rather than
+/// a locked write and flush in each request (nginx's `access_log ...
+/// buffer=`). The thread ends when the sender is dropped.
+fn log_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<String> {
+    let (lines, waiting) = mpsc::channel::<String>();
+    let spawned = std::thread::Builder::new()
+        .name("ingress-log".into())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+            while let Ok(line) = waiting.recv() {
+                let _ = out.write_all(line.as_bytes());
+                while let Ok(line) = waiting.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("ingress access log thread: {e}");
+    }
+    lines
 }
 
 /// ingress-nginx's `upstreaminfo` log format:
@@ -194,11 +297,7 @@ mod tests {
 
     #[test]
     fn access_lines_follow_ingress_nginx_upstreaminfo() {
-        let origin = Origin {
-            namespace: "default".into(),
-            ingress: "web".into(),
-            path: "/route1".into(),
-        };
+        let origin = Origin::new("default".into(), "web".into(), "/route1".into());
         let served = Served {
             remote: "10.0.0.9:5000".parse().unwrap(),
             method: "GET",
