@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kubox_prometheus::Registry;
@@ -115,7 +115,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
     controller_pod: String,
-    log: Option<mpsc::Sender<String>>,
+    log: Option<LogBuffer>,
 }
 
 impl Metrics {
@@ -142,7 +142,7 @@ impl Metrics {
             requests,
             durations,
             controller_pod,
-            log: log.map(log_writer),
+            log: log.and_then(log_writer),
         }
     }
 
@@ -151,7 +151,7 @@ impl Metrics {
         handles.requests.inc();
         handles.durations.observe(r.took.as_secs_f64());
         if let Some(log) = &self.log {
-            let _ = log.send(access_line(r, &jiff::Zoned::now()));
+            log.push(&access_line(r, &jiff::Zoned::now()));
         }
     }
 
@@ -213,28 +213,50 @@ impl Metrics {
     }
 }
 
-/// Writes access log lines on a thread of its own, buffered and flushed
-/// whenever no more lines wait: a write per burst of requests rather than
-/// a locked write and flush in each request (nginx's `access_log ...
-/// buffer=`). The thread ends when the sender is dropped.
-fn log_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<String> {
-    let (lines, waiting) = mpsc::channel::<String>();
+/// How long access log lines may wait to be written.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Access log lines waiting for the writer thread, which takes them every
+/// `LOG_FLUSH_EVERY` (nginx's `access_log ... buffer= flush=`): a write
+/// per batch, and no wake-up of another thread per request (a channel's
+/// futex wake and context switch per line cost more than the write).
+struct LogBuffer(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn push(&self, line: &str) {
+        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(line.as_bytes());
+    }
+}
+
+/// Starts the writer thread (none, and no log, if it cannot start); it
+/// writes what is left and ends once the buffer's owner has dropped it.
+fn log_writer(mut out: Box<dyn Write + Send>) -> Option<LogBuffer> {
+    let pending = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let shared = pending.clone();
     let spawned = std::thread::Builder::new()
         .name("ingress-log".into())
         .spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-            while let Ok(line) = waiting.recv() {
-                let _ = out.write_all(line.as_bytes());
-                while let Ok(line) = waiting.try_recv() {
-                    let _ = out.write_all(line.as_bytes());
+            loop {
+                std::thread::sleep(LOG_FLUSH_EVERY);
+                let last = std::sync::Arc::strong_count(&shared) == 1;
+                let batch = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
+                if !batch.is_empty() {
+                    let _ = out.write_all(&batch);
+                    let _ = out.flush();
                 }
-                let _ = out.flush();
+                if last {
+                    break;
+                }
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!("ingress access log thread: {e}");
+    match spawned {
+        Ok(_) => Some(LogBuffer(pending)),
+        Err(e) => {
+            tracing::warn!("ingress access log thread: {e}");
+            None
+        }
     }
-    lines
 }
 
 /// ingress-nginx's `upstreaminfo` log format:
@@ -294,6 +316,34 @@ fn access_line(r: &Served, now: &jiff::Zoned) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_pushed_before_the_drop_are_written_in_order() {
+        let out = Shared::default();
+        let log = log_writer(Box::new(out.clone())).unwrap();
+        log.push("one\n");
+        log.push("two\n");
+        drop(log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while out.0.lock().unwrap().as_slice() != b"one\ntwo\n" {
+            assert!(std::time::Instant::now() < deadline, "lines not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn access_lines_follow_ingress_nginx_upstreaminfo() {
