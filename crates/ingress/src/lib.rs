@@ -73,13 +73,13 @@ impl IngressController {
         let log: Option<Box<dyn std::io::Write + Send>> = match &config.access_log {
             AccessLog::Off => None,
             AccessLog::Stdout => Some(Box::new(std::io::stdout())),
-            AccessLog::File(path) => Some(Box::new(std::io::LineWriter::new(
+            AccessLog::File(path) => Some(Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|e| Error::AccessLog(path.clone(), e))?,
-            ))),
+            )),
         };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -38,12 +38,56 @@ const BUCKETS: &[f64] = &[
 const CONTROLLER_CLASS: &str = "kubox.io/ingress-controller";
 
 /// Where a request was routed: the Ingress rule that took it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Origin {
     pub namespace: String,
     pub ingress: String,
     /// The rule's path as written in the Ingress.
     pub path: String,
+    series: Series,
+}
+
+impl Origin {
+    pub fn new(namespace: String, ingress: String, path: String) -> Self {
+        Self {
+            namespace,
+            ingress,
+            path,
+            series: Series::default(),
+        }
+    }
+}
+
+/// The counter and histogram of one label set.
+#[derive(Clone)]
+struct Handles {
+    requests: Counter,
+    durations: Histogram,
+}
+
+/// What varies between the series of one rule's requests.
+#[derive(Debug, PartialEq, Eq)]
+struct SeriesKey {
+    status: u16,
+    method: String,
+    host: String,
+    service: String,
+    canary: String,
+}
+
+/// A rule's series, resolved from the families once rather than per
+/// request (building and hashing a label set of owned strings on every
+/// request showed in profiles). Bounded, since hosts come from clients:
+/// series beyond the bound are looked up in the families each time.
+#[derive(Default)]
+struct Series(Mutex<Vec<(SeriesKey, Handles)>>);
+
+const SERIES_PER_ORIGIN: usize = 64;
+
+impl std::fmt::Debug for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Series")
+    }
 }
 
 /// One request, as logged and counted.
@@ -71,7 +115,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
     controller_pod: String,
-    log: Option<Mutex<Box<dyn Write + Send>>>,
+    log: Option<LogBuffer>,
 }
 
 impl Metrics {
@@ -98,38 +142,119 @@ impl Metrics {
             requests,
             durations,
             controller_pod,
-            log: log.map(Mutex::new),
+            log: log.and_then(log_writer),
         }
     }
 
     pub fn served(&self, r: &Served) {
+        let handles = self.handles(r);
+        handles.requests.inc();
+        handles.durations.observe(r.took.as_secs_f64());
+        if let Some(log) = &self.log {
+            log.push(&access_line(r, &jiff::Zoned::now()));
+        }
+    }
+
+    /// The series `r` counts in: its rule's cached handles when it has
+    /// them, the families' otherwise.
+    fn handles(&self, r: &Served) -> Handles {
         let service = r
             .upstream
             .and_then(|(name, _)| name.split(['/', ':']).nth(1))
             .unwrap_or_default();
-        let origin = r.origin.cloned().unwrap_or_default();
+        let canary = r.canary.unwrap_or_default();
+        let Some(origin) = r.origin else {
+            return self.resolve(r, None, service, canary);
+        };
+        let is = |k: &SeriesKey| {
+            k.status == r.status
+                && k.method == r.method
+                && k.host == r.host
+                && k.service == service
+                && k.canary == canary
+        };
+        let mut cached = origin.series.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, handles)) = cached.iter().find(|(k, _)| is(k)) {
+            return handles.clone();
+        }
+        let handles = self.resolve(r, Some(origin), service, canary);
+        if cached.len() < SERIES_PER_ORIGIN {
+            let key = SeriesKey {
+                status: r.status,
+                method: r.method.to_owned(),
+                host: r.host.to_owned(),
+                service: service.to_owned(),
+                canary: canary.to_owned(),
+            };
+            cached.push((key, handles.clone()));
+        }
+        handles
+    }
+
+    fn resolve(&self, r: &Served, origin: Option<&Origin>, service: &str, canary: &str) -> Handles {
+        let field = |f: fn(&Origin) -> &String| origin.map(f).cloned().unwrap_or_default();
         let labels = Labels {
-            canary: r.canary.unwrap_or_default().to_owned(),
+            canary: canary.to_owned(),
             controller_class: CONTROLLER_CLASS,
             controller_namespace: "kube-system",
             controller_pod: self.controller_pod.clone(),
             host: r.host.to_owned(),
-            ingress: origin.ingress,
+            ingress: field(|o| &o.ingress),
             method: r.method.to_owned(),
-            namespace: origin.namespace,
-            path: origin.path,
+            namespace: field(|o| &o.namespace),
+            path: field(|o| &o.path),
             service: service.to_owned(),
             status: r.status.to_string(),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.durations
-            .get_or_create(&labels)
-            .observe(r.took.as_secs_f64());
-        if let Some(log) = &self.log {
-            let line = access_line(r, &jiff::Zoned::now());
-            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = log.write_all(line.as_bytes());
-            let _ = log.flush();
+        Handles {
+            requests: self.requests.get_or_create(&labels).clone(),
+            durations: self.durations.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+/// How long access log lines may wait to be written.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Access log lines waiting for the writer thread, which takes them every
+/// `LOG_FLUSH_EVERY` (nginx's `access_log ... buffer= flush=`): a write
+/// per batch, and no wake-up of another thread per request (a channel's
+/// futex wake and context switch per line cost more than the write).
+struct LogBuffer(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn push(&self, line: &str) {
+        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(line.as_bytes());
+    }
+}
+
+/// Starts the writer thread (none, and no log, if it cannot start); it
+/// writes what is left and ends once the buffer's owner has dropped it.
+fn log_writer(mut out: Box<dyn Write + Send>) -> Option<LogBuffer> {
+    let pending = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let shared = pending.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ingress-log".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(LOG_FLUSH_EVERY);
+                let last = std::sync::Arc::strong_count(&shared) == 1;
+                let batch = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
+                if !batch.is_empty() {
+                    let _ = out.write_all(&batch);
+                    let _ = out.flush();
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(LogBuffer(pending)),
+        Err(e) => {
+            tracing::warn!("ingress access log thread: {e}");
+            None
         }
     }
 }
@@ -192,13 +317,37 @@ fn access_line(r: &Served, now: &jiff::Zoned) -> String {
 mod tests {
     use super::*;
 
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_pushed_before_the_drop_are_written_in_order() {
+        let out = Shared::default();
+        let log = log_writer(Box::new(out.clone())).unwrap();
+        log.push("one\n");
+        log.push("two\n");
+        drop(log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while out.0.lock().unwrap().as_slice() != b"one\ntwo\n" {
+            assert!(std::time::Instant::now() < deadline, "lines not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn access_lines_follow_ingress_nginx_upstreaminfo() {
-        let origin = Origin {
-            namespace: "default".into(),
-            ingress: "web".into(),
-            path: "/route1".into(),
-        };
+        let origin = Origin::new("default".into(), "web".into(), "/route1".into());
         let served = Served {
             remote: "10.0.0.9:5000".parse().unwrap(),
             method: "GET",

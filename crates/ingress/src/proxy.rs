@@ -1,6 +1,7 @@
 //! The reverse proxy: HTTP/1.1 and HTTP/2 from clients (HTTP/2 over TLS
 //! by ALPN), HTTP/1.1 to the endpoints, WebSocket upgrades passed through.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -81,22 +83,15 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let host = request_host(&req);
-        let method = req.method().as_str().to_owned();
-        let target = req
-            .uri()
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned());
-        let version = format!("{:?}", req.version());
-        let get = |name: header::HeaderName| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let (referer, user_agent) = (get(header::REFERER), get(header::USER_AGENT));
+        // Shared handles on the request's buffers, not copies: the log line
+        // needs them after the request has gone upstream.
+        let method = req.method().clone();
+        let target = req.uri().path_and_query().cloned();
+        let version = req.version();
+        let referer = req.headers().get(header::REFERER).cloned();
+        let user_agent = req.headers().get(header::USER_AGENT).cloned();
         let request_length = req.body().size_hint().exact().unwrap_or(0)
-            + target.len() as u64
+            + target.as_ref().map_or(1, |t| t.as_str().len()) as u64
             + req
                 .headers()
                 .iter()
@@ -104,22 +99,29 @@ impl Proxy {
                 .sum::<u64>();
         let mut routed = Routed::default();
         let response = self.forward(req, remote, https, &host, &mut routed).await;
-        let upstream_name = routed.upstream.as_ref().map(|u| u.name.clone());
         self.metrics.served(&Served {
             remote,
-            method: &method,
-            target: &target,
-            version: &version,
+            method: method.as_str(),
+            target: target.as_ref().map_or("/", |t| t.as_str()),
+            version: version_name(version),
             host: &host,
-            referer: &referer,
-            user_agent: &user_agent,
+            referer: header_text(referer.as_ref()),
+            user_agent: header_text(user_agent.as_ref()),
             request_length,
             status: response.status().as_u16(),
             body_bytes: response.body().size_hint().exact(),
             took: started.elapsed(),
             origin: routed.origin.as_deref(),
-            upstream: upstream_name.as_deref().zip(routed.endpoint),
-            canary: upstream_name.as_deref().filter(|_| routed.canary),
+            upstream: routed
+                .upstream
+                .as_deref()
+                .map(|u| u.name.as_str())
+                .zip(routed.endpoint),
+            canary: routed
+                .upstream
+                .as_deref()
+                .map(|u| u.name.as_str())
+                .filter(|_| routed.canary),
         });
         response
     }
@@ -132,35 +134,40 @@ impl Proxy {
         host: &str,
         routed: &mut Routed,
     ) -> Response<Body> {
-        let host = host.to_owned();
         let table = self.table.borrow().clone();
-        let asked = req.uri().path().to_owned();
-        let (upstream, path) =
-            match table.route(&host, &asked, https, req.headers(), rand::random()) {
-                Route::NotFound => return page(StatusCode::NOT_FOUND),
-                Route::RedirectHttps => return self.redirect(&host, req.uri()),
-                Route::Proxy {
-                    upstream,
-                    path,
-                    origin,
-                    canary,
-                } => {
-                    routed.origin = Some(origin.clone());
-                    routed.upstream = Some(upstream.clone());
-                    routed.canary = canary;
-                    (upstream.clone(), path.into_owned())
-                }
-            };
+        let routing = table.route(host, req.uri().path(), https, req.headers(), rand::random());
+        let (upstream, path_and_query) = match routing {
+            Route::NotFound => return page(StatusCode::NOT_FOUND),
+            Route::RedirectHttps => return self.redirect(host, req.uri()),
+            Route::Proxy {
+                upstream,
+                path,
+                origin,
+                canary,
+            } => {
+                routed.origin = Some(origin.clone());
+                routed.upstream = Some(upstream.clone());
+                routed.canary = canary;
+                let path_and_query = match (path, req.uri().path_and_query()) {
+                    (Cow::Borrowed(_), Some(unchanged)) => Some(unchanged.clone()),
+                    (path, original) => rewritten(&path, original.and_then(|p| p.query())),
+                };
+                (upstream.clone(), path_and_query)
+            }
+        };
         let Some(endpoint) = upstream.pick() else {
             return page(StatusCode::SERVICE_UNAVAILABLE);
         };
         routed.endpoint = Some(endpoint);
-        let query = req
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let Ok(uri) = format!("http://{endpoint}{path}{query}").parse::<Uri>() else {
+        let uri = path_and_query.and_then(|path_and_query| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(endpoint.to_string())
+                .path_and_query(path_and_query)
+                .build()
+                .ok()
+        });
+        let Some(uri) = uri else {
             return page(StatusCode::BAD_REQUEST);
         };
         let upgrade = upgrade_protocol(&req);
@@ -175,12 +182,12 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
         }
-        if let Ok(host) = HeaderValue::from_str(&host)
+        if let Ok(host) = HeaderValue::from_str(host)
             && !parts.headers.contains_key(header::HOST)
         {
             parts.headers.insert(header::HOST, host);
         }
-        self.forwarded(&mut parts.headers, remote, https, &host);
+        self.forwarded(&mut parts.headers, remote, https, host);
         let sent = tokio::time::timeout(
             UPSTREAM_TIMEOUT,
             self.client.request(Request::from_parts(parts, body)),
@@ -194,7 +201,7 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
-        tracing::debug!(%remote, %host, path = %asked, upstream = %upstream.name, status = response.status().as_u16(), "proxied");
+        tracing::debug!(%remote, %host, upstream = %upstream.name, status = response.status().as_u16(), "proxied");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -249,6 +256,35 @@ impl Proxy {
             response.headers_mut().insert(header::LOCATION, location);
         }
         response
+    }
+}
+
+/// A rewritten path with the request's query; `None` when the rewrite
+/// made no path (the request is then refused).
+fn rewritten(path: &str, query: Option<&str>) -> Option<PathAndQuery> {
+    let path = if path.is_empty() { "/" } else { path };
+    if !path.starts_with('/') {
+        return None;
+    }
+    let joined = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(joined).ok()
+}
+
+fn header_text(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The protocol as a request line names it.
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -210,11 +210,11 @@ impl Table {
             }
         }
         if let Some(upstream) = backend(&namespace, spec.default_backend.as_ref(), catalog) {
-            let origin = Arc::new(Origin {
-                namespace: namespace.clone(),
-                ingress: ingress.name_any(),
-                path: String::new(),
-            });
+            let origin = Arc::new(Origin::new(
+                namespace.clone(),
+                ingress.name_any(),
+                String::new(),
+            ));
             self.default.get_or_insert((upstream, origin));
         }
         for rule in spec.rules.iter().flatten() {
@@ -243,11 +243,11 @@ impl Table {
                     continue;
                 }
                 server.locations.push(Location {
-                    origin: Arc::new(Origin {
-                        namespace: namespace.clone(),
-                        ingress: ingress.name_any(),
-                        path: matcher.source().to_owned(),
-                    }),
+                    origin: Arc::new(Origin::new(
+                        namespace.clone(),
+                        ingress.name_any(),
+                        matcher.source().to_owned(),
+                    )),
                     path: matcher,
                     main,
                     canary: None,
