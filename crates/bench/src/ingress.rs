@@ -18,6 +18,7 @@ pub struct Options {
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What `wrk --latency` reports.
+#[derive(Clone)]
 struct Wrk {
     requests_per_second: f64,
     p50_ms: f64,
@@ -131,13 +132,23 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     wrk(&warm, &through, Some("bench.test"))?;
     let direct_result = wrk(&opts, &direct, None)?;
     let ingress_result = wrk(&opts, &through, Some("bench.test"))?;
+    let mut rows = vec![
+        ("direct to the pod", direct_result.clone()),
+        ("through the ingress", ingress_result.clone()),
+    ];
+    let nginx = Nginx::start(&pod_ip).await?;
+    if let Some(nginx) = &nginx {
+        let url = format!("http://127.0.0.1:{}/route1", nginx.port);
+        wrk(&warm, &url, None)?;
+        rows.push((
+            "through nginx (Debian's, same pod)",
+            wrk(&opts, &url, None)?,
+        ));
+    }
     let mut table = Table::new(&["path", "requests/s", "p50 ms", "p99 ms", "errors"]);
-    for (name, r) in [
-        ("direct to the pod", &direct_result),
-        ("through the ingress", &ingress_result),
-    ] {
+    for (name, r) in &rows {
         table.row(vec![
-            name.into(),
+            (*name).into(),
             format!("{:.0}", r.requests_per_second),
             format!("{:.2}", r.p50_ms),
             format!("{:.2}", r.p99_ms),
@@ -158,7 +169,81 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         String::new(),
         String::new(),
     ]);
+    if let Some((_, r)) = rows.get(2) {
+        table.row(vec![
+            "nginx / direct".into(),
+            format!(
+                "{:.2}",
+                r.requests_per_second / direct_result.requests_per_second
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
     Ok(table.render())
+}
+
+/// Debian's nginx as a reverse proxy to the same pod, when it is installed:
+/// the real thing the ingress is measured against. It is configured as
+/// ingress-nginx runs it: keep-alive connections upstream, an access log.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+impl Nginx {
+    async fn start(pod_ip: &str) -> anyhow::Result<Option<Self>> {
+        if !std::path::Path::new(NGINX).exists() {
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let port = kubox_testkit::free_port();
+        let root = dir.path().display();
+        let config = format!(
+            "daemon off;\nworker_processes auto;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {root}/access.log;\n\
+               upstream backend {{ server {pod_ip}:3000; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n\
+                 location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
+                 proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, config)?;
+        let child = std::process::Command::new(NGINX)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let nginx = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually("nginx listens", TIMEOUT, || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        })
+        .await;
+        Ok(Some(nginx))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its workers too.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]
