@@ -65,8 +65,9 @@ pub struct Config {
     /// The cluster CA's certificate (PEM), which the root CA publisher
     /// hands to every namespace.
     pub root_ca: String,
-    /// Controllers not to run, by upstream's names (`job`, `daemonset`).
-    pub disabled: Vec<String>,
+    /// Which controllers run, as kube-controller-manager's `--controllers`
+    /// says it: `*` (all), `job` (this one), `-job` (not this one).
+    pub controllers: Vec<String>,
     /// The cluster CA's key too, when this controller manager signs
     /// CertificateSigningRequests.
     pub signing_ca: Option<SigningCa>,
@@ -173,7 +174,83 @@ impl ControllerManager {
     }
 }
 
-/// Every controller not disabled, until leadership is lost (then this future is dropped,
+type Run = fn(Arc<Context>) -> BoxFuture<'static, ()>;
+
+/// Every controller by kube-controller-manager's name for it.
+const CONTROLLERS: &[(&str, Run)] = &[
+    ("serviceaccount", |ctx| serviceaccount::run(ctx).boxed()),
+    ("serviceaccount-token", |ctx| tokens::run(ctx).boxed()),
+    ("replicaset", |ctx| replicaset::run_replicasets(ctx).boxed()),
+    ("replicationcontroller", |ctx| {
+        replicaset::run_replication_controllers(ctx).boxed()
+    }),
+    ("deployment", |ctx| deployment::run(ctx).boxed()),
+    ("job", |ctx| job::run(ctx).boxed()),
+    ("cronjob", |ctx| cronjob::run(ctx).boxed()),
+    ("daemonset", |ctx| daemonset::run(ctx).boxed()),
+    ("statefulset", |ctx| statefulset::run(ctx).boxed()),
+    ("podgc", |ctx| podgc::run(ctx).boxed()),
+    ("resourcequota", |ctx| resourcequota::run(ctx).boxed()),
+    ("ttl-after-finished", |ctx| {
+        ttlafterfinished::run(ctx).boxed()
+    }),
+    ("garbagecollector", |ctx| garbagecollector::run(ctx).boxed()),
+    ("namespace", |ctx| namespace::run(ctx).boxed()),
+    ("root-ca-cert-publisher", |ctx| rootca::run(ctx).boxed()),
+    ("nodeipam", |ctx| nodeipam::run(ctx).boxed()),
+    ("nodelifecycle", |ctx| nodelifecycle::run(ctx).boxed()),
+    ("endpoint", |ctx| endpoints::run(ctx).boxed()),
+    ("endpointslice", |ctx| endpointslice::run(ctx).boxed()),
+    ("servicelb", |ctx| servicelb::run(ctx).boxed()),
+    ("disruption", |ctx| disruption::run(ctx).boxed()),
+    ("horizontalpodautoscaling", |ctx| {
+        podautoscaler::run(ctx).boxed()
+    }),
+    ("clusterrole-aggregation", |ctx| {
+        clusterroleaggregation::run(ctx).boxed()
+    }),
+    ("csrsigning", |ctx| csrsigning::run(ctx).boxed()),
+    ("csrapproving", |ctx| csrapproving::run(ctx).boxed()),
+    ("nodeclaim", |ctx| nodeclaim::run(ctx).boxed()),
+    ("tokencleaner", |ctx| tokencleaner::run(ctx).boxed()),
+    ("local-path-provisioner", |ctx| localpath::run(ctx).boxed()),
+];
+
+/// The names `--controllers` takes.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CONTROLLERS.iter().map(|(name, _)| *name)
+}
+
+/// Whether `name` runs under a `--controllers` list, read as upstream
+/// reads it: the first entry naming it (`foo` or `-foo`) decides, else
+/// `*` runs it. kubox turns no controller off by default.
+pub fn enabled(selection: &[String], name: &str) -> bool {
+    let mut star = false;
+    for entry in selection {
+        if entry == name {
+            return true;
+        }
+        if entry.strip_prefix('-') == Some(name) {
+            return false;
+        }
+        star |= entry == "*";
+    }
+    star
+}
+
+/// Checks a `--controllers` list, refusing names no controller has with
+/// upstream's message.
+pub fn check_selection(selection: &[String]) -> Result<(), String> {
+    for entry in selection {
+        let name = entry.strip_prefix('-').unwrap_or(entry);
+        if name != "*" && !names().any(|n| n == name) {
+            return Err(format!("{name:?} is not in the list of known controllers"));
+        }
+    }
+    Ok(())
+}
+
+/// Every controller enabled, until leadership is lost (then this future is dropped,
 /// and with it the controllers and their informers).
 async fn lead(client: kube::Client, config: Config) {
     let ctx = Arc::new(Context {
@@ -181,61 +258,41 @@ async fn lead(client: kube::Client, config: Config) {
         client,
         config,
     });
-    let all: Vec<(&str, BoxFuture<'static, ()>)> = vec![
-        ("serviceaccount", serviceaccount::run(ctx.clone()).boxed()),
-        ("serviceaccount-token", tokens::run(ctx.clone()).boxed()),
-        (
-            "replicaset",
-            replicaset::run_replicasets(ctx.clone()).boxed(),
-        ),
-        (
-            "replicationcontroller",
-            replicaset::run_replication_controllers(ctx.clone()).boxed(),
-        ),
-        ("deployment", deployment::run(ctx.clone()).boxed()),
-        ("job", job::run(ctx.clone()).boxed()),
-        ("cronjob", cronjob::run(ctx.clone()).boxed()),
-        ("daemonset", daemonset::run(ctx.clone()).boxed()),
-        ("statefulset", statefulset::run(ctx.clone()).boxed()),
-        ("podgc", podgc::run(ctx.clone()).boxed()),
-        ("resourcequota", resourcequota::run(ctx.clone()).boxed()),
-        (
-            "ttl-after-finished",
-            ttlafterfinished::run(ctx.clone()).boxed(),
-        ),
-        (
-            "garbagecollector",
-            garbagecollector::run(ctx.clone()).boxed(),
-        ),
-        ("namespace", namespace::run(ctx.clone()).boxed()),
-        ("root-ca-cert-publisher", rootca::run(ctx.clone()).boxed()),
-        ("nodeipam", nodeipam::run(ctx.clone()).boxed()),
-        ("nodelifecycle", nodelifecycle::run(ctx.clone()).boxed()),
-        ("endpoint", endpoints::run(ctx.clone()).boxed()),
-        ("endpointslice", endpointslice::run(ctx.clone()).boxed()),
-        ("servicelb", servicelb::run(ctx.clone()).boxed()),
-        ("disruption", disruption::run(ctx.clone()).boxed()),
-        (
-            "horizontalpodautoscaling",
-            podautoscaler::run(ctx.clone()).boxed(),
-        ),
-        (
-            "clusterrole-aggregation",
-            clusterroleaggregation::run(ctx.clone()).boxed(),
-        ),
-        ("csrsigning", csrsigning::run(ctx.clone()).boxed()),
-        ("csrapproving", csrapproving::run(ctx.clone()).boxed()),
-        ("nodeclaim", nodeclaim::run(ctx.clone()).boxed()),
-        ("tokencleaner", tokencleaner::run(ctx.clone()).boxed()),
-        (
-            "local-path-provisioner",
-            localpath::run(ctx.clone()).boxed(),
-        ),
-    ];
-    let controllers: Vec<BoxFuture<'static, ()>> = all
-        .into_iter()
-        .filter(|(name, _)| !ctx.config.disabled.iter().any(|d| d == name))
-        .map(|(_, c)| c)
+    let controllers: Vec<BoxFuture<'static, ()>> = CONTROLLERS
+        .iter()
+        .filter(|(name, _)| enabled(&ctx.config.controllers, name))
+        .map(|(_, run)| run(ctx.clone()))
         .collect();
     futures::future::join_all(controllers).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn controllers_are_selected_as_upstream_selects_them() {
+        assert!(enabled(&list(&["*"]), "job"));
+        assert!(!enabled(&list(&["*", "-job"]), "job"));
+        assert!(enabled(&list(&["*", "-job"]), "cronjob"));
+        assert!(enabled(&list(&["job"]), "job"));
+        assert!(!enabled(&list(&["job"]), "cronjob"));
+        assert!(!enabled(&list(&[]), "job"));
+        // The first entry naming a controller decides.
+        assert!(enabled(&list(&["job", "-job"]), "job"));
+        assert!(!enabled(&list(&["-job", "*"]), "job"));
+    }
+
+    #[test]
+    fn unknown_controllers_are_refused() {
+        assert!(check_selection(&list(&["*", "-job", "deployment"])).is_ok());
+        assert_eq!(
+            check_selection(&list(&["*", "-jobs"])),
+            Err("\"jobs\" is not in the list of known controllers".to_owned())
+        );
+    }
 }

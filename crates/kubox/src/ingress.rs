@@ -90,18 +90,9 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         &metrics,
     )
     .await?;
-    let _metrics = if args.metrics_port == 0 {
-        None
-    } else {
-        let addr = SocketAddr::new(args.bind_address, args.metrics_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening for metrics on {addr}"))?;
-        println!("kubox ingress: metrics on http://{addr}/metrics");
-        Some(kubox_client::Tasks::new(vec![tokio::spawn(
-            kubox_prometheus::serve(listener, metrics),
-        )]))
-    };
+    let _metrics =
+        crate::component::serve_metrics("ingress", args.bind_address, args.metrics_port, metrics)
+            .await?;
     println!(
         "kubox ingress: serving HTTP on {} and HTTPS on {}",
         controller.http_addr, controller.https_addr

@@ -2,12 +2,15 @@
 
 mod agent;
 mod bench;
+mod component;
+mod controller_manager;
 mod datastore;
 mod dns;
 mod image;
 mod ingress;
 mod join;
 mod net;
+mod scheduler;
 mod secrets;
 mod server;
 mod token;
@@ -43,6 +46,11 @@ enum Command {
     Agent(agent::StandaloneArgs),
     /// Run the ingress controller alone against a running cluster.
     Ingress(ingress::StandaloneArgs),
+    /// Run the scheduler alone against a running cluster (kube-scheduler).
+    Scheduler(scheduler::StandaloneArgs),
+    /// Run the controller manager alone against a running cluster
+    /// (kube-controller-manager).
+    ControllerManager(Box<controller_manager::StandaloneArgs>),
     /// Remove what a node's network made: nft tables, bridge, veths, routes.
     Uninstall(net::UninstallArgs),
     /// Make join tokens for new nodes.
@@ -83,6 +91,8 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Ingress(args) => ingress::run(args).await,
+            Command::Scheduler(args) => scheduler::run(args).await,
+            Command::ControllerManager(args) => controller_manager::run(*args).await,
             Command::Uninstall(args) => net::uninstall(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Datastore(args) => datastore::run(args).await,

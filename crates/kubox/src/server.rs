@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kubox_apiserver::{ApiServer, Config};
-use kubox_client::leader::{self, LeaderElection};
 use kubox_store::{
     EtcdConfig, EtcdStore, MeteredStore, SqliteConfig, SqliteStore, Store, spawn_compactor,
 };
@@ -45,9 +44,6 @@ pub struct ServerArgs {
     /// address when it is one, else the node's address.
     #[arg(long)]
     advertise_address: Option<IpAddr>,
-    /// The prefix length of each node's pod range within --cluster-cidr.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
-    node_cidr_mask_size: u8,
     #[arg(long, value_enum, default_value = "sqlite")]
     datastore: Datastore,
     /// Comma-separated etcd client URLs, with --datastore etcd.
@@ -61,14 +57,6 @@ pub struct ServerArgs {
     /// How often history older than one interval is compacted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
-    /// How long a node may go silent (no Lease renewal, no status) before
-    /// the node controller marks it unreachable and taints it.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
-    node_monitor_grace_period: Duration,
-    /// The longest a certificate signed for a CertificateSigningRequest
-    /// lives (nodes rotate theirs at 70-90% of it).
-    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
-    cluster_signing_duration: Duration,
     /// How long Events are kept after their last update.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
@@ -105,16 +93,6 @@ pub struct ServerArgs {
     /// More names or addresses for the API server's certificate.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<String>,
-    /// How long the scheduler's and the controller manager's leader lease
-    /// lasts without renewal before another server takes it.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    leader_elect_lease_duration: Duration,
-    /// How long a leader keeps trying to renew before it gives up leading.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    leader_elect_renew_deadline: Duration,
-    /// How often leaders renew and candidates try to acquire.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    leader_elect_retry_period: Duration,
     /// Run no scheduler in this server (another one places pods).
     #[arg(long)]
     disable_scheduler: bool,
@@ -123,22 +101,6 @@ pub struct ServerArgs {
     /// kube-controller-manager's names), run it without those controllers.
     #[arg(long, num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "*")]
     disable_controllers: Option<Vec<String>>,
-    /// How often the HorizontalPodAutoscaler controller syncs each HPA.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    horizontal_pod_autoscaler_sync_period: Duration,
-    /// How long the HPA keeps the highest recent recommendation before
-    /// scaling down (for HPAs without a scale-down behavior).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    horizontal_pod_autoscaler_downscale_stabilization: Duration,
-    /// How long after a pod starts its CPU samples may predate its readiness.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
-    /// How long after a pod starts its readiness may still change.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
-    /// The ratio of usage to target within which the HPA does not scale.
-    #[arg(long, default_value_t = 0.1)]
-    horizontal_pod_autoscaler_tolerance: f64,
     /// Run no ingress controller in this server.
     #[arg(long)]
     disable_ingress: bool,
@@ -146,6 +108,10 @@ pub struct ServerArgs {
     /// metrics (metrics-server's flag).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     metric_resolution: Duration,
+    #[command(flatten)]
+    controller: crate::controller_manager::ControllerArgs,
+    #[command(flatten)]
+    leader: crate::component::LeaderElectArgs,
     #[command(flatten)]
     ingress: crate::ingress::IngressArgs,
     #[command(flatten)]
@@ -169,14 +135,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration {s:?}: use s, m or h")),
     };
     Ok(Duration::from_secs(seconds))
-}
-
-fn leader_timing(args: &ServerArgs) -> leader::Timing {
-    leader::Timing {
-        lease_duration: args.leader_elect_lease_duration,
-        renew_deadline: args.leader_elect_renew_deadline,
-        retry_period: args.leader_elect_retry_period,
-    }
 }
 
 async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -311,24 +269,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let kubeconfig = server
             .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
             .context("writing the scheduler's credentials")?;
-        let (client, _) = kubox_client::connect(&kubeconfig).await?;
-        // One scheduler acts among the servers of a cluster, as upstream's
-        // kube-scheduler with --leader-elect.
-        let election = LeaderElection::with_timing(
-            client.clone(),
-            "kube-system",
-            "kube-scheduler",
-            leader::identity(),
-            leader_timing(&args),
-        );
-        let metrics = kubox_scheduler::Metrics::new(&metrics);
-        Some(election.spawn(move || {
-            let scheduler = kubox_scheduler::Scheduler::start(client.clone(), metrics.clone());
-            async move {
-                let _scheduler = scheduler;
-                std::future::pending::<()>().await
-            }
-        }))
+        Some(
+            crate::scheduler::start(&kubeconfig, Some(args.leader.timing()), &metrics)
+                .await
+                .context("starting the scheduler")?,
+        )
     };
     // Not leader-elected: every API server serves metrics.k8s.io from its
     // own window, so each server's metrics-server fills its own (scraping
@@ -351,22 +296,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let kubeconfig = server
             .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
             .context("writing the controller manager's credentials")?;
-        let (client, kubeconfig) = kubox_client::connect(&kubeconfig).await?;
-        let root_ca = crate::token::kubeconfig_ca(&kubeconfig)
-            .context("the controller manager's kubeconfig names no cluster CA")?;
-        if args.node_cidr_mask_size < args.net.cluster_cidr.prefix_len() {
-            anyhow::bail!("--node-cidr-mask-size is shorter than --cluster-cidr's prefix");
-        }
-        let config = kubox_controllers::Config {
-            pod_ranges: kubox_controllers::PodRanges {
-                cluster_cidr: args.net.cluster_cidr.trunc(),
-                node_mask: args.node_cidr_mask_size,
-            },
-            root_ca,
-            disabled,
-            node_monitor_grace_period: args.node_monitor_grace_period,
+        let inputs = crate::controller_manager::Inputs {
+            cluster_cidr: args.net.cluster_cidr,
+            controllers: std::iter::once("*".to_owned())
+                .chain(disabled.iter().map(|d| format!("-{d}")))
+                .collect(),
             local_path_dir: args.data_dir.join("storage"),
-            cluster_signing_duration: args.cluster_signing_duration,
+            root_ca: None,
             signing_ca: Some(kubox_controllers::SigningCa {
                 cert_pem: std::fs::read_to_string(args.data_dir.join("pki/ca.crt"))
                     .context("reading the cluster CA for the CSR signer")?,
@@ -378,23 +314,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     .service_account_key_pem()
                     .context("reading the service-account key for the token controller")?,
             ),
-            hpa: kubox_controllers::HpaSettings {
-                sync_period: args.horizontal_pod_autoscaler_sync_period,
-                downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
-                timing: kubox_controllers::HpaTiming {
-                    cpu_initialization_period: args
-                        .horizontal_pod_autoscaler_cpu_initialization_period,
-                    initial_readiness_delay: args.horizontal_pod_autoscaler_initial_readiness_delay,
-                    tolerance: args.horizontal_pod_autoscaler_tolerance,
-                },
-            },
         };
-        Some(kubox_controllers::ControllerManager::start(
-            client,
-            config,
-            leader_timing(&args),
-            &metrics,
-        ))
+        Some(
+            crate::controller_manager::start(
+                &kubeconfig,
+                &args.controller,
+                inputs,
+                args.leader.timing(),
+                &metrics,
+            )
+            .await
+            .context("starting the controller manager")?,
+        )
     };
     let ingress = if args.disable_ingress {
         None
@@ -437,21 +368,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::join!(
         async {
             if let Some(scheduler) = scheduler {
-                scheduler.release(RELEASE_TIMEOUT).await;
+                scheduler.stop().await;
             }
         },
         async {
             if let Some(controllers) = controllers {
-                controllers.stop(RELEASE_TIMEOUT).await;
+                controllers.stop(crate::component::RELEASE_TIMEOUT).await;
             }
         },
     );
     server.leave().await;
     Ok(())
 }
-
-/// How long a stopping server tries to give up its leader leases.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's join token, `DATA/token` (mode 0600), made at first start
 /// and valid until its Secret is deleted, as k3s's server token.

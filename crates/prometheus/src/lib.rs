@@ -127,9 +127,9 @@ fn text_format(openmetrics: &str, bare: &[String]) -> String {
     out
 }
 
-/// Serves `GET /metrics` over plain HTTP on `listener` until dropped, for
-/// a component running apart from the API server (ingress-nginx's port
-/// 10254).
+/// Serves `GET /metrics` (and `/healthz`, `/livez`, `/readyz`) over plain
+/// HTTP on `listener` until dropped, for a component running apart from
+/// the API server (ingress-nginx's port 10254).
 pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<Registry>) {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, header};
@@ -142,16 +142,21 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: std::sync::Arc<R
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                 let registry = registry.clone();
                 async move {
-                    if req.uri().path() == "/metrics" {
-                        Response::builder()
+                    match req.uri().path() {
+                        "/metrics" => Response::builder()
                             .header(header::CONTENT_TYPE, CONTENT_TYPE)
-                            .body(Full::new(bytes::Bytes::from(registry.render())))
-                    } else {
-                        Response::builder()
+                            .body(Full::new(bytes::Bytes::from(registry.render()))),
+                        // Serving at all is the health a process without
+                        // an API of its own can tell, as upstream's
+                        // components answer these paths.
+                        "/healthz" | "/livez" | "/readyz" => Response::builder()
+                            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                            .body(Full::new(bytes::Bytes::from_static(b"ok"))),
+                        _ => Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(bytes::Bytes::from_static(
                                 b"404 page not found\n",
-                            )))
+                            ))),
                     }
                 }
             });
