@@ -3,6 +3,7 @@
 //! measured side by side in the same run.
 
 pub mod api;
+pub mod controllers;
 pub mod dns;
 pub mod failover;
 pub mod ingress;

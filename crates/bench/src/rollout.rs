@@ -58,7 +58,8 @@ async fn until_rolled_out(
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let (server, client, _hollow) = crate::scheduler::hollow_cluster(&exe, opts.nodes, 1).await?;
+    let (server, client, _hollow) =
+        crate::scheduler::hollow_cluster(&exe, opts.nodes, 1, &[]).await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "bench"},

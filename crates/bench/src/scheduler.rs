@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kubox_agent::hollow::{HollowConfig, HollowNodes};
-use kubox_testkit::{KuboxServer, eventually};
+use kubox_testkit::{Apart, KuboxServer, eventually};
 
+use crate::pods::{USER_HZ, usage};
 use crate::report::{Latencies, Table};
 
 pub struct Options {
@@ -22,6 +23,9 @@ pub struct Options {
     pub pods: usize,
     /// Zones the hollow nodes are spread over, for the topology spread workload.
     pub zones: usize,
+    /// Run the scheduler as its own process (`kubox scheduler`), whose
+    /// memory and CPU are then reported.
+    pub apart: bool,
 }
 
 /// Pods created at once: enough that creation outpaces scheduling.
@@ -162,14 +166,19 @@ async fn measure(
     })
 }
 
-/// A fresh `kubox server` without a node agent, `nodes` hollow nodes over
-/// `zones` zones registered with it, and a client of it.
+/// A fresh `kubox server` without a node agent (and with `server_args`),
+/// `nodes` hollow nodes over `zones` zones registered with it, and a
+/// client of it.
 pub(crate) async fn hollow_cluster(
     exe: &std::path::Path,
     nodes: usize,
     zones: usize,
+    server_args: &[&str],
 ) -> anyhow::Result<(KuboxServer, kube::Client, HollowNodes)> {
-    let server = KuboxServer::start(exe, &["--disable-agent"]).await;
+    let args: Vec<&str> = std::iter::once("--disable-agent")
+        .chain(server_args.iter().copied())
+        .collect();
+    let server = KuboxServer::start(exe, &args).await;
     let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
     let hollow = HollowNodes::start(
         client.clone(),
@@ -204,12 +213,33 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         "latency p50",
         "latency p99",
         "server RSS after",
+        "scheduler RSS after",
+        "scheduler CPU",
     ]);
     for &nodes in &opts.nodes {
-        let (server, client, _hollow) = hollow_cluster(&exe, nodes, opts.zones).await?;
+        let server_args: &[&str] = if opts.apart {
+            &["--disable-scheduler"]
+        } else {
+            &[]
+        };
+        let (server, client, _hollow) =
+            hollow_cluster(&exe, nodes, opts.zones, server_args).await?;
+        let scheduler = match opts.apart {
+            true => Some(Apart::scheduler(&server, &[]).await),
+            false => None,
+        };
+        let scheduler_usage = || scheduler.as_ref().and_then(Apart::pid).map(usage);
         for workload in Workload::ALL {
+            let before = scheduler_usage();
             let m = measure(&client, workload, opts.pods, nodes).await?;
-            let rss = server.pid().map_or(0, |pid| crate::pods::usage(pid).0);
+            let rss = server.pid().map_or(0, |pid| usage(pid).0);
+            let (scheduler_rss, scheduler_cpu) = match (before, scheduler_usage()) {
+                (Some((_, cpu_0)), Some((rss, cpu_1))) => (
+                    format!("{:.0} MiB", rss as f64 / 1024.0),
+                    format!("{:.1} s", (cpu_1 - cpu_0) as f64 / USER_HZ),
+                ),
+                _ => ("in the server".to_owned(), "in the server".to_owned()),
+            };
             table.row(vec![
                 nodes.to_string(),
                 opts.pods.to_string(),
@@ -219,6 +249,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
                 format!("{:.0} ms", m.latencies.ms(0.5)),
                 format!("{:.0} ms", m.latencies.ms(0.99)),
                 format!("{:.0} MiB", rss as f64 / 1024.0),
+                scheduler_rss,
+                scheduler_cpu,
             ]);
         }
     }

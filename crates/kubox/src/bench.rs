@@ -106,6 +106,26 @@ enum BenchCommand {
         /// Zones the hollow nodes are spread over.
         #[arg(long, default_value_t = 10)]
         zones: usize,
+        /// Run the scheduler as its own process (`kubox scheduler`) and
+        /// report its memory and CPU.
+        #[arg(long)]
+        apart: bool,
+    },
+    /// The controller manager run apart (`kubox controller-manager`, and
+    /// `kubox scheduler`) on hollow nodes: the memory and CPU seconds of
+    /// each process until Deployments totalling N pods are available, and
+    /// at idle.
+    Controllers {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Replicas of each Deployment.
+        #[arg(long, default_value_t = 100)]
+        per_deployment: usize,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Seconds the converged cluster is watched idle.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
     },
     /// The cost of metrics: server CPU and memory with N pods while every
     /// page is scraped each second, and the scrape times of the agent's
@@ -225,10 +245,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("{table}");
         }
-        BenchCommand::Scheduler { nodes, pods, zones } => {
-            let table =
-                kubox_bench::scheduler::run(kubox_bench::scheduler::Options { nodes, pods, zones })
-                    .await?;
+        BenchCommand::Scheduler {
+            nodes,
+            pods,
+            zones,
+            apart,
+        } => {
+            let table = kubox_bench::scheduler::run(kubox_bench::scheduler::Options {
+                nodes,
+                pods,
+                zones,
+                apart,
+            })
+            .await?;
+            println!("{table}");
+        }
+        BenchCommand::Controllers {
+            pods,
+            per_deployment,
+            nodes,
+            idle_seconds,
+        } => {
+            let table = kubox_bench::controllers::run(kubox_bench::controllers::Options {
+                pods,
+                per_deployment,
+                nodes,
+                idle: Duration::from_secs(idle_seconds),
+            })
+            .await?;
             println!("{table}");
         }
         BenchCommand::Metrics { pods, scrapes } => {

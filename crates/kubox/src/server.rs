@@ -263,14 +263,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .await?;
     }
     let _dns = crate::dns::start(&args.dns, &args.agent, _node.as_ref(), &server).await?;
+    // Written also when disabled here, as kubeadm's scheduler.conf and
+    // controller-manager.conf: what `kubox scheduler` and `kubox
+    // controller-manager` run apart on this machine connect with.
+    let scheduler_kubeconfig = server
+        .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
+        .context("writing the scheduler's credentials")?;
+    let controllers_kubeconfig = server
+        .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
+        .context("writing the controller manager's credentials")?;
     let scheduler = if args.disable_scheduler {
         None
     } else {
-        let kubeconfig = server
-            .component_kubeconfig("scheduler", "system:kube-scheduler", &[])
-            .context("writing the scheduler's credentials")?;
         Some(
-            crate::scheduler::start(&kubeconfig, Some(args.leader.timing()), &metrics)
+            crate::scheduler::start(&scheduler_kubeconfig, Some(args.leader.timing()), &metrics)
                 .await
                 .context("starting the scheduler")?,
         )
@@ -293,9 +299,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let controllers = if disabled.iter().any(|d| d == "*") {
         None
     } else {
-        let kubeconfig = server
-            .component_kubeconfig("controller-manager", "system:kube-controller-manager", &[])
-            .context("writing the controller manager's credentials")?;
         let inputs = crate::controller_manager::Inputs {
             cluster_cidr: args.net.cluster_cidr,
             controllers: std::iter::once("*".to_owned())
@@ -317,7 +320,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         };
         Some(
             crate::controller_manager::start(
-                &kubeconfig,
+                &controllers_kubeconfig,
                 &args.controller,
                 inputs,
                 args.leader.timing(),

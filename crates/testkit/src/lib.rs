@@ -2,11 +2,13 @@
 //! start them on free loopback ports in temporary directories and clean up
 //! when dropped.
 
+pub mod apart;
 pub mod hollow;
 pub mod hosts;
 pub mod images;
 pub mod node;
 
+pub use apart::Apart;
 pub use hollow::{HollowAgent, HollowCluster};
 
 pub use hosts::{Host, Hosts};
