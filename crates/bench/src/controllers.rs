@@ -92,7 +92,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut watched = [
         ("controller manager", controllers.pid()),
         ("scheduler", scheduler.pid()),
-        ("API server (and storage)", server.pid()),
+        ("kubox server (no scheduler, no controllers)", server.pid()),
     ]
     .map(|(name, pid)| Watched {
         name,

@@ -213,6 +213,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         "latency p50",
         "latency p99",
         "server RSS after",
+        "scheduler RSS before",
         "scheduler RSS after",
         "scheduler CPU",
     ]);
@@ -225,7 +226,13 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         let (server, client, _hollow) =
             hollow_cluster(&exe, nodes, opts.zones, server_args).await?;
         let scheduler = match opts.apart {
-            true => Some(Apart::scheduler(&server, &[]).await),
+            true => {
+                let scheduler = Apart::scheduler(&server, &[]).await;
+                scheduler.get("/healthz").await;
+                // Its reflectors' first lists of the nodes.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Some(scheduler)
+            }
             false => None,
         };
         let scheduler_usage = || scheduler.as_ref().and_then(Apart::pid).map(usage);
@@ -233,14 +240,16 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
             let before = scheduler_usage();
             let m = measure(&client, workload, opts.pods, nodes).await?;
             let rss = server.pid().map_or(0, |pid| usage(pid).0);
-            let (scheduler_rss, scheduler_cpu) = match (before, scheduler_usage()) {
-                (Some((_, cpu_0)), Some((rss, cpu_1))) => (
-                    format!("{:.0} MiB", rss as f64 / 1024.0),
+            let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
+            let cells = match (before, scheduler_usage()) {
+                (Some((rss_0, cpu_0)), Some((rss_1, cpu_1))) => [
+                    mib(rss_0),
+                    mib(rss_1),
                     format!("{:.1} s", (cpu_1 - cpu_0) as f64 / USER_HZ),
-                ),
-                _ => ("in the server".to_owned(), "in the server".to_owned()),
+                ],
+                _ => ["in the server".to_owned(), "".to_owned(), "".to_owned()],
             };
-            table.row(vec![
+            let mut row = vec![
                 nodes.to_string(),
                 opts.pods.to_string(),
                 workload.name().to_owned(),
@@ -248,10 +257,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
                 format!("{:.1} s", m.took.as_secs_f64()),
                 format!("{:.0} ms", m.latencies.ms(0.5)),
                 format!("{:.0} ms", m.latencies.ms(0.99)),
-                format!("{:.0} MiB", rss as f64 / 1024.0),
-                scheduler_rss,
-                scheduler_cpu,
-            ]);
+                mib(rss),
+            ];
+            row.extend(cells);
+            table.row(row);
         }
     }
     Ok(table.render())
