@@ -12,14 +12,8 @@ use serde_json::{Value, json};
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn get_json(server: &KuboxServer, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&server.kubectl_ok(&all)).unwrap()
-}
-
 fn lease(server: &KuboxServer, name: &str) -> Value {
-    get_json(server, &["get", "lease", "-n", "kube-system", name])
+    server.kubectl_json(&["get", "lease", "-n", "kube-system", name])
 }
 
 /// The sum of a counter's samples whose labels contain `labels`.
@@ -64,8 +58,8 @@ async fn a_scheduler_and_a_controller_manager_apart_run_a_deployment() {
         }
     }));
     eventually("the Deployment to be 2/2 Running", TIMEOUT, || async {
-        let deployment = get_json(&server, &["get", "deployment", "web"]);
-        let running = get_json(&server, &["get", "pods", "-l", "app=web"])["items"]
+        let deployment = server.kubectl_json(&["get", "deployment", "web"]);
+        let running = server.kubectl_json(&["get", "pods", "-l", "app=web"])["items"]
             .as_array()?
             .iter()
             .filter(|p| p["status"]["phase"] == "Running")
@@ -113,7 +107,7 @@ async fn a_scheduler_apart_stands_by_while_the_servers_own_leads() {
         "the leader to report the pod unschedulable",
         TIMEOUT,
         || async {
-            let pod = get_json(&server, &["get", "pod", "stray"]);
+            let pod = server.kubectl_json(&["get", "pod", "stray"]);
             let conditions = pod["status"]["conditions"].as_array()?.clone();
             conditions
                 .iter()

@@ -552,6 +552,13 @@ impl KuboxServer {
         self.kubectl_at_ok(std::path::Path::new("kubectl"), args)
     }
 
+    /// `kubectl ARGS -o json`, parsed.
+    pub fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&all)).expect("kubectl's JSON")
+    }
+
     /// Runs the kubectl binary `program` (another release than the one on
     /// PATH, such as [`KUBECTL_1_35`]) against this server.
     pub fn kubectl_at(&self, program: &std::path::Path, args: &[&str]) -> std::process::Output {
