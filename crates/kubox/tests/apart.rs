@@ -67,10 +67,19 @@ async fn a_scheduler_and_a_controller_manager_apart_run_a_deployment() {
         (deployment["status"]["readyReplicas"] == 2 && running == 2).then_some(())
     })
     .await;
-    // The server runs neither, so the Leases' holders are the processes apart.
-    for name in ["kube-scheduler", "kube-controller-manager"] {
-        let holder = lease(&server, name)["spec"]["holderIdentity"].clone();
-        assert!(holder.is_string(), "{name} is held by nobody: {holder}");
+    // Each Lease is held by the identity its process apart logged on
+    // becoming leader.
+    for (name, process) in [
+        ("kube-scheduler", &scheduler),
+        ("kube-controller-manager", &controllers),
+    ] {
+        let held = lease(&server, name);
+        let holder = held["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        let log = process.log();
+        assert!(
+            !holder.is_empty() && log.contains(holder),
+            "{name} is held by {holder:?}, not the process apart: {log}"
+        );
     }
     let metrics = scheduler.get("/metrics").await;
     assert!(
