@@ -137,6 +137,25 @@ pub struct ApiServer {
     peers: tokio::task::JoinHandle<()>,
 }
 
+/// Announces where a component of a server serves on the server's peer
+/// lease (see `kubox_client::peers`).
+#[derive(Clone)]
+pub struct Announcer {
+    peer: Arc<peers::Peer>,
+    api: Arc<Api>,
+}
+
+impl Announcer {
+    /// Adds `key: value` to the lease, renewing it at once; should that
+    /// fail, the next periodic renewal carries it.
+    pub async fn announce(&self, key: &str, value: String) {
+        self.peer.announce(key, value);
+        if let Err(e) = self.peer.reconcile(&self.api).await {
+            tracing::warn!("renewing this server's lease: {}", e.message);
+        }
+    }
+}
+
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
@@ -321,6 +340,14 @@ impl ApiServer {
         self.peers.abort();
         if let Err(e) = self.peer.leave(&self.api).await {
             tracing::warn!("leaving the kubernetes Service's endpoints: {}", e.message);
+        }
+    }
+
+    /// What this server's components announce themselves with.
+    pub fn announcer(&self) -> Announcer {
+        Announcer {
+            peer: self.peer.clone(),
+            api: self.api.clone(),
         }
     }
 

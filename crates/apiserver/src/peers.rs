@@ -6,10 +6,13 @@
 //! server gone) are deleted by whichever server sees them first. Every
 //! server computes the same list, so N of them writing it agree. A server
 //! shutting down deletes its lease and drops itself from the endpoints.
+//! Components of the server announce where they serve (cluster DNS,
+//! ingress) as further annotations on its lease, for those publishing the
+//! set of all servers (`kubox_client::peers`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -37,6 +40,8 @@ pub struct Peer {
     address: SocketAddr,
     lease: String,
     holder: String,
+    /// Annotations the server's components announced, kept on every renewal.
+    announced: Mutex<BTreeMap<String, String>>,
 }
 
 fn find(api: &Api, group: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {
@@ -67,7 +72,16 @@ impl Peer {
             holder: format!("{lease}_{}", uuid::Uuid::new_v4()),
             address,
             lease,
+            announced: Mutex::default(),
         }
+    }
+
+    /// Adds `key: value` to this server's lease from its next renewal on.
+    pub fn announce(&self, key: &str, value: String) {
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), value);
     }
 
     /// Renews this server's lease, drops expired ones, and writes the
@@ -115,6 +129,12 @@ impl Peer {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_lowercase())
             .unwrap_or_default();
+        let mut annotations = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        annotations.insert(ADDRESS_ANNOTATION.to_owned(), self.address.to_string());
         let mut lease = json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -122,7 +142,7 @@ impl Peer {
                 "name": self.lease,
                 "namespace": "kube-system",
                 "labels": {IDENTITY_LABEL: IDENTITY, "kubernetes.io/hostname": host},
-                "annotations": {ADDRESS_ANNOTATION: self.address.to_string()},
+                "annotations": annotations,
             },
             "spec": {
                 "holderIdentity": self.holder,

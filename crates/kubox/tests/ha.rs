@@ -43,10 +43,17 @@ fn read(server: &KuboxServer, file: &str) -> Vec<u8> {
 
 /// The `ip:port`s the `kubernetes` Endpoints list, sorted.
 fn kubernetes_endpoints(server: &KuboxServer) -> Vec<String> {
+    endpoints(server, "default", "kubernetes")
+}
+
+/// The `ip:port`s Endpoints `namespace/name` lists, sorted.
+fn endpoints(server: &KuboxServer, namespace: &str, name: &str) -> Vec<String> {
     let out = server.kubectl(&[
         "get",
         "endpoints",
-        "kubernetes",
+        "-n",
+        namespace,
+        name,
         "-o",
         r#"jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
     ]);
@@ -495,4 +502,154 @@ async fn a_single_server_cluster_migrates_from_sqlite_to_etcd() {
         &format!("--clusterip={service_ip}"),
     ]);
     assert!(!taken.status.success());
+}
+
+/// The IPs `status.loadBalancer.ingress` of Ingress `name` lists, sorted.
+fn ingress_ips(server: &KuboxServer, name: &str) -> Vec<String> {
+    let out = server.kubectl(&[
+        "get",
+        "ingress",
+        name,
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ]);
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// The `ip:port`s the `kube-dns` EndpointSlices list, sorted.
+fn dns_slices(server: &KuboxServer) -> Vec<String> {
+    let out = server.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "kube-system",
+        "-l",
+        "kubernetes.io/service-name=kube-dns",
+        "-o",
+        r#"jsonpath={range .items[*]}{range .endpoints[*]}{.addresses[0]}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
+    ]);
+    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('/'))
+        .flat_map(|(ips, port)| {
+            ips.split_whitespace()
+                .map(|ip| format!("{ip}:{port}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// Whether the cluster DNS at `addr` answers for the `kubernetes` Service.
+async fn answers(addr: &str) -> bool {
+    use hickory_client::client::{Client, ClientHandle};
+    use hickory_proto::rr::{DNSClass, Name, RecordType};
+    let stream = hickory_proto::udp::UdpClientStream::builder(
+        addr.parse().unwrap(),
+        hickory_proto::runtime::TokioRuntimeProvider::new(),
+    )
+    .with_timeout(Some(Duration::from_secs(2)))
+    .build();
+    let Ok((mut client, bg)) = Client::connect(stream).await else {
+        return false;
+    };
+    tokio::spawn(bg);
+    let name = Name::from_ascii("kubernetes.default.svc.cluster.local.").unwrap();
+    client
+        .query(name, DNSClass::IN, RecordType::A)
+        .await
+        .is_ok_and(|r| !r.answers().is_empty())
+}
+
+/// Three servers, each with cluster DNS and an ingress controller on its
+/// own loopback address: the `kube-dns` endpoints and an Ingress's status
+/// list every live server, and lose a killed one once its lease expires,
+/// also when it was the one elected to write them.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_dns_endpoints_and_ingress_status_follow_the_live_servers() {
+    let etcd = EtcdProcess::start().await;
+    let endpoint = etcd.endpoint();
+    let mut servers = Vec::new();
+    let mut dns = Vec::new();
+    for i in 0..3 {
+        let ip = format!("127.0.0.{}", i + 2);
+        let port = free_port().to_string();
+        let mut args: Vec<&str> = server_args(&endpoint, TOKEN)
+            .into_iter()
+            .filter(|a| *a != "--disable-dns")
+            .collect();
+        args.extend(["--node-ip", &ip, "--dns-port", &port]);
+        // One cluster, one kube-dns ClusterIP: the first server's.
+        let cluster_dns = servers.first().map(|s: &KuboxServer| s.net().cluster_dns());
+        if let Some(cluster_dns) = &cluster_dns {
+            args.extend(["--cluster-dns", cluster_dns]);
+        }
+        let (server, _, _) = KuboxServer::start_with_ingress(BIN, &args).await;
+        servers.push(server);
+        dns.push(format!("{ip}:{port}"));
+    }
+    let ips = |dns: &[String]| -> Vec<String> {
+        dns.iter()
+            .map(|a| a.split(':').next().unwrap().to_owned())
+            .collect()
+    };
+    servers[0].apply_json(&serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "ingressClassName": "kubox",
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+        },
+    }));
+    eventually(
+        "every server's DNS in the kube-dns endpoints",
+        Duration::from_secs(60),
+        || async {
+            (endpoints(&servers[1], "kube-system", "kube-dns") == dns
+                && dns_slices(&servers[1]) == dns)
+                .then_some(())
+        },
+    )
+    .await;
+    for addr in &dns {
+        assert!(answers(addr).await, "the DNS at {addr} does not answer");
+    }
+    eventually(
+        "every server's address in the Ingress status",
+        Duration::from_secs(60),
+        || async { (ingress_ips(&servers[1], "web") == ips(&dns)).then_some(()) },
+    )
+    .await;
+
+    // The server writing the Ingress status goes: another takes over, and
+    // drops it from the status as from the kube-dns endpoints.
+    let writer = holder(&servers[0], "kubox-ingress").expect("an elected status writer");
+    let killed = server_of(&servers, &writer).expect("the status writer's server");
+    servers[killed].kill();
+    let started = Instant::now();
+    dns.remove(killed);
+    let survivor = &servers[(killed + 1) % 3];
+    eventually(
+        "the killed server to leave the Ingress status",
+        Duration::from_secs(60),
+        || async { (ingress_ips(survivor, "web") == ips(&dns)).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the killed server to leave the kube-dns endpoints",
+        Duration::from_secs(60),
+        || async {
+            (endpoints(survivor, "kube-system", "kube-dns") == dns && dns_slices(survivor) == dns)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("the killed server left both after {:?}", started.elapsed());
 }
