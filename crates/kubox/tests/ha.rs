@@ -653,3 +653,95 @@ async fn kube_dns_endpoints_and_ingress_status_follow_the_live_servers() {
     .await;
     eprintln!("the killed server left both after {:?}", started.elapsed());
 }
+
+/// The cluster's objects as `kind/name/uid` lines, with what says where
+/// they run and are reached: Pods' nodes, Services' ClusterIPs, Deployments'
+/// replicas, ConfigMaps' data. Sorted.
+fn cluster_state(server: &KuboxServer) -> Vec<String> {
+    let out = server.kubectl_ok(&[
+        "get",
+        "deployments,replicasets,pods,services,configmaps",
+        "-o",
+        r#"jsonpath={range .items[*]}{.kind}/{.metadata.name}/{.metadata.uid} {.spec.nodeName}{.spec.clusterIP}{.spec.replicas}{.data}{"\n"}{end}"#,
+    ]);
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// Every server and every etcd member stopped gracefully (SIGTERM), as a
+/// shutdown of all hosts, and started again: the cluster comes back as it
+/// was, the same objects, the Deployment's pods running where they ran, its
+/// Service at its ClusterIP with all of them as endpoints.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_cluster_stopped_gracefully_comes_back_with_its_state() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let members = etcd.endpoints();
+    let args = server_args(&members, TOKEN);
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(KuboxServer::start(BIN, &args).await);
+    }
+    let hollow_log = servers[0].data_dir().join("hollow.log");
+    let bin = std::path::Path::new(BIN);
+    let agent = HollowAgent::start(bin, &servers[0].kubeconfig(), 2, &hollow_log);
+    wait_nodes_ready(&servers[1], 2).await;
+    servers[1].kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+    ]);
+    servers[1].kubectl_ok(&["expose", "deployment", "web", "--port=80"]);
+    servers[1].kubectl_ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
+    eventually("3 replicas ready", Duration::from_secs(60), || async {
+        (ready_replicas(&servers[1], "web") == "3").then_some(())
+    })
+    .await;
+    let serving = eventually(
+        "the web Service's endpoints",
+        Duration::from_secs(30),
+        || async {
+            let e = endpoints(&servers[2], "default", "web");
+            (e.len() == 3).then_some(e)
+        },
+    )
+    .await;
+    let before = cluster_state(&servers[1]);
+
+    drop(agent);
+    for server in &mut servers {
+        let status = server.stop().await.expect("a running server");
+        assert!(status.success(), "a server stopped with {status}");
+    }
+    etcd.stop().await;
+    etcd.start_stopped().await;
+    for server in &mut servers {
+        server.restart().await;
+    }
+    assert_eq!(cluster_state(&servers[2]), before);
+    // It works as before, too: a scaled Deployment gets a new pod running
+    // beside the three it had, and the Service all four as endpoints.
+    let _agent = HollowAgent::start(bin, &servers[0].kubeconfig(), 2, &hollow_log);
+    servers[2].kubectl_ok(&["scale", "deployment", "web", "--replicas=4"]);
+    eventually(
+        "the scaled deployment ready after the restart",
+        Duration::from_secs(90),
+        || async { (ready_replicas(&servers[2], "web") == "4").then_some(()) },
+    )
+    .await;
+    let now = eventually(
+        "the web Service's endpoints with the new pod",
+        Duration::from_secs(30),
+        || async {
+            let e = endpoints(&servers[2], "default", "web");
+            (e.len() == 4).then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        serving.iter().all(|e| now.contains(e)),
+        "{serving:?} are not all still in {now:?}"
+    );
+}
