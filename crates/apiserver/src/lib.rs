@@ -26,6 +26,7 @@ pub mod nodeauthz;
 pub mod openapi;
 pub mod patch;
 mod peers;
+pub use peers::DNS_ADDRESS;
 pub mod pki;
 mod priority;
 pub mod registry;

@@ -1,8 +1,8 @@
 //! The live API servers of a cluster as their identity Leases show them
 //! (`kube-system`, labelled as upstream's, renewed by each server), and
-//! what each announces on its Lease: where its cluster DNS answers, where
-//! its ingress controller listens. Components that publish the set of all
-//! servers (the `kube-dns` endpoints, Ingress status) read it from here.
+//! what each announces on its Lease: where its ingress controller listens.
+//! Components that publish the set of all servers (Ingress status) read it
+//! from here.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -11,8 +11,6 @@ use kube::api::ListParams;
 
 /// Upstream's label on API server identity Leases.
 const IDENTITY_SELECTOR: &str = "apiserver.kubernetes.io/identity=kube-apiserver";
-/// The `ip:port` a server's cluster DNS answers on.
-pub const DNS_ADDRESS: &str = "kubox.io/dns-address";
 /// The IP a server's ingress controller is reached at.
 pub const INGRESS_ADDRESS: &str = "kubox.io/ingress-address";
 
@@ -60,7 +58,7 @@ mod tests {
     fn lease(address: Option<&str>, renewed: Timestamp) -> Lease {
         let mut lease = Lease::default();
         if let Some(a) = address {
-            lease.metadata.annotations = Some([(DNS_ADDRESS.to_owned(), a.to_owned())].into());
+            lease.metadata.annotations = Some([(INGRESS_ADDRESS.to_owned(), a.to_owned())].into());
         }
         lease.spec = Some(LeaseSpec {
             lease_duration_seconds: Some(15),
@@ -75,16 +73,16 @@ mod tests {
         let now = Timestamp::now();
         let ago = |s: i64| now - SignedDuration::from_secs(s);
         let leases = [
-            lease(Some("10.0.0.2:53"), ago(1)),
-            lease(Some("10.0.0.1:53"), ago(14)),
-            lease(Some("10.0.0.3:53"), ago(16)),
+            lease(Some("10.0.0.2"), ago(1)),
+            lease(Some("10.0.0.1"), ago(14)),
+            lease(Some("10.0.0.3"), ago(16)),
             lease(None, ago(1)),
-            lease(Some("10.0.0.2:53"), ago(2)),
+            lease(Some("10.0.0.2"), ago(2)),
         ];
         assert_eq!(
-            announced(&leases, DNS_ADDRESS, now),
-            ["10.0.0.1:53", "10.0.0.2:53"]
+            announced(&leases, INGRESS_ADDRESS, now),
+            ["10.0.0.1", "10.0.0.2"]
         );
-        assert!(announced(&leases, INGRESS_ADDRESS, now).is_empty());
+        assert!(announced(&leases, "kubox.io/other", now).is_empty());
     }
 }

@@ -32,20 +32,16 @@ fn upstream(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address (ip or ip:port)"))
 }
 
-/// How often the elected writer of the `kube-dns` endpoints looks at which
-/// servers are live: the API servers' lease renewal period.
-const ENDPOINTS_PERIOD: Duration = Duration::from_secs(5);
-
 /// Starts cluster DNS in the background once its address is known,
 /// publishes the `kube-dns` Service and announces the address on the
-/// server's lease; one server, elected, writes the Service's endpoints for
-/// all live ones. The task holds the DNS server until aborted.
+/// server's lease, from which the API servers write the Service's
+/// endpoints for all live servers. The task holds the DNS server until
+/// aborted.
 pub async fn start(
     args: &DnsArgs,
     agent: &crate::agent::AgentArgs,
     node: Option<&crate::agent::Node>,
     server: &kubox_apiserver::ApiServer,
-    timing: kubox_client::leader::Timing,
 ) -> anyhow::Result<Option<kubox_client::Tasks>> {
     if args.disable_dns {
         return Ok(None);
@@ -106,41 +102,10 @@ pub async fn start(
             wait = (wait * 2).min(Duration::from_secs(10));
         }
         announcer
-            .announce(kubox_client::peers::DNS_ADDRESS, endpoint.to_string())
+            .announce(kubox_apiserver::DNS_ADDRESS, endpoint.to_string())
             .await;
-        let election = kubox_client::leader::LeaderElection::with_timing(
-            client.clone(),
-            kubox_dns::SERVICE_NAMESPACE,
-            "kubox-dns",
-            kubox_client::leader::identity(),
-            timing,
-        );
-        let _writer = election.spawn(move || write_endpoints(client.clone()));
         std::future::pending::<()>().await;
         drop(server);
     });
     Ok(Some(kubox_client::Tasks::new(vec![task])))
-}
-
-/// The `kube-dns` endpoints kept to the live servers' DNS addresses, while
-/// this server leads. None announced (a moment of no live lease) leaves
-/// them as they are rather than erasing them.
-async fn write_endpoints(client: kube::Client) {
-    loop {
-        let announced =
-            kubox_client::peers::list_announced(&client, kubox_client::peers::DNS_ADDRESS).await;
-        match announced {
-            Ok(addresses) => {
-                let servers: Vec<SocketAddr> =
-                    addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                if !servers.is_empty()
-                    && let Err(e) = kubox_dns::write_endpoints(client.clone(), &servers).await
-                {
-                    tracing::warn!("writing the kube-dns endpoints: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("listing the API servers' leases: {e}"),
-        }
-        tokio::time::sleep(ENDPOINTS_PERIOD).await;
-    }
 }

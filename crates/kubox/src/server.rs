@@ -304,14 +304,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::agent::mark_control_plane(&server.api, &crate::agent::node_name(&args.agent))
             .await?;
     }
-    let _dns = crate::dns::start(
-        &args.dns,
-        &args.agent,
-        _node.as_ref(),
-        &server,
-        leader_timing(&args),
-    )
-    .await?;
+    let _dns = crate::dns::start(&args.dns, &args.agent, _node.as_ref(), &server).await?;
     let scheduler = if args.disable_scheduler {
         None
     } else {

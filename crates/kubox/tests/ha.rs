@@ -46,6 +46,21 @@ fn kubernetes_endpoints(server: &KuboxServer) -> Vec<String> {
     endpoints(server, "default", "kubernetes")
 }
 
+/// `ip ip .../port` lines as `ip:port`s, sorted.
+fn ip_ports(lines: &[u8]) -> Vec<String> {
+    let mut listed: Vec<String> = String::from_utf8_lossy(lines)
+        .lines()
+        .filter_map(|l| l.split_once('/'))
+        .flat_map(|(ips, port)| {
+            ips.split_whitespace()
+                .map(|ip| format!("{ip}:{port}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
 /// The `ip:port`s Endpoints `namespace/name` lists, sorted.
 fn endpoints(server: &KuboxServer, namespace: &str, name: &str) -> Vec<String> {
     let out = server.kubectl(&[
@@ -57,17 +72,7 @@ fn endpoints(server: &KuboxServer, namespace: &str, name: &str) -> Vec<String> {
         "-o",
         r#"jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
     ]);
-    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('/'))
-        .flat_map(|(ips, port)| {
-            ips.split_whitespace()
-                .map(|ip| format!("{ip}:{port}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    listed.sort();
-    listed
+    ip_ports(&out.stdout)
 }
 
 fn addresses(servers: &[&KuboxServer]) -> Vec<String> {
@@ -533,17 +538,7 @@ fn dns_slices(server: &KuboxServer) -> Vec<String> {
         "-o",
         r#"jsonpath={range .items[*]}{range .endpoints[*]}{.addresses[0]}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
     ]);
-    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('/'))
-        .flat_map(|(ips, port)| {
-            ips.split_whitespace()
-                .map(|ip| format!("{ip}:{port}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    listed.sort();
-    listed
+    ip_ports(&out.stdout)
 }
 
 /// Whether the cluster DNS at `addr` answers for the `kubernetes` Service.
@@ -570,7 +565,7 @@ async fn answers(addr: &str) -> bool {
 /// Three servers, each with cluster DNS and an ingress controller on its
 /// own loopback address: the `kube-dns` endpoints and an Ingress's status
 /// list every live server, and lose a killed one once its lease expires,
-/// also when it was the one elected to write them.
+/// also when it was the one elected to write the Ingress status.
 #[tokio::test(flavor = "multi_thread")]
 async fn kube_dns_endpoints_and_ingress_status_follow_the_live_servers() {
     let etcd = EtcdProcess::start().await;
