@@ -415,16 +415,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("ingress", "system:kubox-ingress", &[])
             .context("writing the ingress controller's credentials")?;
         let node_ip = crate::agent::node_ip(&args.agent);
-        Some(
-            crate::ingress::start(
-                &args.ingress,
-                &kubeconfig,
-                args.bind_address,
-                node_ip,
-                &metrics,
-            )
-            .await?,
+        let controller = crate::ingress::start(
+            &args.ingress,
+            &kubeconfig,
+            args.bind_address,
+            node_ip,
+            kubox_ingress::Status::Servers(leader_timing(&args)),
+            &metrics,
         )
+        .await?;
+        server
+            .announcer()
+            .announce(kubox_client::peers::INGRESS_ADDRESS, node_ip.to_string())
+            .await;
+        Some(controller)
     };
     println!("kubox server: API at https://{}", server.addr);
     if let Some(ingress) = &ingress {
