@@ -119,6 +119,26 @@ async fn gates_priorities_and_preemption() {
         condition["message"],
         "Scheduling is blocked due to non-empty scheduling gates"
     );
+    let row = s.kubectl_ok(&["get", "pod", "gated", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().nth(2),
+        Some("SchedulingGated"),
+        "{row}"
+    );
+    let added = s.kubectl(&[
+        "patch",
+        "pod",
+        "gated",
+        "--type=json",
+        "-p",
+        r#"[{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": "example.com/more"}}]"#,
+    ]);
+    assert!(!added.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&added.stderr).trim(),
+        "The Pod \"gated\" is invalid: spec.schedulingGates[1].name: Forbidden: \
+         only deletion is allowed, but found new scheduling gate 'example.com/more'"
+    );
     s.kubectl_ok(&[
         "patch",
         "pod",
