@@ -358,3 +358,47 @@ async fn pod_affinity_spread_and_image_locality() {
     );
     assert_eq!(node_of(s, "big").await, "hollow-1");
 }
+
+#[tokio::test]
+async fn replica_set_pods_spread_by_the_system_defaults() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+    // Busy hollow-1 and hollow-2 make hollow-0 the emptiest by a margin
+    // the resource scores alone would fill it with every replica.
+    for node in ["hollow-1", "hollow-2"] {
+        let name = format!("busy-{node}");
+        create(
+            s,
+            &name,
+            json!({}),
+            json!({"nodeSelector": {"kubernetes.io/hostname": node},
+                   "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                   "resources": {"requests": {"cpu": "4"}}}]}),
+        );
+        assert_eq!(node_of(s, &name).await, node);
+    }
+    s.apply_json(&json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}},
+    }));
+    let nodes = eventually("the replicas to be bound", TIMEOUT, || async {
+        let pods = get(s, &["pods", "-l", "app=web"]);
+        let nodes: Vec<String> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+        (nodes.len() == 6).then_some(nodes)
+    })
+    .await;
+    for node in ["hollow-0", "hollow-1", "hollow-2"] {
+        assert_eq!(
+            nodes.iter().filter(|n| *n == node).count(),
+            2,
+            "{node} in {nodes:?}"
+        );
+    }
+}

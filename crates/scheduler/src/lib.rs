@@ -16,6 +16,7 @@ mod queue;
 mod resources;
 mod scores;
 mod spread;
+mod workloads;
 
 use std::collections::{HashMap, hash_map::DefaultHasher};
 use std::hash::{Hash, Hasher};
@@ -58,6 +59,8 @@ struct Context {
     pods: Store<Pod>,
     /// For affinity terms' namespaceSelector.
     namespaces: Store<Namespace>,
+    /// For the system default spread constraints.
+    workloads: workloads::Workloads,
     cache: Mutex<Cache>,
     queue: Arc<Queue>,
     metrics: metrics::Metrics,
@@ -125,20 +128,21 @@ impl Scheduler {
         let queue = Arc::new(Queue::default());
         metrics.follow(&queue);
         let (pods, pods_writer) = reflector::store::<Pod>();
-        let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-        let namespace_events = tokio::spawn(
-            reflector::reflector(
-                namespaces_writer,
-                watcher(
-                    Api::<Namespace>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
-            )
-            .default_backoff()
-            .for_each(|_| async {}),
-        );
+        // Nothing waits on these stores' changes: they are read per pod.
+        use kubox_client::follow;
+        let (namespaces, namespace_events) = follow(client.clone(), Arc::default());
+        let (services, service_events) = follow(client.clone(), Arc::default());
+        let (replication_controllers, rc_events) = follow(client.clone(), Arc::default());
+        let (replica_sets, rs_events) = follow(client.clone(), Arc::default());
+        let (stateful_sets, statefulset_events) = follow(client.clone(), Arc::default());
         let ctx = Arc::new(Context {
             namespaces,
+            workloads: workloads::Workloads {
+                services,
+                replication_controllers,
+                replica_sets,
+                stateful_sets,
+            },
             events: Recorder::new(client.clone(), DEFAULT_SCHEDULER, None),
             client: client.clone(),
             pods,
@@ -202,6 +206,11 @@ impl Scheduler {
         let scheduling = tokio::spawn(async move {
             let _ = ctx.pods.wait_until_ready().await;
             let _ = ctx.namespaces.wait_until_ready().await;
+            let w = &ctx.workloads;
+            let _ = w.services.wait_until_ready().await;
+            let _ = w.replication_controllers.wait_until_ready().await;
+            let _ = w.replica_sets.wait_until_ready().await;
+            let _ = w.stateful_sets.wait_until_ready().await;
             let _ = nodes_ready.wait_for(|listed| *listed).await;
             loop {
                 let key = ctx.queue.pop().await;
@@ -213,6 +222,10 @@ impl Scheduler {
                 pod_events,
                 node_events,
                 namespace_events,
+                service_events,
+                rc_events,
+                rs_events,
+                statefulset_events,
                 scheduling,
             ]),
         }
@@ -259,7 +272,8 @@ impl Context {
         }
         let namespaces = affinity::State::needed(pod, cache)
             .then(|| affinity::namespace_labels(&self.namespaces.state()));
-        let mut queries = spread::State::queries(pod);
+        let workload_pods = self.workloads.selector(pod);
+        let mut queries = spread::State::queries(pod, workload_pods.as_ref());
         if let Some(namespaces) = &namespaces {
             queries.extend(affinity::State::queries(pod, namespaces));
         }
@@ -267,7 +281,7 @@ impl Context {
         let cache = &*cache;
         let pre = filters::PreFilter {
             affinity: namespaces.map(|namespaces| affinity::State::new(pod, cache, &namespaces)),
-            spread: spread::State::new(pod, cache),
+            spread: spread::State::new(pod, cache, workload_pods.as_ref()),
             ..filters::PreFilter::new(pod)
         };
         let want = feasible_to_find(total);
