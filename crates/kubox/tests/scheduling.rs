@@ -402,3 +402,57 @@ async fn replica_set_pods_spread_by_the_system_defaults() {
         );
     }
 }
+
+#[tokio::test]
+async fn preemption_spares_pods_a_disruption_budget_protects() {
+    let cluster = HollowCluster::start(BIN, 2, &[]).await;
+    let s = &cluster.server;
+    for (name, value) in [("mid", 10), ("high", 1000)] {
+        s.apply_json(
+            &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                             "metadata": {"name": name}, "value": value}),
+        );
+    }
+    let big = |node: &str, class: Option<&str>, cpu: &str| {
+        let mut spec = json!({"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                               "resources": {"requests": {"cpu": cpu}}}]});
+        if !node.is_empty() {
+            spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        }
+        if let Some(class) = class {
+            spec["priorityClassName"] = json!(class);
+        }
+        spec
+    };
+    // Without the budget, the least important victim (guarded, priority 0)
+    // would make hollow-0 the node to preempt on.
+    create(
+        s,
+        "guarded",
+        json!({"app": "guarded"}),
+        big("hollow-0", None, "30"),
+    );
+    create(s, "mid", json!({}), big("hollow-1", Some("mid"), "30"));
+    assert_eq!(node_of(s, "guarded").await, "hollow-0");
+    assert_eq!(node_of(s, "mid").await, "hollow-1");
+    s.apply_json(&json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                         "metadata": {"name": "guard"},
+                         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}}));
+    eventually("the budget to count its pod", TIMEOUT, || async {
+        let pdb = get(s, &["pdb", "guard"]);
+        (pdb["status"]["currentHealthy"] == 1 && pdb["status"]["disruptionsAllowed"] == 0)
+            .then_some(())
+    })
+    .await;
+
+    create(s, "vip", json!({}), big("", Some("high"), "10"));
+    assert_eq!(node_of(s, "vip").await, "hollow-1");
+    assert_eq!(
+        get(s, &["pod", "vip"])["status"]["nominatedNodeName"],
+        "hollow-1"
+    );
+    assert!(
+        s.kubectl(&["get", "pod", "guarded"]).status.success(),
+        "the protected pod stays"
+    );
+}

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -61,6 +62,8 @@ struct Context {
     namespaces: Store<Namespace>,
     /// For the system default spread constraints.
     workloads: workloads::Workloads,
+    /// For preemption, which breaks as few of them as it can.
+    budgets: Store<PodDisruptionBudget>,
     cache: Mutex<Cache>,
     queue: Arc<Queue>,
     metrics: metrics::Metrics,
@@ -135,8 +138,10 @@ impl Scheduler {
         let (replication_controllers, rc_events) = follow(client.clone(), Arc::default());
         let (replica_sets, rs_events) = follow(client.clone(), Arc::default());
         let (stateful_sets, statefulset_events) = follow(client.clone(), Arc::default());
+        let (budgets, budget_events) = follow(client.clone(), Arc::default());
         let ctx = Arc::new(Context {
             namespaces,
+            budgets,
             workloads: workloads::Workloads {
                 services,
                 replication_controllers,
@@ -211,6 +216,7 @@ impl Scheduler {
             let _ = w.replication_controllers.wait_until_ready().await;
             let _ = w.replica_sets.wait_until_ready().await;
             let _ = w.stateful_sets.wait_until_ready().await;
+            let _ = ctx.budgets.wait_until_ready().await;
             let _ = nodes_ready.wait_for(|listed| *listed).await;
             loop {
                 let key = ctx.queue.pop().await;
@@ -226,6 +232,7 @@ impl Scheduler {
                 rc_events,
                 rs_events,
                 statefulset_events,
+                budget_events,
                 scheduling,
             ]),
         }
@@ -305,7 +312,10 @@ impl Context {
             .store((start + visited) % total, Ordering::Relaxed);
         if feasible.is_empty() {
             let preempt = preemption::eligible(pod)
-                .then(|| preemption::find(pod, &pre, &rejected))
+                .then(|| {
+                    let budgets = preemption::Budgets::new(&self.budgets.state());
+                    preemption::find(pod, &pre, &rejected, &budgets)
+                })
                 .flatten();
             let rejections: Vec<_> = rejected.into_iter().map(|(_, r)| r).collect();
             return Err(Unschedulable {
