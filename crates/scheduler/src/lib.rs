@@ -18,8 +18,7 @@ mod scores;
 mod spread;
 mod workloads;
 
-use std::collections::{HashMap, hash_map::DefaultHasher};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -40,6 +39,7 @@ pub use crate::filters::{node_fits, tolerates};
 use crate::metrics::Outcome;
 use crate::node_info::{NodeInfo, bound_node, occupies_node};
 use crate::queue::{Key, Queue};
+use tokio::sync::mpsc;
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -64,13 +64,15 @@ struct Context {
     workloads: workloads::Workloads,
     /// For preemption, which breaks as few of them as it can.
     budgets: Store<PodDisruptionBudget>,
-    cache: Mutex<Cache>,
+    /// What the watches saw, for the scheduling task that owns the cache:
+    /// a watch never waits for a decision to finish.
+    updates: mpsc::UnboundedSender<Update>,
     queue: Arc<Queue>,
     metrics: metrics::Metrics,
     events: Recorder,
     /// What each pending pod looked like when queued, so status-only updates
     /// (our own condition patches among them) do not retry it.
-    seen: Mutex<HashMap<Key, u64>>,
+    seen: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Where the next pod's filtering starts, so that successive pods are
     /// tried against different nodes when not all are looked at.
     next_start: AtomicUsize,
@@ -105,12 +107,12 @@ fn is_pending_for_us(pod: &Pod) -> bool {
         )
 }
 
-fn fingerprint(pod: &Pod) -> u64 {
-    let mut h = DefaultHasher::new();
-    serde_json::to_string(&(&pod.spec, &pod.metadata.labels, &pod.metadata.annotations))
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
+/// Whether a pod asks to be scheduled as it did: compared field by field,
+/// which costs less than serialising each pending pod's every event.
+fn same_request(a: &Pod, b: &Pod) -> bool {
+    a.spec == b.spec
+        && a.metadata.labels == b.metadata.labels
+        && a.metadata.annotations == b.metadata.annotations
 }
 
 /// How many feasible nodes to look for before scoring, as upstream's
@@ -139,6 +141,7 @@ impl Scheduler {
         let (replica_sets, rs_events) = follow(client.clone(), Arc::default());
         let (stateful_sets, statefulset_events) = follow(client.clone(), Arc::default());
         let (budgets, budget_events) = follow(client.clone(), Arc::default());
+        let (updates, mut updates_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {
             namespaces,
             budgets,
@@ -151,7 +154,7 @@ impl Scheduler {
             events: Recorder::new(client.clone(), DEFAULT_SCHEDULER, None),
             client: client.clone(),
             pods,
-            cache: Mutex::default(),
+            updates,
             queue,
             metrics,
             seen: Mutex::default(),
@@ -173,7 +176,7 @@ impl Scheduler {
                         }
                         Ok(watcher::Event::Delete(pod)) => {
                             let k = key(&pod);
-                            lock(&ctx.cache).remove_pod(&k);
+                            ctx.update(Update::PodGone(k.clone()));
                             ctx.forget(&k);
                             ctx.queue.move_all_to_active();
                         }
@@ -191,11 +194,11 @@ impl Scheduler {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                            lock(&ctx.cache).set_node(Arc::new(node));
+                            ctx.update(Update::Node(Arc::new(node)));
                             ctx.queue.move_all_to_active();
                         }
                         Ok(watcher::Event::Delete(node)) => {
-                            lock(&ctx.cache).remove_node(&node.name_any());
+                            ctx.update(Update::NodeGone(node.name_any()));
                             ctx.queue.move_all_to_active();
                         }
                         Ok(watcher::Event::InitDone) => {
@@ -218,9 +221,18 @@ impl Scheduler {
             let _ = w.stateful_sets.wait_until_ready().await;
             let _ = ctx.budgets.wait_until_ready().await;
             let _ = nodes_ready.wait_for(|listed| *listed).await;
+            let mut cache = Cache::default();
             loop {
-                let key = ctx.queue.pop().await;
-                ctx.schedule_one(&key).await;
+                tokio::select! {
+                    Some(update) = updates_rx.recv() => update.apply(&mut cache),
+                    key = ctx.queue.pop() => {
+                        // Everything the watches saw before the pod was queued.
+                        while let Ok(update) = updates_rx.try_recv() {
+                            update.apply(&mut cache);
+                        }
+                        ctx.schedule_one(&mut cache, &key).await;
+                    }
+                }
             }
         });
         Self {
@@ -239,15 +251,42 @@ impl Scheduler {
     }
 }
 
+/// A change the cache is to take in.
+enum Update {
+    Pod(Key, Arc<Pod>),
+    PodGone(Key),
+    Node(Arc<Node>),
+    NodeGone(String),
+    /// A pod assumed on a node could not be bound there.
+    BindingFailed(Key),
+}
+
+impl Update {
+    fn apply(self, cache: &mut Cache) {
+        match self {
+            Self::Pod(key, pod) => cache.set_pod(key, pod),
+            Self::PodGone(key) => cache.remove_pod(&key),
+            Self::Node(node) => cache.set_node(node),
+            Self::NodeGone(name) => cache.remove_node(&name),
+            Self::BindingFailed(key) => cache.forget_assumed(&key),
+        }
+    }
+}
+
 impl Context {
+    fn update(&self, update: Update) {
+        // Only a stopped scheduling task drops the receiver.
+        let _ = self.updates.send(update);
+    }
+
     fn on_pod(&self, pod: Pod) {
         let k = key(&pod);
         let pending = is_pending_for_us(&pod);
         let freed = !pending && !occupies_node(&pod) && bound_node(&pod).is_some();
-        let fp = pending.then(|| fingerprint(&pod));
         let priority = priority(&pod);
-        lock(&self.cache).set_pod(k.clone(), Arc::new(pod));
-        let Some(fp) = fp else {
+        let pod = Arc::new(pod);
+        self.update(Update::Pod(k.clone(), pod.clone()));
+        if !pending {
             self.forget(&k);
             if freed {
                 // A finished pod freed its node.
@@ -255,7 +294,9 @@ impl Context {
             }
             return;
         };
-        let changed = lock(&self.seen).insert(k.clone(), fp) != Some(fp);
+        let changed = lock(&self.seen)
+            .insert(k.clone(), pod.clone())
+            .is_none_or(|old| !same_request(&old, &pod));
         if changed {
             self.queue.add(k, priority);
         }
@@ -296,7 +337,8 @@ impl Context {
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut rejected = Vec::new();
         let mut visited = 0;
-        for info in cache.nodes().cycle().skip(start).take(total) {
+        let (before, after) = cache.nodes_from(start);
+        for info in after.chain(before) {
             visited += 1;
             match filters::filter(pod, &pre, info) {
                 Ok(()) => {
@@ -336,7 +378,7 @@ impl Context {
             .to_owned())
     }
 
-    async fn schedule_one(self: &Arc<Self>, key: &str) {
+    async fn schedule_one(self: &Arc<Self>, cache: &mut Cache, key: &str) {
         let started = Instant::now();
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(pod) = self.pods.get(&ObjectRef::new(name).within(ns)) else {
@@ -347,7 +389,7 @@ impl Context {
             self.forget(key);
             return;
         }
-        let decision = self.decide(&pod, &mut lock(&self.cache));
+        let decision = self.decide(&pod, cache);
         let chosen = match decision {
             Ok(chosen) => chosen,
             Err(Unschedulable { message, preempt }) => {
@@ -361,10 +403,10 @@ impl Context {
                 return;
             }
         };
-        lock(&self.cache).assume(key.to_owned(), chosen.clone(), pod.clone());
+        cache.assume(key.to_owned(), chosen.clone(), pod.clone());
         // Deleted while we decided: its delete event may have come and gone.
         if self.pods.get(&ObjectRef::new(name).within(ns)).is_none() {
-            lock(&self.cache).forget_assumed(key);
+            cache.forget_assumed(key);
             self.forget(key);
             return;
         }
@@ -396,7 +438,7 @@ impl Context {
                 );
             }
             Err(e) => {
-                lock(&self.cache).forget_assumed(key);
+                self.update(Update::BindingFailed(key.to_owned()));
                 match e {
                     // Bound meanwhile, or gone: nothing left to do.
                     kube::Error::Api(s) if s.code == 409 || s.code == 404 => self.forget(key),
