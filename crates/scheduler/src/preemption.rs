@@ -101,7 +101,6 @@ struct Victims {
 /// whose eviction would break a disruption budget before the others.
 fn victims_on(pod: &Pod, pre: &PreFilter, info: &NodeInfo, budgets: &Budgets) -> Option<Victims> {
     let mine = priority(pod);
-    let mut trial = info.clone();
     let mut lower: Vec<Victim> = info
         .pods
         .iter()
@@ -111,6 +110,8 @@ fn victims_on(pod: &Pod, pre: &PreFilter, info: &NodeInfo, budgets: &Budgets) ->
     if lower.is_empty() {
         return None;
     }
+    // Only a node with candidates is worth the copy.
+    let mut trial = info.clone();
     for (k, _) in &lower {
         trial.remove(k);
     }
