@@ -16,6 +16,13 @@ struct Field {
     json: String,
     kind: String,
     repeated: bool,
+    /// The prost name without underscores, lowercased, as `json_names` keys fields.
+    key: String,
+    /// The message of a message field.
+    message: Option<String>,
+    /// Go embeds the message's fields in the parent's JSON (`json:",inline"`):
+    /// an IngressRule's `http`, a Volume's `hostPath`, a Probe's `exec`.
+    inline: bool,
 }
 
 /// Where Cargo unpacked a build-dependency: `<CARGO_HOME>/registry/src/<index>/<name>-<version>`,
@@ -141,6 +148,41 @@ fn lower_camel(snake: &str) -> String {
     out
 }
 
+/// A message field k8s-openapi's type lacks is embedded when every field of
+/// its message is one of the parent's in k8s-openapi (which flattens Go's
+/// inline structs); otherwise it stays a field of its own. An embedded
+/// message k8s-openapi has no type for takes its JSON names from the parent
+/// (a VolumeSource's `downwardAPI` is known only as a Volume's).
+fn settle_inline(
+    messages: &mut BTreeMap<String, Vec<Field>>,
+    names: &BTreeMap<String, BTreeMap<String, String>>,
+) {
+    let keys: BTreeMap<String, Vec<String>> = messages
+        .iter()
+        .map(|(name, fields)| (name.clone(), fields.iter().map(|f| f.key.clone()).collect()))
+        .collect();
+    let mut renames: Vec<(String, &BTreeMap<String, String>)> = Vec::new();
+    for (name, fields) in messages.iter_mut() {
+        let Some(parent) = names.get(name) else {
+            continue;
+        };
+        for f in fields.iter_mut().filter(|f| f.inline) {
+            let sub = f.message.clone().unwrap_or_default();
+            f.inline = keys
+                .get(&sub)
+                .is_some_and(|k| !k.is_empty() && k.iter().all(|k| parent.contains_key(k)));
+            if f.inline && !names.contains_key(&sub) {
+                renames.push((sub, parent));
+            }
+        }
+    }
+    for (sub, parent) in renames {
+        for f in messages.get_mut(&sub).into_iter().flatten() {
+            f.json.clone_from(&parent[&f.key]);
+        }
+    }
+}
+
 /// The message a field's Rust type names, resolved against the module it is in.
 fn message_type(ty: &str, module: &[String]) -> String {
     let std_names = ["String", "Vec", "Option", "BTreeMap", "Box"];
@@ -248,26 +290,31 @@ fn main() {
                 let json = names
                     .get(&type_key)
                     .and_then(|n| n.get(&field.replace('_', "").to_lowercase()))
-                    .cloned()
-                    .unwrap_or_else(|| lower_camel(field));
+                    .cloned();
+                let message = (head == "message").then(|| message_type(&ty, &module));
                 fields.push(Field {
                     tag,
-                    json,
+                    // Settled once every message is known; see `settle_inline`.
+                    inline: json.is_none() && message.is_some() && names.contains_key(&type_key),
+                    json: json.unwrap_or_else(|| lower_camel(field)),
                     kind,
                     repeated,
+                    key: field.replace('_', "").to_lowercase(),
+                    message,
                 });
                 attr = None;
             }
         }
     }
+    settle_inline(&mut messages, &names);
     let mut out = String::from("pub(crate) static MESSAGES: &[Message] = &[\n");
     for (name, fields) in &messages {
         let _ = write!(out, "    Message {{ name: {name:?}, fields: &[");
         for f in fields {
             let _ = write!(
                 out,
-                "Field {{ tag: {}, json: {:?}, kind: {}, repeated: {} }}, ",
-                f.tag, f.json, f.kind, f.repeated
+                "Field {{ tag: {}, json: {:?}, kind: {}, repeated: {}, inline: {} }}, ",
+                f.tag, f.json, f.kind, f.repeated, f.inline
             );
         }
         out.push_str("] },\n");

@@ -948,6 +948,10 @@ impl Api {
             .mutate(&attrs, &mut new, &*self.store)
             .await?;
         self.validate(rt, &new)?;
+        let errs = rt.strategy.validate_update(old, &new);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(rt.group, rt.kind, name, errs));
+        }
         self.admission.validate(&attrs, &new, &*self.store).await?;
         if let Some(opts) = track {
             let now = now_rfc3339();

@@ -21,8 +21,8 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use kubox_store::{
-    Error as StoreError, KeyValue, LeaseId, Op, OpResult, RangeRequest, RangeResponse, Revision,
-    Store, Txn, TxnResponse, WatchMessage, WatchRequest, WatchStream,
+    DbStatus, Error as StoreError, KeyValue, LeaseId, Op, OpResult, RangeRequest, RangeResponse,
+    Revision, Store, Txn, TxnResponse, WatchMessage, WatchRequest, WatchStream,
 };
 use rand::RngCore;
 use serde::Deserialize;
@@ -679,6 +679,10 @@ impl Store for EncryptedStore {
 
     async fn compact(&self, revision: Revision) -> kubox_store::Result<()> {
         self.inner.compact(revision).await
+    }
+
+    async fn db_status(&self) -> kubox_store::Result<DbStatus> {
+        self.inner.db_status().await
     }
 
     async fn lease_grant(&self, ttl_seconds: i64) -> kubox_store::Result<LeaseId> {

@@ -26,6 +26,7 @@ pub mod nodeauthz;
 pub mod openapi;
 pub mod patch;
 mod peers;
+pub use peers::DNS_ADDRESS;
 pub mod pki;
 mod priority;
 pub mod registry;
@@ -135,6 +136,25 @@ pub struct ApiServer {
     task: tokio::task::JoinHandle<()>,
     peer: Arc<peers::Peer>,
     peers: tokio::task::JoinHandle<()>,
+}
+
+/// Announces where a component of a server serves on the server's peer
+/// lease (see `kubox_client::peers`).
+#[derive(Clone)]
+pub struct Announcer {
+    peer: Arc<peers::Peer>,
+    api: Arc<Api>,
+}
+
+impl Announcer {
+    /// Adds `key: value` to the lease, renewing it at once; should that
+    /// fail, the next periodic renewal carries it.
+    pub async fn announce(&self, key: &str, value: String) {
+        self.peer.announce(key, value);
+        if let Err(e) = self.peer.reconcile(&self.api).await {
+            tracing::warn!("renewing this server's lease: {}", e.message);
+        }
+    }
 }
 
 impl Drop for ApiServer {
@@ -321,6 +341,14 @@ impl ApiServer {
         self.peers.abort();
         if let Err(e) = self.peer.leave(&self.api).await {
             tracing::warn!("leaving the kubernetes Service's endpoints: {}", e.message);
+        }
+    }
+
+    /// What this server's components announce themselves with.
+    pub fn announcer(&self) -> Announcer {
+        Announcer {
+            peer: self.peer.clone(),
+            api: self.api.clone(),
         }
     }
 

@@ -23,6 +23,11 @@ pub trait Strategy: Send + Sync {
 
     /// Sets fields a new object starts with (e.g. a pod's Pending phase).
     fn prepare_create(&self, _obj: &mut Value) {}
+
+    /// Checks of what an update may change, beyond `validate`.
+    fn validate_update(&self, _old: &Value, _new: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
 }
 
 /// A resource with no behaviour of its own.
@@ -257,6 +262,31 @@ impl Strategy for Pod {
 
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         validate_pod_spec(&obj["spec"], "spec")
+    }
+
+    /// Gates may only be removed once a pod exists: whoever released a pod
+    /// for scheduling cannot take that back.
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        let gates = |pod: &Value| -> Vec<String> {
+            pod["spec"]["schedulingGates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let before = gates(old);
+        gates(new)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !before.contains(g))
+            .map(|(i, g)| {
+                FieldError::forbidden(
+                    format!("spec.schedulingGates[{i}].name"),
+                    format!("only deletion is allowed, but found new scheduling gate '{g}'"),
+                )
+            })
+            .collect()
     }
 
     fn prepare_create(&self, obj: &mut Value) {

@@ -96,6 +96,11 @@ fn pod_status(pod: &Value) -> (String, i64, String) {
     if reason.is_empty() {
         reason = s(&status["phase"]);
     }
+    if list(&status["conditions"])
+        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated")
+    {
+        reason = "SchedulingGated".into();
+    }
     let mut restarts = 0;
     let mut ready = 0;
     let total = list(&pod["spec"]["containers"]).count();
@@ -1058,5 +1063,10 @@ mod tests {
         );
         let running = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 0, "state": {"running": {}}}]}});
         assert_eq!(pod_status(&running), ("1/1".into(), 0, "Running".into()));
+        let gated = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]}});
+        assert_eq!(
+            pod_status(&gated),
+            ("0/1".into(), 0, "SchedulingGated".into())
+        );
     }
 }

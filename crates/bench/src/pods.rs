@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use kubox_testkit::KuboxServer;
+use kubox_testkit::{Hosts, KuboxServer, eventually, import_busybox};
 
 use crate::report::{Latencies, Table};
 
@@ -18,6 +18,10 @@ pub struct Options {
     pub cycles: usize,
     /// `kubox server --runtime`.
     pub runtime: String,
+    /// Run the node agent as `kubox agent` on a host of its own (a network
+    /// namespace) rather than inside the server, so its memory and CPU are
+    /// its own.
+    pub agent_apart: bool,
 }
 
 pub(crate) fn pod(name: &str) -> Pod {
@@ -33,12 +37,7 @@ pub(crate) fn pod(name: &str) -> Pod {
 
 /// Resident memory (KiB) and CPU time (clock ticks) of a process.
 pub(crate) fn usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let rss = status_kib(pid, "VmRSS:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let after = stat
@@ -52,6 +51,22 @@ pub(crate) fn usage(pid: u32) -> (u64, u64) {
         .collect();
     let cpu = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     (rss, cpu)
+}
+
+/// Anonymous resident memory (KiB) of a process: what it allocated, without
+/// the pages of its binary and libraries.
+fn anon_rss(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// A field in KiB of a process's `/proc/PID/status`; 0 once it is gone.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The processes whose parent is `pid`, containers (orphans the agent
@@ -86,8 +101,8 @@ async fn cpu_percent(pid: u32, window: Duration) -> f64 {
 }
 
 /// Mounts under the node agent's directory: namespaces and root filesystems still held.
-fn agent_mounts(server: &KuboxServer) -> usize {
-    let dir = server.data_dir().join("agent").display().to_string();
+fn agent_mounts(data_dir: &std::path::Path) -> usize {
+    let dir = data_dir.join("agent").display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -143,14 +158,88 @@ async fn gone(api: &Api<Pod>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server the pods are created on, and the node agent measured.
+struct Node {
+    server: KuboxServer,
+    /// The agent's own host when it runs apart, held for as long as the
+    /// bench runs; dropped after the server.
+    _hosts: Option<Hosts>,
+    /// The process that runs the node agent: the server's, or its own.
+    pid: u32,
+    /// The agent's data directory.
+    data_dir: std::path::PathBuf,
+}
+
+async fn start(exe: &std::path::Path, opts: &Options) -> anyhow::Result<Node> {
+    if !opts.agent_apart {
+        let server =
+            KuboxServer::start(exe, &["--node-name", "bench", "--runtime", &opts.runtime]).await;
+        server.import_busybox();
+        let pid = server
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("the server is not running"))?;
+        let data_dir = server.data_dir().to_owned();
+        return Ok(Node {
+            server,
+            _hosts: None,
+            pid,
+            data_dir,
+        });
+    }
+    let mut hosts = Hosts::new(1);
+    let gateway = hosts.gateway();
+    let server = KuboxServer::start(exe, &["--disable-agent", "--bind-address", &gateway]).await;
+    let token_file = server.data_dir().join("token");
+    let token = eventually(
+        "the server writes its join token",
+        Duration::from_secs(30),
+        || async {
+            let token = std::fs::read_to_string(&token_file).ok()?;
+            token.ends_with('\n').then(|| token.trim().to_owned())
+        },
+    )
+    .await;
+    let url = format!("https://{gateway}:{}", server.port());
+    let host = hosts.host(0);
+    let data_dir = host.data_dir().to_owned();
+    import_busybox(exe, &data_dir, "docker.io/library/busybox:latest");
+    let mut args: Vec<String> = [
+        "agent",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "--node-name",
+        "bench",
+        "--node-ip",
+        host.ip(),
+        "--runtime",
+        &opts.runtime,
+        "--cluster-dns",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.push(server.net().cluster_dns());
+    args.push("--data-dir".into());
+    args.push(data_dir.display().to_string());
+    args.extend(server.net().args());
+    host.spawn(exe, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pid = host
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running"))?;
+    server.wait_node_ready("bench").await;
+    Ok(Node {
+        server,
+        _hosts: Some(hosts),
+        pid,
+        data_dir,
+    })
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let server =
-        KuboxServer::start(&exe, &["--node-name", "bench", "--runtime", &opts.runtime]).await;
-    server.import_busybox();
-    let pid = server
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("the server is not running"))?;
+    let node = start(&exe, &opts).await?;
+    let (server, pid) = (&node.server, node.pid);
     let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
     // The node is ready once its first heartbeat lands; give it a moment to settle.
@@ -217,6 +306,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let all_running = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (busy_rss, _) = usage(pid);
+    let busy_anon = anon_rss(pid);
     let helper_rss: u64 = children(pid).into_iter().map(|c| usage(c).0).sum();
     let busy_cpu = cpu_percent(pid, Duration::from_secs(10)).await;
 
@@ -255,9 +345,24 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         gone(&api).await?;
     }
     let cycles_took = cycles_started.elapsed();
+    // A pod leaves the API once its containers are stopped; its mounts and
+    // cgroup go after that, as upstream's kubelet tidies them. Count what
+    // is still there once that has had its time.
+    let tidy_started = Instant::now();
+    let leftovers = || (agent_mounts(&node.data_dir), pod_cgroups(&uids));
+    while leftovers() != (0, 0) && tidy_started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tidied = tidy_started.elapsed();
+    let (mounts_left, cgroups_left) = leftovers();
 
     let mut table = Table::new(&["measure", "value"]);
     let mut row = |k: &str, v: String| table.row(vec![k.to_owned(), v]);
+    let who = if opts.agent_apart {
+        "agent (own process)"
+    } else {
+        "server"
+    };
     row("runtime", opts.runtime.clone());
     row("pods", opts.pods.to_string());
     row(
@@ -274,20 +379,31 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         format!("{:.2} s", all_running.as_secs_f64()),
     );
     row(
-        "server RSS, no pods",
+        &format!("{who} RSS, no pods"),
         format!("{:.1} MiB", idle_rss as f64 / 1024.0),
     );
     row(
-        &format!("server RSS, {} pods running", opts.pods),
+        &format!("{who} RSS, {} pods running", opts.pods),
         format!("{:.1} MiB", busy_rss as f64 / 1024.0),
     );
     row(
-        "server's child processes' RSS (the embedded runtime's helper)",
+        "of which anonymous (heap, stacks) / file-backed (the binary's pages)",
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            busy_anon as f64 / 1024.0,
+            (busy_rss - busy_anon.min(busy_rss)) as f64 / 1024.0
+        ),
+    );
+    row(
+        &format!("{who}'s child processes' RSS (the embedded runtime's helper)"),
         format!("{:.1} MiB", helper_rss as f64 / 1024.0),
     );
-    row("server CPU, no pods", format!("{idle_cpu:.1} % of a core"));
     row(
-        &format!("server CPU, {} pods running", opts.pods),
+        &format!("{who} CPU, no pods"),
+        format!("{idle_cpu:.1} % of a core"),
+    );
+    row(
+        &format!("{who} CPU, {} pods running", opts.pods),
         format!("{busy_cpu:.1} % of a core"),
     );
     row(
@@ -299,9 +415,16 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         format!("{:.1} s", cycles_took.as_secs_f64()),
     );
     row(
-        "left behind: agent mounts",
-        agent_mounts(&server).to_string(),
+        "last pod's mounts and cgroup gone after it left the API",
+        format!("{:.2} s", tidied.as_secs_f64()),
     );
-    row("left behind: pod cgroups", pod_cgroups(&uids).to_string());
+    row(
+        "left behind after 30 s: agent mounts",
+        mounts_left.to_string(),
+    );
+    row(
+        "left behind after 30 s: pod cgroups",
+        cgroups_left.to_string(),
+    );
     Ok(table.render())
 }

@@ -1,6 +1,6 @@
 //! A cache of every object of a type, for components that rebuild what they
-//! serve from whole caches (the service proxy, cluster DNS) rather than
-//! reconcile one object at a time.
+//! serve from whole caches (the service proxy, cluster DNS) or read them
+//! whole (the scheduler) rather than reconcile one object at a time.
 
 use std::sync::Arc;
 
@@ -28,7 +28,6 @@ where
     let (store, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client);
     let task = tokio::spawn(async move {
-        // Its users are a node's service proxy and cluster DNS.
         let events = watcher(api, watcher::Config::default())
             .backoff(crate::node_watch_backoff())
             .reflect(writer);

@@ -5,6 +5,7 @@ mod cache;
 pub mod events;
 pub mod failover;
 pub mod leader;
+pub mod peers;
 pub mod quantity;
 mod tasks;
 

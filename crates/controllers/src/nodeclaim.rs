@@ -6,7 +6,11 @@
 //! request for a claimed name with another key is denied. Once the node
 //! registers, its claim is owned by the Node, so deleting the Node lets
 //! the garbage collector drop the claim and another machine take the name.
-//! Renewals by the node itself record their new key.
+//! Renewals by the node itself record their new key. A claim whose
+//! machine never registered its Node (it crashed mid-join) lapses after
+//! [`UNREGISTERED_CLAIM_TTL`], as upstream's CSR cleaner drops approved
+//! requests after an hour, so the name is not held forever: the next
+//! machine asking for it takes it over.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -24,6 +29,18 @@ use crate::{Context, Error, is_reason, runner};
 
 const NAMESPACE: &str = "kube-system";
 const SUFFIX: &str = ".node-key.kubox";
+/// How long a claim no Node owns holds its name: upstream's CSR cleaner's
+/// time for approved requests, ample for a machine to register once its
+/// request is approved.
+pub const UNREGISTERED_CLAIM_TTL: SignedDuration = SignedDuration::from_hours(1);
+
+/// Whether `claim` is owned by no Node and older than
+/// [`UNREGISTERED_CLAIM_TTL`] at `now`.
+fn lapsed(claim: &Secret, now: Timestamp) -> bool {
+    let owned = claim.owner_references().iter().any(|r| r.kind == "Node");
+    let created = claim.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    !owned && created.is_some_and(|c| c + UNREGISTERED_CLAIM_TTL <= now)
+}
 
 /// The Secret holding the claim on a node's name.
 pub fn secret_name(node: &str) -> String {
@@ -98,21 +115,29 @@ pub async fn hold(
             .iter()
             .find(|r| r.kind == "Node")
             .map(|r| r.uid.clone());
-        let Some(owner) = owner else {
-            return Ok(Err(format!(
-                "node {node:?} is claimed by another machine (another key) that has not \
-                 registered it yet: pick another --node-name, or drop the claim \
-                 (kubectl delete secret -n {NAMESPACE} {})",
-                secret_name(node)
-            )));
-        };
         let current = nodes.get_opt(node).await?;
-        if current.is_some_and(|n| n.uid().as_deref() == Some(owner.as_str())) {
-            return Ok(Err(in_use(node)));
+        match owner {
+            // A Node registered by the claimant whose claim the controller
+            // has not marked yet is the claimant's as much.
+            None if current.is_some() || !lapsed(&claim, Timestamp::now()) => {
+                return Ok(Err(format!(
+                    "node {node:?} is claimed by another machine (another key) that has not \
+                     registered it yet: pick another --node-name, wait for the claim to lapse \
+                     ({} after it was made), or drop it (kubectl delete secret -n {NAMESPACE} {})",
+                    UNREGISTERED_CLAIM_TTL,
+                    secret_name(node)
+                )));
+            }
+            // The claimant never registered (it crashed mid-join): the
+            // claim has lapsed.
+            None => {}
+            Some(owner) if current.is_some_and(|n| n.uid().as_deref() == Some(owner.as_str())) => {
+                return Ok(Err(in_use(node)));
+            }
+            // The owning Node is gone, and the garbage collector not yet
+            // done with its claim.
+            Some(_) => claim.metadata.owner_references = None,
         }
-        // The owning Node is gone, and the garbage collector not yet
-        // done with its claim.
-        claim.metadata.owner_references = None;
     }
     claim.data = Some(hash_data(hash));
     // Compare-and-swap on the version read: of two requests taking a stale
@@ -175,5 +200,37 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, Error> 
             Ok(Action::await_change())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn claim(age: SignedDuration, owned: bool) -> Secret {
+        let now = Timestamp::now();
+        let mut claim = Secret::default();
+        claim.metadata.creation_timestamp = Some(Time(now - age));
+        if owned {
+            claim.metadata.owner_references = Some(vec![OwnerReference {
+                kind: "Node".into(),
+                name: "n".into(),
+                uid: "u".into(),
+                ..OwnerReference::default()
+            }]);
+        }
+        claim
+    }
+
+    #[test]
+    fn only_a_claim_no_node_owns_lapses_and_only_once_old_enough() {
+        let now = Timestamp::now();
+        let over = UNREGISTERED_CLAIM_TTL + SignedDuration::from_secs(1);
+        let under = UNREGISTERED_CLAIM_TTL - SignedDuration::from_secs(60);
+        assert!(lapsed(&claim(over, false), now));
+        assert!(!lapsed(&claim(under, false), now));
+        assert!(!lapsed(&claim(over, true), now));
+        assert!(!lapsed(&Secret::default(), now));
     }
 }

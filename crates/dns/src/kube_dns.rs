@@ -1,35 +1,31 @@
-//! The `kube-dns` Service in kube-system, as a cluster's DNS addon has it,
-//! pointed at where this server answers. It has no selector (no pod backs
-//! it), so its Endpoints and EndpointSlice are written here, as the API
-//! server writes the `kubernetes` Service's.
+//! The `kube-dns` Service in kube-system, as a cluster's DNS addon has it.
+//! It has no selector (no pod backs it): the API servers write its
+//! endpoints, the cluster DNS of every live server, from where each
+//! announced that its DNS answers, as they write the `kubernetes` Service's.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub const SERVICE_NAME: &str = "kube-dns";
 pub const SERVICE_NAMESPACE: &str = "kube-system";
-/// The managed-by label that keeps the EndpointSlice controller off this slice.
-const MANAGER: &str = "kubox-dns";
 
-/// Creates or updates the `kube-dns` Service at `cluster_ip` and its
-/// endpoints at `endpoint`. A Service left with another ClusterIP (the
-/// flag changed) is replaced, as a ClusterIP cannot change.
-pub async fn publish(
+/// Creates or updates the `kube-dns` Service at `cluster_ip`, forwarding
+/// to `port`. A Service left with another ClusterIP (the flag changed) is
+/// replaced, as a ClusterIP cannot change.
+pub async fn publish_service(
     client: kube::Client,
     cluster_ip: IpAddr,
-    endpoint: SocketAddr,
+    port: u16,
 ) -> Result<(), kube::Error> {
     let labels = json!({
         "k8s-app": "kube-dns",
         "kubernetes.io/cluster-service": "true",
         "kubernetes.io/name": "CoreDNS",
     });
-    let port = endpoint.port();
     let service = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": SERVICE_NAME, "namespace": SERVICE_NAMESPACE, "labels": labels},
@@ -43,7 +39,7 @@ pub async fn publish(
             ],
         },
     });
-    let services: Api<Service> = Api::namespaced(client.clone(), SERVICE_NAMESPACE);
+    let services: Api<Service> = Api::namespaced(client, SERVICE_NAMESPACE);
     if let Some(current) = services.get_opt(SERVICE_NAME).await?
         && current.spec.as_ref().and_then(|s| s.cluster_ip.as_deref())
             != Some(cluster_ip.to_string().as_str())
@@ -52,49 +48,11 @@ pub async fn publish(
             .delete(SERVICE_NAME, &DeleteParams::default())
             .await?;
     }
-    upsert(&services, service).await?;
-    let ip = endpoint.ip().to_string();
-    let ports = json!([
-        {"name": "dns", "port": port, "protocol": "UDP"},
-        {"name": "dns-tcp", "port": port, "protocol": "TCP"},
-    ]);
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {
-            "name": SERVICE_NAME, "namespace": SERVICE_NAMESPACE,
-            "labels": {"k8s-app": "kube-dns", "endpointslice.kubernetes.io/skip-mirror": "true"},
-        },
-        "subsets": [{"addresses": [{"ip": ip}], "ports": ports}],
-    });
-    upsert(
-        &Api::<Endpoints>::namespaced(client.clone(), SERVICE_NAMESPACE),
-        endpoints,
-    )
-    .await?;
-    let address_type = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": SERVICE_NAME, "namespace": SERVICE_NAMESPACE,
-            "labels": {
-                "k8s-app": "kube-dns",
-                "kubernetes.io/service-name": SERVICE_NAME,
-                "endpointslice.kubernetes.io/managed-by": MANAGER,
-            },
-        },
-        "addressType": address_type,
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-        "ports": ports,
-    });
-    upsert(
-        &Api::<EndpointSlice>::namespaced(client, SERVICE_NAMESPACE),
-        slice,
-    )
-    .await
+    upsert(&services, service).await
 }
 
 /// Creates the object, or replaces the stored one with it.
-async fn upsert<K>(api: &Api<K>, object: serde_json::Value) -> Result<(), kube::Error>
+async fn upsert<K>(api: &Api<K>, object: Value) -> Result<(), kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, watch};
 
 pub use forward::{ForwardError, Forwarder};
-pub use kube_dns::{SERVICE_NAME, SERVICE_NAMESPACE, publish};
+pub use kube_dns::{SERVICE_NAME, SERVICE_NAMESPACE, publish_service};
 pub use records::Zone;
 pub use resolvconf::ResolvConf;
 

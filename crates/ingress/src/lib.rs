@@ -26,13 +26,27 @@ use tokio::sync::watch;
 pub struct Config {
     pub http: SocketAddr,
     pub https: SocketAddr,
-    /// The address written to served Ingresses' status.
+    /// The address of the node, published as the ingress Service's.
     pub node_ip: IpAddr,
+    /// Who writes served Ingresses' status, and which addresses.
+    pub status: Status,
     /// Class names served besides the IngressClasses naming kubox's
     /// controller (`nginx`, for manifests written for ingress-nginx).
     pub extra_classes: Vec<String>,
     /// Where each request's access log line goes.
     pub access_log: AccessLog,
+}
+
+/// How `status.loadBalancer.ingress` is written.
+#[derive(Clone, Debug)]
+pub enum Status {
+    /// The node's address, by this controller alone.
+    Node,
+    /// The addresses every live API server announces for its ingress
+    /// controller (`kubox_client::peers::INGRESS_ADDRESS`), by the one
+    /// controller elected among them, as ingress-nginx elects its status
+    /// writer, so that controllers never overwrite each other.
+    Servers(kubox_client::leader::Timing),
 }
 
 /// Where the access log goes: ingress-nginx logs to its standard output.
@@ -116,6 +130,7 @@ impl IngressController {
             tokio::spawn(sync::run(
                 client,
                 config.node_ip,
+                config.status,
                 config.extra_classes,
                 (http_addr.port(), https_addr.port()),
                 table,

@@ -2,7 +2,7 @@
 //! Ingresses, IngressClasses, Services, EndpointSlices and Secrets; on any
 //! change the table is rebuilt and swapped in (requests in flight finish
 //! on the table they started with), and served Ingresses get the node's
-//! address as their status.
+//! address, or the addresses of all live servers, as their status.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -35,6 +35,7 @@ fn trigger<K: Informed>(informer: &Informer<K>) -> futures::stream::BoxStream<'s
 pub async fn run(
     client: kube::Client,
     node_ip: IpAddr,
+    status: crate::Status,
     extra_classes: Vec<String>,
     (http_port, https_port): (u16, u16),
     table: watch::Sender<Arc<Table>>,
@@ -54,6 +55,22 @@ pub async fn run(
     };
     // Ends with this task, as the informers do.
     let _published = kubox_client::Tasks::new(vec![tokio::spawn(published)]);
+    let (served_now, served_seen) = watch::channel(Vec::new());
+    let own_status = matches!(status, crate::Status::Node);
+    let _status_writer = match status {
+        crate::Status::Node => None,
+        crate::Status::Servers(timing) => {
+            let election = kubox_client::leader::LeaderElection::with_timing(
+                client.clone(),
+                "kube-system",
+                "kubox-ingress",
+                kubox_client::leader::identity(),
+                timing,
+            );
+            let client = client.clone();
+            Some(election.spawn(move || servers_status(client.clone(), served_seen.clone())))
+        }
+    };
     let informers = Informers::new(client.clone());
     let ingresses = informers.get::<Ingress>();
     let classes = informers.get::<IngressClass>();
@@ -104,7 +121,10 @@ pub async fn run(
             &secrets_by_name,
         )));
         missing.report(&served, &catalog);
-        publish_status(&client, &served, node_ip).await;
+        if own_status {
+            publish_status(&client, &served, &[node_ip.to_string()]).await;
+        }
+        served_now.send_replace(served);
         // The next change, and every other one already waiting: one
         // rebuild for a burst.
         if changes.next().await.is_none() {
@@ -156,10 +176,34 @@ impl MissingBackends {
     }
 }
 
-/// `status.loadBalancer.ingress` is the node's address, which `kubectl
-/// get ingress` shows as ADDRESS.
-async fn publish_status(client: &kube::Client, served: &[Arc<Ingress>], node_ip: IpAddr) {
-    let ip = node_ip.to_string();
+/// How often the elected status writer looks at which servers are live:
+/// the API servers' lease renewal period.
+const SERVERS_PERIOD: Duration = Duration::from_secs(5);
+
+/// While this controller leads: the served Ingresses' status kept to the
+/// addresses the live servers announce, on every change of what is served
+/// and every [`SERVERS_PERIOD`]. None announced (a moment of no live lease)
+/// leaves the status as it is.
+async fn servers_status(client: kube::Client, mut served: watch::Receiver<Vec<Arc<Ingress>>>) {
+    loop {
+        let announced =
+            kubox_client::peers::list_announced(&client, kubox_client::peers::INGRESS_ADDRESS)
+                .await;
+        match announced {
+            Ok(ips) if !ips.is_empty() => {
+                let now = served.borrow_and_update().clone();
+                publish_status(&client, &now, &ips).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("listing the API servers' leases: {e}"),
+        }
+        let _ = tokio::time::timeout(SERVERS_PERIOD, served.changed()).await;
+    }
+}
+
+/// `status.loadBalancer.ingress` is `ips`, which `kubectl get ingress`
+/// shows as ADDRESS; Ingresses already so are left alone.
+async fn publish_status(client: &kube::Client, served: &[Arc<Ingress>], ips: &[String]) {
     for ingress in served {
         let current: Vec<&str> = ingress
             .status
@@ -168,12 +212,13 @@ async fn publish_status(client: &kube::Client, served: &[Arc<Ingress>], node_ip:
             .flat_map(|lb| lb.ingress.iter().flatten())
             .filter_map(|i| i.ip.as_deref())
             .collect();
-        if current == [ip.as_str()] {
+        if current == ips {
             continue;
         }
         let api: Api<Ingress> =
             Api::namespaced(client.clone(), &ingress.namespace().unwrap_or_default());
-        let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        let listed: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        let patch = json!({"status": {"loadBalancer": {"ingress": listed}}});
         if let Err(e) = api
             .patch_status(
                 &ingress.name_any(),

@@ -45,6 +45,10 @@ enum BenchCommand {
         /// The node agent's container runtime, as `kubox server --runtime`.
         #[arg(long, default_value = "embedded")]
         runtime: String,
+        /// Run the node agent as its own `kubox agent` process, joined to
+        /// the server from a host of its own, to measure it alone.
+        #[arg(long)]
+        agent_apart: bool,
     },
     /// Interactive streams on a real server: exec round-trip latency
     /// (kube-rs over WebSocket), port-forward throughput through kubectl
@@ -187,11 +191,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             pods,
             cycles,
             runtime,
+            agent_apart,
         } => {
             let table = kubox_bench::pods::run(kubox_bench::pods::Options {
                 pods,
                 cycles,
                 runtime,
+                agent_apart,
             })
             .await?;
             println!("{table}");

@@ -32,8 +32,11 @@ fn upstream(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address (ip or ip:port)"))
 }
 
-/// Starts cluster DNS in the background once its address is known, and
-/// publishes the `kube-dns` Service; the task holds the server until aborted.
+/// Starts cluster DNS in the background once its address is known,
+/// publishes the `kube-dns` Service and announces the address on the
+/// server's lease, from which the API servers write the Service's
+/// endpoints for all live servers. The task holds the DNS server until
+/// aborted.
 pub async fn start(
     args: &DnsArgs,
     agent: &crate::agent::AgentArgs,
@@ -62,6 +65,7 @@ pub async fn start(
     let port = args.dns_port;
     let bind = args.dns_bind_address;
     let cluster_ip = agent.cluster_dns;
+    let announcer = server.announcer();
     let task = tokio::spawn(async move {
         let ip = match (bind, network) {
             (Some(ip), _) => ip,
@@ -90,11 +94,16 @@ pub async fn start(
             server.addr()
         };
         let mut wait = Duration::from_millis(200);
-        while let Err(e) = kubox_dns::publish(client.clone(), cluster_ip, endpoint).await {
+        while let Err(e) =
+            kubox_dns::publish_service(client.clone(), cluster_ip, endpoint.port()).await
+        {
             tracing::warn!("publishing the kube-dns Service: {e}");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(10));
         }
+        announcer
+            .announce(kubox_apiserver::DNS_ADDRESS, endpoint.to_string())
+            .await;
         std::future::pending::<()>().await;
         drop(server);
     });

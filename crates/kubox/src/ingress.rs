@@ -37,6 +37,7 @@ pub async fn start(
     kubeconfig: &Path,
     bind: IpAddr,
     node_ip: IpAddr,
+    status: kubox_ingress::Status,
     metrics: &kubox_prometheus::Registry,
 ) -> anyhow::Result<IngressController> {
     let (client, _) = kubox_client::connect(kubeconfig).await?;
@@ -44,6 +45,7 @@ pub async fn start(
         http: SocketAddr::new(bind, args.ingress_http_port),
         https: SocketAddr::new(bind, args.ingress_https_port),
         node_ip,
+        status,
         extra_classes: args
             .ingress_extra_classes
             .iter()
@@ -87,6 +89,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         &args.kubeconfig,
         args.bind_address,
         node_ip,
+        kubox_ingress::Status::Node,
         &metrics,
     )
     .await?;

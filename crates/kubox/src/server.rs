@@ -54,6 +54,10 @@ pub struct ServerArgs {
     /// of DATA/pki, which the first one makes and stores encrypted with it.
     #[arg(long, env = "KUBOX_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How often the datastore's size is read for
+    /// `apiserver_storage_size_bytes`; 0 disables.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    etcd_db_metric_poll_interval: Duration,
     /// How often history older than one interval is compacted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
@@ -155,9 +159,13 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-/// `apiserver_storage_size_bytes`: the embedded store's database and its
-/// write-ahead log on disk, read at each scrape.
-fn db_size_metric(metrics: &kubox_prometheus::Registry, db: PathBuf) {
+/// `apiserver_storage_size_bytes`: the datastore's size on disk, asked of
+/// the store every `interval` as upstream polls etcd's Status.
+fn db_size_metric(
+    metrics: &kubox_prometheus::Registry,
+    store: Arc<dyn Store>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
     use prometheus_client::encoding::EncodeLabelSet;
     use prometheus_client::metrics::{family::Family, gauge::Gauge};
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,17 +178,22 @@ fn db_size_metric(metrics: &kubox_prometheus::Registry, db: PathBuf) {
         "[STABLE] Size of the storage database file physically allocated in bytes.",
         size.clone(),
     );
-    metrics.on_scrape(move || {
-        let len = |suffix: &str| {
-            let mut path = db.clone().into_os_string();
-            path.push(suffix);
-            std::fs::metadata(path).map_or(0, |m| m.len())
-        };
-        size.get_or_create(&Labels {
-            storage_cluster_id: "sqlite".to_owned(),
-        })
-        .set((len("") + len("-wal")) as i64);
-    });
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match store.db_status().await {
+                Ok(status) => {
+                    size.get_or_create(&Labels {
+                        storage_cluster_id: status.cluster_id,
+                    })
+                    .set(i64::try_from(status.size_bytes).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the datastore's size"),
+            }
+        }
+    })
 }
 
 /// Auditing needs both a policy and a log, as upstream's: either alone is
@@ -210,9 +223,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // One registry for every in-process component; the API server serves it.
     let metrics = Arc::new(kubox_prometheus::Registry::default());
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(open_store(&args).await?, &metrics));
-    if let Datastore::Sqlite = args.datastore {
-        db_size_metric(&metrics, args.data_dir.join("db").join("state.db"));
-    }
+    let _db_size = (!args.etcd_db_metric_poll_interval.is_zero())
+        .then(|| db_size_metric(&metrics, store.clone(), args.etcd_db_metric_poll_interval));
     let _compactor = (!args.compaction_interval.is_zero())
         .then(|| spawn_compactor(store.clone(), args.compaction_interval));
     let advertise_address =
@@ -337,16 +349,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .component_kubeconfig("ingress", "system:kubox-ingress", &[])
             .context("writing the ingress controller's credentials")?;
         let node_ip = crate::agent::node_ip(&args.agent);
-        Some(
-            crate::ingress::start(
-                &args.ingress,
-                &kubeconfig,
-                args.bind_address,
-                node_ip,
-                &metrics,
-            )
-            .await?,
+        let controller = crate::ingress::start(
+            &args.ingress,
+            &kubeconfig,
+            args.bind_address,
+            node_ip,
+            kubox_ingress::Status::Servers(args.leader.timing()),
+            &metrics,
         )
+        .await?;
+        server
+            .announcer()
+            .announce(kubox_client::peers::INGRESS_ADDRESS, node_ip.to_string())
+            .await;
+        Some(controller)
     };
     println!("kubox server: API at https://{}", server.addr);
     if let Some(ingress) = &ingress {

@@ -391,6 +391,27 @@ async fn typed_kubectl_commands_send_protobuf() {
         ),
         (Some("Scale"), Some(3), Some("app=web"))
     );
+    // An IngressRule embeds its IngressRuleValue, as Go's inline field.
+    assert_eq!(
+        k(&[
+            "create",
+            "ingress",
+            "web",
+            "-n",
+            "work",
+            "--rule=x.example/api*=web:80"
+        ]),
+        "ingress.networking.k8s.io/web created\n"
+    );
+    let ing: serde_json::Value =
+        serde_json::from_str(&k(&["get", "ingress", "web", "-n", "work", "-o", "json"])).unwrap();
+    assert_eq!(
+        ing["spec"]["rules"][0],
+        serde_json::json!({"host": "x.example", "http": {"paths": [{
+            "path": "/api", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}},
+        }]}})
+    );
     let out = server.kubectl(&["scale", "deploy", "web", "-n", "work", "--replicas=-1"]);
     assert!(!out.status.success());
     let out = server.kubectl(&["create", "namespace", "Not_Valid"]);

@@ -43,14 +43,12 @@ fn read(server: &KuboxServer, file: &str) -> Vec<u8> {
 
 /// The `ip:port`s the `kubernetes` Endpoints list, sorted.
 fn kubernetes_endpoints(server: &KuboxServer) -> Vec<String> {
-    let out = server.kubectl(&[
-        "get",
-        "endpoints",
-        "kubernetes",
-        "-o",
-        r#"jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
-    ]);
-    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    endpoints(server, "default", "kubernetes")
+}
+
+/// `ip ip .../port` lines as `ip:port`s, sorted.
+fn ip_ports(lines: &[u8]) -> Vec<String> {
+    let mut listed: Vec<String> = String::from_utf8_lossy(lines)
         .lines()
         .filter_map(|l| l.split_once('/'))
         .flat_map(|(ips, port)| {
@@ -61,6 +59,20 @@ fn kubernetes_endpoints(server: &KuboxServer) -> Vec<String> {
         .collect();
     listed.sort();
     listed
+}
+
+/// The `ip:port`s Endpoints `namespace/name` lists, sorted.
+fn endpoints(server: &KuboxServer, namespace: &str, name: &str) -> Vec<String> {
+    let out = server.kubectl(&[
+        "get",
+        "endpoints",
+        "-n",
+        namespace,
+        name,
+        "-o",
+        r#"jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
+    ]);
+    ip_ports(&out.stdout)
 }
 
 fn addresses(servers: &[&KuboxServer]) -> Vec<String> {
@@ -495,4 +507,236 @@ async fn a_single_server_cluster_migrates_from_sqlite_to_etcd() {
         &format!("--clusterip={service_ip}"),
     ]);
     assert!(!taken.status.success());
+}
+
+/// The IPs `status.loadBalancer.ingress` of Ingress `name` lists, sorted.
+fn ingress_ips(server: &KuboxServer, name: &str) -> Vec<String> {
+    let out = server.kubectl(&[
+        "get",
+        "ingress",
+        name,
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ]);
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// The `ip:port`s the `kube-dns` EndpointSlices list, sorted.
+fn dns_slices(server: &KuboxServer) -> Vec<String> {
+    let out = server.kubectl(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "kube-system",
+        "-l",
+        "kubernetes.io/service-name=kube-dns",
+        "-o",
+        r#"jsonpath={range .items[*]}{range .endpoints[*]}{.addresses[0]}{" "}{end}{"/"}{.ports[0].port}{"\n"}{end}"#,
+    ]);
+    ip_ports(&out.stdout)
+}
+
+/// Whether the cluster DNS at `addr` answers for the `kubernetes` Service.
+async fn answers(addr: &str) -> bool {
+    use hickory_client::client::{Client, ClientHandle};
+    use hickory_proto::rr::{DNSClass, Name, RecordType};
+    let stream = hickory_proto::udp::UdpClientStream::builder(
+        addr.parse().unwrap(),
+        hickory_proto::runtime::TokioRuntimeProvider::new(),
+    )
+    .with_timeout(Some(Duration::from_secs(2)))
+    .build();
+    let Ok((mut client, bg)) = Client::connect(stream).await else {
+        return false;
+    };
+    tokio::spawn(bg);
+    let name = Name::from_ascii("kubernetes.default.svc.cluster.local.").unwrap();
+    client
+        .query(name, DNSClass::IN, RecordType::A)
+        .await
+        .is_ok_and(|r| !r.answers().is_empty())
+}
+
+/// Three servers, each with cluster DNS and an ingress controller on its
+/// own loopback address: the `kube-dns` endpoints and an Ingress's status
+/// list every live server, and lose a killed one once its lease expires,
+/// also when it was the one elected to write the Ingress status.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_dns_endpoints_and_ingress_status_follow_the_live_servers() {
+    let etcd = EtcdProcess::start().await;
+    let endpoint = etcd.endpoint();
+    let mut servers = Vec::new();
+    let mut dns = Vec::new();
+    for i in 0..3 {
+        let ip = format!("127.0.0.{}", i + 2);
+        let port = free_port().to_string();
+        let mut args: Vec<&str> = server_args(&endpoint, TOKEN)
+            .into_iter()
+            .filter(|a| *a != "--disable-dns")
+            .collect();
+        args.extend(["--node-ip", &ip, "--dns-port", &port]);
+        // One cluster, one kube-dns ClusterIP: the first server's.
+        let cluster_dns = servers.first().map(|s: &KuboxServer| s.net().cluster_dns());
+        if let Some(cluster_dns) = &cluster_dns {
+            args.extend(["--cluster-dns", cluster_dns]);
+        }
+        let (server, _, _) = KuboxServer::start_with_ingress(BIN, &args).await;
+        servers.push(server);
+        dns.push(format!("{ip}:{port}"));
+    }
+    let ips = |dns: &[String]| -> Vec<String> {
+        dns.iter()
+            .map(|a| a.split(':').next().unwrap().to_owned())
+            .collect()
+    };
+    servers[0].apply_json(&serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "ingressClassName": "kubox",
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+        },
+    }));
+    eventually(
+        "every server's DNS in the kube-dns endpoints",
+        Duration::from_secs(60),
+        || async {
+            (endpoints(&servers[1], "kube-system", "kube-dns") == dns
+                && dns_slices(&servers[1]) == dns)
+                .then_some(())
+        },
+    )
+    .await;
+    for addr in &dns {
+        assert!(answers(addr).await, "the DNS at {addr} does not answer");
+    }
+    eventually(
+        "every server's address in the Ingress status",
+        Duration::from_secs(60),
+        || async { (ingress_ips(&servers[1], "web") == ips(&dns)).then_some(()) },
+    )
+    .await;
+
+    // The server writing the Ingress status goes: another takes over, and
+    // drops it from the status as from the kube-dns endpoints.
+    let writer = holder(&servers[0], "kubox-ingress").expect("an elected status writer");
+    let killed = server_of(&servers, &writer).expect("the status writer's server");
+    servers[killed].kill();
+    let started = Instant::now();
+    dns.remove(killed);
+    let survivor = &servers[(killed + 1) % 3];
+    eventually(
+        "the killed server to leave the Ingress status",
+        Duration::from_secs(60),
+        || async { (ingress_ips(survivor, "web") == ips(&dns)).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the killed server to leave the kube-dns endpoints",
+        Duration::from_secs(60),
+        || async {
+            (endpoints(survivor, "kube-system", "kube-dns") == dns && dns_slices(survivor) == dns)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("the killed server left both after {:?}", started.elapsed());
+}
+
+/// The cluster's objects as `kind/name/uid` lines, with what says where
+/// they run and are reached: Pods' nodes, Services' ClusterIPs, Deployments'
+/// replicas, ConfigMaps' data. Sorted.
+fn cluster_state(server: &KuboxServer) -> Vec<String> {
+    let out = server.kubectl_ok(&[
+        "get",
+        "deployments,replicasets,pods,services,configmaps",
+        "-o",
+        r#"jsonpath={range .items[*]}{.kind}/{.metadata.name}/{.metadata.uid} {.spec.nodeName}{.spec.clusterIP}{.spec.replicas}{.data}{"\n"}{end}"#,
+    ]);
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// Every server and every etcd member stopped gracefully (SIGTERM), as a
+/// shutdown of all hosts, and started again: the cluster comes back as it
+/// was, the same objects, the Deployment's pods running where they ran, its
+/// Service at its ClusterIP with all of them as endpoints.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_cluster_stopped_gracefully_comes_back_with_its_state() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let members = etcd.endpoints();
+    let args = server_args(&members, TOKEN);
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(KuboxServer::start(BIN, &args).await);
+    }
+    let hollow_log = servers[0].data_dir().join("hollow.log");
+    let bin = std::path::Path::new(BIN);
+    let agent = HollowAgent::start(bin, &servers[0].kubeconfig(), 2, &hollow_log);
+    wait_nodes_ready(&servers[1], 2).await;
+    servers[1].kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+    ]);
+    servers[1].kubectl_ok(&["expose", "deployment", "web", "--port=80"]);
+    servers[1].kubectl_ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
+    eventually("3 replicas ready", Duration::from_secs(60), || async {
+        (ready_replicas(&servers[1], "web") == "3").then_some(())
+    })
+    .await;
+    let serving = eventually(
+        "the web Service's endpoints",
+        Duration::from_secs(30),
+        || async {
+            let e = endpoints(&servers[2], "default", "web");
+            (e.len() == 3).then_some(e)
+        },
+    )
+    .await;
+    let before = cluster_state(&servers[1]);
+
+    drop(agent);
+    for server in &mut servers {
+        let status = server.stop().await.expect("a running server");
+        assert!(status.success(), "a server stopped with {status}");
+    }
+    etcd.stop().await;
+    etcd.start_stopped().await;
+    for server in &mut servers {
+        server.restart().await;
+    }
+    assert_eq!(cluster_state(&servers[2]), before);
+    // It works as before, too: a scaled Deployment gets a new pod running
+    // beside the three it had, and the Service all four as endpoints.
+    let _agent = HollowAgent::start(bin, &servers[0].kubeconfig(), 2, &hollow_log);
+    servers[2].kubectl_ok(&["scale", "deployment", "web", "--replicas=4"]);
+    eventually(
+        "the scaled deployment ready after the restart",
+        Duration::from_secs(90),
+        || async { (ready_replicas(&servers[2], "web") == "4").then_some(()) },
+    )
+    .await;
+    let now = eventually(
+        "the web Service's endpoints with the new pod",
+        Duration::from_secs(30),
+        || async {
+            let e = endpoints(&servers[2], "default", "web");
+            (e.len() == 4).then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        serving.iter().all(|e| now.contains(e)),
+        "{serving:?} are not all still in {now:?}"
+    );
 }

@@ -458,6 +458,106 @@ async fn pods_and_services_carry_traffic_on_one_node() {
 }
 
 #[tokio::test]
+async fn connections_through_a_service_outlive_a_server_restart() {
+    let mut server = KuboxServer::start(KUBOX, &["--node-name", "node"]).await;
+    server.import_busybox();
+    apply(&server, &web_pod("web", json!({"app": "web"}), None));
+    apply(
+        &server,
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "echo", "labels": {"app": "echo"}},
+            "spec": {"containers": [{
+                "name": "echo", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                "command": ["nc", "-ll", "-p", "7000", "-e", "cat"],
+                "readinessProbe": {"tcpSocket": {"port": 7000}, "periodSeconds": 1},
+            }]},
+        }),
+    );
+    ready_ip(&server, "web").await;
+    ready_ip(&server, "echo").await;
+    apply(
+        &server,
+        &service(
+            "web",
+            json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}),
+        ),
+    );
+    apply(
+        &server,
+        &service(
+            "echo",
+            json!({"selector": {"app": "echo"}, "ports": [{"port": 7000}]}),
+        ),
+    );
+    let web = format!("{}:80", cluster_ip(&server, "web"));
+    let echo: SocketAddr = format!("{}:7000", cluster_ip(&server, "echo"))
+        .parse()
+        .unwrap();
+    all_answer("the web Service answers", &web, &["web"]).await;
+    let echoes = |conn: &mut TcpStream, line: &[u8]| {
+        conn.write_all(line)?;
+        let mut back = vec![0; line.len()];
+        conn.read_exact(&mut back)?;
+        Ok::<_, std::io::Error>(back == line)
+    };
+    let mut conn = eventually("the echo Service answers", TIMEOUT, || async {
+        let mut conn = TcpStream::connect_timeout(&echo, Duration::from_secs(2)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        echoes(&mut conn, b"before\n").ok()?.then_some(conn)
+    })
+    .await;
+
+    // New connections keep being made while the server is down and while
+    // it comes back: the rules in the kernel carry them throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = std::thread::spawn({
+        let (stop, web) = (stop.clone(), web.clone());
+        move || {
+            let mut failures = Vec::new();
+            let mut tries = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                match http(&web) {
+                    Ok(body) if body == "web" => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (tries, failures)
+        }
+    });
+    let log = server.data_dir().join("server.log");
+    let full_syncs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("service rules written")
+            .count()
+    };
+    let before = full_syncs();
+    server.restart().await;
+    // The window closes once the new proxy has rewritten its whole table.
+    eventually(
+        "the restarted proxy rewrites its rules",
+        TIMEOUT,
+        || async { (full_syncs() > before).then_some(()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, failures) = prober.join().unwrap();
+    assert!(tries > 10, "only {tries} connections were tried");
+    assert!(
+        failures.is_empty(),
+        "{} of {tries} new connections failed across the restart: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        echoes(&mut conn, b"after the restart\n").unwrap(),
+        "the connection made before the restart no longer echoes"
+    );
+}
+
+#[tokio::test]
 async fn a_deleted_pods_address_leaves_the_rules_within_a_second() {
     let server = KuboxServer::start(KUBOX, &["--node-name", "node"]).await;
     server.import_busybox();

@@ -265,7 +265,7 @@ async fn every_component_serves_upstream_series_that_a_real_parser_reads() {
         "apiserver_storage_size_bytes",
         "gauge",
         "apiserver_storage_size_bytes",
-        &[],
+        &[("storage_cluster_id", "sqlite")],
     );
     assert!(size.value > 0.0, "{size:?}");
 

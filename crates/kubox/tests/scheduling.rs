@@ -119,6 +119,26 @@ async fn gates_priorities_and_preemption() {
         condition["message"],
         "Scheduling is blocked due to non-empty scheduling gates"
     );
+    let row = s.kubectl_ok(&["get", "pod", "gated", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().nth(2),
+        Some("SchedulingGated"),
+        "{row}"
+    );
+    let added = s.kubectl(&[
+        "patch",
+        "pod",
+        "gated",
+        "--type=json",
+        "-p",
+        r#"[{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": "example.com/more"}}]"#,
+    ]);
+    assert!(!added.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&added.stderr).trim(),
+        "The Pod \"gated\" is invalid: spec.schedulingGates[1].name: Forbidden: \
+         only deletion is allowed, but found new scheduling gate 'example.com/more'"
+    );
     s.kubectl_ok(&[
         "patch",
         "pod",
@@ -337,4 +357,102 @@ async fn pod_affinity_spread_and_image_locality() {
         json!({"containers": [{"name": "main", "image": "kubox.local/big:1"}]}),
     );
     assert_eq!(node_of(s, "big").await, "hollow-1");
+}
+
+#[tokio::test]
+async fn replica_set_pods_spread_by_the_system_defaults() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+    // Busy hollow-1 and hollow-2 make hollow-0 the emptiest by a margin
+    // the resource scores alone would fill it with every replica.
+    for node in ["hollow-1", "hollow-2"] {
+        let name = format!("busy-{node}");
+        create(
+            s,
+            &name,
+            json!({}),
+            json!({"nodeSelector": {"kubernetes.io/hostname": node},
+                   "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                   "resources": {"requests": {"cpu": "4"}}}]}),
+        );
+        assert_eq!(node_of(s, &name).await, node);
+    }
+    s.apply_json(&json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}},
+    }));
+    let nodes = eventually("the replicas to be bound", TIMEOUT, || async {
+        let pods = get(s, &["pods", "-l", "app=web"]);
+        let nodes: Vec<String> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+        (nodes.len() == 6).then_some(nodes)
+    })
+    .await;
+    for node in ["hollow-0", "hollow-1", "hollow-2"] {
+        assert_eq!(
+            nodes.iter().filter(|n| *n == node).count(),
+            2,
+            "{node} in {nodes:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn preemption_spares_pods_a_disruption_budget_protects() {
+    let cluster = HollowCluster::start(BIN, 2, &[]).await;
+    let s = &cluster.server;
+    for (name, value) in [("mid", 10), ("high", 1000)] {
+        s.apply_json(
+            &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                             "metadata": {"name": name}, "value": value}),
+        );
+    }
+    let big = |node: &str, class: Option<&str>, cpu: &str| {
+        let mut spec = json!({"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                               "resources": {"requests": {"cpu": cpu}}}]});
+        if !node.is_empty() {
+            spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        }
+        if let Some(class) = class {
+            spec["priorityClassName"] = json!(class);
+        }
+        spec
+    };
+    // Without the budget, the least important victim (guarded, priority 0)
+    // would make hollow-0 the node to preempt on.
+    create(
+        s,
+        "guarded",
+        json!({"app": "guarded"}),
+        big("hollow-0", None, "30"),
+    );
+    create(s, "mid", json!({}), big("hollow-1", Some("mid"), "30"));
+    assert_eq!(node_of(s, "guarded").await, "hollow-0");
+    assert_eq!(node_of(s, "mid").await, "hollow-1");
+    s.apply_json(&json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                         "metadata": {"name": "guard"},
+                         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}}));
+    eventually("the budget to count its pod", TIMEOUT, || async {
+        let pdb = get(s, &["pdb", "guard"]);
+        (pdb["status"]["currentHealthy"] == 1 && pdb["status"]["disruptionsAllowed"] == 0)
+            .then_some(())
+    })
+    .await;
+
+    create(s, "vip", json!({}), big("", Some("high"), "10"));
+    assert_eq!(node_of(s, "vip").await, "hollow-1");
+    assert_eq!(
+        get(s, &["pod", "vip"])["status"]["nominatedNodeName"],
+        "hollow-1"
+    );
+    assert!(
+        s.kubectl(&["get", "pod", "guarded"]).status.success(),
+        "the protected pod stays"
+    );
 }

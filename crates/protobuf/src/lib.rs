@@ -45,6 +45,8 @@ struct Field {
     json: &'static str,
     kind: Kind,
     repeated: bool,
+    /// The message's fields are the parent's in JSON (Go's `json:",inline"`).
+    inline: bool,
 }
 
 #[derive(Debug)]
@@ -358,6 +360,11 @@ fn decode_value(name: &str, bytes: &[u8]) -> Result<Value, DecodeError> {
                     push(&mut out, field, Value::from(p.varint()? as i64));
                 }
             }
+            (Kind::Message(m), Wire::Bytes(b)) if field.inline => {
+                if let Value::Object(embedded) = decode_value(m, b)? {
+                    out.extend(embedded);
+                }
+            }
             (kind, wire) => {
                 let value = match (kind, wire) {
                     (Kind::String, Wire::Bytes(b)) => str_field(b),
@@ -451,6 +458,40 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app"}, "data": {"a": "1"}})
+        );
+    }
+
+    #[test]
+    fn inline_messages_are_embedded_as_go_embeds_them() {
+        // IngressRule{host = 1, ingressRuleValue = 2: {http = 1: {paths = 1: [{path = 1}]}}}
+        let mut path = Vec::new();
+        bytes_field(1, b"/a", &mut path);
+        let mut http = Vec::new();
+        bytes_field(1, &path, &mut http);
+        let mut value = Vec::new();
+        bytes_field(1, &http, &mut value);
+        let mut rule = Vec::new();
+        bytes_field(1, b"x.example", &mut rule);
+        bytes_field(2, &value, &mut rule);
+        let mut spec = Vec::new();
+        bytes_field(3, &rule, &mut spec);
+        let mut ingress = Vec::new();
+        bytes_field(2, &spec, &mut ingress);
+        let v = decode_object(&envelope("networking.k8s.io/v1", "Ingress", &ingress)).unwrap();
+        assert_eq!(
+            v["spec"]["rules"],
+            serde_json::json!([{"host": "x.example", "http": {"paths": [{"path": "/a"}]}}])
+        );
+        // Volume{name = 1, volumeSource = 2: {downwardAPI = 16: {}}}: the
+        // embedded message's names are the parent's.
+        let mut source = Vec::new();
+        bytes_field(16, b"", &mut source);
+        let mut volume = Vec::new();
+        bytes_field(1, b"v", &mut volume);
+        bytes_field(2, &source, &mut volume);
+        assert_eq!(
+            decode_value("api.core.v1.Volume", &volume).unwrap(),
+            serde_json::json!({"name": "v", "downwardAPI": {}})
         );
     }
 

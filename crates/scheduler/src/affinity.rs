@@ -269,33 +269,57 @@ pub fn has_affinity(pod: &Pod) -> bool {
         .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
 }
 
-type Pair = (String, String);
+/// Counts per topology domain, by label key then value, so that a node's
+/// domains are looked up by its own labels without copying them.
+#[derive(Default)]
+struct Domains(HashMap<String, HashMap<String, i64>>);
+
+impl Domains {
+    fn add(&mut self, counts: &DomainCounts, weight: i64) {
+        // No key without domains: emptiness means no pods anywhere.
+        if counts.domains().is_empty() {
+            return;
+        }
+        let values = self.0.entry(counts.key().to_owned()).or_default();
+        for (value, n) in counts.domains() {
+            *values.entry(value.clone()).or_default() += weight * n;
+        }
+    }
+
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.0
+            .get(key)
+            .and_then(|values| values.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The count of each of the node's domains, one per key counted.
+    fn on<'a>(&'a self, info: &'a NodeInfo) -> impl Iterator<Item = i64> + 'a {
+        let labels = info.labels();
+        self.0
+            .iter()
+            .filter_map(|(key, values)| values.get(labels.get(key)?).copied())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// What the filter and score need of the cluster for one incoming pod.
 pub struct State {
     terms: Terms,
     /// Domains holding pods that match all the pod's required affinity terms.
-    affinity_counts: HashMap<Pair, i64>,
+    affinity_counts: Domains,
     /// Domains holding pods that match one of its required anti-affinity terms.
-    anti_counts: HashMap<Pair, i64>,
+    anti_counts: Domains,
     /// Domains where an existing pod's required anti-affinity forbids this pod.
-    existing_anti: HashMap<Pair, i64>,
+    existing_anti: Domains,
     /// Whether the pod matches all its own required affinity terms (the first of a group).
     matches_itself: bool,
     /// Preference per domain, for scoring.
-    preferred: HashMap<Pair, i64>,
-}
-
-fn pair(info: &NodeInfo, key: &str) -> Option<Pair> {
-    info.labels().get(key).map(|v| (key.to_owned(), v.clone()))
-}
-
-fn add_domains(into: &mut HashMap<Pair, i64>, counts: &DomainCounts, weight: i64) {
-    for (value, n) in counts.domains() {
-        *into
-            .entry((counts.key().to_owned(), value.clone()))
-            .or_default() += weight * n;
-    }
+    preferred: Domains,
 }
 
 impl State {
@@ -324,10 +348,10 @@ impl State {
                     .required_affinity
                     .iter()
                     .all(|t| t.matches(pod, ns_labels)),
-            affinity_counts: HashMap::new(),
-            anti_counts: HashMap::new(),
-            existing_anti: HashMap::new(),
-            preferred: HashMap::new(),
+            affinity_counts: Domains::default(),
+            anti_counts: Domains::default(),
+            existing_anti: Domains::default(),
+            preferred: Domains::default(),
             terms: Terms::default(),
         };
         for (kind, query) in terms.queries(ns_labels) {
@@ -335,9 +359,9 @@ impl State {
                 continue;
             };
             match kind {
-                Kind::Affinity => add_domains(&mut state.affinity_counts, counts, 1),
-                Kind::Anti => add_domains(&mut state.anti_counts, counts, 1),
-                Kind::Preferred(weight) => add_domains(&mut state.preferred, counts, weight),
+                Kind::Affinity => state.affinity_counts.add(counts, 1),
+                Kind::Anti => state.anti_counts.add(counts, 1),
+                Kind::Preferred(weight) => state.preferred.add(counts, weight),
             }
         }
         state.terms = terms;
@@ -346,9 +370,9 @@ impl State {
                 continue;
             }
             if held.forbids {
-                add_domains(&mut state.existing_anti, counts, 1);
+                state.existing_anti.add(counts, 1);
             } else {
-                add_domains(&mut state.preferred, counts, held.term.weight);
+                state.preferred.add(counts, held.term.weight);
             }
         }
         state
@@ -358,10 +382,10 @@ impl State {
         let labels = info.labels();
         let mut pods_exist = true;
         for term in &self.terms.required_affinity {
-            let Some(p) = pair(info, &term.key) else {
+            let Some(value) = labels.get(&term.key) else {
                 return Err(Rejection::unresolvable(AFFINITY_NOT_MATCH));
             };
-            if self.affinity_counts.get(&p).copied().unwrap_or(0) <= 0 {
+            if self.affinity_counts.get(&term.key, value) <= 0 {
                 pods_exist = false;
             }
         }
@@ -370,22 +394,14 @@ impl State {
         if !(pods_exist || first_of_group) {
             return Err(Rejection::unresolvable(AFFINITY_NOT_MATCH));
         }
-        let forbidden = |counts: &HashMap<Pair, i64>, p: Option<Pair>| {
-            p.is_some_and(|p| counts.get(&p).copied().unwrap_or(0) > 0)
-        };
-        if self
-            .terms
-            .required_anti
-            .iter()
-            .any(|t| forbidden(&self.anti_counts, pair(info, &t.key)))
-        {
+        if self.terms.required_anti.iter().any(|t| {
+            labels
+                .get(&t.key)
+                .is_some_and(|v| self.anti_counts.get(&t.key, v) > 0)
+        }) {
             return Err(Rejection::resolvable(ANTI_AFFINITY_NOT_MATCH));
         }
-        if !self.existing_anti.is_empty()
-            && labels
-                .iter()
-                .any(|(k, v)| forbidden(&self.existing_anti, Some((k.clone(), v.clone()))))
-        {
+        if self.existing_anti.on(info).any(|n| n > 0) {
             return Err(Rejection::resolvable(EXISTING_ANTI_AFFINITY_NOT_MATCH));
         }
         Ok(())
@@ -396,10 +412,7 @@ impl State {
         if self.preferred.is_empty() {
             return 0;
         }
-        info.labels()
-            .iter()
-            .filter_map(|(k, v)| self.preferred.get(&(k.clone(), v.clone())))
-            .sum()
+        self.preferred.on(info).sum()
     }
 }
 

@@ -310,6 +310,20 @@ impl Cache {
         self.order.iter().map(|n| &self.nodes[n])
     }
 
+    /// The nodes in order split at `start`: those before it, then the rest,
+    /// so a walk can begin anywhere without stepping over the first ones.
+    pub fn nodes_from(
+        &self,
+        start: usize,
+    ) -> (
+        impl Iterator<Item = &NodeInfo>,
+        impl Iterator<Item = &NodeInfo>,
+    ) {
+        let (before, after) = self.order.split_at(start.min(self.order.len()));
+        let info = |n: &String| &self.nodes[n];
+        (before.iter().map(info), after.iter().map(info))
+    }
+
     pub fn len(&self) -> usize {
         self.order.len()
     }

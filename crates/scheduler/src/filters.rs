@@ -1,6 +1,8 @@
 //! The filters of upstream's default profile, in its order: each says why a
 //! node cannot take a pod, in upstream's words.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
@@ -11,20 +13,22 @@ use crate::resources::{Resources, pod_requests};
 /// Why a node was rejected, and whether evicting pods (preemption) could change that.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
-    pub reasons: Vec<String>,
+    /// Upstream's fixed texts are borrowed: most nodes of a large cluster
+    /// are rejected for the same few reasons, once per pod.
+    pub reasons: Vec<Cow<'static, str>>,
     pub resolvable: bool,
 }
 
 impl Rejection {
     /// A reason evicting pods cannot change (upstream's UnschedulableAndUnresolvable).
-    pub fn unresolvable(reason: impl Into<String>) -> Self {
+    pub fn unresolvable(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reasons: vec![reason.into()],
             resolvable: false,
         }
     }
 
-    pub fn resolvable(reason: impl Into<String>) -> Self {
+    pub fn resolvable(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reasons: vec![reason.into()],
             resolvable: true,
@@ -248,7 +252,7 @@ fn resources_fit(requests: &Resources, info: &NodeInfo) -> Result<(), Rejection>
     let alloc = &info.allocatable;
     let mut reasons = Vec::new();
     if info.pods.len() as i64 + 1 > alloc.get("pods").copied().unwrap_or(0) {
-        reasons.push("Too many pods".to_owned());
+        reasons.push("Too many pods".into());
     }
     for (resource, want) in requests {
         if *want <= 0 {
@@ -256,7 +260,7 @@ fn resources_fit(requests: &Resources, info: &NodeInfo) -> Result<(), Rejection>
         }
         let used = info.requested.get(resource).copied().unwrap_or(0);
         if used + want > alloc.get(resource).copied().unwrap_or(0) {
-            reasons.push(format!("Insufficient {resource}"));
+            reasons.push(format!("Insufficient {resource}").into());
         }
     }
     if reasons.is_empty() {
@@ -301,7 +305,12 @@ pub fn fit_error(total: usize, rejections: &[Rejection], preempting: bool) -> St
         lines.sort();
         lines.join(", ")
     };
-    let reasons = histogram(rejections.iter().flat_map(|r| r.reasons.clone()).collect());
+    let reasons = histogram(
+        rejections
+            .iter()
+            .flat_map(|r| r.reasons.iter().map(|r| r.to_string()))
+            .collect(),
+    );
     let preemption = histogram(
         rejections
             .iter()

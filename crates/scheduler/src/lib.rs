@@ -16,15 +16,16 @@ mod queue;
 mod resources;
 mod scores;
 mod spread;
+mod workloads;
 
-use std::collections::{HashMap, hash_map::DefaultHasher};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -38,6 +39,7 @@ pub use crate::filters::{node_fits, tolerates};
 use crate::metrics::Outcome;
 use crate::node_info::{NodeInfo, bound_node, occupies_node};
 use crate::queue::{Key, Queue};
+use tokio::sync::mpsc;
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -58,13 +60,19 @@ struct Context {
     pods: Store<Pod>,
     /// For affinity terms' namespaceSelector.
     namespaces: Store<Namespace>,
-    cache: Mutex<Cache>,
+    /// For the system default spread constraints.
+    workloads: workloads::Workloads,
+    /// For preemption, which breaks as few of them as it can.
+    budgets: Store<PodDisruptionBudget>,
+    /// What the watches saw, for the scheduling task that owns the cache:
+    /// a watch never waits for a decision to finish.
+    updates: mpsc::UnboundedSender<Update>,
     queue: Arc<Queue>,
     metrics: metrics::Metrics,
     events: Recorder,
     /// What each pending pod looked like when queued, so status-only updates
     /// (our own condition patches among them) do not retry it.
-    seen: Mutex<HashMap<Key, u64>>,
+    seen: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Where the next pod's filtering starts, so that successive pods are
     /// tried against different nodes when not all are looked at.
     next_start: AtomicUsize,
@@ -99,12 +107,12 @@ fn is_pending_for_us(pod: &Pod) -> bool {
         )
 }
 
-fn fingerprint(pod: &Pod) -> u64 {
-    let mut h = DefaultHasher::new();
-    serde_json::to_string(&(&pod.spec, &pod.metadata.labels, &pod.metadata.annotations))
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
+/// Whether a pod asks to be scheduled as it did: compared field by field,
+/// which costs less than serialising each pending pod's every event.
+fn same_request(a: &Pod, b: &Pod) -> bool {
+    a.spec == b.spec
+        && a.metadata.labels == b.metadata.labels
+        && a.metadata.annotations == b.metadata.annotations
 }
 
 /// How many feasible nodes to look for before scoring, as upstream's
@@ -125,24 +133,28 @@ impl Scheduler {
         let queue = Arc::new(Queue::default());
         metrics.follow(&queue);
         let (pods, pods_writer) = reflector::store::<Pod>();
-        let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-        let namespace_events = tokio::spawn(
-            reflector::reflector(
-                namespaces_writer,
-                watcher(
-                    Api::<Namespace>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
-            )
-            .default_backoff()
-            .for_each(|_| async {}),
-        );
+        // Nothing waits on these stores' changes: they are read per pod.
+        use kubox_client::follow;
+        let (namespaces, namespace_events) = follow(client.clone(), Arc::default());
+        let (services, service_events) = follow(client.clone(), Arc::default());
+        let (replication_controllers, rc_events) = follow(client.clone(), Arc::default());
+        let (replica_sets, rs_events) = follow(client.clone(), Arc::default());
+        let (stateful_sets, statefulset_events) = follow(client.clone(), Arc::default());
+        let (budgets, budget_events) = follow(client.clone(), Arc::default());
+        let (updates, mut updates_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {
             namespaces,
+            budgets,
+            workloads: workloads::Workloads {
+                services,
+                replication_controllers,
+                replica_sets,
+                stateful_sets,
+            },
             events: Recorder::new(client.clone(), DEFAULT_SCHEDULER, None),
             client: client.clone(),
             pods,
-            cache: Mutex::default(),
+            updates,
             queue,
             metrics,
             seen: Mutex::default(),
@@ -164,7 +176,7 @@ impl Scheduler {
                         }
                         Ok(watcher::Event::Delete(pod)) => {
                             let k = key(&pod);
-                            lock(&ctx.cache).remove_pod(&k);
+                            ctx.update(Update::PodGone(k.clone()));
                             ctx.forget(&k);
                             ctx.queue.move_all_to_active();
                         }
@@ -182,11 +194,11 @@ impl Scheduler {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                            lock(&ctx.cache).set_node(Arc::new(node));
+                            ctx.update(Update::Node(Arc::new(node)));
                             ctx.queue.move_all_to_active();
                         }
                         Ok(watcher::Event::Delete(node)) => {
-                            lock(&ctx.cache).remove_node(&node.name_any());
+                            ctx.update(Update::NodeGone(node.name_any()));
                             ctx.queue.move_all_to_active();
                         }
                         Ok(watcher::Event::InitDone) => {
@@ -202,10 +214,25 @@ impl Scheduler {
         let scheduling = tokio::spawn(async move {
             let _ = ctx.pods.wait_until_ready().await;
             let _ = ctx.namespaces.wait_until_ready().await;
+            let w = &ctx.workloads;
+            let _ = w.services.wait_until_ready().await;
+            let _ = w.replication_controllers.wait_until_ready().await;
+            let _ = w.replica_sets.wait_until_ready().await;
+            let _ = w.stateful_sets.wait_until_ready().await;
+            let _ = ctx.budgets.wait_until_ready().await;
             let _ = nodes_ready.wait_for(|listed| *listed).await;
+            let mut cache = Cache::default();
             loop {
-                let key = ctx.queue.pop().await;
-                ctx.schedule_one(&key).await;
+                tokio::select! {
+                    Some(update) = updates_rx.recv() => update.apply(&mut cache),
+                    key = ctx.queue.pop() => {
+                        // Everything the watches saw before the pod was queued.
+                        while let Ok(update) = updates_rx.try_recv() {
+                            update.apply(&mut cache);
+                        }
+                        ctx.schedule_one(&mut cache, &key).await;
+                    }
+                }
             }
         });
         Self {
@@ -213,21 +240,53 @@ impl Scheduler {
                 pod_events,
                 node_events,
                 namespace_events,
+                service_events,
+                rc_events,
+                rs_events,
+                statefulset_events,
+                budget_events,
                 scheduling,
             ]),
         }
     }
 }
 
+/// A change the cache is to take in.
+enum Update {
+    Pod(Key, Arc<Pod>),
+    PodGone(Key),
+    Node(Arc<Node>),
+    NodeGone(String),
+    /// A pod assumed on a node could not be bound there.
+    BindingFailed(Key),
+}
+
+impl Update {
+    fn apply(self, cache: &mut Cache) {
+        match self {
+            Self::Pod(key, pod) => cache.set_pod(key, pod),
+            Self::PodGone(key) => cache.remove_pod(&key),
+            Self::Node(node) => cache.set_node(node),
+            Self::NodeGone(name) => cache.remove_node(&name),
+            Self::BindingFailed(key) => cache.forget_assumed(&key),
+        }
+    }
+}
+
 impl Context {
+    fn update(&self, update: Update) {
+        // Only a stopped scheduling task drops the receiver.
+        let _ = self.updates.send(update);
+    }
+
     fn on_pod(&self, pod: Pod) {
         let k = key(&pod);
         let pending = is_pending_for_us(&pod);
         let freed = !pending && !occupies_node(&pod) && bound_node(&pod).is_some();
-        let fp = pending.then(|| fingerprint(&pod));
         let priority = priority(&pod);
-        lock(&self.cache).set_pod(k.clone(), Arc::new(pod));
-        let Some(fp) = fp else {
+        let pod = Arc::new(pod);
+        self.update(Update::Pod(k.clone(), pod.clone()));
+        if !pending {
             self.forget(&k);
             if freed {
                 // A finished pod freed its node.
@@ -235,7 +294,9 @@ impl Context {
             }
             return;
         };
-        let changed = lock(&self.seen).insert(k.clone(), fp) != Some(fp);
+        let changed = lock(&self.seen)
+            .insert(k.clone(), pod.clone())
+            .is_none_or(|old| !same_request(&old, &pod));
         if changed {
             self.queue.add(k, priority);
         }
@@ -259,7 +320,8 @@ impl Context {
         }
         let namespaces = affinity::State::needed(pod, cache)
             .then(|| affinity::namespace_labels(&self.namespaces.state()));
-        let mut queries = spread::State::queries(pod);
+        let workload_pods = self.workloads.selector(pod);
+        let mut queries = spread::State::queries(pod, workload_pods.as_ref());
         if let Some(namespaces) = &namespaces {
             queries.extend(affinity::State::queries(pod, namespaces));
         }
@@ -267,7 +329,7 @@ impl Context {
         let cache = &*cache;
         let pre = filters::PreFilter {
             affinity: namespaces.map(|namespaces| affinity::State::new(pod, cache, &namespaces)),
-            spread: spread::State::new(pod, cache),
+            spread: spread::State::new(pod, cache, workload_pods.as_ref()),
             ..filters::PreFilter::new(pod)
         };
         let want = feasible_to_find(total);
@@ -275,7 +337,8 @@ impl Context {
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut rejected = Vec::new();
         let mut visited = 0;
-        for info in cache.nodes().cycle().skip(start).take(total) {
+        let (before, after) = cache.nodes_from(start);
+        for info in after.chain(before) {
             visited += 1;
             match filters::filter(pod, &pre, info) {
                 Ok(()) => {
@@ -291,7 +354,10 @@ impl Context {
             .store((start + visited) % total, Ordering::Relaxed);
         if feasible.is_empty() {
             let preempt = preemption::eligible(pod)
-                .then(|| preemption::find(pod, &pre, &rejected))
+                .then(|| {
+                    let budgets = preemption::Budgets::new(&self.budgets.state());
+                    preemption::find(pod, &pre, &rejected, &budgets)
+                })
                 .flatten();
             let rejections: Vec<_> = rejected.into_iter().map(|(_, r)| r).collect();
             return Err(Unschedulable {
@@ -312,7 +378,7 @@ impl Context {
             .to_owned())
     }
 
-    async fn schedule_one(self: &Arc<Self>, key: &str) {
+    async fn schedule_one(self: &Arc<Self>, cache: &mut Cache, key: &str) {
         let started = Instant::now();
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
         let Some(pod) = self.pods.get(&ObjectRef::new(name).within(ns)) else {
@@ -323,7 +389,7 @@ impl Context {
             self.forget(key);
             return;
         }
-        let decision = self.decide(&pod, &mut lock(&self.cache));
+        let decision = self.decide(&pod, cache);
         let chosen = match decision {
             Ok(chosen) => chosen,
             Err(Unschedulable { message, preempt }) => {
@@ -337,10 +403,10 @@ impl Context {
                 return;
             }
         };
-        lock(&self.cache).assume(key.to_owned(), chosen.clone(), pod.clone());
+        cache.assume(key.to_owned(), chosen.clone(), pod.clone());
         // Deleted while we decided: its delete event may have come and gone.
         if self.pods.get(&ObjectRef::new(name).within(ns)).is_none() {
-            lock(&self.cache).forget_assumed(key);
+            cache.forget_assumed(key);
             self.forget(key);
             return;
         }
@@ -372,7 +438,7 @@ impl Context {
                 );
             }
             Err(e) => {
-                lock(&self.cache).forget_assumed(key);
+                self.update(Update::BindingFailed(key.to_owned()));
                 match e {
                     // Bound meanwhile, or gone: nothing left to do.
                     kube::Error::Api(s) if s.code == 409 || s.code == 404 => self.forget(key),

@@ -2,11 +2,14 @@
 //! topology domain (by the cache, as pods come and go); a node is feasible
 //! while placing the pod there keeps each DoNotSchedule constraint's skew
 //! within maxSkew, and ScheduleAnyway constraints prefer the emptier domains.
+//! A pod without constraints of its own that belongs to workloads (see
+//! `workloads`) gets upstream's system default ones, in scoring only.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
@@ -20,6 +23,11 @@ pub const MISSING_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Upstream's `systemDefaultConstraints` (the default profile's
+/// `defaultingType: System`): key and maxSkew, all ScheduleAnyway.
+const SYSTEM_DEFAULTS: [(&str, i32); 2] = [(HOSTNAME, 3), (ZONE, 5)];
 
 struct Constraint {
     max_skew: i64,
@@ -34,6 +42,9 @@ struct Constraint {
     honor_taints: bool,
     /// Whether the incoming pod is one of the pods it counts.
     self_match: i64,
+    /// One of the system defaults: a node without its key still scores
+    /// by the other constraints instead of being left out.
+    system: bool,
 }
 
 impl Constraint {
@@ -64,6 +75,7 @@ impl Constraint {
             honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
             honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
             self_match: i64::from(self_match),
+            system: false,
         }
     }
 
@@ -93,12 +105,34 @@ impl Constraint {
     }
 }
 
-fn constraints(pod: &Pod) -> Vec<Constraint> {
-    pod.spec
+/// The pod's own constraints, or else, when it belongs to workloads
+/// selecting `workload_pods`, the system defaults over those pods.
+fn constraints(pod: &Pod, workload_pods: Option<&LabelSelector>) -> Vec<Constraint> {
+    let own: Vec<Constraint> = pod
+        .spec
         .iter()
         .flat_map(|s| s.topology_spread_constraints.iter().flatten())
         .map(|c| Constraint::new(c, pod))
-        .collect()
+        .collect();
+    match workload_pods {
+        Some(selector) if own.is_empty() => SYSTEM_DEFAULTS
+            .iter()
+            .map(|(key, max_skew)| {
+                let c = TopologySpreadConstraint {
+                    max_skew: *max_skew,
+                    topology_key: (*key).to_owned(),
+                    when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                    label_selector: Some(selector.clone()),
+                    ..Default::default()
+                };
+                Constraint {
+                    system: true,
+                    ..Constraint::new(&c, pod)
+                }
+            })
+            .collect(),
+        _ => own,
+    }
 }
 
 /// Per constraint: matching pods per domain value.
@@ -113,9 +147,10 @@ pub struct State<'a> {
 }
 
 impl<'a> State<'a> {
-    /// What [`State::new`] asks the cache to count for the pod.
-    pub fn queries(pod: &Pod) -> Vec<Query> {
-        constraints(pod)
+    /// What [`State::new`] asks the cache to count for the pod, which
+    /// belongs to the workloads selecting `workload_pods`.
+    pub fn queries(pod: &Pod, workload_pods: Option<&LabelSelector>) -> Vec<Query> {
+        constraints(pod, workload_pods)
             .into_iter()
             .filter_map(|c| c.query)
             .collect()
@@ -123,8 +158,8 @@ impl<'a> State<'a> {
 
     /// The state from the cache's counts, once the cache was prepared
     /// with the pod's [`State::queries`].
-    pub fn new(pod: &Pod, cache: &'a Cache) -> Option<Self> {
-        let constraints = constraints(pod);
+    pub fn new(pod: &Pod, cache: &'a Cache, workload_pods: Option<&LabelSelector>) -> Option<Self> {
+        let constraints = constraints(pod, workload_pods);
         if constraints.is_empty() {
             return None;
         }
@@ -239,7 +274,12 @@ impl<'a> State<'a> {
             .map(|info| {
                 let mut total = 0.0;
                 for ((i, c), w) in soft.iter().zip(&weights) {
-                    let value = info.labels().get(&c.key)?;
+                    let Some(value) = info.labels().get(&c.key) else {
+                        if c.system {
+                            continue;
+                        }
+                        return None;
+                    };
                     let count = if c.key == HOSTNAME {
                         self.pods[*i].map_or(0, |p| p.on_node(info.name()))
                     } else {
@@ -303,7 +343,7 @@ mod tests {
 
     /// The cache, made ready for `incoming`.
     fn prepared<'a>(cache: &'a mut Cache, incoming: &Pod) -> &'a Cache {
-        cache.prepare(&State::queries(incoming));
+        cache.prepare(&State::queries(incoming, None));
         cache
     }
 
@@ -313,7 +353,7 @@ mod tests {
         cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
         let incoming = spread("DoNotSchedule", json!({}));
         let cache = prepared(&mut cache, &incoming);
-        let state = State::new(&incoming, cache).unwrap();
+        let state = State::new(&incoming, cache, None).unwrap();
         let v: Vec<_> = cache.nodes().map(|n| state.filter(n)).collect();
         assert_eq!(v[0].as_ref().unwrap_err().reasons, [CONSTRAINTS_NOT_MATCH]);
         assert!(v[0].as_ref().unwrap_err().resolvable);
@@ -329,7 +369,7 @@ mod tests {
         for (min_domains, fits) in [(json!({"minDomains": 3}), false), (json!({}), true)] {
             let incoming = spread("DoNotSchedule", min_domains);
             let cache = prepared(&mut cache, &incoming);
-            let state = State::new(&incoming, cache).unwrap();
+            let state = State::new(&incoming, cache, None).unwrap();
             assert!(cache.nodes().all(|n| state.filter(n).is_ok() == fits));
         }
     }
@@ -340,10 +380,36 @@ mod tests {
         cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
         let incoming = spread("ScheduleAnyway", json!({}));
         let cache = prepared(&mut cache, &incoming);
-        let state = State::new(&incoming, cache).unwrap();
+        let state = State::new(&incoming, cache, None).unwrap();
         let nodes: Vec<&NodeInfo> = cache.nodes().collect();
         let scores = state.scores(&nodes);
         assert!(scores[1] > scores[0], "{scores:?}");
         assert!(nodes.iter().all(|n| state.filter(n).is_ok()));
+    }
+
+    #[test]
+    fn workload_pods_spread_by_system_defaults_in_scoring_only() {
+        let mut cache = cluster(&[("a", None), ("b", None)]);
+        cache.assume("default/w1".into(), "a".into(), pod("w1", json!({})));
+        let incoming = pod("new", json!({}));
+        assert!(State::new(&incoming, &cache, None).is_none(), "no workload");
+        let web: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap();
+        cache.prepare(&State::queries(&incoming, Some(&web)));
+        let state = State::new(&incoming, &cache, Some(&web)).unwrap();
+        let nodes: Vec<&NodeInfo> = cache.nodes().collect();
+        // Without zones the hostname default alone decides, over every node.
+        assert_eq!(state.scores(&nodes), [59, 100]);
+        assert!(nodes.iter().all(|n| state.filter(n).is_ok()));
+        let own = spread(
+            "ScheduleAnyway",
+            json!({"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "none"}}}),
+        );
+        let state = State::new(&own, &cache, Some(&web)).unwrap();
+        assert_eq!(
+            state.scores(&nodes),
+            [100, 100],
+            "the pod's own constraints (counting no pods) win"
+        );
     }
 }

@@ -298,6 +298,14 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn db_status(&self) -> Result<DbStatus> {
+        let resp = self.client.clone().status().await?;
+        Ok(DbStatus {
+            cluster_id: format!("etcd-{}", resp.header().map_or(0, |h| h.cluster_id())),
+            size_bytes: u64::try_from(resp.db_size()).unwrap_or(0),
+        })
+    }
+
     async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId> {
         Ok(self
             .client

@@ -70,6 +70,9 @@ pub trait Store: Send + Sync + 'static {
     /// live key is kept.
     async fn compact(&self, revision: Revision) -> Result<()>;
 
+    /// The database's identity and size on disk.
+    async fn db_status(&self) -> Result<DbStatus>;
+
     /// Grants a lease; keys attached to it are deleted when it expires.
     async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId>;
 

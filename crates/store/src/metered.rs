@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::{
-    LeaseId, Op, RangeRequest, RangeResponse, Result, Revision, Store, Txn, TxnResponse,
+    DbStatus, LeaseId, Op, RangeRequest, RangeResponse, Result, Revision, Store, Txn, TxnResponse,
     WatchRequest, WatchStream,
 };
 
@@ -117,6 +117,10 @@ impl Store for MeteredStore {
         let r = self.inner.compact(revision).await;
         self.observe("compact", String::new(), started);
         r
+    }
+
+    async fn db_status(&self) -> Result<DbStatus> {
+        self.inner.db_status().await
     }
 
     async fn lease_grant(&self, ttl_seconds: i64) -> Result<LeaseId> {

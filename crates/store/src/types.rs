@@ -42,6 +42,17 @@ impl Event {
     }
 }
 
+/// What a backend reports of its database, as etcd's Status call does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbStatus {
+    /// Names the cluster holding the data: `sqlite` for the embedded store,
+    /// `etcd-<cluster id>` for etcd, as upstream labels its storage metrics.
+    pub cluster_id: String,
+    /// Bytes the database takes on disk, including space compaction freed
+    /// but the file still holds.
+    pub size_bytes: u64,
+}
+
 /// What a watch stream yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchMessage {

@@ -579,6 +579,35 @@ mod cases {
         );
     }
 
+    pub async fn db_status_reports_the_size_on_disk(h: &mut Harness) {
+        let s = h.store();
+        let before = s.db_status().await.unwrap();
+        assert!(
+            before.cluster_id == "sqlite" || before.cluster_id.starts_with("etcd-"),
+            "{before:?}"
+        );
+        for i in 0..4 {
+            s.create(
+                &format!("/sized/{i}"),
+                Bytes::from(vec![b'x'; 1_000_000]),
+                0,
+            )
+            .await
+            .unwrap();
+        }
+        // etcd reports its database as of its last backend commit, a
+        // batch interval after the write.
+        let after = eventually("the store to count what was written", WAIT, || {
+            let s = s.clone();
+            async move {
+                let after = s.db_status().await.unwrap();
+                (after.size_bytes >= before.size_bytes + 4_000_000).then_some(after)
+            }
+        })
+        .await;
+        assert_eq!(after.cluster_id, before.cluster_id);
+    }
+
     pub async fn many_keys(h: &mut Harness) {
         let s = h.store();
         const N: usize = 100_000;
@@ -722,6 +751,7 @@ suite!(
     automatic_compaction,
     concurrent_writers_get_unique_revisions,
     large_values,
+    db_status_reports_the_size_on_disk,
     many_keys,
     progress_on_request,
     restart_keeps_every_write,

@@ -159,6 +159,11 @@ impl Host {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Its process's ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether its process has exited.
     pub fn exited(&mut self) -> bool {
         self.child

@@ -108,6 +108,29 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
+/// How long a fixture's process may take to stop on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SIGTERMs a fixture's process, if running, and reaps it: a graceful
+/// stop, which must end within [`STOP_TIMEOUT`]. Returns how it exited.
+async fn terminate(child: &mut Option<Child>, what: &str) -> Option<std::process::ExitStatus> {
+    let mut child = child.take()?;
+    let pid = rustix::process::Pid::from_child(&child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not stop within {STOP_TIMEOUT:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The path of one of the example applications' binaries (examples/apps),
 /// built first if needed; they sit beside the `kubox` binary `beside`.
 pub fn example_binary(beside: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -252,6 +275,26 @@ impl EtcdCluster {
         self.kill(member);
         self.spawn(member);
         self.wait_healthy(member).await;
+    }
+
+    /// Stops every member gracefully (SIGTERM), as a shutdown of all hosts.
+    pub async fn stop(&mut self) {
+        for member in &mut self.members {
+            terminate(&mut member.child, "etcd").await;
+        }
+    }
+
+    /// Starts every member that is not running on its data directory and
+    /// waits until all are healthy (together: one alone has no quorum).
+    pub async fn start_stopped(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i).await;
+        }
     }
 
     fn name(member: usize) -> String {
@@ -736,6 +779,12 @@ impl KuboxServer {
     /// SIGKILL, as a crash or power cut of the process would.
     pub fn kill(&mut self) {
         kill(&mut self.child);
+    }
+
+    /// SIGTERM, as a shutdown: the server gives up its leases and leaves
+    /// the endpoints before it exits. Returns how it exited.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        terminate(&mut self.child, "kubox server").await
     }
 
     /// Starts the server again on the same data directory and port.

@@ -1215,13 +1215,16 @@ fn namespaced() -> (Vec<Value>, Vec<Value>) {
         }),
     ];
     // The Services (and their endpoints) DNS and the ingress controller
-    // publish for themselves, and nothing else, in kube-system.
+    // publish for themselves, and nothing else, in kube-system; the Leases
+    // the ingress controller elects its status writer by and reads the live
+    // servers from.
     let mut roles = roles;
     roles.push(json!({
         "metadata": metadata(PUBLISHER, &[]),
         "rules": [
             rule(&["get", "create", "update", "patch"], &[""], &["services", "endpoints"]),
             rule(&["get", "create", "update", "patch"], &["discovery.k8s.io"], &["endpointslices"]),
+            rule(&["get", "list", "watch", "create", "update"], &["coordination.k8s.io"], &["leases"]),
         ],
     }));
     let bindings = vec![
