@@ -129,10 +129,12 @@ pub struct ApiServer {
     pub api: Arc<Api>,
     /// Where an in-process metrics-server puts what it measures.
     pub resource_metrics: Arc<resource_metrics::MetricsWindow>,
-    pki: pki::Pki,
+    pki: Arc<pki::Pki>,
     server_url: String,
     data_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    /// Renews the serving certificate and takes up rotated ones.
+    serving: tokio::task::JoinHandle<()>,
     peer: Arc<peers::Peer>,
     peers: tokio::task::JoinHandle<()>,
 }
@@ -140,6 +142,7 @@ pub struct ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.serving.abort();
         self.peers.abort();
     }
 }
@@ -190,7 +193,7 @@ impl ApiServer {
                 secrets::share(store.as_ref(), &pki_dir, token, create_cluster_secrets).await?;
             tracing::info!("cluster secrets: {shared:?}");
         }
-        let pki = pki::Pki::load_or_create(&pki_dir)?;
+        let pki = Arc::new(pki::Pki::load_or_create(&pki_dir)?);
         let encryption = encryption::Encryption::load(
             config.encryption_provider_config.as_deref(),
             &pki_dir,
@@ -198,8 +201,9 @@ impl ApiServer {
         )?;
         let store: Arc<dyn Store> = encryption::EncryptedStore::open(store, encryption).await?;
         let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
-        let serving = pki.serving(&sans(config))?;
-        let tls = server::tls_config(&serving, pki.ca_pem())?;
+        let names = sans(config);
+        let serving = Arc::new(server::ServingCert::new(&pki.serving(&names)?)?);
+        let tls = server::tls_config(serving.clone(), pki.ca_pem())?;
         let addr = SocketAddr::new(config.bind_address, config.https_port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
             addr,
@@ -270,6 +274,7 @@ impl ApiServer {
             tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
+        let serving = tokio::spawn(server::keep_serving_current(pki.clone(), names, serving));
         bootstrap::run(&api, config.advertise_address, addr.port(), pki.ca_pem())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
@@ -310,6 +315,7 @@ impl ApiServer {
             server_url,
             data_dir: config.data_dir.clone(),
             task,
+            serving,
             peer,
             peers,
         })

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod certs;
 mod datastore;
 mod dns;
 mod image;
@@ -51,6 +52,8 @@ enum Command {
     User(user::UserArgs),
     /// Move a cluster's data between datastores (`migrate`: embedded to etcd).
     Datastore(datastore::DatastoreArgs),
+    /// Renew the cluster's certificates (`rotate`: all but the CA).
+    Certs(certs::CertsArgs),
     /// Work on the cluster's Secrets (re-encrypting them after a key change).
     Secrets(secrets::SecretsArgs),
     /// Measure kubox's components.
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let cli = match cli.command {
         Command::Image(args) => return image::run(args),
         Command::User(args) => return user::run(args),
+        Command::Certs(args) => return certs::run(args),
         command => Cli { command, ..cli },
     };
     tracing_subscriber::fmt()
@@ -88,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             Command::Datastore(args) => datastore::run(args).await,
             Command::Secrets(args) => secrets::run(args).await,
             Command::Token(args) => token::run(args).await,
-            Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
+            Command::Image(_) | Command::User(_) | Command::Certs(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }
         }

@@ -630,3 +630,102 @@ async fn only_tls_1_2_and_later_are_served() {
         );
     }
 }
+
+/// The serial number and expiry of the certificate a new TLS connection to
+/// the server is given.
+fn presented_certificate(server: &KuboxServer) -> String {
+    let hello = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port()),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let out = kubox_testkit::output_with_input(
+        Command::new("openssl").args(["x509", "-noout", "-serial", "-enddate"]),
+        &hello.stdout,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_served_without_a_restart() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let before = presented_certificate(&server);
+    let old_kubeconfig = server.data_dir().join("old-admin.kubeconfig");
+    std::fs::copy(server.kubeconfig(), &old_kubeconfig).unwrap();
+
+    // A watch whose connection was made before the rotation.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["get", "configmaps", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut await_line = |wanted: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !seen.iter().any(|l| l == wanted) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("the watch never printed {wanted} ({e}); it printed {seen:?}"),
+            }
+        }
+    };
+    server.kubectl_ok(&["create", "configmap", "before"]);
+    await_line("configmap/before");
+
+    let rotate = Command::new(KUBOX)
+        .args(["certs", "rotate", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let log = text(&rotate.stderr);
+    assert!(log.contains("server: renewed"), "{log}");
+    assert!(log.contains("admin: renewed"), "{log}");
+
+    let after = eventually(
+        "a new connection to get the new certificate",
+        Duration::from_secs(20),
+        || {
+            let now = presented_certificate(&server);
+            let changed = now != before;
+            async move { changed.then_some(now) }
+        },
+    )
+    .await;
+    assert!(after.contains("serial="), "{after}");
+    assert_ne!(
+        std::fs::read(server.kubeconfig()).unwrap(),
+        std::fs::read(&old_kubeconfig).unwrap(),
+        "the admin kubeconfig keeps its old certificate"
+    );
+    // The new admin certificate, and the old one (still valid: same CA).
+    server.kubectl_ok(&["create", "configmap", "after"]);
+    let old = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&old_kubeconfig)
+        .args(["get", "configmap", "after", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(old.status.success(), "{}", text(&old.stderr));
+    await_line("configmap/after");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
