@@ -1184,12 +1184,42 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
         text(&out.stderr)
     );
 
-    // NodeRestriction: not another node, not a restricted label of its own.
-    let out = kubectl_as(&node_a, &["label", "node", "node-b", "rack=r1"]);
+    // Another Node is not read by name; what the service proxy and the pod
+    // network follow is listed (kubox:node-network), but not what only
+    // kube-proxy's own identity reads (system:node-proxier's Endpoints).
+    let out = kubectl_as(&node_a, &["get", "node", "node-b"]);
     assert_eq!(
         refused(&out),
-        "Error from server (Forbidden): nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\""
+        "Error from server (Forbidden): nodes \"node-b\" is forbidden: User \"system:node:node-a\" cannot get resource \"nodes\" in API group \"\" at the cluster scope: node 'node-a' cannot read 'node-b', only its own Node object"
     );
+    for read in [
+        &["get", "nodes", "-o", "name"][..],
+        &["get", "services", "-A", "-o", "name"],
+        &["get", "endpointslices", "-A", "-o", "name"],
+        &["get", "node", "node-a", "-o", "name"],
+    ] {
+        let out = kubectl_as(&node_a, read);
+        assert!(out.status.success(), "{read:?}: {}", text(&out.stderr));
+    }
+    let out = kubectl_as(&node_a, &["get", "endpoints", "-A"]);
+    assert_eq!(
+        refused(&out),
+        "Error from server (Forbidden): endpoints is forbidden: User \"system:node:node-a\" cannot list resource \"endpoints\" in API group \"\" at the cluster scope"
+    );
+    let proxier: serde_json::Value = serde_json::from_str(&server.kubectl_ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:node-proxier",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        proxier["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}])
+    );
+
+    // NodeRestriction: not a restricted label of its own.
     let out = kubectl_as(
         &node_a,
         &[
@@ -1208,11 +1238,11 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
 
     // Its own status, as a kubelet reports it (PUT of `nodes/status`: the
     // Node authorizer, as upstream's, lets a node write its status but not
-    // read it, which `kubectl patch --subresource=status` would first).
+    // read it, which `kubectl patch --subresource=status` would first), and
+    // not another's (NodeRestriction).
     let put_status = |node: &str| {
-        let out = kubectl_as(&node_a, &["get", "node", node, "-o", "json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let mut object: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = server.kubectl_ok(&["get", "node", node, "-o", "json"]);
+        let mut object: serde_json::Value = serde_json::from_str(&out).unwrap();
         object["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}]);
         let file = dir.path().join(format!("{node}-status.json"));
         std::fs::write(&file, object.to_string()).unwrap();
