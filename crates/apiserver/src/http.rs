@@ -2,7 +2,7 @@
 //! routing to discovery, health and the generic resource handlers, content
 //! negotiation (JSON, Table, PartialObjectMetadata) and watch streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +38,34 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 pub const ANONYMOUS: &str = "system:anonymous";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 
-/// Who made a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who made a request: upstream's user info, whose `uid` and `extra` are
+/// empty when the credential carries none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
+    pub uid: String,
     pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
 }
+
+impl Identity {
+    /// Upstream's UserInfo, as reviews and audit events show it (`uid` and
+    /// `extra` omitted when empty).
+    pub fn user_info(&self) -> Value {
+        let mut info = json!({"username": self.user, "groups": self.groups});
+        if !self.uid.is_empty() {
+            info["uid"] = json!(self.uid);
+        }
+        if !self.extra.is_empty() {
+            info["extra"] = json!(self.extra);
+        }
+        info
+    }
+}
+
+/// The `extra` key naming the credential a user authenticated with
+/// (a certificate's fingerprint, a token's ID), as upstream's.
+pub const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
 
 pub struct Handler {
     pub api: Arc<Api>,
@@ -336,6 +358,7 @@ impl Handler {
             (None, None) => Identity {
                 user: ANONYMOUS.to_owned(),
                 groups: vec![UNAUTHENTICATED.to_owned()],
+                ..Identity::default()
             },
         };
         let identity = match crate::impersonation::impersonate(

@@ -16,7 +16,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{Handler, Identity};
+use crate::http::{CREDENTIAL_ID, Handler, Identity};
 use crate::pki::{CertPair, Pki};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +152,19 @@ fn identity(cert: &CertificateDer<'_>) -> Option<Identity> {
         .collect();
     // Every authenticated user is in this group, as upstream adds it.
     groups.push("system:authenticated".to_owned());
-    Some(Identity { user, groups })
+    // Upstream (1.32+) names the certificate by its SHA-256 fingerprint.
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let hex: String = fingerprint
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(Identity {
+        user,
+        groups,
+        extra: [(CREDENTIAL_ID.to_owned(), vec![format!("X509SHA256={hex}")])].into(),
+        ..Identity::default()
+    })
 }
 
 /// Serves connections from `listener` until the task is dropped.

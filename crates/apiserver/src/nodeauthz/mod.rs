@@ -233,6 +233,7 @@ mod tests {
         Identity {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Identity::default()
         }
     }
 
