@@ -49,10 +49,16 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Upstream's UserInfo, as reviews and audit events show it (`uid` and
-    /// `extra` omitted when empty).
+    /// Upstream's UserInfo, as reviews and audit events show it (empty
+    /// fields omitted: a request that failed authentication has `{}`).
     pub fn user_info(&self) -> Value {
-        let mut info = json!({"username": self.user, "groups": self.groups});
+        let mut info = json!({});
+        if !self.user.is_empty() {
+            info["username"] = json!(self.user);
+        }
+        if !self.groups.is_empty() {
+            info["groups"] = json!(self.groups);
+        }
         if !self.uid.is_empty() {
             info["uid"] = json!(self.uid);
         }
@@ -324,6 +330,63 @@ async fn read_body(body: Incoming) -> ApiResult<Bytes> {
 }
 
 impl Handler {
+    /// The audit record of a request, when there is an audit log and its
+    /// policy records the request, and the request's resource.
+    fn audit_record(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        user: &Identity,
+        impersonated: &Identity,
+        peer: std::net::IpAddr,
+    ) -> Option<(crate::audit::Record, Option<ResourceRequest>)> {
+        let audit = self.audit.as_ref()?;
+        let watch = query(req)
+            .get("watch")
+            .is_some_and(|v| v == "true" || v == "1");
+        let rr = request::parse(req.method(), path, watch);
+        let method = req.method().as_str().to_ascii_lowercase();
+        let attrs = crate::audit::RequestAttributes {
+            user,
+            verb: rr.as_ref().map_or(method.as_str(), |rr| rr.verb.as_str()),
+            resource: rr.as_ref(),
+            path,
+        };
+        let uri = req
+            .uri()
+            .path_and_query()
+            .map_or(path.to_owned(), |pq| pq.as_str().to_owned());
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let record = audit.begin(&attrs, impersonated, &uri, peer, agent)?;
+        Some((record, rr))
+    }
+
+    /// Upstream's `WithFailedAuthenticationAudit`: a request whose
+    /// credentials were refused is audited by the policy as a request of
+    /// no user, in one ResponseStarted event saying what was attempted.
+    fn audit_failed_authentication(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        peer: std::net::IpAddr,
+    ) {
+        let nobody = Identity::default();
+        let Some((record, _)) = self.audit_record(req, path, &nobody, &nobody, peer) else {
+            return;
+        };
+        let mut status = crate::audit::response_status(401, None);
+        status["message"] = json!("Authentication failed, attempted: bearer");
+        record.emit(
+            crate::audit::Stage::ResponseStarted,
+            None,
+            Some(&status),
+            None,
+        );
+    }
+
     pub async fn handle(
         &self,
         req: Request<Incoming>,
@@ -348,6 +411,7 @@ impl Handler {
                         Ok(identity) => identity,
                         Err(why) => {
                             tracing::debug!(%why, "bearer token refused");
+                            self.audit_failed_authentication(&req, &path, peer);
                             return error_response(&ApiError::unauthorized());
                         }
                     }
@@ -369,29 +433,8 @@ impl Handler {
             Ok(i) => i,
             Err(e) => return error_response(&e),
         };
-        let Some(audit) = &self.audit else {
-            return self.serve(req, &path, &identity).await;
-        };
-        let watch = query(&req)
-            .get("watch")
-            .is_some_and(|v| v == "true" || v == "1");
-        let rr = request::parse(req.method(), &path, watch);
-        let method = req.method().as_str().to_ascii_lowercase();
-        let attrs = crate::audit::RequestAttributes {
-            user: &authenticated,
-            verb: rr.as_ref().map_or(method.as_str(), |rr| rr.verb.as_str()),
-            resource: rr.as_ref(),
-            path: &path,
-        };
-        let uri = req
-            .uri()
-            .path_and_query()
-            .map_or(path.clone(), |pq| pq.as_str().to_owned());
-        let agent = req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let Some(record) = audit.begin(&attrs, &identity, &uri, peer, agent) else {
+        let Some((record, rr)) = self.audit_record(&req, &path, &authenticated, &identity, peer)
+        else {
             return self.serve(req, &path, &identity).await;
         };
         use crate::audit::{Level, Stage};

@@ -368,6 +368,18 @@ async fn the_audit_log_records_requests_by_policy() {
             .status
             .success()
     );
+    let bogus = token_kubeconfig(&server, config_dir.path(), "bogus");
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&bogus)
+        .args(["get", "configmaps", "--request-timeout=5s"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("Unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
     server.kubectl_ok(&[
         "get",
         "--raw",
@@ -471,6 +483,26 @@ async fn the_audit_log_records_requests_by_policy() {
         "forbid"
     );
     assert_eq!(refused["objectRef"]["resource"], "pods");
+
+    // Refused credentials: by the policy, as no user, one ResponseStarted
+    // event (upstream's WithFailedAuthenticationAudit).
+    let unauthorized: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 401)
+        .collect();
+    assert!(!unauthorized.is_empty(), "no 401 audited");
+    for e in &unauthorized {
+        assert_eq!(e["stage"], "ResponseStarted", "{e}");
+        assert_eq!(e["user"], serde_json::json!({}), "{e}");
+        assert_eq!(e["level"], "RequestResponse", "{e}");
+        assert_eq!(e["objectRef"]["resource"], "configmaps", "{e}");
+        assert_eq!(
+            e["responseStatus"]["message"],
+            "Authentication failed, attempted: bearer"
+        );
+        let id = &e["auditID"];
+        assert_eq!(events.iter().filter(|o| &o["auditID"] == id).count(), 1);
+    }
 
     // The watch: started, then complete when it ended.
     let watch: Vec<&str> = events
