@@ -74,15 +74,19 @@ impl WriteOptions {
     }
 }
 
+/// What a [`WriteCheck`] sees of a write: the resource, its namespace and
+/// subresource, the stored object an update changes, and the new object.
+pub struct CheckedWrite<'a> {
+    pub rt: &'a ResourceType,
+    pub ns: Option<&'a str>,
+    pub subresource: Option<&'a str>,
+    pub old: Option<&'a Value>,
+    pub obj: &'a Value,
+}
+
 /// A check of a write by its user beyond the request's authorization.
 pub trait WriteCheck: Send + Sync {
-    fn check(
-        &self,
-        user: &Identity,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        obj: &Value,
-    ) -> ApiResult<()>;
+    fn check(&self, user: &Identity, write: &CheckedWrite<'_>) -> ApiResult<()>;
 }
 
 /// The object a write addresses: resource, namespace, name, subresource.
@@ -107,7 +111,7 @@ pub struct Api {
     /// upstream's post-start hooks gate readiness.
     pub bootstrapped: std::sync::atomic::AtomicBool,
     /// Set once at start when the authorization mode checks writes.
-    pub write_check: std::sync::OnceLock<Arc<dyn WriteCheck>>,
+    pub write_checks: std::sync::OnceLock<Vec<Arc<dyn WriteCheck>>>,
     store: Arc<dyn Store>,
     caches: HashMap<&'static str, Arc<Cache>>,
     /// Leases Events are stored under, so they expire after the event TTL.
@@ -306,7 +310,7 @@ impl Api {
         Self {
             registry,
             admission: Chain::default(),
-            write_check: std::sync::OnceLock::new(),
+            write_checks: std::sync::OnceLock::new(),
             bootstrapped: Default::default(),
             store,
             caches,
@@ -345,15 +349,9 @@ impl Api {
         self.caches.get(plural).cloned()
     }
 
-    fn check_write(
-        &self,
-        opts: &WriteOptions,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        obj: &Value,
-    ) -> ApiResult<()> {
-        match (&opts.user, self.write_check.get()) {
-            (Some(user), Some(check)) => check.check(user, rt, ns, obj),
+    fn check_write(&self, opts: &WriteOptions, write: CheckedWrite<'_>) -> ApiResult<()> {
+        match (&opts.user, self.write_checks.get()) {
+            (Some(user), Some(checks)) => checks.iter().try_for_each(|c| c.check(user, &write)),
             _ => Ok(()),
         }
     }
@@ -750,7 +748,16 @@ impl Api {
         rt.strategy.prepare_create(&mut obj);
         self.validate(rt, &obj)?;
         self.admission.validate(&attrs, &obj, &*self.store).await?;
-        self.check_write(opts, rt, ns, &obj)?;
+        self.check_write(
+            opts,
+            CheckedWrite {
+                rt,
+                ns,
+                subresource: None,
+                old: None,
+                obj: &obj,
+            },
+        )?;
         if track {
             let now = now_rfc3339();
             track_update(rt, None, &mut obj, &opts.writer(rt, None, &now));
@@ -1032,7 +1039,16 @@ impl Api {
             // No resourceVersion: an unconditional update, as upstream allows.
             None => revision,
         };
-        self.check_write(opts, rt, ns, &new)?;
+        self.check_write(
+            opts,
+            CheckedWrite {
+                rt,
+                ns,
+                subresource: target.subresource,
+                old: Some(&old),
+                obj: &new,
+            },
+        )?;
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
             .await?;
@@ -1069,7 +1085,16 @@ impl Api {
             };
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
-            self.check_write(opts, rt, ns, &new)?;
+            self.check_write(
+                opts,
+                CheckedWrite {
+                    rt,
+                    ns,
+                    subresource: target.subresource,
+                    old: Some(&old),
+                    obj: &new,
+                },
+            )?;
             match self
                 .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
                 .await
@@ -1154,7 +1179,16 @@ impl Api {
                     false,
                 ));
             }
-            self.check_write(opts, rt, ns, &new)?;
+            self.check_write(
+                opts,
+                CheckedWrite {
+                    rt,
+                    ns,
+                    subresource: target.subresource,
+                    old: Some(&old),
+                    obj: &new,
+                },
+            )?;
             match self
                 .write_update(target, &old, new, revision, opts.dry_run, None)
                 .await

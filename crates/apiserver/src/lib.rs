@@ -37,6 +37,7 @@ pub mod secrets;
 pub mod selectors;
 pub mod server;
 pub mod serviceaccount;
+mod signers;
 pub mod status;
 pub mod strategy;
 pub mod swagger;
@@ -238,7 +239,12 @@ impl ApiServer {
                 let view = rbac::view::RbacView::start(|plural| api.cache_of(plural));
                 let rbac = Arc::new(rbac::Rbac { view: view.clone() });
                 let check = Arc::new(rbac::escalation::Escalation { rbac: rbac.clone() });
-                let _ = api.write_check.set(check);
+                let _ = api.write_checks.set(vec![
+                    check,
+                    Arc::new(signers::Signers {
+                        authorizer: rbac.clone(),
+                    }),
+                ]);
                 if mode == AuthorizationMode::Rbac {
                     (rbac, Some(view))
                 } else {

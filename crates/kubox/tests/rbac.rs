@@ -933,8 +933,82 @@ async fn a_certificate_signing_request_approved_with_kubectl_gives_a_client_cert
             .kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"])
             .is_empty()
     );
+    // Updating the approval subresource is not enough: approving needs
+    // `approve` on the signer (by name or its domain's `/*`), issuing a
+    // certificate `sign`, as upstream's CertificateApproval and
+    // CertificateSigning admission.
+    server.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "csr-writer",
+        "--verb=get,list,update,patch",
+        "--resource=certificatesigningrequests,certificatesigningrequests/approval,certificatesigningrequests/status",
+    ]);
+    server.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "csr-writer",
+        "--clusterrole=csr-writer",
+        "--user=approver",
+    ]);
+    let refused_to = |verb: &str| {
+        format!(
+            "Error from server (Forbidden): certificatesigningrequests.certificates.k8s.io \"dev1\" is forbidden: user not permitted to {verb} requests with signerName \"kubernetes.io/kube-apiserver-client\""
+        )
+    };
+    let approve = || server.kubectl(&["certificate", "approve", "dev1", "--as=approver"]);
+    let out = eventually(
+        "the binding to take effect",
+        Duration::from_secs(20),
+        || {
+            let out = approve();
+            let ready = !text(&out.stderr).contains("cannot get resource");
+            async move { ready.then_some(out) }
+        },
+    )
+    .await;
+    assert_eq!(text(&out.stderr).trim(), refused_to("approve"));
+    let out = server.kubectl(&[
+        "patch",
+        "csr",
+        "dev1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"certificate":"Zm9v"}}"#,
+        "--as=approver",
+    ]);
+    assert_eq!(text(&out.stderr).trim(), refused_to("sign"));
+    server.apply_json(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "signer-approver"},
+        "rules": [{
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["signers"],
+            "resourceNames": ["kubernetes.io/*"],
+            "verbs": ["approve"],
+        }],
+    }));
+    server.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "signer-approver",
+        "--clusterrole=signer-approver",
+        "--user=approver",
+    ]);
+    let out = eventually(
+        "the approve grant to take effect",
+        Duration::from_secs(20),
+        || {
+            let out = approve();
+            let ok = out.status.success();
+            async move { ok.then_some(out) }
+        },
+    )
+    .await;
     assert_eq!(
-        server.kubectl_ok(&["certificate", "approve", "dev1"]),
+        text(&out.stdout),
         "certificatesigningrequest.certificates.k8s.io/dev1 approved\n"
     );
     let cert = eventually(
