@@ -492,7 +492,11 @@ impl Api {
     /// committed before this call. A cache only hears of writes under its own
     /// prefix, so when it is behind, the store is asked for a progress
     /// notification at once rather than at its next interval.
-    async fn catch_up(&self, cache: &Cache, revision: Option<Revision>) -> ApiResult<()> {
+    pub(crate) async fn catch_up(
+        &self,
+        cache: &Cache,
+        revision: Option<Revision>,
+    ) -> ApiResult<()> {
         let target = match revision {
             Some(rv) => rv,
             None => self.store.current_revision().await?,

@@ -76,6 +76,8 @@ pub const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
 pub struct Handler {
     pub api: Arc<Api>,
     pub authorizer: std::sync::Arc<dyn Authorizer>,
+    /// The Node authorizer, whose graph a node's refused request waits for.
+    pub node_graph: Option<Arc<crate::nodeauthz::NodeAuthorizer>>,
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
     pub nodes: crate::node_proxy::NodeClient,
@@ -664,7 +666,15 @@ impl Handler {
         let started = std::time::Instant::now();
         let held = self.metrics.hold(&rr);
         let dry_run = write_options(&q).dry_run;
-        let result = match self.authorize(identity, &rr, &q) {
+        let mut authorized = self.authorize(identity, &rr, &q);
+        if let (Err(_), Some(graph)) = (&authorized, &self.node_graph)
+            && crate::nodeauthz::node_name(identity).is_some()
+        {
+            // Refused for want of a path the graph has not taken in yet?
+            graph.catch_up(&self.api).await;
+            authorized = self.authorize(identity, &rr, &q);
+        }
+        let result = match authorized {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,

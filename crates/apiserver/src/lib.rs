@@ -233,6 +233,7 @@ impl ApiServer {
         pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
 
         let api = Arc::new(Api::new(store, config.event_ttl));
+        let mut node_graph = None;
         let (authorizer, view): (Arc<dyn authz::Authorizer>, _) = match config.authorization_mode {
             AuthorizationMode::AlwaysAllow => (Arc::new(authz::AlwaysAllow), None),
             mode @ (AuthorizationMode::Rbac | AuthorizationMode::NodeRbac) => {
@@ -248,11 +249,11 @@ impl ApiServer {
                 if mode == AuthorizationMode::Rbac {
                     (rbac, Some(view))
                 } else {
-                    let node = nodeauthz::NodeAuthorizer::start(|plural| api.cache_of(plural));
-                    (
-                        Arc::new(authz::Union(vec![Arc::new(node), rbac])),
-                        Some(view),
-                    )
+                    let node = Arc::new(nodeauthz::NodeAuthorizer::start(|plural| {
+                        api.cache_of(plural)
+                    }));
+                    node_graph = Some(node.clone());
+                    (Arc::new(authz::Union(vec![node, rbac])), Some(view))
                 }
             }
         };
@@ -271,6 +272,7 @@ impl ApiServer {
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,
+            node_graph,
             metrics: metrics::Metrics::new(config.metrics.clone(), &api),
             nodes: node_proxy::NodeClient::new(&pki.client(
                 "apiserver-kubelet-client",

@@ -1366,3 +1366,65 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
         "{binding}"
     );
 }
+
+/// The node graph is fed in the background; a node's read right after its
+/// pod is bound waits for it rather than being refused.
+#[tokio::test]
+async fn a_node_reads_its_pods_secret_right_after_the_bind() {
+    use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
+    use kube::api::{Api, PostParams};
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // rustls takes X.509 v3 certificates only, as the CSR signer issues.
+    let ca = kubox_apiserver::pki::Pki::load_or_create(&server.data_dir().join("pki")).unwrap();
+    let creds = ca
+        .issue_client("system:node:node-a", &["system:nodes"])
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}", server.port());
+    let node_config = dir.path().join("node-a.kubeconfig");
+    let contents = kubox_apiserver::pki::kubeconfig("kubox", &url, ca.ca_pem(), "node-a", &creds);
+    std::fs::write(&node_config, contents).unwrap();
+    let (admin, _) = kubox_client::connect(&server.kubeconfig()).await.unwrap();
+    let (node, _) = kubox_client::connect(&node_config).await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node_a = serde_json::from_value(serde_json::json!({"metadata": {"name": "node-a"}}));
+    nodes
+        .create(&PostParams::default(), &node_a.unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let read: Api<Secret> = Api::namespaced(node, "default");
+    for i in 0..30 {
+        let name = format!("s{i}");
+        let secret = serde_json::json!({"metadata": {"name": name}, "stringData": {"k": "v"}});
+        let secret = serde_json::from_value(secret).unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let unbound = serde_json::from_value(pod(&format!("p{i}"), "", Some(&name), None));
+        let created = pods
+            .create(&PostParams::default(), &unbound.unwrap())
+            .await
+            .unwrap();
+        let binding = Binding {
+            metadata: created.metadata.clone(),
+            target: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some("node-a".into()),
+                ..Default::default()
+            },
+        };
+        let pod_name = format!("p{i}");
+        let url = format!("/api/v1/namespaces/default/pods/{pod_name}/binding");
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&binding).unwrap())
+            .unwrap();
+        let _: serde_json::Value = admin.request(request).await.unwrap();
+        if let Err(e) = read.get(&name).await {
+            panic!("read {i} right after the bind refused: {e}");
+        }
+    }
+}
