@@ -349,6 +349,26 @@ impl Api {
         self.caches.get(plural).cloned()
     }
 
+    /// [`Self::check_write`] of an update of `target` from `old` to `new`.
+    fn check_update(
+        &self,
+        opts: &WriteOptions,
+        target: ObjectRef<'_>,
+        old: &Value,
+        new: &Value,
+    ) -> ApiResult<()> {
+        self.check_write(
+            opts,
+            CheckedWrite {
+                rt: target.rt,
+                ns: target.ns,
+                subresource: target.subresource,
+                old: Some(old),
+                obj: new,
+            },
+        )
+    }
+
     fn check_write(&self, opts: &WriteOptions, write: CheckedWrite<'_>) -> ApiResult<()> {
         match (&opts.user, self.write_checks.get()) {
             (Some(user), Some(checks)) => checks.iter().try_for_each(|c| c.check(user, &write)),
@@ -1043,16 +1063,7 @@ impl Api {
             // No resourceVersion: an unconditional update, as upstream allows.
             None => revision,
         };
-        self.check_write(
-            opts,
-            CheckedWrite {
-                rt,
-                ns,
-                subresource: target.subresource,
-                old: Some(&old),
-                obj: &new,
-            },
-        )?;
+        self.check_update(opts, target, &old, &new)?;
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
             .await?;
@@ -1089,16 +1100,7 @@ impl Api {
             };
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
-            self.check_write(
-                opts,
-                CheckedWrite {
-                    rt,
-                    ns,
-                    subresource: target.subresource,
-                    old: Some(&old),
-                    obj: &new,
-                },
-            )?;
+            self.check_update(opts, target, &old, &new)?;
             match self
                 .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
                 .await
@@ -1183,16 +1185,7 @@ impl Api {
                     false,
                 ));
             }
-            self.check_write(
-                opts,
-                CheckedWrite {
-                    rt,
-                    ns,
-                    subresource: target.subresource,
-                    old: Some(&old),
-                    obj: &new,
-                },
-            )?;
+            self.check_update(opts, target, &old, &new)?;
             match self
                 .write_update(target, &old, new, revision, opts.dry_run, None)
                 .await

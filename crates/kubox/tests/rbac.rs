@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kubox_testkit::{KuboxServer, eventually};
+use kubox_testkit::{KuboxServer, eventually, kubectl_as};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 
@@ -30,16 +30,6 @@ fn run(program: &str, args: &[&str], dir: &Path) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-/// A kubectl run against `kubeconfig` (not the admin's).
-fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("running kubectl")
 }
 
 /// Server without a node: these tests need the API only.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use kubox_testkit::{EtcdProcess, KuboxServer, eventually, free_port};
+use kubox_testkit::{EtcdProcess, KuboxServer, eventually, free_port, kubectl_as};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 
@@ -369,12 +369,7 @@ async fn the_audit_log_records_requests_by_policy() {
             .success()
     );
     let bogus = token_kubeconfig(&server, config_dir.path(), "bogus");
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&bogus)
-        .args(["get", "configmaps", "--request-timeout=5s"])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&bogus, &["get", "configmaps"]);
     assert!(
         text(&out.stderr).contains("Unauthorized"),
         "{}",
@@ -579,39 +574,24 @@ async fn static_tokens_authenticate_kubectl() {
     )
     .await;
     let alice = token_kubeconfig(&server, dir.path(), "s3cr3t-t0ken");
-    let out = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            alice.to_str().unwrap(),
-            "auth",
-            "whoami",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&alice, &["auth", "whoami", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let review: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    assert_eq!(review["status"]["userInfo"]["uid"], "1001");
     assert_eq!(
         review["status"]["userInfo"]["groups"],
         serde_json::json!(["dev", "ops", "system:authenticated"])
     );
     // Known but granted nothing: RBAC's refusal names the token's user.
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", alice.to_str().unwrap(), "get", "pods"])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&alice, &["get", "pods"]);
     assert!(
         text(&out.stderr).contains("User \"alice\" cannot list resource \"pods\""),
         "{}",
         text(&out.stderr)
     );
     let wrong = token_kubeconfig(&server, dir.path(), "not-in-the-file");
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", wrong.to_str().unwrap(), "get", "pods"])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&wrong, &["get", "pods"]);
     assert!(
         text(&out.stderr).contains("Unauthorized"),
         "{}",
@@ -750,12 +730,10 @@ async fn rotated_certificates_are_served_without_a_restart() {
     );
     // The new admin certificate, and the old one (still valid: same CA).
     server.kubectl_ok(&["create", "configmap", "after"]);
-    let old = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&old_kubeconfig)
-        .args(["get", "configmap", "after", "-o", "name"])
-        .output()
-        .unwrap();
+    let old = kubectl_as(
+        &old_kubeconfig,
+        &["get", "configmap", "after", "-o", "name"],
+    );
     assert!(old.status.success(), "{}", text(&old.stderr));
     await_line("configmap/after");
     watch.kill().unwrap();
