@@ -74,15 +74,19 @@ impl WriteOptions {
     }
 }
 
+/// What a [`WriteCheck`] sees of a write: the resource, its namespace and
+/// subresource, the stored object an update changes, and the new object.
+pub struct CheckedWrite<'a> {
+    pub rt: &'a ResourceType,
+    pub ns: Option<&'a str>,
+    pub subresource: Option<&'a str>,
+    pub old: Option<&'a Value>,
+    pub obj: &'a Value,
+}
+
 /// A check of a write by its user beyond the request's authorization.
 pub trait WriteCheck: Send + Sync {
-    fn check(
-        &self,
-        user: &Identity,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        obj: &Value,
-    ) -> ApiResult<()>;
+    fn check(&self, user: &Identity, write: &CheckedWrite<'_>) -> ApiResult<()>;
 }
 
 /// The object a write addresses: resource, namespace, name, subresource.
@@ -107,7 +111,7 @@ pub struct Api {
     /// upstream's post-start hooks gate readiness.
     pub bootstrapped: std::sync::atomic::AtomicBool,
     /// Set once at start when the authorization mode checks writes.
-    pub write_check: std::sync::OnceLock<Arc<dyn WriteCheck>>,
+    pub write_checks: std::sync::OnceLock<Vec<Arc<dyn WriteCheck>>>,
     store: Arc<dyn Store>,
     caches: HashMap<&'static str, Arc<Cache>>,
     /// Leases Events are stored under, so they expire after the event TTL.
@@ -306,7 +310,7 @@ impl Api {
         Self {
             registry,
             admission: Chain::default(),
-            write_check: std::sync::OnceLock::new(),
+            write_checks: std::sync::OnceLock::new(),
             bootstrapped: Default::default(),
             store,
             caches,
@@ -345,15 +349,29 @@ impl Api {
         self.caches.get(plural).cloned()
     }
 
-    fn check_write(
+    /// [`Self::check_write`] of an update of `target` from `old` to `new`.
+    fn check_update(
         &self,
         opts: &WriteOptions,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        obj: &Value,
+        target: ObjectRef<'_>,
+        old: &Value,
+        new: &Value,
     ) -> ApiResult<()> {
-        match (&opts.user, self.write_check.get()) {
-            (Some(user), Some(check)) => check.check(user, rt, ns, obj),
+        self.check_write(
+            opts,
+            CheckedWrite {
+                rt: target.rt,
+                ns: target.ns,
+                subresource: target.subresource,
+                old: Some(old),
+                obj: new,
+            },
+        )
+    }
+
+    fn check_write(&self, opts: &WriteOptions, write: CheckedWrite<'_>) -> ApiResult<()> {
+        match (&opts.user, self.write_checks.get()) {
+            (Some(user), Some(checks)) => checks.iter().try_for_each(|c| c.check(user, &write)),
             _ => Ok(()),
         }
     }
@@ -494,7 +512,11 @@ impl Api {
     /// committed before this call. A cache only hears of writes under its own
     /// prefix, so when it is behind, the store is asked for a progress
     /// notification at once rather than at its next interval.
-    async fn catch_up(&self, cache: &Cache, revision: Option<Revision>) -> ApiResult<()> {
+    pub(crate) async fn catch_up(
+        &self,
+        cache: &Cache,
+        revision: Option<Revision>,
+    ) -> ApiResult<()> {
         let target = match revision {
             Some(rv) => rv,
             None => self.store.current_revision().await?,
@@ -750,7 +772,16 @@ impl Api {
         rt.strategy.prepare_create(&mut obj);
         self.validate(rt, &obj)?;
         self.admission.validate(&attrs, &obj, &*self.store).await?;
-        self.check_write(opts, rt, ns, &obj)?;
+        self.check_write(
+            opts,
+            CheckedWrite {
+                rt,
+                ns,
+                subresource: None,
+                old: None,
+                obj: &obj,
+            },
+        )?;
         if track {
             let now = now_rfc3339();
             track_update(rt, None, &mut obj, &opts.writer(rt, None, &now));
@@ -1036,7 +1067,7 @@ impl Api {
             // No resourceVersion: an unconditional update, as upstream allows.
             None => revision,
         };
-        self.check_write(opts, rt, ns, &new)?;
+        self.check_update(opts, target, &old, &new)?;
         let object = self
             .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
             .await?;
@@ -1073,7 +1104,7 @@ impl Api {
             };
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&patched).unwrap_or_default(), opts)?;
-            self.check_write(opts, rt, ns, &new)?;
+            self.check_update(opts, target, &old, &new)?;
             match self
                 .write_update(target, &old, new, expected, opts.dry_run, Some(opts))
                 .await
@@ -1158,7 +1189,7 @@ impl Api {
                     false,
                 ));
             }
-            self.check_write(opts, rt, ns, &new)?;
+            self.check_update(opts, target, &old, &new)?;
             match self
                 .write_update(target, &old, new, revision, opts.dry_run, None)
                 .await

@@ -395,7 +395,6 @@ impl Audit {
         if level == Level::None {
             return None;
         }
-        let user = |i: &Identity| json!({"username": i.user, "groups": i.groups});
         let mut event = json!({
             "kind": "Event",
             "apiVersion": "audit.k8s.io/v1",
@@ -403,12 +402,12 @@ impl Audit {
             "auditID": uuid::Uuid::new_v4().to_string(),
             "requestURI": request_uri,
             "verb": attrs.verb,
-            "user": user(attrs.user),
+            "user": attrs.user.user_info(),
             "sourceIPs": [source_ip.to_string()],
             "requestReceivedTimestamp": micro_time(time::OffsetDateTime::now_utc()),
         });
         if impersonated != attrs.user {
-            event["impersonatedUser"] = user(impersonated);
+            event["impersonatedUser"] = impersonated.user_info();
         }
         if let Some(agent) = user_agent {
             event["userAgent"] = json!(agent);
@@ -628,10 +627,12 @@ rules:
         let jane = Identity {
             user: "jane".into(),
             groups: vec!["system:authenticated".into()],
+            ..Identity::default()
         };
         let proxy = Identity {
             user: "system:kube-proxy".into(),
             groups: vec![],
+            ..Identity::default()
         };
         use crate::request::Verb;
         let at = |user, verb, resource: Option<&ResourceRequest>, path| {
@@ -660,6 +661,7 @@ rules:
         let nobody = Identity {
             user: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
+            ..Identity::default()
         };
         assert_eq!(at(&nobody, "list", Some(&cluster), "/x").0, Level::None);
     }

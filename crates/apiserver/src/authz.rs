@@ -166,6 +166,7 @@ mod tests {
         let user = Identity {
             user: "backend".into(),
             groups: vec!["dev".into()],
+            ..Identity::default()
         };
         let list = Attributes {
             user: &user,
@@ -222,10 +223,12 @@ mod tests {
         let admin = Identity {
             user: "kubox-admin".into(),
             groups: vec![MASTERS.into()],
+            ..Identity::default()
         };
         let jane = Identity {
             user: "jane".into(),
             groups: vec![],
+            ..Identity::default()
         };
         let path = |u| Attributes::non_resource(u, "get", "/");
         assert_eq!(decide(&Never, &path(&admin)), Decision::Allow);

@@ -213,6 +213,7 @@ pub async fn authenticate(api: &Api, token: &Token) -> Result<Identity, String> 
     Ok(Identity {
         user: format!("{USER_PREFIX}{}", token.id),
         groups,
+        ..Identity::default()
     })
 }
 

@@ -381,6 +381,8 @@ pub trait Follower: Send + Sync + 'static {
     fn replace(&self, plural: &'static str, objects: Vec<Arc<Stored>>, revision: Revision);
     /// One change after that.
     fn apply(&self, plural: &'static str, event: EventType, object: &Stored);
+    /// The cache has reached `revision`: every change up to it was handed over.
+    fn progress(&self, _plural: &'static str, _revision: Revision) {}
 }
 
 /// Follows `cache` for as long as `follower` lives: its initial objects are
@@ -391,7 +393,7 @@ pub fn follow<F: Follower>(follower: &Arc<F>, cache: Arc<Cache>, plural: &'stati
     let follower = Arc::downgrade(follower);
     tokio::spawn(async move {
         loop {
-            let mut rx = match cache.watch(None, Arc::new(|_| true), false, true) {
+            let mut rx = match cache.watch(None, Arc::new(|_| true), true, true) {
                 Ok(rx) => rx,
                 Err(e) => {
                     tracing::warn!(error = %e.message, plural, "cannot follow the cache");
@@ -408,10 +410,13 @@ pub fn follow<F: Follower>(follower: &Arc<F>, cache: Arc<Cache>, plural: &'stati
                     (WatchEvent::Object(_, stored), Some(objects)) => objects.push(stored),
                     (WatchEvent::InitialEventsEnd(rev), Some(_)) => {
                         follower.replace(plural, initial.take().unwrap_or_default(), rev);
+                        follower.progress(plural, rev);
                     }
                     (WatchEvent::Object(event, stored), None) => {
                         follower.apply(plural, event, &stored);
+                        follower.progress(plural, stored.revision);
                     }
+                    (WatchEvent::Bookmark(rev), None) => follower.progress(plural, rev),
                     _ => {}
                 }
             }

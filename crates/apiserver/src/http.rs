@@ -2,7 +2,7 @@
 //! routing to discovery, health and the generic resource handlers, content
 //! negotiation (JSON, Table, PartialObjectMetadata) and watch streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,16 +38,46 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 pub const ANONYMOUS: &str = "system:anonymous";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 
-/// Who made a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who made a request: upstream's user info, whose `uid` and `extra` are
+/// empty when the credential carries none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
+    pub uid: String,
     pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
 }
+
+impl Identity {
+    /// Upstream's UserInfo, as reviews and audit events show it (empty
+    /// fields omitted: a request that failed authentication has `{}`).
+    pub fn user_info(&self) -> Value {
+        let mut info = json!({});
+        if !self.user.is_empty() {
+            info["username"] = json!(self.user);
+        }
+        if !self.groups.is_empty() {
+            info["groups"] = json!(self.groups);
+        }
+        if !self.uid.is_empty() {
+            info["uid"] = json!(self.uid);
+        }
+        if !self.extra.is_empty() {
+            info["extra"] = json!(self.extra);
+        }
+        info
+    }
+}
+
+/// The `extra` key naming the credential a user authenticated with
+/// (a certificate's fingerprint, a token's ID), as upstream's.
+pub const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
 
 pub struct Handler {
     pub api: Arc<Api>,
     pub authorizer: std::sync::Arc<dyn Authorizer>,
+    /// The Node authorizer, whose graph a node's refused request waits for.
+    pub node_graph: Option<Arc<crate::nodeauthz::NodeAuthorizer>>,
     pub metrics: crate::metrics::Metrics,
     /// How `pods/log` reaches node agents.
     pub nodes: crate::node_proxy::NodeClient,
@@ -302,6 +332,63 @@ async fn read_body(body: Incoming) -> ApiResult<Bytes> {
 }
 
 impl Handler {
+    /// The audit record of a request, when there is an audit log and its
+    /// policy records the request, and the request's resource.
+    fn audit_record(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        user: &Identity,
+        impersonated: &Identity,
+        peer: std::net::IpAddr,
+    ) -> Option<(crate::audit::Record, Option<ResourceRequest>)> {
+        let audit = self.audit.as_ref()?;
+        let watch = query(req)
+            .get("watch")
+            .is_some_and(|v| v == "true" || v == "1");
+        let rr = request::parse(req.method(), path, watch);
+        let method = req.method().as_str().to_ascii_lowercase();
+        let attrs = crate::audit::RequestAttributes {
+            user,
+            verb: rr.as_ref().map_or(method.as_str(), |rr| rr.verb.as_str()),
+            resource: rr.as_ref(),
+            path,
+        };
+        let uri = req
+            .uri()
+            .path_and_query()
+            .map_or(path.to_owned(), |pq| pq.as_str().to_owned());
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let record = audit.begin(&attrs, impersonated, &uri, peer, agent)?;
+        Some((record, rr))
+    }
+
+    /// Upstream's `WithFailedAuthenticationAudit`: a request whose
+    /// credentials were refused is audited by the policy as a request of
+    /// no user, in one ResponseStarted event saying what was attempted.
+    fn audit_failed_authentication(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        peer: std::net::IpAddr,
+    ) {
+        let nobody = Identity::default();
+        let Some((record, _)) = self.audit_record(req, path, &nobody, &nobody, peer) else {
+            return;
+        };
+        let mut status = crate::audit::response_status(401, None);
+        status["message"] = json!("Authentication failed, attempted: bearer");
+        record.emit(
+            crate::audit::Stage::ResponseStarted,
+            None,
+            Some(&status),
+            None,
+        );
+    }
+
     pub async fn handle(
         &self,
         req: Request<Incoming>,
@@ -326,6 +413,7 @@ impl Handler {
                         Ok(identity) => identity,
                         Err(why) => {
                             tracing::debug!(%why, "bearer token refused");
+                            self.audit_failed_authentication(&req, &path, peer);
                             return error_response(&ApiError::unauthorized());
                         }
                     }
@@ -336,6 +424,7 @@ impl Handler {
             (None, None) => Identity {
                 user: ANONYMOUS.to_owned(),
                 groups: vec![UNAUTHENTICATED.to_owned()],
+                ..Identity::default()
             },
         };
         let identity = match crate::impersonation::impersonate(
@@ -346,29 +435,8 @@ impl Handler {
             Ok(i) => i,
             Err(e) => return error_response(&e),
         };
-        let Some(audit) = &self.audit else {
-            return self.serve(req, &path, &identity).await;
-        };
-        let watch = query(&req)
-            .get("watch")
-            .is_some_and(|v| v == "true" || v == "1");
-        let rr = request::parse(req.method(), &path, watch);
-        let method = req.method().as_str().to_ascii_lowercase();
-        let attrs = crate::audit::RequestAttributes {
-            user: &authenticated,
-            verb: rr.as_ref().map_or(method.as_str(), |rr| rr.verb.as_str()),
-            resource: rr.as_ref(),
-            path: &path,
-        };
-        let uri = req
-            .uri()
-            .path_and_query()
-            .map_or(path.clone(), |pq| pq.as_str().to_owned());
-        let agent = req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let Some(record) = audit.begin(&attrs, &identity, &uri, peer, agent) else {
+        let Some((record, rr)) = self.audit_record(&req, &path, &authenticated, &identity, peer)
+        else {
             return self.serve(req, &path, &identity).await;
         };
         use crate::audit::{Level, Stage};
@@ -598,7 +666,15 @@ impl Handler {
         let started = std::time::Instant::now();
         let held = self.metrics.hold(&rr);
         let dry_run = write_options(&q).dry_run;
-        let result = match self.authorize(identity, &rr, &q) {
+        let mut authorized = self.authorize(identity, &rr, &q);
+        if let (Err(_), Some(graph)) = (&authorized, &self.node_graph)
+            && crate::nodeauthz::node_name(identity).is_some()
+        {
+            // Refused for want of a path the graph has not taken in yet?
+            graph.catch_up(&self.api).await;
+            authorized = self.authorize(identity, &rr, &q);
+        }
+        let result = match authorized {
             Err(e) => Err(e),
             Ok(()) => match registry.get(&rr.group, &rr.version, &rr.resource).cloned() {
                 Some(rt) if rt.review => self.review(req, &rr, &rt, identity).await,

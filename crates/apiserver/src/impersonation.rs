@@ -94,8 +94,17 @@ pub fn impersonate(
     if !out.iter().any(|g| g == implied) {
         out.push(implied.into());
     }
+    let mut extra = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (key, value) in extras {
+        extra
+            .entry(key.to_owned())
+            .or_default()
+            .push(value.to_owned());
+    }
     Ok(Identity {
         user: user.to_owned(),
+        uid: uids.first().map(|u| u.to_string()).unwrap_or_default(),
         groups: out,
+        extra,
     })
 }

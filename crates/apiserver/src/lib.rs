@@ -38,6 +38,7 @@ pub mod secrets;
 pub mod selectors;
 pub mod server;
 pub mod serviceaccount;
+mod signers;
 pub mod status;
 pub mod strategy;
 pub mod swagger;
@@ -130,10 +131,12 @@ pub struct ApiServer {
     pub api: Arc<Api>,
     /// Where an in-process metrics-server puts what it measures.
     pub resource_metrics: Arc<resource_metrics::MetricsWindow>,
-    pki: pki::Pki,
+    pki: Arc<pki::Pki>,
     server_url: String,
     data_dir: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    /// Renews the serving certificate and takes up rotated ones.
+    serving: tokio::task::JoinHandle<()>,
     peer: Arc<peers::Peer>,
     peers: tokio::task::JoinHandle<()>,
 }
@@ -160,6 +163,7 @@ impl Announcer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.serving.abort();
         self.peers.abort();
     }
 }
@@ -210,7 +214,7 @@ impl ApiServer {
                 secrets::share(store.as_ref(), &pki_dir, token, create_cluster_secrets).await?;
             tracing::info!("cluster secrets: {shared:?}");
         }
-        let pki = pki::Pki::load_or_create(&pki_dir)?;
+        let pki = Arc::new(pki::Pki::load_or_create(&pki_dir)?);
         let encryption = encryption::Encryption::load(
             config.encryption_provider_config.as_deref(),
             &pki_dir,
@@ -218,8 +222,9 @@ impl ApiServer {
         )?;
         let store: Arc<dyn Store> = encryption::EncryptedStore::open(store, encryption).await?;
         let tokens = Arc::new(serviceaccount::Tokens::new(pki.service_account_key()?));
-        let serving = pki.serving(&sans(config))?;
-        let tls = server::tls_config(&serving, pki.ca_pem())?;
+        let names = sans(config);
+        let serving = Arc::new(server::ServingCert::new(&pki.serving(&names)?)?);
+        let tls = server::tls_config(serving.clone(), pki.ca_pem())?;
         let addr = SocketAddr::new(config.bind_address, config.https_port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
             addr,
@@ -248,21 +253,27 @@ impl ApiServer {
         pki::write_file(&kubeconfig, contents.as_bytes(), true)?;
 
         let api = Arc::new(Api::new(store, config.event_ttl));
+        let mut node_graph = None;
         let (authorizer, view): (Arc<dyn authz::Authorizer>, _) = match config.authorization_mode {
             AuthorizationMode::AlwaysAllow => (Arc::new(authz::AlwaysAllow), None),
             mode @ (AuthorizationMode::Rbac | AuthorizationMode::NodeRbac) => {
                 let view = rbac::view::RbacView::start(|plural| api.cache_of(plural));
                 let rbac = Arc::new(rbac::Rbac { view: view.clone() });
                 let check = Arc::new(rbac::escalation::Escalation { rbac: rbac.clone() });
-                let _ = api.write_check.set(check);
+                let _ = api.write_checks.set(vec![
+                    check,
+                    Arc::new(signers::Signers {
+                        authorizer: rbac.clone(),
+                    }),
+                ]);
                 if mode == AuthorizationMode::Rbac {
                     (rbac, Some(view))
                 } else {
-                    let node = nodeauthz::NodeAuthorizer::start(|plural| api.cache_of(plural));
-                    (
-                        Arc::new(authz::Union(vec![Arc::new(node), rbac])),
-                        Some(view),
-                    )
+                    let node = Arc::new(nodeauthz::NodeAuthorizer::start(|plural| {
+                        api.cache_of(plural)
+                    }));
+                    node_graph = Some(node.clone());
+                    (Arc::new(authz::Union(vec![node, rbac])), Some(view))
                 }
             }
         };
@@ -281,6 +292,7 @@ impl ApiServer {
             resource_metrics: resource_metrics.clone(),
             api: api.clone(),
             authorizer,
+            node_graph,
             metrics: metrics::Metrics::new(config.metrics.clone(), &api),
             nodes: node_proxy::NodeClient::new(&pki.client(
                 "apiserver-kubelet-client",
@@ -290,6 +302,7 @@ impl ApiServer {
             tokens,
         });
         let task = tokio::spawn(server::serve(listener, tls, handler));
+        let serving = tokio::spawn(server::keep_serving_current(pki.clone(), names, serving));
         bootstrap::run(&api, config.advertise_address, addr.port(), pki.ca_pem())
             .await
             .map_err(|e| StartError::Bootstrap(e.message))?;
@@ -330,6 +343,7 @@ impl ApiServer {
             server_url,
             data_dir: config.data_dir.clone(),
             task,
+            serving,
             peer,
             peers,
         })

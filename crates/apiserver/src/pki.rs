@@ -31,6 +31,8 @@ type Result<T> = std::result::Result<T, PkiError>;
 
 const CA_DAYS: i64 = 3650;
 const LEAF_DAYS: i64 = 365;
+/// The stem of the API server's serving certificate and key files.
+const SERVING: &str = "server";
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone, Debug)]
@@ -175,12 +177,15 @@ impl Pki {
     /// anew when missing, when it lacks one of the names, or when it expires
     /// within 30 days.
     pub fn serving(&self, names: &[String]) -> Result<CertPair> {
-        let (crt, key) = (self.dir.join("server.crt"), self.dir.join("server.key"));
-        if let (Ok(cert_pem), Ok(key_pem)) = (read(&crt), read(&key))
-            && covers(&cert_pem, names)
-        {
-            return Ok(CertPair { cert_pem, key_pem });
+        if let Some(pair) = self.kept(SERVING, names) {
+            return Ok(pair);
         }
+        let pair = self.issue_serving(names)?;
+        self.keep(SERVING, &pair)?;
+        Ok(pair)
+    }
+
+    fn issue_serving(&self, names: &[String]) -> Result<CertPair> {
         let key_pair = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name("kube-apiserver", &[]);
@@ -198,13 +203,74 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut params, LEAF_DAYS);
         let cert = params.signed_by(&key_pair, &self.issuer)?;
-        let pair = CertPair {
+        Ok(CertPair {
             cert_pem: cert.pem(),
             key_pem: key_pair.serialize_pem(),
-        };
-        write_file(&key, pair.key_pem.as_bytes(), true)?;
-        write_file(&crt, pair.cert_pem.as_bytes(), false)?;
-        Ok(pair)
+        })
+    }
+
+    /// The pair kept as `<stem>.crt` and `<stem>.key` when it names every
+    /// one of `names` and is not due for renewal.
+    fn kept(&self, stem: &str, names: &[String]) -> Option<CertPair> {
+        let cert_pem = read(&self.dir.join(format!("{stem}.crt"))).ok()?;
+        let key_pem = read(&self.dir.join(format!("{stem}.key"))).ok()?;
+        covers(&cert_pem, names).then_some(CertPair { cert_pem, key_pem })
+    }
+
+    /// Writes a pair as `<stem>.crt` and `<stem>.key`, the key first: a
+    /// reader between the two renames sees a new key with the old
+    /// certificate, which rustls refuses as mismatched, never the reverse
+    /// pair kept for good.
+    fn keep(&self, stem: &str, pair: &CertPair) -> Result<()> {
+        write_file(
+            &self.dir.join(format!("{stem}.key")),
+            pair.key_pem.as_bytes(),
+            true,
+        )?;
+        write_file(
+            &self.dir.join(format!("{stem}.crt")),
+            pair.cert_pem.as_bytes(),
+            false,
+        )
+    }
+
+    /// Renews every leaf certificate of the directory (the serving one and
+    /// every client one), each for the names or subject it had, with a new
+    /// key; the CA is kept, so certificates issued before stay valid until
+    /// they expire. Returns each renewed stem with its new pair.
+    pub fn rotate(&self) -> Result<Vec<(String, CertPair)>> {
+        let mut renewed = Vec::new();
+        for stem in leaf_stems(&self.dir) {
+            let path = self.dir.join(format!("{stem}.crt"));
+            let pem = read(&path)?;
+            let invalid = |reason: &str| PkiError::Invalid {
+                path: path.clone(),
+                reason: reason.to_owned(),
+            };
+            let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .map_err(|e| invalid(&e.to_string()))?;
+            let cert = parsed.parse_x509().map_err(|e| invalid(&e.to_string()))?;
+            let pair = if stem == SERVING {
+                self.issue_serving(&subject_alt_names(&cert))?
+            } else {
+                let subject = cert.subject();
+                let user = subject
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .ok_or_else(|| invalid("no common name"))?
+                    .to_owned();
+                let groups: Vec<&str> = subject
+                    .iter_organization()
+                    .filter_map(|o| o.as_str().ok())
+                    .collect();
+                self.issue_client(&user, &groups)?
+            };
+            self.keep(&stem, &pair)?;
+            renewed.push((stem, pair));
+        }
+        renewed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(renewed)
     }
 
     /// A client certificate kept in the PKI directory under `file` (admin,
@@ -215,18 +281,11 @@ impl Pki {
         common_name: &str,
         organizations: &[&str],
     ) -> Result<CertPair> {
-        let (crt, key) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        if let (Ok(cert_pem), Ok(key_pem)) = (read(&crt), read(&key))
-            && covers(&cert_pem, &[])
-        {
-            return Ok(CertPair { cert_pem, key_pem });
+        if let Some(pair) = self.kept(file, &[]) {
+            return Ok(pair);
         }
         let pair = self.issue_client(common_name, organizations)?;
-        write_file(&key, pair.key_pem.as_bytes(), true)?;
-        write_file(&crt, pair.cert_pem.as_bytes(), false)?;
+        self.keep(file, &pair)?;
         Ok(pair)
     }
 }
@@ -249,6 +308,12 @@ fn covers(cert_pem: &str, names: &[String]) -> bool {
     if cert.validity().not_after.to_datetime() < renew_at {
         return false;
     }
+    let sans = subject_alt_names(&cert);
+    names.iter().all(|n| sans.contains(n))
+}
+
+/// The DNS names and IP addresses a certificate is for.
+fn subject_alt_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for n in &ext.value.general_names {
@@ -266,7 +331,46 @@ fn covers(cert_pem: &str, names: &[String]) -> bool {
             }
         }
     }
-    names.iter().all(|n| sans.contains(n))
+    sans
+}
+
+/// The stems of `dir`'s leaf certificates (`server`, `admin`, `node`, ...),
+/// every `.crt` but the CA's.
+pub fn leaf_stems(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".crt")?.to_owned();
+            let pem = fs::read(e.path()).ok()?;
+            (!is_ca(&pem)).then_some(stem)
+        })
+        .collect()
+}
+
+/// A kubeconfig written by [`kubeconfig`] with its user's certificate and
+/// key replaced by `creds`.
+pub fn with_credentials(kubeconfig: &str, creds: &CertPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut out = String::with_capacity(kubeconfig.len());
+    for line in kubeconfig.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        match line.trim_start().split_once(':') {
+            Some(("client-certificate-data", _)) => out.push_str(&format!(
+                "{indent}client-certificate-data: {}",
+                b64(&creds.cert_pem)
+            )),
+            Some(("client-key-data", _)) => {
+                out.push_str(&format!("{indent}client-key-data: {}", b64(&creds.key_pem)))
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// A kubeconfig for one user of one cluster, with certificates embedded.
@@ -339,6 +443,76 @@ mod tests {
         let b = pki.serving(&more).unwrap();
         assert_ne!(b.cert_pem, a.cert_pem);
         assert!(covers(&b.cert_pem, &more));
+    }
+
+    fn serial_and_subject(pem: &str) -> (Vec<u8>, String, Vec<String>) {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        (
+            cert.raw_serial().to_vec(),
+            cert.subject().to_string(),
+            subject_alt_names(&cert),
+        )
+    }
+
+    #[test]
+    fn a_serving_certificate_near_expiry_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        let names = vec!["localhost".to_string()];
+        let mut expiring = pki.issue_serving(&names).unwrap();
+        let key_pair = KeyPair::from_pem(&expiring.key_pem).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::DnsName("localhost".try_into().unwrap())];
+        validity(&mut params, 10);
+        expiring.cert_pem = params.signed_by(&key_pair, &pki.issuer).unwrap().pem();
+        pki.keep(SERVING, &expiring).unwrap();
+        let renewed = pki.serving(&names).unwrap();
+        assert_ne!(renewed.cert_pem, expiring.cert_pem);
+        assert!(covers(&renewed.cert_pem, &names));
+        assert_eq!(pki.serving(&names).unwrap().cert_pem, renewed.cert_pem);
+    }
+
+    #[test]
+    fn rotation_renews_every_leaf_for_its_names_and_keeps_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        let names = vec!["localhost".to_string(), "10.43.0.1".to_string()];
+        let server = pki.serving(&names).unwrap();
+        let node = pki
+            .client("node", "system:node:a", &["system:nodes"])
+            .unwrap();
+        let renewed = pki.rotate().unwrap();
+        let stems: Vec<&str> = renewed.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(stems, ["node", "server"]);
+        for (old, (stem, new)) in [&node, &server].into_iter().zip(&renewed) {
+            let (old_serial, old_subject, old_sans) = serial_and_subject(&old.cert_pem);
+            let (new_serial, new_subject, new_sans) = serial_and_subject(&new.cert_pem);
+            assert_ne!(old_serial, new_serial, "{stem}");
+            assert_ne!(old.key_pem, new.key_pem, "{stem}");
+            assert_eq!((old_subject, old_sans), (new_subject, new_sans), "{stem}");
+        }
+        assert_eq!(pki.serving(&names).unwrap().cert_pem, renewed[1].1.cert_pem);
+        let again = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.ca_pem(), pki.ca_pem());
+    }
+
+    #[test]
+    fn a_kubeconfig_takes_new_credentials_and_keeps_the_rest() {
+        let old = CertPair {
+            cert_pem: "old cert".into(),
+            key_pem: "old key".into(),
+        };
+        let new = CertPair {
+            cert_pem: "new cert".into(),
+            key_pem: "new key".into(),
+        };
+        let written = kubeconfig("kubox", "https://127.0.0.1:6443", "ca", "admin", &old);
+        let renewed = with_credentials(&written, &new);
+        assert_eq!(
+            renewed,
+            kubeconfig("kubox", "https://127.0.0.1:6443", "ca", "admin", &new)
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ fn subject(rt: &ResourceType, caller: &Identity, spec: &Value) -> ApiResult<Iden
             "at least one of user or group must be specified",
         ));
     }
-    Ok(Identity { user, groups })
+    Ok(Identity {
+        user,
+        groups,
+        ..Identity::default()
+    })
 }
 
 fn access(
@@ -143,7 +147,7 @@ pub fn answer(
     let spec = review["spec"].clone();
     review["status"] = match rt.kind {
         "SelfSubjectReview" => {
-            json!({"userInfo": {"username": caller.user, "groups": caller.groups}})
+            json!({ "userInfo": caller.user_info() })
         }
         "SelfSubjectRulesReview" => {
             let ns = text(&spec["namespace"]);

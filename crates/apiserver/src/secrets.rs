@@ -160,26 +160,9 @@ fn open(token: &str, value: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, SecretsE
         .collect()
 }
 
-/// The stems of `dir`'s leaf certificates (`server`, `admin`, `node`, ...):
-/// each server makes its own, for its own names and node, from the CA.
-fn leaf_stems(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let stem = name.strip_suffix(".crt")?.to_owned();
-            let pem = std::fs::read(e.path()).ok()?;
-            (!pki::is_ca(&pem)).then_some(stem)
-        })
-        .collect()
-}
-
 /// Every file of `dir` but the leaf certificates and their keys.
 fn collect(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, SecretsError> {
-    let leaves = leaf_stems(dir);
+    let leaves = pki::leaf_stems(dir);
     let io = |e| SecretsError::Io(dir.to_owned(), e);
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -207,7 +190,7 @@ fn install(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), SecretsE
     let ca = dir.join("ca.crt");
     let local_ca = std::fs::read(&ca).ok();
     if local_ca.is_some() && local_ca.as_ref() != files.get("ca.crt") {
-        for stem in leaf_stems(dir) {
+        for stem in pki::leaf_stems(dir) {
             for ext in ["crt", "key"] {
                 let path = dir.join(format!("{stem}.{ext}"));
                 match std::fs::remove_file(&path) {

@@ -3,19 +3,21 @@
 //! negotiates by ALPN).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{Handler, Identity};
-use crate::pki::CertPair;
+use crate::http::{CREDENTIAL_ID, Handler, Identity};
+use crate::pki::{CertPair, Pki};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,10 +35,87 @@ pub(crate) fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .map_err(|e| TlsError::Pem(e.to_string()))
 }
 
-/// The server's TLS configuration: TLS 1.2+, its serving certificate, and
-/// client certificates verified against `client_ca` when offered.
+/// The serving certificate every handshake presents, swapped in place when
+/// it is renewed: connections made before keep the one they got.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<(String, Arc<CertifiedKey>)>,
+}
+
+impl ServingCert {
+    pub fn new(pair: &CertPair) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: RwLock::new((pair.cert_pem.clone(), certified(pair)?)),
+        })
+    }
+
+    /// Presents `pair` from the next handshake on, unless it is the pair
+    /// presented already; says whether it changed.
+    pub fn set(&self, pair: &CertPair) -> Result<bool, TlsError> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.0 == pair.cert_pem {
+            return Ok(false);
+        }
+        *current = (pair.cert_pem.clone(), certified(pair)?);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .clone(),
+        )
+    }
+}
+
+/// A certificate and its key as rustls signs with them, refused when the
+/// key is not the certificate's.
+fn certified(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(Arc::new(CertifiedKey::from_der(
+        certs(&pair.cert_pem)?,
+        key,
+        &provider,
+    )?))
+}
+
+/// How often the serving certificate on disk is checked: renewed when due,
+/// and taken up when `kubox certs rotate` replaced it.
+const SERVING_CHECK: Duration = Duration::from_secs(2);
+
+/// Keeps `serving` current with `pki`'s serving certificate for `names`,
+/// renewing it before it expires.
+pub async fn keep_serving_current(pki: Arc<Pki>, names: Vec<String>, serving: Arc<ServingCert>) {
+    let mut tick = tokio::time::interval(SERVING_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // A rotation caught between its key and its certificate is
+        // refused as mismatched and taken up on a later tick.
+        match pki
+            .serving(&names)
+            .map_err(|e| e.to_string())
+            .and_then(|pair| serving.set(&pair).map_err(|e| e.to_string()))
+        {
+            Ok(true) => tracing::info!("serving a renewed certificate"),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("checking the serving certificate: {e}"),
+        }
+    }
+}
+
+/// The server's TLS configuration: TLS 1.2+, the serving certificate of
+/// `serving`, and client certificates verified against `client_ca` when
+/// offered.
 pub fn tls_config(
-    serving: &CertPair,
+    serving: Arc<ServingCert>,
     client_ca: &str,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -54,12 +133,10 @@ pub fn tls_config(
         ca_der: cas.first().map(|c| c.to_vec()).unwrap_or_default(),
         schemes: provider.signature_verification_algorithms,
     });
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&serving.cert_pem)?, key)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -75,7 +152,19 @@ fn identity(cert: &CertificateDer<'_>) -> Option<Identity> {
         .collect();
     // Every authenticated user is in this group, as upstream adds it.
     groups.push("system:authenticated".to_owned());
-    Some(Identity { user, groups })
+    // Upstream (1.32+) names the certificate by its SHA-256 fingerprint.
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let hex: String = fingerprint
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(Identity {
+        user,
+        groups,
+        extra: [(CREDENTIAL_ID.to_owned(), vec![format!("X509SHA256={hex}")])].into(),
+        ..Identity::default()
+    })
 }
 
 /// Serves connections from `listener` until the task is dropped.

@@ -101,7 +101,9 @@ impl TokenFile {
             groups.push("system:authenticated".to_owned());
             let identity = Identity {
                 user: fields[1].clone(),
+                uid: fields.get(2).cloned().unwrap_or_default(),
                 groups,
+                ..Identity::default()
             };
             if users.insert(fields[0].clone(), identity).is_some() {
                 tracing::warn!(path = %path.display(), line = i + 1, "duplicate token in the token file");

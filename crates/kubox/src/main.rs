@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod certs;
 mod component;
 mod controller_manager;
 mod datastore;
@@ -59,6 +60,8 @@ enum Command {
     User(user::UserArgs),
     /// Move a cluster's data between datastores (`migrate`: embedded to etcd).
     Datastore(datastore::DatastoreArgs),
+    /// Renew the cluster's certificates (`rotate`: all but the CA).
+    Certs(certs::CertsArgs),
     /// Work on the cluster's Secrets (re-encrypting them after a key change).
     Secrets(secrets::SecretsArgs),
     /// Measure kubox's components.
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     let cli = match cli.command {
         Command::Image(args) => return image::run(args),
         Command::User(args) => return user::run(args),
+        Command::Certs(args) => return certs::run(args),
         command => Cli { command, ..cli },
     };
     tracing_subscriber::fmt()
@@ -98,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             Command::Datastore(args) => datastore::run(args).await,
             Command::Secrets(args) => secrets::run(args).await,
             Command::Token(args) => token::run(args).await,
-            Command::Image(_) | Command::User(_) | Command::RuntimeHelper => {
+            Command::Image(_) | Command::User(_) | Command::Certs(_) | Command::RuntimeHelper => {
                 unreachable!("handled without a runtime")
             }
         }

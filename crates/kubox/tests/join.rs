@@ -110,9 +110,10 @@ async fn bootstrap_tokens_authenticate_as_bootstrappers_until_they_expire() {
         review["status"]["userInfo"]["username"],
         format!("system:bootstrap:{id}")
     );
+    // As upstream's bootstrap token authenticator: no uid, no extra.
     assert_eq!(
-        review["status"]["userInfo"]["groups"],
-        json!(["system:bootstrappers", "system:authenticated"])
+        review["status"]["userInfo"],
+        json!({"username": format!("system:bootstrap:{id}"), "groups": ["system:bootstrappers", "system:authenticated"]})
     );
     let secret = server.kubectl_ok(&[
         "get",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kubox_testkit::{KuboxServer, eventually};
+use kubox_testkit::{KuboxServer, eventually, kubectl_as};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 
@@ -30,16 +30,6 @@ fn run(program: &str, args: &[&str], dir: &Path) -> Output {
         text(&out.stderr)
     );
     out
-}
-
-/// A kubectl run against `kubeconfig` (not the admin's).
-fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("running kubectl")
 }
 
 /// Server without a node: these tests need the API only.
@@ -933,8 +923,82 @@ async fn a_certificate_signing_request_approved_with_kubectl_gives_a_client_cert
             .kubectl_ok(&["get", "csr", "dev1", "-o", "jsonpath={.status.certificate}"])
             .is_empty()
     );
+    // Updating the approval subresource is not enough: approving needs
+    // `approve` on the signer (by name or its domain's `/*`), issuing a
+    // certificate `sign`, as upstream's CertificateApproval and
+    // CertificateSigning admission.
+    server.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        "csr-writer",
+        "--verb=get,list,update,patch",
+        "--resource=certificatesigningrequests,certificatesigningrequests/approval,certificatesigningrequests/status",
+    ]);
+    server.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "csr-writer",
+        "--clusterrole=csr-writer",
+        "--user=approver",
+    ]);
+    let refused_to = |verb: &str| {
+        format!(
+            "Error from server (Forbidden): certificatesigningrequests.certificates.k8s.io \"dev1\" is forbidden: user not permitted to {verb} requests with signerName \"kubernetes.io/kube-apiserver-client\""
+        )
+    };
+    let approve = || server.kubectl(&["certificate", "approve", "dev1", "--as=approver"]);
+    let out = eventually(
+        "the binding to take effect",
+        Duration::from_secs(20),
+        || {
+            let out = approve();
+            let ready = !text(&out.stderr).contains("cannot get resource");
+            async move { ready.then_some(out) }
+        },
+    )
+    .await;
+    assert_eq!(text(&out.stderr).trim(), refused_to("approve"));
+    let out = server.kubectl(&[
+        "patch",
+        "csr",
+        "dev1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"certificate":"Zm9v"}}"#,
+        "--as=approver",
+    ]);
+    assert_eq!(text(&out.stderr).trim(), refused_to("sign"));
+    server.apply_json(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "signer-approver"},
+        "rules": [{
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["signers"],
+            "resourceNames": ["kubernetes.io/*"],
+            "verbs": ["approve"],
+        }],
+    }));
+    server.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "signer-approver",
+        "--clusterrole=signer-approver",
+        "--user=approver",
+    ]);
+    let out = eventually(
+        "the approve grant to take effect",
+        Duration::from_secs(20),
+        || {
+            let out = approve();
+            let ok = out.status.success();
+            async move { ok.then_some(out) }
+        },
+    )
+    .await;
     assert_eq!(
-        server.kubectl_ok(&["certificate", "approve", "dev1"]),
+        text(&out.stdout),
         "certificatesigningrequest.certificates.k8s.io/dev1 approved\n"
     );
     let cert = eventually(
@@ -1184,12 +1248,42 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
         text(&out.stderr)
     );
 
-    // NodeRestriction: not another node, not a restricted label of its own.
-    let out = kubectl_as(&node_a, &["label", "node", "node-b", "rack=r1"]);
+    // Another Node is not read by name; what the service proxy and the pod
+    // network follow is listed (kubox:node-network), but not what only
+    // kube-proxy's own identity reads (system:node-proxier's Endpoints).
+    let out = kubectl_as(&node_a, &["get", "node", "node-b"]);
     assert_eq!(
         refused(&out),
-        "Error from server (Forbidden): nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\""
+        "Error from server (Forbidden): nodes \"node-b\" is forbidden: User \"system:node:node-a\" cannot get resource \"nodes\" in API group \"\" at the cluster scope: node 'node-a' cannot read 'node-b', only its own Node object"
     );
+    for read in [
+        &["get", "nodes", "-o", "name"][..],
+        &["get", "services", "-A", "-o", "name"],
+        &["get", "endpointslices", "-A", "-o", "name"],
+        &["get", "node", "node-a", "-o", "name"],
+    ] {
+        let out = kubectl_as(&node_a, read);
+        assert!(out.status.success(), "{read:?}: {}", text(&out.stderr));
+    }
+    let out = kubectl_as(&node_a, &["get", "endpoints", "-A"]);
+    assert_eq!(
+        refused(&out),
+        "Error from server (Forbidden): endpoints is forbidden: User \"system:node:node-a\" cannot list resource \"endpoints\" in API group \"\" at the cluster scope"
+    );
+    let proxier: serde_json::Value = serde_json::from_str(&server.kubectl_ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:node-proxier",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        proxier["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}])
+    );
+
+    // NodeRestriction: not a restricted label of its own.
     let out = kubectl_as(
         &node_a,
         &[
@@ -1208,11 +1302,11 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
 
     // Its own status, as a kubelet reports it (PUT of `nodes/status`: the
     // Node authorizer, as upstream's, lets a node write its status but not
-    // read it, which `kubectl patch --subresource=status` would first).
+    // read it, which `kubectl patch --subresource=status` would first), and
+    // not another's (NodeRestriction).
     let put_status = |node: &str| {
-        let out = kubectl_as(&node_a, &["get", "node", node, "-o", "json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let mut object: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = server.kubectl_ok(&["get", "node", node, "-o", "json"]);
+        let mut object: serde_json::Value = serde_json::from_str(&out).unwrap();
         object["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}]);
         let file = dir.path().join(format!("{node}-status.json"));
         std::fs::write(&file, object.to_string()).unwrap();
@@ -1261,4 +1355,66 @@ async fn a_node_reads_only_its_pods_secrets_and_writes_only_its_own_node() {
         binding["subjects"].as_array().is_none_or(Vec::is_empty),
         "{binding}"
     );
+}
+
+/// The node graph is fed in the background; a node's read right after its
+/// pod is bound waits for it rather than being refused.
+#[tokio::test]
+async fn a_node_reads_its_pods_secret_right_after_the_bind() {
+    use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
+    use kube::api::{Api, PostParams};
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // rustls takes X.509 v3 certificates only, as the CSR signer issues.
+    let ca = kubox_apiserver::pki::Pki::load_or_create(&server.data_dir().join("pki")).unwrap();
+    let creds = ca
+        .issue_client("system:node:node-a", &["system:nodes"])
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}", server.port());
+    let node_config = dir.path().join("node-a.kubeconfig");
+    let contents = kubox_apiserver::pki::kubeconfig("kubox", &url, ca.ca_pem(), "node-a", &creds);
+    std::fs::write(&node_config, contents).unwrap();
+    let (admin, _) = kubox_client::connect(&server.kubeconfig()).await.unwrap();
+    let (node, _) = kubox_client::connect(&node_config).await.unwrap();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node_a = serde_json::from_value(serde_json::json!({"metadata": {"name": "node-a"}}));
+    nodes
+        .create(&PostParams::default(), &node_a.unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let read: Api<Secret> = Api::namespaced(node, "default");
+    for i in 0..30 {
+        let name = format!("s{i}");
+        let secret = serde_json::json!({"metadata": {"name": name}, "stringData": {"k": "v"}});
+        let secret = serde_json::from_value(secret).unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let unbound = serde_json::from_value(pod(&format!("p{i}"), "", Some(&name), None));
+        let created = pods
+            .create(&PostParams::default(), &unbound.unwrap())
+            .await
+            .unwrap();
+        let binding = Binding {
+            metadata: created.metadata.clone(),
+            target: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some("node-a".into()),
+                ..Default::default()
+            },
+        };
+        let pod_name = format!("p{i}");
+        let url = format!("/api/v1/namespaces/default/pods/{pod_name}/binding");
+        let request = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&binding).unwrap())
+            .unwrap();
+        let _: serde_json::Value = admin.request(request).await.unwrap();
+        if let Err(e) = read.get(&name).await {
+            panic!("read {i} right after the bind refused: {e}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use kubox_testkit::{EtcdProcess, KuboxServer, eventually, free_port};
+use kubox_testkit::{EtcdProcess, KuboxServer, eventually, free_port, kubectl_as};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 
@@ -368,6 +368,13 @@ async fn the_audit_log_records_requests_by_policy() {
             .status
             .success()
     );
+    let bogus = token_kubeconfig(&server, config_dir.path(), "bogus");
+    let out = kubectl_as(&bogus, &["get", "configmaps"]);
+    assert!(
+        text(&out.stderr).contains("Unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
     server.kubectl_ok(&[
         "get",
         "--raw",
@@ -472,6 +479,26 @@ async fn the_audit_log_records_requests_by_policy() {
     );
     assert_eq!(refused["objectRef"]["resource"], "pods");
 
+    // Refused credentials: by the policy, as no user, one ResponseStarted
+    // event (upstream's WithFailedAuthenticationAudit).
+    let unauthorized: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 401)
+        .collect();
+    assert!(!unauthorized.is_empty(), "no 401 audited");
+    for e in &unauthorized {
+        assert_eq!(e["stage"], "ResponseStarted", "{e}");
+        assert_eq!(e["user"], serde_json::json!({}), "{e}");
+        assert_eq!(e["level"], "RequestResponse", "{e}");
+        assert_eq!(e["objectRef"]["resource"], "configmaps", "{e}");
+        assert_eq!(
+            e["responseStatus"]["message"],
+            "Authentication failed, attempted: bearer"
+        );
+        let id = &e["auditID"];
+        assert_eq!(events.iter().filter(|o| &o["auditID"] == id).count(), 1);
+    }
+
     // The watch: started, then complete when it ended.
     let watch: Vec<&str> = events
         .iter()
@@ -547,39 +574,24 @@ async fn static_tokens_authenticate_kubectl() {
     )
     .await;
     let alice = token_kubeconfig(&server, dir.path(), "s3cr3t-t0ken");
-    let out = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            alice.to_str().unwrap(),
-            "auth",
-            "whoami",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&alice, &["auth", "whoami", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let review: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    assert_eq!(review["status"]["userInfo"]["uid"], "1001");
     assert_eq!(
         review["status"]["userInfo"]["groups"],
         serde_json::json!(["dev", "ops", "system:authenticated"])
     );
     // Known but granted nothing: RBAC's refusal names the token's user.
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", alice.to_str().unwrap(), "get", "pods"])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&alice, &["get", "pods"]);
     assert!(
         text(&out.stderr).contains("User \"alice\" cannot list resource \"pods\""),
         "{}",
         text(&out.stderr)
     );
     let wrong = token_kubeconfig(&server, dir.path(), "not-in-the-file");
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", wrong.to_str().unwrap(), "get", "pods"])
-        .output()
-        .unwrap();
+    let out = kubectl_as(&wrong, &["get", "pods"]);
     assert!(
         text(&out.stderr).contains("Unauthorized"),
         "{}",
@@ -629,4 +641,101 @@ async fn only_tls_1_2_and_later_are_served() {
             text(&out.stderr)
         );
     }
+}
+
+/// The serial number and expiry of the certificate a new TLS connection to
+/// the server is given.
+fn presented_certificate(server: &KuboxServer) -> String {
+    let hello = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port()),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let out = kubox_testkit::output_with_input(
+        Command::new("openssl").args(["x509", "-noout", "-serial", "-enddate"]),
+        &hello.stdout,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_served_without_a_restart() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let before = presented_certificate(&server);
+    let old_kubeconfig = server.data_dir().join("old-admin.kubeconfig");
+    std::fs::copy(server.kubeconfig(), &old_kubeconfig).unwrap();
+
+    // A watch whose connection was made before the rotation.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["get", "configmaps", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut await_line = |wanted: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !seen.iter().any(|l| l == wanted) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("the watch never printed {wanted} ({e}); it printed {seen:?}"),
+            }
+        }
+    };
+    server.kubectl_ok(&["create", "configmap", "before"]);
+    await_line("configmap/before");
+
+    let rotate = Command::new(KUBOX)
+        .args(["certs", "rotate", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let log = text(&rotate.stderr);
+    assert!(log.contains("server: renewed"), "{log}");
+    assert!(log.contains("admin: renewed"), "{log}");
+
+    let after = eventually(
+        "a new connection to get the new certificate",
+        Duration::from_secs(20),
+        || {
+            let now = presented_certificate(&server);
+            let changed = now != before;
+            async move { changed.then_some(now) }
+        },
+    )
+    .await;
+    assert!(after.contains("serial="), "{after}");
+    assert_ne!(
+        std::fs::read(server.kubeconfig()).unwrap(),
+        std::fs::read(&old_kubeconfig).unwrap(),
+        "the admin kubeconfig keeps its old certificate"
+    );
+    // The new admin certificate, and the old one (still valid: same CA).
+    server.kubectl_ok(&["create", "configmap", "after"]);
+    let old = kubectl_as(
+        &old_kubeconfig,
+        &["get", "configmap", "after", "-o", "name"],
+    );
+    assert!(old.status.success(), "{}", text(&old.stderr));
+    await_line("configmap/after");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }

@@ -417,3 +417,66 @@ async fn a_pods_mounted_token_authenticates_from_the_host() {
     })
     .await;
 }
+
+/// `kubectl auth whoami` shows upstream's uid and extra: a ServiceAccount's
+/// UID, its token's ID and the pod the token is bound to; a client
+/// certificate's SHA-256 fingerprint and no uid.
+#[tokio::test]
+async fn whoami_shows_the_uid_and_extra_of_each_credential() {
+    let server = start_api_only().await;
+    let account = uid(&server, "sa", "default");
+    let token = create_token(&server, &["default"]);
+    let jti = key(&server).claims(&token).unwrap().jti.unwrap();
+    assert_eq!(
+        user_of(&server, &token),
+        json!({
+            "username": "system:serviceaccount:default:default",
+            "uid": account,
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": [format!("JTI={jti}")]},
+        })
+    );
+
+    server.apply_json(&pod("bound", json!({})));
+    let pod_uid = uid(&server, "pod", "bound");
+    let bound = create_token(
+        &server,
+        &[
+            "default",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=bound",
+        ],
+    );
+    let jti = key(&server).claims(&bound).unwrap().jti.unwrap();
+    assert_eq!(
+        user_of(&server, &bound)["extra"],
+        json!({
+            "authentication.kubernetes.io/credential-id": [format!("JTI={jti}")],
+            "authentication.kubernetes.io/pod-name": ["bound"],
+            "authentication.kubernetes.io/pod-uid": [pod_uid],
+        })
+    );
+
+    let fingerprint = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(server.data_dir().join("pki/admin.crt"))
+        .output()
+        .unwrap();
+    let hex = text(&fingerprint.stdout)
+        .trim()
+        .rsplit_once('=')
+        .unwrap()
+        .1
+        .replace(':', "")
+        .to_lowercase();
+    let admin: Value =
+        serde_json::from_str(&server.kubectl_ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(
+        admin["status"]["userInfo"],
+        json!({
+            "username": "kubox-admin",
+            "groups": ["system:masters", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": [format!("X509SHA256={hex}")]},
+        })
+    );
+}

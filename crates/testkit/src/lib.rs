@@ -23,6 +23,17 @@ use std::time::{Duration, Instant};
 /// that the API is checked against a newer client as well.
 pub const KUBECTL_1_35: &str = "/usr/local/lib/kubox-test/kubectl-1.35";
 
+/// Runs the kubectl on PATH with the credentials of `kubeconfig` (a user's,
+/// a node's), not a server's admin ones.
+pub fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("running kubectl")
+}
+
 /// Runs `command` with `input` on its standard input; its whole output.
 pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
     use std::io::Write;

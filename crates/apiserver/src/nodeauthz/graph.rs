@@ -8,8 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use std::time::Duration;
+
 use kubox_store::Revision;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::cache::{EventType, Follower, Stored};
 
@@ -94,9 +97,31 @@ impl Edges {
     }
 }
 
-#[derive(Default)]
 pub struct Graph {
     edges: RwLock<Edges>,
+    /// The revision of each followed cache the graph has taken in.
+    seen: watch::Sender<HashMap<&'static str, Revision>>,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Self {
+            edges: RwLock::default(),
+            seen: watch::channel(HashMap::new()).0,
+        }
+    }
+}
+
+impl Graph {
+    /// Waits, at most `limit`, until the graph has taken in the cache
+    /// `plural` up to `revision`; says whether it has.
+    pub async fn wait_for(&self, plural: &str, revision: Revision, limit: Duration) -> bool {
+        let mut rx = self.seen.subscribe();
+        let reached = rx.wait_for(|seen| seen.get(plural).is_some_and(|r| *r >= revision));
+        tokio::time::timeout(limit, reached)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 fn text(v: &Value) -> &str {
@@ -299,6 +324,13 @@ impl Follower for Graph {
             EventType::Deleted => edges.remove(&owner),
             _ => edges.set(owner, edges_of(kind, &object.object)),
         }
+    }
+
+    fn progress(&self, plural: &'static str, revision: Revision) {
+        self.seen.send_modify(|seen| {
+            let r = seen.entry(plural).or_default();
+            *r = (*r).max(revision);
+        });
     }
 }
 

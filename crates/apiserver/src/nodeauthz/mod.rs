@@ -23,6 +23,9 @@ use graph::{Graph, Kind, Vertex};
 pub const NODE_USER_PREFIX: &str = "system:node:";
 /// The group every node is in.
 pub const NODES_GROUP: &str = "system:nodes";
+/// How long a node's refused request waits for the graph to catch up.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The namespace of nodes' Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
@@ -36,6 +39,8 @@ pub fn node_name(user: &Identity) -> Option<&str> {
 
 pub struct NodeAuthorizer {
     graph: Arc<Graph>,
+    /// The caches the graph follows, by plural.
+    followed: Vec<(&'static str, Arc<Cache>)>,
     /// The `system:node` role's rules, for what is not subdivided.
     rules: Vec<PolicyRule>,
 }
@@ -53,14 +58,33 @@ impl NodeAuthorizer {
     /// Starts following the pods and PersistentVolumes caches.
     pub fn start(cache_of: impl Fn(&str) -> Option<Arc<Cache>>) -> Self {
         let graph = Arc::new(Graph::default());
+        let mut followed = Vec::new();
         for plural in ["pods", "persistentvolumes"] {
             if let Some(cache) = cache_of(plural) {
-                crate::cache::follow(&graph, cache, plural);
+                crate::cache::follow(&graph, cache.clone(), plural);
+                followed.push((plural, cache));
             }
         }
         Self {
             graph,
+            followed,
             rules: crate::rbac::policy::node_policy_rules(),
+        }
+    }
+
+    /// Brings the graph up to every write committed before the call (the
+    /// pod bound a moment ago), waiting at most [`CATCH_UP`] for each
+    /// followed cache: the graph is fed in the background, so a node's
+    /// first read after a bind could otherwise find no path yet.
+    pub async fn catch_up(&self, api: &crate::api::Api) {
+        for (plural, cache) in &self.followed {
+            if let Err(e) = api.catch_up(cache, None).await {
+                tracing::debug!(plural, "the node graph's cache is behind: {}", e.message);
+                continue;
+            }
+            self.graph
+                .wait_for(plural, cache.revision(), CATCH_UP)
+                .await;
         }
     }
 
@@ -233,6 +257,7 @@ mod tests {
         Identity {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Identity::default()
         }
     }
 
@@ -253,6 +278,7 @@ mod tests {
     fn decide(verb: &str, resource: &str, sub: Option<&str>, name: Option<&str>) -> Decision {
         let authz = NodeAuthorizer {
             graph: Arc::new(Graph::default()),
+            followed: Vec::new(),
             rules: crate::rbac::policy::node_policy_rules(),
         };
         let user = identity("system:node:a", &[NODES_GROUP]);

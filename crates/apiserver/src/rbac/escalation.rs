@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Rbac;
 use super::rules::{compact, go_quoted, uncovered};
-use crate::api::WriteCheck;
+use crate::api::{CheckedWrite, WriteCheck};
 use crate::authz::{self, Attributes, Authorizer, Decision};
 use crate::http::Identity;
 use crate::registry::ResourceType;
@@ -81,13 +81,8 @@ fn decode<T: serde::de::DeserializeOwned + Default>(v: &Value) -> T {
 }
 
 impl WriteCheck for Escalation {
-    fn check(
-        &self,
-        user: &Identity,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        obj: &Value,
-    ) -> ApiResult<()> {
+    fn check(&self, user: &Identity, write: &CheckedWrite<'_>) -> ApiResult<()> {
+        let CheckedWrite { rt, ns, obj, .. } = *write;
         if rt.group != GROUP || user.groups.iter().any(|g| g == authz::MASTERS) {
             return Ok(());
         }

@@ -129,6 +129,7 @@ mod tests {
         let jane = Identity {
             user: "jane".into(),
             groups: vec!["dev".into(), "system:authenticated".into()],
+            ..Identity::default()
         };
         assert!(names(&subject("User", "jane", None), &jane, ""));
         assert!(!names(&subject("User", "bob", None), &jane, ""));
@@ -142,6 +143,7 @@ mod tests {
         let bot = Identity {
             user: "system:serviceaccount:work:bot".into(),
             groups: vec![],
+            ..Identity::default()
         };
         assert!(names(
             &subject("ServiceAccount", "bot", Some("work")),

@@ -10,11 +10,14 @@
 //! kubox's controllers share one client (`system:kube-controller-manager`)
 //! rather than one ServiceAccount each, so each `system:controller:*`
 //! binding names that user beside the ServiceAccount upstream binds; the
-//! service proxy runs with its node's identity, so `system:node-proxier` is
-//! bound to `system:nodes` as well as `system:kube-proxy`. As upstream,
-//! `system:node` is bound to no one: the Node authorizer applies its rules
-//! to nodes, subdividing what a node may read by the pods bound to it; the
-//! `system:nodes` subject earlier kubox versions gave it is withdrawn.
+//! service proxy and pod network run with their node's identity, so nodes
+//! get `kubox:node-network`: the EndpointSlices the proxy follows and the
+//! Nodes whose pod ranges the network routes to (flannel's role), which the
+//! Node authorizer does not give them. As upstream, `system:node` is bound
+//! to no one (the Node authorizer applies its rules to nodes, subdividing
+//! what a node may read by the pods bound to it) and `system:node-proxier`
+//! only to `system:kube-proxy`; the `system:nodes` subjects earlier kubox
+//! versions gave them are withdrawn.
 
 use serde_json::{Value, json};
 
@@ -121,6 +124,7 @@ const SCHEDULER: &str = "system:kube-scheduler";
 const DNS_ACCOUNT: &str = "coredns";
 const DNS_ROLE: &str = "system:coredns";
 const INGRESS: &str = "system:kubox-ingress";
+const NODE_NETWORK: &str = "kubox:node-network";
 const PUBLISHER: &str = "system:kubox:service-publisher";
 const METRICS_SERVER: &str = "system:metrics-server";
 const NODE_BOOTSTRAPPER: &str = "system:node-bootstrapper";
@@ -1036,6 +1040,17 @@ pub fn cluster_roles() -> Vec<Value> {
         ],
     ));
     roles.push(cluster_role(
+        NODE_NETWORK,
+        vec![
+            rule(&["list", "watch"], &[""], &["nodes"]),
+            rule(
+                &["list", "watch"],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
+        ],
+    ));
+    roles.push(cluster_role(
         INGRESS,
         vec![
             rule(
@@ -1133,7 +1148,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:node-proxier",
             "ClusterRole",
-            vec![user("system:kube-proxy"), group("system:nodes")],
+            vec![user("system:kube-proxy")],
         ),
         binding(SCHEDULER, "ClusterRole", vec![user(SCHEDULER)]),
         binding(
@@ -1172,6 +1187,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         "ClusterRole",
         SELF_NODE_CLIENT,
         vec![group("system:nodes")],
+    ));
+    bindings.push(binding(
+        NODE_NETWORK,
+        "ClusterRole",
+        vec![group(crate::nodeauthz::NODES_GROUP)],
     ));
     bindings.push(binding(INGRESS, "ClusterRole", vec![user(INGRESS)]));
     bindings.push(binding(
@@ -1284,7 +1304,10 @@ fn revision_of(obj: &Value) -> i64 {
 
 /// Subjects earlier kubox versions bound that the policy no longer grants:
 /// (binding, subject kind, subject name).
-const WITHDRAWN: &[(&str, &str, &str)] = &[("system:node", "Group", "system:nodes")];
+const WITHDRAWN: &[(&str, &str, &str)] = &[
+    ("system:node", "Group", "system:nodes"),
+    ("system:node-proxier", "Group", "system:nodes"),
+];
 
 /// What `wanted` adds to `current`: rules for roles, subjects for bindings
 /// (less the withdrawn ones).
@@ -1413,15 +1436,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconciling_withdraws_the_nodes_group_from_system_node() {
+    fn reconciling_withdraws_the_nodes_group_from_the_node_roles() {
         let wanted = binding("system:node", "ClusterRole", Vec::new());
         let mut old = wanted.clone();
         old["subjects"] = json!([subject("Group", "system:nodes")]);
         let updated = reconciled(&old, &wanted).expect("the subject is withdrawn");
         assert_eq!(updated["subjects"], json!([]));
         assert!(reconciled(&wanted, &wanted).is_none());
-        // Only from that binding.
-        let mut other = binding("system:node-proxier", "ClusterRole", Vec::new());
+        let wanted = binding(
+            "system:node-proxier",
+            "ClusterRole",
+            vec![subject("User", "system:kube-proxy")],
+        );
+        let mut old = wanted.clone();
+        old["subjects"] = json!([
+            subject("User", "system:kube-proxy"),
+            subject("Group", "system:nodes")
+        ]);
+        let updated = reconciled(&old, &wanted).expect("the subject is withdrawn");
+        assert_eq!(updated["subjects"], wanted["subjects"]);
+        // Only from those bindings.
+        let mut other = binding(NODE_NETWORK, "ClusterRole", Vec::new());
         other["subjects"] = json!([subject("Group", "system:nodes")]);
         assert!(reconciled(&other, &other).is_none());
     }

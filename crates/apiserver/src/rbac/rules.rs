@@ -215,6 +215,7 @@ mod tests {
         let u = Identity {
             user: "u".into(),
             groups: vec![],
+            ..Identity::default()
         };
         let pods = rule(&[""], &["pods"], &["get", "list"]);
         assert!(allows(&pods, &request(&u, "list", "", "pods", None, None)));
@@ -290,6 +291,7 @@ mod tests {
         let u = Identity {
             user: "u".into(),
             groups: vec![],
+            ..Identity::default()
         };
         let urls = PolicyRule {
             non_resource_urls: Some(strings(&["/healthz", "/apis/*"])),

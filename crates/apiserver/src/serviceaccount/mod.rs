@@ -7,16 +7,22 @@
 pub mod admission;
 mod request;
 
+use std::collections::BTreeMap;
+
 use kubox_satoken::{Bound, SigningKey, Subject};
 use serde_json::{Value, json};
 
 use crate::api::Api;
-use crate::http::Identity;
+use crate::http::{CREDENTIAL_ID, Identity};
 use crate::status::ApiResult;
 
 /// How long after its deletion began a bound pod or Secret still lets its
 /// tokens in, as upstream's validator allows.
 const DELETION_GRACE: i64 = 60;
+
+/// The `extra` keys naming the pod a token is bound to.
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
 pub struct Tokens {
     key: SigningKey,
@@ -61,9 +67,21 @@ impl Tokens {
             .map_err(|e| e.to_string())?;
         self.check_objects(api, &subject, token).await?;
         let ns = &subject.namespace;
+        // Upstream's extra for a service account: the pod a token is bound
+        // to, and the token's ID.
+        let mut extra = BTreeMap::new();
+        if let Some(Bound::Pod(pod)) = &subject.bound {
+            extra.insert(POD_NAME.to_owned(), vec![pod.name.clone()]);
+            extra.insert(POD_UID.to_owned(), vec![pod.uid.clone()]);
+        }
+        if let Some(jti) = claims.jti.as_ref().filter(|j| !j.is_empty()) {
+            extra.insert(CREDENTIAL_ID.to_owned(), vec![format!("JTI={jti}")]);
+        }
         Ok(Identity {
             user: kubox_satoken::username(ns, &subject.service_account.name),
+            uid: subject.service_account.uid.clone(),
             groups: kubox_satoken::groups(ns),
+            extra,
         })
     }
 
