@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kubox_testkit::KuboxServer;
 
 use crate::pods::{USER_HZ, pod, running, usage};
 use crate::report::{Latencies, Table};
@@ -18,6 +17,9 @@ pub struct Options {
     pub pods: usize,
     /// Scrapes of each page timed.
     pub scrapes: usize,
+    /// Measure the node agent as its own `kubox agent` process rather than
+    /// the server it runs in (see `bench pods --agent-apart`).
+    pub agent_apart: bool,
 }
 
 /// One GET through the API server, its body's size.
@@ -40,12 +42,10 @@ async fn scrape(client: &kube::Client, path: &str, n: usize) -> anyhow::Result<(
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let server = KuboxServer::start(&exe, &["--node-name", "bench"]).await;
+    let node = crate::pods::start(&exe, "embedded", opts.agent_apart).await?;
+    let (server, pid) = (&node.server, node.pid);
     server.wait_node_ready("bench").await;
-    server.import_busybox();
-    let pid = server
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("the server is not running"))?;
+    let who = if opts.agent_apart { "agent" } else { "server" };
     let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     for i in 0..opts.pods {
@@ -99,15 +99,15 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut row = |k: &str, v: String| table.row(vec![k.to_owned(), v]);
     row("pods running on the node", opts.pods.to_string());
     row(
-        "server CPU, metrics-server only (15 s resolution)",
+        &format!("{who} CPU, metrics-server only (15 s resolution)"),
         format!("{idle:.1} % of a core"),
     );
     row(
-        &format!("server CPU, every page scraped each second ({pages} rounds)"),
+        &format!("{who} CPU, every page scraped each second ({pages} rounds)"),
         format!("{scraping:.1} % of a core"),
     );
     row(
-        "server RSS before / while scraping",
+        &format!("{who} RSS before / while scraping"),
         format!(
             "{:.1} / {:.1} MiB",
             rss_before as f64 / 1024.0,

@@ -159,21 +159,26 @@ async fn gone(api: &Api<Pod>) -> anyhow::Result<()> {
 }
 
 /// The server the pods are created on, and the node agent measured.
-struct Node {
-    server: KuboxServer,
+pub(crate) struct Node {
+    pub(crate) server: KuboxServer,
     /// The agent's own host when it runs apart, held for as long as the
     /// bench runs; dropped after the server.
     _hosts: Option<Hosts>,
     /// The process that runs the node agent: the server's, or its own.
-    pid: u32,
+    pub(crate) pid: u32,
     /// The agent's data directory.
     data_dir: std::path::PathBuf,
 }
 
-async fn start(exe: &std::path::Path, opts: &Options) -> anyhow::Result<Node> {
-    if !opts.agent_apart {
-        let server =
-            KuboxServer::start(exe, &["--node-name", "bench", "--runtime", &opts.runtime]).await;
+/// Starts a server with node `bench`, whose agent runs inside it or, with
+/// `agent_apart`, as `kubox agent` on a host of its own; busybox imported.
+pub(crate) async fn start(
+    exe: &std::path::Path,
+    runtime: &str,
+    agent_apart: bool,
+) -> anyhow::Result<Node> {
+    if !agent_apart {
+        let server = KuboxServer::start(exe, &["--node-name", "bench", "--runtime", runtime]).await;
         server.import_busybox();
         let pid = server
             .pid()
@@ -214,7 +219,7 @@ async fn start(exe: &std::path::Path, opts: &Options) -> anyhow::Result<Node> {
         "--node-ip",
         host.ip(),
         "--runtime",
-        &opts.runtime,
+        runtime,
         "--cluster-dns",
     ]
     .map(str::to_owned)
@@ -238,7 +243,7 @@ async fn start(exe: &std::path::Path, opts: &Options) -> anyhow::Result<Node> {
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let node = start(&exe, &opts).await?;
+    let node = start(&exe, &opts.runtime, opts.agent_apart).await?;
     let (server, pid) = (&node.server, node.pid);
     let (client, _) = kubox_client::connect(&server.kubeconfig()).await?;
     let api: Api<Pod> = Api::namespaced(client, "default");

@@ -141,6 +141,9 @@ enum BenchCommand {
         /// Scrapes of each page timed.
         #[arg(long, default_value_t = 50)]
         scrapes: usize,
+        /// Measure the node agent alone, run as its own `kubox agent`.
+        #[arg(long)]
+        agent_apart: bool,
     },
     /// A Deployment's rolling update on hollow nodes: from the image
     /// change to every new replica available.
@@ -281,9 +284,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("{table}");
         }
-        BenchCommand::Metrics { pods, scrapes } => {
-            let table =
-                kubox_bench::metrics::run(kubox_bench::metrics::Options { pods, scrapes }).await?;
+        BenchCommand::Metrics {
+            pods,
+            scrapes,
+            agent_apart,
+        } => {
+            let table = kubox_bench::metrics::run(kubox_bench::metrics::Options {
+                pods,
+                scrapes,
+                agent_apart,
+            })
+            .await?;
             println!("{table}");
         }
         BenchCommand::Rollout { replicas, nodes } => {
