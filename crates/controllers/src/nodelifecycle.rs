@@ -8,8 +8,13 @@
 //! is deleted, and one that tolerates it for `tolerationSeconds` (300 s by
 //! the DefaultTolerationSeconds admission) is deleted that long after the
 //! taint was added, so its controller makes it again elsewhere.
+//!
+//! Silence is timed on this controller's clock, as upstream's probe
+//! timestamps: a node is heard when what it reported (its Lease's renewTime,
+//! its Ready heartbeat) changes, whatever time its own clock wrote there, so
+//! nodes whose clocks are off are judged by when they last spoke.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +67,7 @@ pub async fn run(ctx: Arc<Context>) {
         pods: pods.store(),
     };
     let mut tick = tokio::time::interval(MONITOR_PERIOD);
+    let mut heard = Heard::default();
     loop {
         tick.tick().await;
         let now = Timestamp::now();
@@ -71,9 +77,11 @@ pub async fn run(ctx: Arc<Context>) {
                 by_node.entry(n).or_default().push(pod);
             }
         }
-        for node in shared.nodes.state() {
+        let nodes = shared.nodes.state();
+        heard.retain(&nodes.iter().map(|n| n.name_any()).collect());
+        for node in nodes {
             let pods = by_node.remove(&node.name_any()).unwrap_or_default();
-            if let Err(e) = monitor(&shared, &node, &pods, now).await {
+            if let Err(e) = monitor(&shared, &mut heard, &node, &pods, now).await {
                 tracing::warn!(controller = COMPONENT, node = %node.name_any(), "{e}");
             }
         }
@@ -89,8 +97,36 @@ fn condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
         .find(|c| c.type_ == type_)
 }
 
-/// When the node was last heard of: its Lease renewed, its status posted,
-/// or, if never, its registration.
+/// When each node was last heard of, on this controller's clock: what it
+/// last reported, and when that was first seen.
+#[derive(Default)]
+struct Heard(HashMap<String, (Option<Timestamp>, Timestamp)>);
+
+impl Heard {
+    /// Whether `name`, which reports `reported` at `now`, has been silent
+    /// for longer than `grace`. A node first seen counts as just heard.
+    fn silent(
+        &mut self,
+        name: &str,
+        reported: Option<Timestamp>,
+        now: Timestamp,
+        grace: SignedDuration,
+    ) -> bool {
+        let (last, at) = self.0.entry(name.to_owned()).or_insert((reported, now));
+        if *last != reported {
+            (*last, *at) = (reported, now);
+        }
+        at.checked_add(grace).is_ok_and(|deadline| deadline < now)
+    }
+
+    /// Forgets nodes no longer in `names`.
+    fn retain(&mut self, names: &HashSet<String>) {
+        self.0.retain(|name, _| names.contains(name));
+    }
+}
+
+/// What the node last reported of itself: its Lease renewed, its status
+/// posted, or, if never, its registration.
 fn last_heard(node: &Node, lease: Option<&Lease>) -> Option<Timestamp> {
     let renewed = lease
         .and_then(|l| l.spec.as_ref())
@@ -217,6 +253,7 @@ fn pod_ready(pod: &Pod) -> bool {
 
 async fn monitor(
     shared: &Shared,
+    heard: &mut Heard,
     node: &Node,
     pods: &[Arc<Pod>],
     now: Timestamp,
@@ -226,9 +263,7 @@ async fn monitor(
     let lease = shared
         .leases
         .get(&kube::runtime::reflector::ObjectRef::new(&name).within("kube-node-lease"));
-    let silent = last_heard(node, lease.as_deref())
-        .and_then(|t| t.checked_add(shared.grace).ok())
-        .is_some_and(|deadline| deadline < now);
+    let silent = heard.silent(&name, last_heard(node, lease.as_deref()), now, shared.grace);
     let mut ready = condition(node, "Ready").map(|c| c.status.clone());
     if silent && let Some(conditions) = silenced(node, now) {
         nodes
@@ -352,6 +387,26 @@ mod tests {
 
     fn node(value: serde_json::Value) -> Node {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn silence_is_timed_on_the_controllers_clock_whatever_the_nodes_say() {
+        let grace = SignedDuration::from_secs(40);
+        let mut heard = Heard::default();
+        let t = |s: i64| at("2026-07-01T10:00:00Z") + SignedDuration::from_secs(s);
+        // A node whose clock is ten minutes behind, renewing every 10 s.
+        for s in (0..300).step_by(10) {
+            assert!(!heard.silent("slow", Some(t(s - 600)), t(s), grace));
+        }
+        // One ten minutes ahead that stops: silent once the grace has
+        // passed here, not ten minutes later.
+        assert!(!heard.silent("fast", Some(t(600)), t(0), grace));
+        assert!(!heard.silent("fast", Some(t(600)), t(40), grace));
+        assert!(heard.silent("fast", Some(t(600)), t(41), grace));
+        // Heard again: not silent.
+        assert!(!heard.silent("fast", Some(t(650)), t(45), grace));
+        heard.retain(&["slow".to_owned()].into());
+        assert_eq!(heard.0.len(), 1);
     }
 
     #[test]
