@@ -136,9 +136,15 @@ async fn measure(
 }
 
 /// Latency from issuing a write to each of `watchers` watchers receiving it.
+/// Timing starts once every watcher has received a first write, so what is
+/// measured is delivery to live watchers, not the start of their tasks (the
+/// first writes after 1000 tasks are spawned wait for them to be polled
+/// once, tens of ms, whatever the store).
 async fn watch_fanout(store: &Arc<dyn Store>, watchers: usize) -> anyhow::Result<(f64, f64)> {
     const WRITES: usize = 100;
+    const WARM_UP: &str = "/bench/watch/warm-up";
     let epoch = Instant::now();
+    let (live_tx, mut live) = tokio::sync::mpsc::channel::<()>(watchers);
     let mut tasks = Vec::new();
     for _ in 0..watchers {
         let mut stream = store
@@ -147,6 +153,7 @@ async fn watch_fanout(store: &Arc<dyn Store>, watchers: usize) -> anyhow::Result
                 ..Default::default()
             })
             .await?;
+        let live_tx = live_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Latencies::default();
             let mut seen = 0;
@@ -155,6 +162,10 @@ async fn watch_fanout(store: &Arc<dyn Store>, watchers: usize) -> anyhow::Result
                     Some(Ok(WatchMessage::Events(events))) => {
                         let now = epoch.elapsed();
                         for e in events {
+                            if e.kv.key == WARM_UP {
+                                live_tx.send(()).await?;
+                                continue;
+                            }
                             let sent: u64 = std::str::from_utf8(&e.kv.value)?.parse()?;
                             lat.record(now.saturating_sub(Duration::from_nanos(sent)));
                             seen += 1;
@@ -167,6 +178,13 @@ async fn watch_fanout(store: &Arc<dyn Store>, watchers: usize) -> anyhow::Result
             }
             anyhow::Ok(lat)
         }));
+    }
+    drop(live_tx);
+    store.create(WARM_UP, Bytes::from_static(b"0"), 0).await?;
+    for _ in 0..watchers {
+        tokio::time::timeout(Duration::from_secs(30), live.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("a watcher ended before the first write"))?;
     }
     for i in 0..WRITES {
         let sent = epoch.elapsed().as_nanos().to_string();
