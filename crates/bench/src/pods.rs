@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use kubox_testkit::{Hosts, KuboxServer, eventually, import_busybox};
+use kubox_testkit::{Hosts, KuboxServer, import_busybox};
 
 use crate::report::{Latencies, Table};
 
@@ -194,40 +194,13 @@ pub(crate) async fn start(
     let mut hosts = Hosts::new(1);
     let gateway = hosts.gateway();
     let server = KuboxServer::start(exe, &["--disable-agent", "--bind-address", &gateway]).await;
-    let token_file = server.data_dir().join("token");
-    let token = eventually(
-        "the server writes its join token",
-        Duration::from_secs(30),
-        || async {
-            let token = std::fs::read_to_string(&token_file).ok()?;
-            token.ends_with('\n').then(|| token.trim().to_owned())
-        },
-    )
-    .await;
+    let token = server.join_token().await;
     let url = format!("https://{gateway}:{}", server.port());
     let host = hosts.host(0);
     let data_dir = host.data_dir().to_owned();
     import_busybox(exe, &data_dir, "docker.io/library/busybox:latest");
-    let mut args: Vec<String> = [
-        "agent",
-        "--server",
-        &url,
-        "--token",
-        &token,
-        "--node-name",
-        "bench",
-        "--node-ip",
-        host.ip(),
-        "--runtime",
-        runtime,
-        "--cluster-dns",
-    ]
-    .map(str::to_owned)
-    .into();
-    args.push(server.net().cluster_dns());
-    args.push("--data-dir".into());
-    args.push(data_dir.display().to_string());
-    args.extend(server.net().args());
+    let mut args = server.agent_join_args(&url, &token, host.ip(), "bench", &data_dir);
+    args.extend(["--runtime".to_owned(), runtime.to_owned()]);
     host.spawn(exe, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let pid = host
         .pid()
@@ -396,7 +369,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         format!(
             "{:.1} MiB / {:.1} MiB",
             busy_anon as f64 / 1024.0,
-            (busy_rss - busy_anon.min(busy_rss)) as f64 / 1024.0
+            busy_rss.saturating_sub(busy_anon) as f64 / 1024.0
         ),
     );
     row(

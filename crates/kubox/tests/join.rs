@@ -11,21 +11,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use kubox_testkit::{Hosts, KuboxServer, eventually, free_port, import_busybox};
+use kubox_testkit::{Hosts, KuboxServer, eventually, import_busybox};
 use serde_json::{Value, json};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The server's join token, `DATA/token`, which it writes once it serves.
-async fn server_token(server: &KuboxServer) -> String {
-    let path = server.data_dir().join("token");
-    eventually("the server writes its join token", TIMEOUT, || async {
-        let token = std::fs::read_to_string(&path).ok()?;
-        token.ends_with('\n').then(|| token.trim().to_owned())
-    })
-    .await
-}
 
 /// kubectl with no kubeconfig: the server and CA given, and a bearer token
 /// when `token` is.
@@ -86,7 +76,7 @@ fn bootstrap_part(join: &str) -> &str {
 #[tokio::test]
 async fn bootstrap_tokens_authenticate_as_bootstrappers_until_they_expire() {
     let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
-    let join = server_token(&server).await;
+    let join = server.join_token().await;
     let mode = std::fs::metadata(server.data_dir().join("token"))
         .unwrap()
         .permissions()
@@ -207,36 +197,6 @@ async fn bootstrap_tokens_authenticate_as_bootstrappers_until_they_expire() {
     assert!(kept.status.success());
 }
 
-/// `kubox agent --server ... --token ...` on a host, as node `name`.
-fn join_args(
-    server_url: &str,
-    token: &str,
-    host_ip: &str,
-    name: &str,
-    server: &KuboxServer,
-    dir: &Path,
-) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "--server".into(),
-        server_url.into(),
-        "--token".into(),
-        token.into(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--node-name".into(),
-        name.into(),
-        "--node-ip".into(),
-        host_ip.into(),
-        "--agent-port".into(),
-        free_port().to_string(),
-        "--cluster-dns".into(),
-        server.net().cluster_dns(),
-    ];
-    args.extend(server.net().args());
-    args
-}
-
 fn spawn_agent(
     hosts: &mut Hosts,
     i: usize,
@@ -246,7 +206,7 @@ fn spawn_agent(
     name: &str,
 ) {
     let host = hosts.host(i);
-    let args = join_args(url, token, host.ip(), name, server, host.data_dir());
+    let args = server.agent_join_args(url, token, host.ip(), name, host.data_dir());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     host.spawn(Path::new(KUBOX), &args);
 }
@@ -314,7 +274,7 @@ async fn server_on(hosts: &Hosts, extra: &[&str]) -> (KuboxServer, String) {
 async fn agents_join_with_a_token_checked_against_the_ca_and_keep_their_names() {
     let mut hosts = Hosts::new(2);
     let (server, url) = server_on(&hosts, &[]).await;
-    let join = server_token(&server).await;
+    let join = server.join_token().await;
     let token = bootstrap_part(&join).to_owned();
 
     // A server whose CA is not the token's is never trusted.
@@ -480,7 +440,7 @@ async fn of_two_machines_claiming_one_new_name_at_once_one_is_denied() {
 async fn a_joined_node_renews_its_certificate_before_it_expires() {
     let mut hosts = Hosts::new(1);
     let (server, url) = server_on(&hosts, &["--cluster-signing-duration", "20s"]).await;
-    let join = server_token(&server).await;
+    let join = server.join_token().await;
     spawn_agent(&mut hosts, 0, &server, &url, &join, "node-b");
     server.wait_node_ready("node-b").await;
     log_says(&mut hosts, 0, "the node's certificate is renewed").await;
@@ -545,7 +505,7 @@ async fn three_nodes_run_a_deployment_with_services_and_dns_across_them() {
     let mut hosts = Hosts::new(2);
     let (server, url) = server_on(&hosts, &[]).await;
     server.import_busybox();
-    let join = server_token(&server).await;
+    let join = server.join_token().await;
     for (i, name) in [(0, "node-b"), (1, "node-c")] {
         let dir = hosts.host(i).data_dir().to_owned();
         import_busybox(Path::new(KUBOX), &dir, "docker.io/library/busybox:latest");
@@ -675,7 +635,7 @@ async fn a_node_cut_off_has_its_pods_replaced_and_stops_them_when_it_returns() {
     let mut hosts = Hosts::new(1);
     let (server, url) = server_on(&hosts, &["--node-monitor-grace-period=10s"]).await;
     server.import_busybox();
-    let join = server_token(&server).await;
+    let join = server.join_token().await;
     let dir = hosts.host(0).data_dir().to_owned();
     import_busybox(Path::new(KUBOX), &dir, "docker.io/library/busybox:latest");
     spawn_agent(&mut hosts, 0, &server, &url, &join, "node-b");

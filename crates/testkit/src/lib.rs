@@ -637,6 +637,52 @@ impl KuboxServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The server's join token, `DATA/token`, which it writes once it serves.
+    pub async fn join_token(&self) -> String {
+        let path = self.dir.path().join("token");
+        eventually(
+            "the server writes its join token",
+            Duration::from_secs(90),
+            || async {
+                let token = std::fs::read_to_string(&path).ok()?;
+                token.ends_with('\n').then(|| token.trim().to_owned())
+            },
+        )
+        .await
+    }
+
+    /// The arguments of `kubox agent --server URL --token TOKEN` joining this
+    /// cluster as node `name` at `node_ip`, with its state in `dir`, on a free
+    /// agent port and this cluster's network names.
+    pub fn agent_join_args(
+        &self,
+        url: &str,
+        token: &str,
+        node_ip: &str,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            url.into(),
+            "--token".into(),
+            token.into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--node-name".into(),
+            name.into(),
+            "--node-ip".into(),
+            node_ip.into(),
+            "--agent-port".into(),
+            free_port().to_string(),
+            "--cluster-dns".into(),
+            self.net.cluster_dns(),
+        ];
+        args.extend(self.net.args());
+        args
+    }
+
     /// Waits until node `name` has registered and is Ready.
     pub async fn wait_node_ready(&self, name: &str) {
         eventually("the node to register", Duration::from_secs(120), || async {
