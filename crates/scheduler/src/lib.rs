@@ -15,6 +15,7 @@ mod preemption;
 mod queue;
 mod resources;
 mod scores;
+mod slim;
 mod spread;
 mod workloads;
 
@@ -28,7 +29,7 @@ use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod}
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use kubox_client::events::{Recorder, Type, pod_reference};
@@ -57,7 +58,6 @@ struct Unschedulable {
 
 struct Context {
     client: kube::Client,
-    pods: Store<Pod>,
     /// For affinity terms' namespaceSelector.
     namespaces: Store<Namespace>,
     /// For the system default spread constraints.
@@ -70,9 +70,11 @@ struct Context {
     queue: Arc<Queue>,
     metrics: metrics::Metrics,
     events: Recorder,
-    /// What each pending pod looked like when queued, so status-only updates
-    /// (our own condition patches among them) do not retry it.
-    seen: Mutex<HashMap<Key, Arc<Pod>>>,
+    /// Each pending pod as last seen: what its scheduling cycle decides on,
+    /// and what a new version is compared with, so that status-only updates
+    /// (our own condition patches among them) do not retry it. Bound pods
+    /// are in the cache only: no pod is held twice.
+    pending: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Where the next pod's filtering starts, so that successive pods are
     /// tried against different nodes when not all are looked at.
     next_start: AtomicUsize,
@@ -110,9 +112,7 @@ fn is_pending_for_us(pod: &Pod) -> bool {
 /// Whether a pod asks to be scheduled as it did: compared field by field,
 /// which costs less than serialising each pending pod's every event.
 fn same_request(a: &Pod, b: &Pod) -> bool {
-    a.spec == b.spec
-        && a.metadata.labels == b.metadata.labels
-        && a.metadata.annotations == b.metadata.annotations
+    a.spec == b.spec && a.metadata.labels == b.metadata.labels
 }
 
 /// How many feasible nodes to look for before scoring, as upstream's
@@ -132,7 +132,6 @@ impl Scheduler {
     pub fn start(client: kube::Client, metrics: Metrics) -> Self {
         let queue = Arc::new(Queue::default());
         metrics.follow(&queue);
-        let (pods, pods_writer) = reflector::store::<Pod>();
         // Nothing waits on these stores' changes: they are read per pod.
         use kubox_client::follow;
         let (namespaces, namespace_events) = follow(client.clone(), Arc::default());
@@ -153,22 +152,21 @@ impl Scheduler {
             },
             events: Recorder::new(client.clone(), DEFAULT_SCHEDULER, None),
             client: client.clone(),
-            pods,
             updates,
             queue,
             metrics,
-            seen: Mutex::default(),
+            pending: Mutex::default(),
             next_start: AtomicUsize::new(0),
         });
         let (nodes_listed, mut nodes_ready) = tokio::sync::watch::channel(false);
+        let (pods_listed, mut pods_ready) = tokio::sync::watch::channel(false);
         let pod_events = {
             let ctx = ctx.clone();
-            let stream = reflector::reflector(
-                pods_writer,
-                watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-            );
+            let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .modify(slim::pod);
             tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream.default_backoff());
+                let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
@@ -180,7 +178,10 @@ impl Scheduler {
                             ctx.forget(&k);
                             ctx.queue.move_all_to_active();
                         }
-                        Ok(_) => {}
+                        Ok(watcher::Event::InitDone) => {
+                            let _ = pods_listed.send(true);
+                        }
+                        Ok(watcher::Event::Init) => {}
                         Err(e) => tracing::warn!("watching pods: {e}"),
                     }
                 }
@@ -188,9 +189,11 @@ impl Scheduler {
         };
         let node_events = {
             let ctx = ctx.clone();
-            let stream = watcher(Api::<Node>::all(client), watcher::Config::default());
+            let stream = watcher(Api::<Node>::all(client), watcher::Config::default())
+                .default_backoff()
+                .modify(slim::node);
             tokio::spawn(async move {
-                let mut stream = std::pin::pin!(stream.default_backoff());
+                let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
@@ -212,7 +215,7 @@ impl Scheduler {
             })
         };
         let scheduling = tokio::spawn(async move {
-            let _ = ctx.pods.wait_until_ready().await;
+            let _ = pods_ready.wait_for(|listed| *listed).await;
             let _ = ctx.namespaces.wait_until_ready().await;
             let w = &ctx.workloads;
             let _ = w.services.wait_until_ready().await;
@@ -294,7 +297,7 @@ impl Context {
             }
             return;
         };
-        let changed = lock(&self.seen)
+        let changed = lock(&self.pending)
             .insert(k.clone(), pod.clone())
             .is_none_or(|old| !same_request(&old, &pod));
         if changed {
@@ -304,7 +307,7 @@ impl Context {
 
     fn forget(&self, key: &str) {
         self.queue.forget(key);
-        lock(&self.seen).remove(key);
+        lock(&self.pending).remove(key);
     }
 
     /// Runs the filters over the nodes, as many as needed to find enough
@@ -380,15 +383,10 @@ impl Context {
 
     async fn schedule_one(self: &Arc<Self>, cache: &mut Cache, key: &str) {
         let started = Instant::now();
-        let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        let Some(pod) = self.pods.get(&ObjectRef::new(name).within(ns)) else {
+        let Some(pod) = lock(&self.pending).get(key).cloned() else {
             self.forget(key);
             return;
         };
-        if !is_pending_for_us(&pod) {
-            self.forget(key);
-            return;
-        }
         let decision = self.decide(&pod, cache);
         let chosen = match decision {
             Ok(chosen) => chosen,
@@ -405,7 +403,7 @@ impl Context {
         };
         cache.assume(key.to_owned(), chosen.clone(), pod.clone());
         // Deleted while we decided: its delete event may have come and gone.
-        if self.pods.get(&ObjectRef::new(name).within(ns)).is_none() {
+        if !lock(&self.pending).contains_key(key) {
             cache.forget_assumed(key);
             self.forget(key);
             return;

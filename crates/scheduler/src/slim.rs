@@ -1,0 +1,138 @@
+//! What the scheduler keeps of the pods and nodes it watches: only the
+//! fields its queue, filters, scores and reports read, as upstream's
+//! informers drop managedFields before objects enter their caches. Every
+//! pod of the cluster is held for as long as it exists, so what is not
+//! kept here costs nothing per pod; a filter or score reading a field that
+//! is dropped here must keep it.
+
+use k8s_openapi::api::core::v1::{Container, Node, NodeSpec, NodeStatus, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The metadata the scheduler reads: identity, labels (selectors and
+/// spread), owners (the workloads of default spread) and deletion.
+fn meta(m: &mut ObjectMeta) {
+    *m = ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        uid: m.uid.take(),
+        resource_version: m.resource_version.take(),
+        labels: m.labels.take(),
+        owner_references: m.owner_references.take(),
+        deletion_timestamp: m.deletion_timestamp.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+/// A container as requests, host ports and image locality see it.
+fn container(c: &mut Container) {
+    *c = Container {
+        name: std::mem::take(&mut c.name),
+        image: c.image.take(),
+        resources: c.resources.take(),
+        ports: c.ports.take(),
+        ..Container::default()
+    };
+}
+
+pub fn pod(pod: &mut Pod) {
+    meta(&mut pod.metadata);
+    if let Some(spec) = &mut pod.spec {
+        spec.containers.iter_mut().for_each(container);
+        spec.init_containers
+            .iter_mut()
+            .flatten()
+            .for_each(container);
+        spec.ephemeral_containers = None;
+        spec.volumes = None;
+    }
+    // Its phase (finished pods free their node) and the PodScheduled
+    // condition the scheduler writes only when its message changes.
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == "PodScheduled")
+                .collect()
+        }),
+        ..PodStatus::default()
+    });
+}
+
+pub fn node(node: &mut Node) {
+    meta(&mut node.metadata);
+    node.spec = node.spec.take().map(|s| NodeSpec {
+        taints: s.taints,
+        unschedulable: s.unschedulable,
+        ..NodeSpec::default()
+    });
+    // Its conditions are not read: the node lifecycle controller turns
+    // them into the taints filters see.
+    node.status = node.status.take().map(|s| NodeStatus {
+        allocatable: s.allocatable,
+        images: s.images,
+        ..NodeStatus::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_keep_what_scheduling_reads() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {
+                "containers": [{"name": "c", "image": "nginx", "env": [{"name": "A", "value": "1"}],
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "1"}}}],
+                "nodeSelector": {"disk": "ssd"},
+                "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Pending", "podIP": "10.0.0.1", "conditions": [
+                {"type": "PodScheduled", "status": "False", "message": "0/1 nodes"},
+                {"type": "Ready", "status": "False"}]},
+        }))
+        .unwrap();
+        pod(&mut p);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{"name": "c", "image": "nginx",
+                        "ports": [{"containerPort": 80, "hostPort": 8080}],
+                        "resources": {"requests": {"cpu": "1"}}}],
+                    "nodeSelector": {"disk": "ssd"}},
+                "status": {"phase": "Pending", "conditions": [
+                    {"type": "PodScheduled", "status": "False", "message": "0/1 nodes"}]},
+            })
+        );
+    }
+
+    #[test]
+    fn nodes_keep_taints_allocatable_and_images() {
+        let mut n: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n", "labels": {"zone": "a"}, "annotations": {"x": "y"}},
+            "spec": {"podCIDR": "10.0.0.0/24", "unschedulable": true,
+                "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "2"}, "capacity": {"cpu": "2"},
+                "images": [{"names": ["nginx"], "sizeBytes": 1}],
+                "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        node(&mut n);
+        assert_eq!(
+            serde_json::to_value(&n).unwrap(),
+            json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "n", "labels": {"zone": "a"}},
+                "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]},
+                "status": {"allocatable": {"cpu": "2"}, "images": [{"names": ["nginx"], "sizeBytes": 1}]},
+            })
+        );
+    }
+}
