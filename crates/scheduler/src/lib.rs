@@ -1,7 +1,8 @@
-//! kubox's scheduler: an API client that watches pending pods and nodes
-//! (kube-rs reflectors), picks a node for each pod by upstream's filters and
-//! scores, and binds it through `pods/binding`; pods that fit nowhere get
-//! upstream's FailedScheduling event and PodScheduled condition.
+//! kubox's scheduler: an API client that watches pods and nodes (kube-rs
+//! watchers, keeping only what it reads of each), picks a node for each
+//! pod by upstream's filters and scores, and binds it through
+//! `pods/binding`; pods that fit nowhere get upstream's FailedScheduling
+//! event and PodScheduled condition.
 
 mod affinity;
 mod cache;
