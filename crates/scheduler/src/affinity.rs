@@ -269,37 +269,35 @@ pub fn has_affinity(pod: &Pod) -> bool {
         .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
 }
 
-/// Counts per topology domain, by label key then value, so that a node's
-/// domains are looked up by its own labels without copying them.
+/// Counts per topology domain, borrowed from the cache with the weight
+/// each counts for: an incoming pod reads a few domains of a few counts,
+/// so copying every domain of them (a hostname key has one per node) for
+/// each pod would cost more than the filter itself.
 #[derive(Default)]
-struct Domains(HashMap<String, HashMap<String, i64>>);
+struct Domains<'a>(Vec<(&'a DomainCounts, i64)>);
 
-impl Domains {
-    fn add(&mut self, counts: &DomainCounts, weight: i64) {
-        // No key without domains: emptiness means no pods anywhere.
-        if counts.domains().is_empty() {
-            return;
-        }
-        let values = self.0.entry(counts.key().to_owned()).or_default();
-        for (value, n) in counts.domains() {
-            *values.entry(value.clone()).or_default() += weight * n;
+impl<'a> Domains<'a> {
+    fn add(&mut self, counts: &'a DomainCounts, weight: i64) {
+        // No counts without domains: emptiness means no pods anywhere.
+        if !counts.domains().is_empty() {
+            self.0.push((counts, weight));
         }
     }
 
     fn get(&self, key: &str, value: &str) -> i64 {
         self.0
-            .get(key)
-            .and_then(|values| values.get(value))
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .filter(|(counts, _)| counts.key() == key)
+            .filter_map(|(counts, weight)| Some(weight * counts.domains().get(value)?))
+            .sum()
     }
 
-    /// The count of each of the node's domains, one per key counted.
-    fn on<'a>(&'a self, info: &'a NodeInfo) -> impl Iterator<Item = i64> + 'a {
+    /// The node's domain's count in each counts it has a domain of.
+    fn on<'n>(&'n self, info: &'n NodeInfo) -> impl Iterator<Item = i64> + 'n {
         let labels = info.labels();
-        self.0
-            .iter()
-            .filter_map(|(key, values)| values.get(labels.get(key)?).copied())
+        self.0.iter().filter_map(|(counts, weight)| {
+            Some(weight * counts.domains().get(labels.get(counts.key())?)?)
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -308,21 +306,21 @@ impl Domains {
 }
 
 /// What the filter and score need of the cluster for one incoming pod.
-pub struct State {
+pub struct State<'a> {
     terms: Terms,
     /// Domains holding pods that match all the pod's required affinity terms.
-    affinity_counts: Domains,
+    affinity_counts: Domains<'a>,
     /// Domains holding pods that match one of its required anti-affinity terms.
-    anti_counts: Domains,
+    anti_counts: Domains<'a>,
     /// Domains where an existing pod's required anti-affinity forbids this pod.
-    existing_anti: Domains,
+    existing_anti: Domains<'a>,
     /// Whether the pod matches all its own required affinity terms (the first of a group).
     matches_itself: bool,
     /// Preference per domain, for scoring.
-    preferred: Domains,
+    preferred: Domains<'a>,
 }
 
-impl State {
+impl<'a> State<'a> {
     /// Whether the pod has terms of its own, or some existing pod has
     /// terms that could concern it (upstream skips the plugin otherwise).
     pub fn needed(pod: &Pod, cache: &Cache) -> bool {
@@ -340,7 +338,7 @@ impl State {
 
     /// The state from the cache's counts, once the cache was prepared
     /// with the pod's [`State::queries`].
-    pub fn new(pod: &Pod, cache: &Cache, ns_labels: &NamespaceLabels) -> Self {
+    pub fn new(pod: &Pod, cache: &'a Cache, ns_labels: &NamespaceLabels) -> Self {
         let terms = Terms::of(pod);
         let mut state = Self {
             matches_itself: !terms.required_affinity.is_empty()
@@ -447,14 +445,15 @@ mod tests {
         cache
     }
 
-    fn state(cache: &mut Cache, incoming: &Pod) -> State {
+    fn state<'c>(cache: &'c mut Cache, incoming: &Pod) -> (State<'c>, &'c Cache) {
         let ns = NamespaceLabels::new();
         cache.prepare(&State::queries(incoming, &ns));
-        State::new(incoming, cache, &ns)
+        let cache = &*cache;
+        (State::new(incoming, cache, &ns), cache)
     }
 
     fn verdicts(cache: &mut Cache, incoming: &Pod) -> Vec<Result<(), Rejection>> {
-        let state = state(cache, incoming);
+        let (state, cache) = state(cache, incoming);
         cache.nodes().map(|n| state.filter(n)).collect()
     }
 
@@ -531,7 +530,7 @@ mod tests {
             "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm":
                 {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}}]}}}),
         );
-        let state = state(&mut cache, &prefers);
+        let (state, cache) = state(&mut cache, &prefers);
         let scores: Vec<i64> = cache.nodes().map(|n| state.score(n)).collect();
         assert_eq!(scores, [10, 10, 0]);
     }

@@ -47,7 +47,7 @@ pub struct PreFilter<'a> {
     pub prefer_tolerations: Vec<Toleration>,
     /// The pod's images, normalised.
     pub images: Vec<String>,
-    pub affinity: Option<crate::affinity::State>,
+    pub affinity: Option<crate::affinity::State<'a>>,
     pub spread: Option<crate::spread::State<'a>>,
 }
 
