@@ -393,6 +393,23 @@ mod tests {
         assert_eq!(cpu(&cache, "a"), 0);
     }
 
+    #[test]
+    fn a_failed_binding_frees_what_was_assumed_unless_the_watch_shows_it_bound() {
+        let mut cache = Cache::default();
+        cache.set_node(node("a"));
+        cache.assume("default/p".into(), "a".into(), pod("p", None));
+        cache.forget_assumed("default/p");
+        assert_eq!(cpu(&cache, "a"), 0, "the binding failed: the node is free");
+        cache.assume("default/q".into(), "a".into(), pod("q", None));
+        cache.set_pod("default/q".into(), pod("q", Some("a")));
+        cache.forget_assumed("default/q");
+        assert_eq!(
+            cpu(&cache, "a"),
+            1000,
+            "bound meanwhile (a 409): the watch's version stays counted"
+        );
+    }
+
     fn labelled(
         name: &str,
         labels: serde_json::Value,
