@@ -23,13 +23,16 @@ fn meta(m: &mut ObjectMeta) {
     };
 }
 
-/// A container as requests, host ports and image locality see it.
+/// A container as requests, host ports and image locality see it (an
+/// init container's restart policy makes it a sidecar, whose requests add
+/// to the app containers').
 fn container(c: &mut Container) {
     *c = Container {
         name: std::mem::take(&mut c.name),
         image: c.image.take(),
         resources: c.resources.take(),
         ports: c.ports.take(),
+        restart_policy: c.restart_policy.take(),
         ..Container::default()
     };
 }
@@ -89,6 +92,8 @@ mod tests {
                 "containers": [{"name": "c", "image": "nginx", "env": [{"name": "A", "value": "1"}],
                     "ports": [{"containerPort": 80, "hostPort": 8080}],
                     "resources": {"requests": {"cpu": "1"}}}],
+                "initContainers": [{"name": "s", "image": "envoy", "restartPolicy": "Always",
+                    "command": ["envoy"], "resources": {"requests": {"cpu": "1"}}}],
                 "nodeSelector": {"disk": "ssd"},
                 "volumes": [{"name": "v", "emptyDir": {}}]},
             "status": {"phase": "Pending", "podIP": "10.0.0.1", "conditions": [
@@ -105,6 +110,8 @@ mod tests {
                 "spec": {
                     "containers": [{"name": "c", "image": "nginx",
                         "ports": [{"containerPort": 80, "hostPort": 8080}],
+                        "resources": {"requests": {"cpu": "1"}}}],
+                    "initContainers": [{"name": "s", "image": "envoy", "restartPolicy": "Always",
                         "resources": {"requests": {"cpu": "1"}}}],
                     "nodeSelector": {"disk": "ssd"}},
                 "status": {"phase": "Pending", "conditions": [
