@@ -4,7 +4,7 @@
 //! never holds up the store, the cache or other watchers.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,37 +24,70 @@ const WATCHER_QUEUE: usize = 1_000;
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
 /// An object as stored, with `metadata.resourceVersion` filled in. Like
-/// upstream's cachingObject, it is encoded to JSON at most once, however
-/// many LISTs and watchers send it, and converted at most once per version
-/// it is served in.
+/// upstream's cachingObject, it is encoded to JSON once, however many LISTs
+/// and watchers send it, and converted at most once per version it is
+/// served in. It is kept as that JSON and decoded only when read whole: a
+/// decoded `Value` costs several times the bytes, and the cache holds every
+/// object and a window of past versions. Selectors read `selectable`, the
+/// few fields they can name, kept decoded.
 #[derive(Debug)]
 pub struct Stored {
     pub key: String,
-    pub object: Value,
     pub revision: Revision,
-    json: OnceLock<Bytes>,
+    json: Bytes,
+    selectable: Value,
     /// Its views in other versions, by (group, version) served.
     converted: Mutex<Vec<(GroupVersion, Arc<Stored>)>>,
 }
 
 type GroupVersion = (&'static str, &'static str);
 
+/// The object's name, namespace and labels, and the fields selectors on
+/// its resource can name (all as upstream's field label conversion lists
+/// them), at their paths in the object: what a `Filter` reads.
+fn selectable(key: &str, object: &Value) -> Value {
+    // Keys are `/registry/{plural}/...`.
+    let plural = key.split('/').nth(2).unwrap_or_default();
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in ["metadata.name", "metadata.namespace", "metadata.labels"]
+        .into_iter()
+        .chain(crate::selectors::supported_fields(plural).iter().copied())
+    {
+        let Some(v) = path.split('.').try_fold(object, |v, k| v.get(k)) else {
+            continue;
+        };
+        let slot = path.split('.').fold(&mut out, |o, k| &mut o[k]);
+        *slot = v.clone();
+    }
+    out
+}
+
 impl Stored {
     pub fn new(key: String, object: Value, revision: Revision) -> Self {
+        let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value serializes"));
         Self {
+            selectable: selectable(&key, &object),
             key,
-            object,
             revision,
-            json: OnceLock::new(),
+            json,
             converted: Mutex::new(Vec::new()),
         }
     }
 
     /// The object as JSON.
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            Bytes::from(serde_json::to_vec(&self.object).expect("a JSON value serializes"))
-        })
+        &self.json
+    }
+
+    /// The object, decoded anew for each call.
+    pub fn object(&self) -> Value {
+        serde_json::from_slice(&self.json).expect("JSON encoded from a value decodes")
+    }
+
+    /// The fields a `Filter` may read: name, namespace, labels and the
+    /// resource's selectable fields, at their paths in the object.
+    pub fn selectable(&self) -> &Value {
+        &self.selectable
     }
 
     /// The object as `served` presents it: itself, unless that version is
@@ -70,7 +103,7 @@ impl Stored {
         }
         let s = Arc::new(Stored::new(
             self.key.clone(),
-            served.from_storage(self.object.clone()),
+            served.from_storage(self.object()),
             self.revision,
         ));
         converted.push((version, s.clone()));
@@ -313,7 +346,7 @@ impl Cache {
                 Update::Delete { key, revision } => {
                     let last = state.objects.remove(&key)?;
                     // A deleted object is reported in its last state, at the deletion's revision.
-                    let mut object = last.object.clone();
+                    let mut object = last.object();
                     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                     Some(Change {
                         revision,
@@ -502,7 +535,7 @@ mod tests {
     fn an_object_is_encoded_once() {
         let s = Stored::new("/registry/pods/a/x".into(), json!({"kind": "Pod"}), 7);
         let first = s.json().clone();
-        assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object);
+        assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object());
         // The same buffer, not an equal one.
         assert_eq!(s.json().as_ptr(), first.as_ptr());
     }
@@ -525,7 +558,7 @@ mod tests {
         ));
         assert!(Arc::ptr_eq(&s.served(stored_form), &s));
         let view = s.served(converted);
-        assert_eq!(view.object["apiVersion"], converted.api_version());
+        assert_eq!(view.object()["apiVersion"], converted.api_version());
         assert_eq!(view.revision, 3);
         assert!(Arc::ptr_eq(&s.served(converted), &view));
     }
