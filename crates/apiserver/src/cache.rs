@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,8 +16,13 @@ use tokio::sync::{mpsc, watch};
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult};
 
-/// Changes kept for watches that resume from an older resourceVersion.
-const HISTORY: usize = 10_000;
+/// Changes kept for watches that resume from an older resourceVersion: as
+/// upstream's watch cache, at least the last `HISTORY_MIN` and every one of
+/// the last `HISTORY_FRESH`, but never more than `HISTORY_MAX`, so a burst
+/// of writes is not held on to once it is over.
+const HISTORY_MIN: usize = 100;
+const HISTORY_MAX: usize = 10_000;
+const HISTORY_FRESH: Duration = Duration::from_secs(75);
 /// Events a watcher may have queued before it is closed as too slow.
 const WATCHER_QUEUE: usize = 1_000;
 /// How long a read waits for the cache to reach a resourceVersion.
@@ -131,6 +136,7 @@ impl EventType {
 #[derive(Clone, Debug)]
 struct Change {
     revision: Revision,
+    at: Instant,
     object: Arc<Stored>,
     prev: Option<Arc<Stored>>,
     deleted: bool,
@@ -184,6 +190,24 @@ struct State {
     objects: BTreeMap<String, Arc<Stored>>,
     history: VecDeque<Change>,
     watchers: Vec<Watcher>,
+}
+
+impl State {
+    /// Drops the changes no longer kept; a watch from before the oldest kept
+    /// one is then 410 Gone.
+    fn trim(&mut self, now: Instant) {
+        while self.history.len() > HISTORY_MAX
+            || (self.history.len() > HISTORY_MIN
+                && self
+                    .history
+                    .front()
+                    .is_some_and(|c| now.duration_since(c.at) > HISTORY_FRESH))
+        {
+            if let Some(c) = self.history.pop_front() {
+                self.oldest = c.revision;
+            }
+        }
+    }
 }
 
 pub struct Cache {
@@ -328,6 +352,7 @@ impl Cache {
     }
 
     fn apply(&self, revision: Revision, updates: Vec<Update>) {
+        let now = Instant::now();
         let mut state = self.write();
         // The cache holds every object's previous state, so the store's
         // copy of it need not be decoded again.
@@ -338,6 +363,7 @@ impl Cache {
                     let prev = state.objects.insert(object.key.clone(), object.clone());
                     Some(Change {
                         revision: object.revision,
+                        at: now,
                         object,
                         prev,
                         deleted: false,
@@ -350,6 +376,7 @@ impl Cache {
                     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                     Some(Change {
                         revision,
+                        at: now,
                         object: Arc::new(Stored::new(key, object, revision)),
                         prev: Some(last),
                         deleted: true,
@@ -363,14 +390,8 @@ impl Cache {
                 .filter_map(|c| w.view(c))
                 .all(|e| w.tx.try_send(e).is_ok())
         });
-        for c in changes {
-            state.history.push_back(c);
-        }
-        while state.history.len() > HISTORY {
-            if let Some(c) = state.history.pop_front() {
-                state.oldest = c.revision;
-            }
-        }
+        state.history.extend(changes);
+        state.trim(now);
         state.revision = revision;
         drop(state);
         self.revision.send_replace(revision);
@@ -381,6 +402,8 @@ impl Cache {
         if revision <= state.revision {
             return;
         }
+        // Progress comes when nothing is written too: the history shrinks after a burst.
+        state.trim(Instant::now());
         state.revision = revision;
         state.watchers.retain(|w| {
             !w.bookmarks
@@ -538,6 +561,55 @@ mod tests {
         assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object());
         // The same buffer, not an equal one.
         assert_eq!(s.json().as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn filters_read_only_the_selectable_fields() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"},
+                                      "annotations": {"x": "y"}},
+                         "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                         "status": {"phase": "Running"}});
+        let s = Stored::new("/registry/pods/a/p".into(), pod.clone(), 4);
+        assert_eq!(
+            s.selectable(),
+            &json!({"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"}},
+                    "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}})
+        );
+        assert_eq!(s.object(), pod);
+    }
+
+    fn change(revision: Revision, at: Instant) -> Change {
+        let object = Arc::new(Stored::new(
+            "/registry/pods/a/p".into(),
+            json!({}),
+            revision,
+        ));
+        Change {
+            revision,
+            at,
+            object,
+            prev: None,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_fresh_changes_or_the_last_few() {
+        let now = Instant::now();
+        let stale = now - HISTORY_FRESH - Duration::from_secs(1);
+        let mut state = State::default();
+        state.history.extend((1..=300).map(|r| change(r, stale)));
+        state.history.extend((301..=400).map(|r| change(r, now)));
+        state.trim(now);
+        // The fresh hundred stay; resuming from before them is Gone.
+        assert_eq!(state.history.len(), HISTORY_MIN);
+        assert_eq!(state.oldest, 300);
+        state
+            .history
+            .extend((401..=400 + HISTORY_MAX as Revision).map(|r| change(r, now)));
+        state.trim(now);
+        assert_eq!(state.history.len(), HISTORY_MAX);
+        assert_eq!(state.oldest, 400);
     }
 
     #[test]
