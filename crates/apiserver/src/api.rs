@@ -264,7 +264,7 @@ pub struct List {
 impl List {
     /// The list as one JSON value, for the server's own uses of it.
     pub fn into_value(self) -> Value {
-        let items: Vec<Value> = self.items.iter().map(|s| s.object.clone()).collect();
+        let items: Vec<Value> = self.items.iter().map(|s| s.object()).collect();
         json!({
             "kind": self.kind,
             "apiVersion": self.api_version,
@@ -501,10 +501,11 @@ impl Api {
             .renamed(|f| rt.storage_field_label(f).to_owned());
         let ns = ns.map(str::to_owned);
         Ok(Arc::new(move |s: &Stored| {
-            let meta = &s.object["metadata"];
+            let selectable = s.selectable();
+            let meta = &selectable["metadata"];
             ns.as_deref().is_none_or(|n| meta["namespace"] == n)
                 && labels.matches(&meta["labels"])
-                && fields.matches(&s.object)
+                && fields.matches(selectable)
         }))
     }
 

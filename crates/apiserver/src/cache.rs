@@ -4,8 +4,8 @@
 //! never holds up the store, the cache or other watchers.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,45 +16,83 @@ use tokio::sync::{mpsc, watch};
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult};
 
-/// Changes kept for watches that resume from an older resourceVersion.
-const HISTORY: usize = 10_000;
+/// Changes kept for watches that resume from an older resourceVersion: as
+/// upstream's watch cache, at least the last `HISTORY_MIN` and every one of
+/// the last `HISTORY_FRESH`, but never more than `HISTORY_MAX`, so a burst
+/// of writes is not held on to once it is over.
+const HISTORY_MIN: usize = 100;
+const HISTORY_MAX: usize = 10_000;
+const HISTORY_FRESH: Duration = Duration::from_secs(75);
 /// Events a watcher may have queued before it is closed as too slow.
 const WATCHER_QUEUE: usize = 1_000;
 /// How long a read waits for the cache to reach a resourceVersion.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
 /// An object as stored, with `metadata.resourceVersion` filled in. Like
-/// upstream's cachingObject, it is encoded to JSON at most once, however
-/// many LISTs and watchers send it, and converted at most once per version
-/// it is served in.
+/// upstream's cachingObject, it is encoded to JSON once, however many LISTs
+/// and watchers send it, and converted at most once per version it is
+/// served in. It is kept as that JSON and decoded only when read whole: a
+/// decoded `Value` costs several times the bytes, and the cache holds every
+/// object and a window of past versions. Selectors read `selectable`, the
+/// few fields they can name, kept decoded.
 #[derive(Debug)]
 pub struct Stored {
     pub key: String,
-    pub object: Value,
     pub revision: Revision,
-    json: OnceLock<Bytes>,
+    json: Bytes,
+    selectable: Value,
     /// Its views in other versions, by (group, version) served.
     converted: Mutex<Vec<(GroupVersion, Arc<Stored>)>>,
 }
 
 type GroupVersion = (&'static str, &'static str);
 
+/// The object's name, namespace and labels, and the fields selectors on
+/// its resource can name (all as upstream's field label conversion lists
+/// them), at their paths in the object: what a `Filter` reads.
+fn selectable(key: &str, object: &Value) -> Value {
+    // Keys are `/registry/{plural}/...`.
+    let plural = key.split('/').nth(2).unwrap_or_default();
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in ["metadata.name", "metadata.namespace", "metadata.labels"]
+        .into_iter()
+        .chain(crate::selectors::supported_fields(plural).iter().copied())
+    {
+        let Some(v) = path.split('.').try_fold(object, |v, k| v.get(k)) else {
+            continue;
+        };
+        let slot = path.split('.').fold(&mut out, |o, k| &mut o[k]);
+        *slot = v.clone();
+    }
+    out
+}
+
 impl Stored {
     pub fn new(key: String, object: Value, revision: Revision) -> Self {
+        let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value serializes"));
         Self {
+            selectable: selectable(&key, &object),
             key,
-            object,
             revision,
-            json: OnceLock::new(),
+            json,
             converted: Mutex::new(Vec::new()),
         }
     }
 
     /// The object as JSON.
     pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            Bytes::from(serde_json::to_vec(&self.object).expect("a JSON value serializes"))
-        })
+        &self.json
+    }
+
+    /// The object, decoded anew for each call.
+    pub fn object(&self) -> Value {
+        serde_json::from_slice(&self.json).expect("JSON encoded from a value decodes")
+    }
+
+    /// The fields a `Filter` may read: name, namespace, labels and the
+    /// resource's selectable fields, at their paths in the object.
+    pub fn selectable(&self) -> &Value {
+        &self.selectable
     }
 
     /// The object as `served` presents it: itself, unless that version is
@@ -70,7 +108,7 @@ impl Stored {
         }
         let s = Arc::new(Stored::new(
             self.key.clone(),
-            served.from_storage(self.object.clone()),
+            served.from_storage(self.object()),
             self.revision,
         ));
         converted.push((version, s.clone()));
@@ -98,6 +136,7 @@ impl EventType {
 #[derive(Clone, Debug)]
 struct Change {
     revision: Revision,
+    at: Instant,
     object: Arc<Stored>,
     prev: Option<Arc<Stored>>,
     deleted: bool,
@@ -151,6 +190,24 @@ struct State {
     objects: BTreeMap<String, Arc<Stored>>,
     history: VecDeque<Change>,
     watchers: Vec<Watcher>,
+}
+
+impl State {
+    /// Drops the changes no longer kept; a watch from before the oldest kept
+    /// one is then 410 Gone.
+    fn trim(&mut self, now: Instant) {
+        while self.history.len() > HISTORY_MAX
+            || (self.history.len() > HISTORY_MIN
+                && self
+                    .history
+                    .front()
+                    .is_some_and(|c| now.duration_since(c.at) > HISTORY_FRESH))
+        {
+            if let Some(c) = self.history.pop_front() {
+                self.oldest = c.revision;
+            }
+        }
+    }
 }
 
 pub struct Cache {
@@ -295,6 +352,7 @@ impl Cache {
     }
 
     fn apply(&self, revision: Revision, updates: Vec<Update>) {
+        let now = Instant::now();
         let mut state = self.write();
         // The cache holds every object's previous state, so the store's
         // copy of it need not be decoded again.
@@ -305,6 +363,7 @@ impl Cache {
                     let prev = state.objects.insert(object.key.clone(), object.clone());
                     Some(Change {
                         revision: object.revision,
+                        at: now,
                         object,
                         prev,
                         deleted: false,
@@ -313,10 +372,11 @@ impl Cache {
                 Update::Delete { key, revision } => {
                     let last = state.objects.remove(&key)?;
                     // A deleted object is reported in its last state, at the deletion's revision.
-                    let mut object = last.object.clone();
+                    let mut object = last.object();
                     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                     Some(Change {
                         revision,
+                        at: now,
                         object: Arc::new(Stored::new(key, object, revision)),
                         prev: Some(last),
                         deleted: true,
@@ -330,14 +390,8 @@ impl Cache {
                 .filter_map(|c| w.view(c))
                 .all(|e| w.tx.try_send(e).is_ok())
         });
-        for c in changes {
-            state.history.push_back(c);
-        }
-        while state.history.len() > HISTORY {
-            if let Some(c) = state.history.pop_front() {
-                state.oldest = c.revision;
-            }
-        }
+        state.history.extend(changes);
+        state.trim(now);
         state.revision = revision;
         drop(state);
         self.revision.send_replace(revision);
@@ -348,6 +402,8 @@ impl Cache {
         if revision <= state.revision {
             return;
         }
+        // Progress comes when nothing is written too: the history shrinks after a burst.
+        state.trim(Instant::now());
         state.revision = revision;
         state.watchers.retain(|w| {
             !w.bookmarks
@@ -502,9 +558,58 @@ mod tests {
     fn an_object_is_encoded_once() {
         let s = Stored::new("/registry/pods/a/x".into(), json!({"kind": "Pod"}), 7);
         let first = s.json().clone();
-        assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object);
+        assert_eq!(serde_json::from_slice::<Value>(&first).unwrap(), s.object());
         // The same buffer, not an equal one.
         assert_eq!(s.json().as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn filters_read_only_the_selectable_fields() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"},
+                                      "annotations": {"x": "y"}},
+                         "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                         "status": {"phase": "Running"}});
+        let s = Stored::new("/registry/pods/a/p".into(), pod.clone(), 4);
+        assert_eq!(
+            s.selectable(),
+            &json!({"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"}},
+                    "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}})
+        );
+        assert_eq!(s.object(), pod);
+    }
+
+    fn change(revision: Revision, at: Instant) -> Change {
+        let object = Arc::new(Stored::new(
+            "/registry/pods/a/p".into(),
+            json!({}),
+            revision,
+        ));
+        Change {
+            revision,
+            at,
+            object,
+            prev: None,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_fresh_changes_or_the_last_few() {
+        let now = Instant::now();
+        let stale = now - HISTORY_FRESH - Duration::from_secs(1);
+        let mut state = State::default();
+        state.history.extend((1..=300).map(|r| change(r, stale)));
+        state.history.extend((301..=400).map(|r| change(r, now)));
+        state.trim(now);
+        // The fresh hundred stay; resuming from before them is Gone.
+        assert_eq!(state.history.len(), HISTORY_MIN);
+        assert_eq!(state.oldest, 300);
+        state
+            .history
+            .extend((401..=400 + HISTORY_MAX as Revision).map(|r| change(r, now)));
+        state.trim(now);
+        assert_eq!(state.history.len(), HISTORY_MAX);
+        assert_eq!(state.oldest, 400);
     }
 
     #[test]
@@ -525,7 +630,7 @@ mod tests {
         ));
         assert!(Arc::ptr_eq(&s.served(stored_form), &s));
         let view = s.served(converted);
-        assert_eq!(view.object["apiVersion"], converted.api_version());
+        assert_eq!(view.object()["apiVersion"], converted.api_version());
         assert_eq!(view.revision, 3);
         assert!(Arc::ptr_eq(&s.served(converted), &view));
     }

@@ -888,14 +888,15 @@ impl Handler {
                         ));
                     }
                     Form::Table => {
-                        let items: Vec<&Value> = list.items.iter().map(|s| &s.object).collect();
+                        let objects: Vec<Value> = list.items.iter().map(|s| s.object()).collect();
+                        let items: Vec<&Value> = objects.iter().collect();
                         table::table(rt, &items, list.metadata.clone(), include_object(&q), true)
                     }
                     Form::Metadata => {
                         let items: Vec<Value> = list
                             .items
                             .iter()
-                            .map(|s| table::partial_metadata(&s.object))
+                            .map(|s| table::partial_metadata(&s.object()))
                             .collect();
                         json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list.metadata, "items": items})
                     }
@@ -1127,12 +1128,14 @@ impl Handler {
                     sent.inc();
                     let object = match (form, &rt_ptr) {
                         (Form::Table, Some(rt)) => {
-                            let meta = json!({"resourceVersion": stored.object["metadata"]["resourceVersion"]});
-                            let t = table::table(rt, &[&stored.object], meta, include, first_table);
+                            let object = stored.object();
+                            let meta =
+                                json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                            let t = table::table(rt, &[&object], meta, include, first_table);
                             first_table = false;
                             t
                         }
-                        (Form::Metadata, _) => table::partial_metadata(&stored.object),
+                        (Form::Metadata, _) => table::partial_metadata(&stored.object()),
                         _ => return Ok(Frame::data(event_frame(kind, stored.json()))),
                     };
                     json!({"type": kind.as_str(), "object": object})

@@ -172,6 +172,9 @@ async fn inform<K: Watched>(
     subscribers: Arc<Mutex<Subscribers<K>>>,
 ) {
     let store = writer.as_reader();
+    // As upstream's informers' transform: no controller reads managedFields,
+    // and it is often the largest part of an object's metadata.
+    let events = events.modify(|o| o.meta_mut().managed_fields = None);
     let mut events = std::pin::pin!(events.default_backoff());
     while let Some(event) = events.next().await {
         let event = match event {

@@ -299,6 +299,14 @@ impl Follower for Graph {
         let Some(kind) = owner_kind(plural) else {
             return;
         };
+        // Decoded before the lock is taken: authorizations wait on it.
+        let set: Vec<_> = objects
+            .iter()
+            .map(|s| {
+                let object = s.object();
+                (identity(kind, &object), edges_of(kind, &object))
+            })
+            .collect();
         let mut edges = self.write();
         let gone: Vec<Vertex> = edges
             .brought
@@ -309,8 +317,8 @@ impl Follower for Graph {
         for v in gone {
             edges.remove(&v);
         }
-        for s in objects {
-            edges.set(identity(kind, &s.object), edges_of(kind, &s.object));
+        for (owner, brought) in set {
+            edges.set(owner, brought);
         }
     }
 
@@ -318,11 +326,12 @@ impl Follower for Graph {
         let Some(kind) = owner_kind(plural) else {
             return;
         };
-        let owner = identity(kind, &object.object);
+        let object = object.object();
+        let owner = identity(kind, &object);
         let mut edges = self.write();
         match event {
             EventType::Deleted => edges.remove(&owner),
-            _ => edges.set(owner, edges_of(kind, &object.object)),
+            _ => edges.set(owner, edges_of(kind, &object)),
         }
     }
 

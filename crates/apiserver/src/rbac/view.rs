@@ -216,14 +216,17 @@ impl Follower for RbacView {
         };
         let entries = objects
             .iter()
-            .filter_map(|s| Some((key(&s.object), entry(kind, &s.object)?)))
+            .filter_map(|s| {
+                let object = s.object();
+                Some((key(&object), entry(kind, &object)?))
+            })
             .collect();
         RbacView::replace(self, kind, entries, revision);
     }
 
     fn apply(&self, plural: &'static str, event: EventType, object: &Stored) {
         if let Some(kind) = Kind::of(plural) {
-            RbacView::apply(self, kind, event, &object.object, object.revision);
+            RbacView::apply(self, kind, event, &object.object(), object.revision);
         }
     }
 }
