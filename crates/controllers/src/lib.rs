@@ -141,20 +141,29 @@ pub fn now() -> Time {
 }
 
 /// A running controller manager; dropping it stops it.
-pub struct ControllerManager {
-    candidate: leader::Candidate,
+pub enum ControllerManager {
+    /// Running the controllers while it holds the Lease.
+    Elected(leader::Candidate),
+    /// Running them regardless (`--leader-elect=false`).
+    Alone(kubox_client::Tasks),
 }
 
 impl ControllerManager {
-    /// Campaigns for leadership and runs the controllers while leading,
-    /// with their work queues' metrics in `registry`.
+    /// Runs the controllers, with their work queues' metrics in
+    /// `registry`: with `elect`, only while leading; without, at once and
+    /// for good, as kube-controller-manager does with `--leader-elect=false`.
     pub fn start(
         client: kube::Client,
         config: Config,
-        timing: leader::Timing,
+        elect: Option<leader::Timing>,
         registry: &kubox_prometheus::Registry,
     ) -> Self {
         queue_metrics::register(registry);
+        let Some(timing) = elect else {
+            return Self::Alone(kubox_client::Tasks::new(vec![tokio::spawn(lead(
+                client, config,
+            ))]));
+        };
         let election = LeaderElection::with_timing(
             client.clone(),
             "kube-system",
@@ -162,15 +171,15 @@ impl ControllerManager {
             leader::identity(),
             timing,
         );
-        Self {
-            candidate: election.spawn(move || lead(client.clone(), config.clone())),
-        }
+        Self::Elected(election.spawn(move || lead(client.clone(), config.clone())))
     }
 
     /// Stops the controllers and gives up the leader lease, so another
     /// server (or this one restarted) leads without waiting it out.
     pub async fn stop(self, timeout: std::time::Duration) {
-        self.candidate.release(timeout).await;
+        if let Self::Elected(candidate) = self {
+            candidate.release(timeout).await;
+        }
     }
 }
 

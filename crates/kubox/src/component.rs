@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{ArgAction, Args};
 use kubox_client::leader;
 
 use crate::server::parse_duration;
@@ -35,6 +35,25 @@ impl LeaderElectArgs {
             renew_deadline: self.leader_elect_renew_deadline,
             retry_period: self.leader_elect_retry_period,
         }
+    }
+}
+
+/// A component apart's `--leader-elect` and its timing.
+#[derive(Args)]
+pub struct ElectArgs {
+    /// Act only while holding the component's Lease (`--leader-elect=false`:
+    /// always, for a cluster with one of it).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    leader_elect: bool,
+    #[command(flatten)]
+    leader: LeaderElectArgs,
+}
+
+impl ElectArgs {
+    /// The election's timing, unless the component runs unelected.
+    pub fn elect(&self) -> Option<leader::Timing> {
+        self.leader_elect.then(|| self.leader.timing())
     }
 }
 

@@ -12,7 +12,7 @@ use clap::Args;
 use ipnet::Ipv4Net;
 use kubox_controllers::{ControllerManager, SigningCa};
 
-use crate::component::{LeaderElectArgs, RELEASE_TIMEOUT};
+use crate::component::{ElectArgs, RELEASE_TIMEOUT};
 use crate::server::parse_duration;
 
 /// kube-controller-manager's flags that `kubox server` takes too.
@@ -60,14 +60,14 @@ pub struct Inputs {
     pub service_account_key: Option<String>,
 }
 
-/// Starts the controller manager with `kubeconfig`'s identity; it runs
-/// the controllers while it holds the `kube-system/kube-controller-manager`
-/// Lease, with their metrics in `registry`.
+/// Starts the controller manager with `kubeconfig`'s identity, with the
+/// controllers' metrics in `registry`; elected, it runs them while it holds
+/// the `kube-system/kube-controller-manager` Lease.
 pub async fn start(
     kubeconfig: &Path,
     args: &ControllerArgs,
     inputs: Inputs,
-    timing: kubox_client::leader::Timing,
+    elect: Option<kubox_client::leader::Timing>,
     registry: &kubox_prometheus::Registry,
 ) -> anyhow::Result<ControllerManager> {
     kubox_controllers::check_selection(&inputs.controllers).map_err(anyhow::Error::msg)?;
@@ -102,7 +102,7 @@ pub async fn start(
             },
         },
     };
-    Ok(ControllerManager::start(client, config, timing, registry))
+    Ok(ControllerManager::start(client, config, elect, registry))
 }
 
 #[derive(Args)]
@@ -138,7 +138,7 @@ pub struct StandaloneArgs {
     #[command(flatten)]
     controller: ControllerArgs,
     #[command(flatten)]
-    leader: LeaderElectArgs,
+    leader: ElectArgs,
     /// The address of its metrics and health checks.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
@@ -185,7 +185,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         &args.kubeconfig,
         &args.controller,
         inputs,
-        args.leader.timing(),
+        args.leader.elect(),
         &metrics,
     )
     .await

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{ArgAction, Args};
+use clap::Args;
 use kubox_client::leader::{self, LeaderElection};
 
-use crate::component::{LeaderElectArgs, RELEASE_TIMEOUT};
+use crate::component::{ElectArgs, RELEASE_TIMEOUT};
 
 /// The Lease the schedulers of a cluster elect their leader with.
 const LEASE: &str = "kube-scheduler";
@@ -73,13 +73,8 @@ pub struct StandaloneArgs {
     /// server it talks to.
     #[arg(long)]
     kubeconfig: PathBuf,
-    /// Act only while holding the kube-scheduler Lease (`--leader-elect=false`:
-    /// always, for a cluster with one scheduler).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true")]
-    leader_elect: bool,
     #[command(flatten)]
-    leader: LeaderElectArgs,
+    leader: ElectArgs,
     /// The address of its metrics and health checks.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
@@ -92,13 +87,9 @@ pub struct StandaloneArgs {
 /// `kubox scheduler`: the scheduler alone, until SIGTERM or Ctrl-C.
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(kubox_prometheus::Registry::default());
-    let scheduler = start(
-        &args.kubeconfig,
-        args.leader_elect.then(|| args.leader.timing()),
-        &metrics,
-    )
-    .await
-    .context("starting the scheduler")?;
+    let scheduler = start(&args.kubeconfig, args.leader.elect(), &metrics)
+        .await
+        .context("starting the scheduler")?;
     let _metrics =
         crate::component::serve_metrics("scheduler", args.bind_address, args.metrics_port, metrics)
             .await?;

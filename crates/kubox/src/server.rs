@@ -335,7 +335,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 &controllers_kubeconfig,
                 &args.controller,
                 inputs,
-                args.leader.timing(),
+                Some(args.leader.timing()),
                 &metrics,
             )
             .await

@@ -1,6 +1,7 @@
 //! Admission end to end with a real `kubox server` and the real kubectl:
-//! LimitRange defaults and bounds, ResourceQuota refusals (and that
-//! concurrent creates never overrun a quota), the quota controller's
+//! LimitRange defaults and bounds, ResourceQuota refusals of creates and
+//! of updates by what they add (and that concurrent creates never overrun
+//! a quota), the quota controller's
 //! recount, and Pod Security admission (J26) with its warnings.
 
 use std::path::Path;
@@ -253,6 +254,95 @@ async fn quotas_refuse_what_would_exceed_them_and_are_recounted() {
     )
     .await;
     let out = apply(&server, dir.path(), "second.yaml", &second);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn updates_are_charged_what_they_add_to_a_quota() {
+    let server = start().await;
+    server.kubectl_ok(&["create", "namespace", "grow"]);
+    server.kubectl_ok(&[
+        "create",
+        "quota",
+        "grow",
+        "-n",
+        "grow",
+        "--hard=services.nodeports=1,services.loadbalancers=0,requests.storage=1Gi",
+    ]);
+    quota_counted(
+        &server,
+        "grow",
+        "grow",
+        r#"{"requests.storage":"0","services.loadbalancers":"0","services.nodeports":"0"}"#,
+    )
+    .await;
+    server.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "grow",
+        "--tcp=80",
+    ]);
+    let patch = |kind: &str, name: &str, patch: &str| {
+        server.kubectl(&["patch", kind, name, "-n", "grow", "-p", patch])
+    };
+    assert_eq!(
+        refused(&patch(
+            "service",
+            "web",
+            r#"{"spec":{"type":"LoadBalancer"}}"#
+        )),
+        r#"Error from server (Forbidden): services "web" is forbidden: exceeded quota: grow, requested: services.loadbalancers=1, used: services.loadbalancers=0, limited: services.loadbalancers=0"#
+    );
+    let out = patch("service", "web", r#"{"spec":{"type":"NodePort"}}"#);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The port is charged once: an update that adds none is free.
+    let out = patch(
+        "service",
+        "web",
+        r#"{"metadata":{"labels":{"tier":"front"}}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    server.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "api",
+        "-n",
+        "grow",
+        "--tcp=80",
+    ]);
+    assert_eq!(
+        refused(&patch("service", "api", r#"{"spec":{"type":"NodePort"}}"#)),
+        r#"Error from server (Forbidden): services "api" is forbidden: exceeded quota: grow, requested: services.nodeports=1, used: services.nodeports=1, limited: services.nodeports=1"#
+    );
+
+    let claim = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: grow
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 512Mi}}
+";
+    let dir = tempfile::tempdir().unwrap();
+    let out = apply(&server, dir.path(), "claim.yaml", claim);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let grow = |size: &str| {
+        patch(
+            "pvc",
+            "data",
+            &format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#),
+        )
+    };
+    assert_eq!(
+        refused(&grow("2Gi")),
+        r#"Error from server (Forbidden): persistentvolumeclaims "data" is forbidden: exceeded quota: grow, requested: requests.storage=1536Mi, used: requests.storage=512Mi, limited: requests.storage=1Gi"#
+    );
+    let out = grow("1Gi");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 

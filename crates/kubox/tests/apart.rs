@@ -2,7 +2,8 @@
 //! `kubox controller-manager`) against a server that runs neither, with
 //! their own identities: they run a Deployment's pods, hold their Leases
 //! and serve their own /metrics; and a scheduler apart stands by while
-//! a server's own scheduler leads.
+//! a server's own scheduler leads; with `--leader-elect=false` they act
+//! without a Lease.
 
 use std::time::Duration;
 
@@ -153,4 +154,57 @@ async fn a_scheduler_apart_stands_by_while_the_servers_own_leads() {
         !metrics.contains("scheduler_pending_pods{"),
         "the standby has no queue: {metrics}"
     );
+}
+
+#[tokio::test]
+async fn unelected_components_apart_act_without_a_lease() {
+    let server = KuboxServer::start(
+        KUBOX,
+        &[
+            "--disable-agent",
+            "--disable-scheduler",
+            "--disable-controllers",
+        ],
+    )
+    .await;
+    let scheduler = Apart::scheduler(&server, &["--leader-elect=false"]).await;
+    let controllers = Apart::controller_manager(&server, &["--leader-elect=false"]).await;
+    server.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    // The controller manager makes the pod, the scheduler finds no node for it.
+    eventually(
+        "the Deployment's pod to be found unschedulable",
+        TIMEOUT,
+        || async {
+            let pods = server.kubectl_json(&["get", "pods", "-l", "app=web"]);
+            pods["items"].as_array()?.iter().find(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+            })?;
+            Some(())
+        },
+    )
+    .await;
+    let leases = server.kubectl_json(&["get", "leases", "-n", "kube-system"]);
+    let names: Vec<&str> = leases["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["metadata"]["name"].as_str())
+        .collect();
+    for name in ["kube-scheduler", "kube-controller-manager"] {
+        assert!(!names.contains(&name), "{name} took a Lease: {names:?}");
+    }
+    assert_eq!(scheduler.get("/healthz").await, "ok");
+    assert_eq!(controllers.get("/readyz").await, "ok");
 }

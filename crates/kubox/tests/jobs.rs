@@ -1,6 +1,7 @@
 //! Jobs end to end: real busybox pods on a real `kubox server`, driven and
 //! read with stock kubectl — completions and parallelism, Indexed Jobs,
-//! the backoff limit, TTL after finished, and Jobs made from CronJobs.
+//! the backoff limit (Job-wide and per index), success policies, TTL after
+//! finished, and Jobs made from CronJobs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -443,4 +444,150 @@ async fn a_bad_pod_failure_policy_is_refused_as_upstream_refuses_it() {
         ),
         "{err}"
     );
+}
+
+/// The pods of job `name` running index `i`, oldest first.
+fn index_pods(server: &KuboxServer, name: &str, i: usize) -> Vec<Value> {
+    let mut pods: Vec<Value> = job_pods(server, name)
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                == Some(i)
+        })
+        .collect();
+    pods.sort_by_key(|p| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    pods
+}
+
+fn failure_count(pod: &Value) -> &Value {
+    &pod["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"]
+}
+
+#[tokio::test]
+async fn indexes_back_off_and_fail_on_their_own() {
+    let server = cluster(&[]).await;
+    // Index 1 fails past its limit of one retry, index 2 at once by the
+    // FailIndex rule; the other two succeed, so the Job ends with failed indexes.
+    server.apply_json(&job(
+        "per-index",
+        json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 1,
+               "podFailurePolicy": {"rules": [{"action": "FailIndex",
+                   "onExitCodes": {"operator": "In", "values": [42]}}]}}),
+        "case $JOB_COMPLETION_INDEX in 1) exit 1;; 2) exit 42;; *) exit 0;; esac",
+    ));
+    let created = get_json(&server, &["get", "job", "per-index"]);
+    assert_eq!(created["spec"]["backoffLimit"], i32::MAX);
+    let failed = job_condition(&server, "per-index", "Failed").await;
+    for type_ in ["FailureTarget", "Failed"] {
+        let c = condition(&failed, type_);
+        assert_eq!(
+            (&c["reason"], &c["message"]),
+            (&json!("FailedIndexes"), &json!("Job has failed indexes")),
+            "{type_}"
+        );
+    }
+    let status = &failed["status"];
+    assert_eq!(status["failedIndexes"], "1,2", "{status}");
+    assert_eq!(status["completedIndexes"], "0,3", "{status}");
+    assert_eq!(
+        (&status["succeeded"], &status["failed"]),
+        (&json!(2), &json!(3))
+    );
+    let retried = index_pods(&server, "per-index", 1);
+    let counts: Vec<&Value> = retried.iter().map(failure_count).collect();
+    assert_eq!(
+        counts,
+        [&json!("0"), &json!("1")],
+        "index 1 was tried twice"
+    );
+    assert_eq!(
+        index_pods(&server, "per-index", 2).len(),
+        1,
+        "FailIndex is not retried"
+    );
+    let (_, row) = table(&server, "jobs", "per-index");
+    assert_eq!(row[..3], ["per-index", "Failed", "2/4"]);
+
+    // With no failed index allowed, the first one fails the Job, and the
+    // indexes still running are stopped.
+    server.apply_json(&job(
+        "no-failures",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 0, "maxFailedIndexes": 0}),
+        "if [ $JOB_COMPLETION_INDEX = 1 ]; then exit 1; fi; sleep 300",
+    ));
+    let failed = job_condition(&server, "no-failures", "Failed").await;
+    let c = condition(&failed, "Failed");
+    assert_eq!(c["reason"], "MaxFailedIndexesExceeded");
+    assert_eq!(
+        c["message"],
+        "Job has exceeded the specified maximal number of failed indexes"
+    );
+    assert_eq!(failed["status"]["failedIndexes"], "1");
+    assert!(failed["status"]["active"].is_null(), "{}", failed["status"]);
+}
+
+#[tokio::test]
+async fn a_success_policy_completes_the_job_and_stops_the_rest() {
+    let server = cluster(&[]).await;
+    server.apply_json(&job(
+        "leader",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+               "successPolicy": {"rules": [{"succeededIndexes": "0"}]}}),
+        "if [ $JOB_COMPLETION_INDEX = 0 ]; then exit 0; fi; sleep 300",
+    ));
+    let done = job_condition(&server, "leader", "Complete").await;
+    let types: Vec<&str> = done["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
+    for type_ in ["SuccessCriteriaMet", "Complete"] {
+        let c = condition(&done, type_);
+        assert_eq!(
+            (&c["reason"], &c["message"]),
+            (&json!("SuccessPolicy"), &json!("Matched rules at index 0")),
+            "{type_}"
+        );
+    }
+    let status = &done["status"];
+    assert_eq!(
+        (&status["succeeded"], &status["completedIndexes"]),
+        (&json!(1), &json!("0"))
+    );
+    assert!(
+        status["active"].is_null() && status["failed"].is_null(),
+        "{status}"
+    );
+    assert!(status["completionTime"].is_string(), "{status}");
+    for i in [1, 2] {
+        for pod in index_pods(&server, "leader", i) {
+            assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+        }
+    }
+
+    let bad = job(
+        "bad",
+        json!({"completions": 3, "completionMode": "Indexed", "maxFailedIndexes": 4,
+               "successPolicy": {"rules": [{"succeededIndexes": "1-5"}]}}),
+        "true",
+    );
+    let err = create_refused(&server, &bad);
+    for cause in [
+        "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+        "spec.maxFailedIndexes: Invalid value: 4: must be less than or equal to completions",
+        "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"1-5\": \
+         error parsing succeededIndexes: too large index: \"5\"",
+    ] {
+        assert!(err.contains(cause), "{cause} in {err}");
+    }
 }

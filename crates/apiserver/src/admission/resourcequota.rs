@@ -1,8 +1,10 @@
 //! ResourceQuota, as upstream's plugin: a create whose usage would take a
 //! quota of its namespace past `status.hard` is refused with upstream's
-//! message; an allowed one is charged to each quota's `status.used` before
-//! it is stored, by compare-and-swap on the quota, so concurrent creates
-//! never both take the last of a quota. The quota controller recounts.
+//! message, and so is an update of a Service or PersistentVolumeClaim by
+//! what it adds (a node port, a load balancer, more storage); an allowed
+//! one is charged to each quota's `status.used` before it is stored, by
+//! compare-and-swap on the quota, so concurrent writes never both take the
+//! last of a quota. The quota controller recounts.
 
 use std::collections::BTreeSet;
 
@@ -26,6 +28,39 @@ enum Verdict {
     Untouched,
     Refused(String),
     Charged(ResourceList),
+}
+
+/// Kinds whose usage an update can raise, as upstream's evaluators handle
+/// updates (a pod's resources change only through its resize subresource).
+const CHARGED_ON_UPDATE: [&str; 2] = ["services", "persistentvolumeclaims"];
+
+/// What a write adds: all of a created object's usage, or what an update
+/// uses beyond the stored object (never negative: shrinking frees nothing
+/// before the quota controller recounts); None if the write is not charged.
+fn added(attrs: &Attributes<'_>, obj: &Value) -> Option<ResourceList> {
+    let rt = attrs.resource;
+    let new = usage(rt.group, rt.plural, obj);
+    match (attrs.operation, attrs.old) {
+        (Operation::Create, _) => Some(new),
+        (Operation::Update, Some(old))
+            if rt.group.is_empty() && CHARGED_ON_UPDATE.contains(&rt.plural) =>
+        {
+            let before = usage(rt.group, rt.plural, old);
+            Some(
+                new.into_iter()
+                    .map(|(k, v)| {
+                        let more = match before.get(&k) {
+                            Some(b) if *b >= v => Quantity::default(),
+                            Some(b) => v.sub(b),
+                            None => v,
+                        };
+                        (k, more)
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
 }
 
 /// Upstream's checkRequest for one quota.
@@ -112,13 +147,15 @@ impl AdmissionPlugin for ResourceQuota {
         store: &dyn Store,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
-        if attrs.operation != Operation::Create || attrs.subresource.is_some() || !rt.namespaced {
+        if attrs.subresource.is_some() || !rt.namespaced {
             return Ok(());
         }
         let Some(ns) = attrs.namespace else {
             return Ok(());
         };
-        let delta = usage(rt.group, rt.plural, obj);
+        let Some(delta) = added(attrs, obj) else {
+            return Ok(());
+        };
         let forbidden = |msg: String| ApiError::forbidden_on(rt.group, rt.plural, attrs.name, &msg);
         // Quotas already charged: a retry after a conflict on another
         // quota must not charge them twice.

@@ -1,8 +1,9 @@
 //! A Job's `podFailurePolicy` (upstream's matchPodFailurePolicy): the
 //! first rule a failed pod satisfies, by a container's non-zero exit code
 //! or by a pod condition, decides whether its failure fails the whole Job,
-//! is ignored (not counted toward `backoffLimit`, the pod replaced), or is
-//! counted as usual. A pod no rule matches is counted.
+//! fails its index (of a Job with `backoffLimitPerIndex`), is ignored (not
+//! counted toward `backoffLimit`, the pod replaced), or is counted as
+//! usual. A pod no rule matches is counted.
 
 use k8s_openapi::api::batch::v1::{Job, PodFailurePolicyOnExitCodesRequirement};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -13,9 +14,11 @@ use kube::ResourceExt;
 pub enum Verdict {
     /// The Job fails (reason PodFailurePolicy) with this message.
     FailJob(String),
+    /// Its index fails, not retried again; counted as a failure.
+    FailIndex,
     /// Not counted toward the backoff limit.
     Ignore,
-    /// Counted toward the backoff limit (Count, FailIndex, or no rule).
+    /// Counted toward the backoff limit (Count, or no rule).
     Count,
 }
 
@@ -74,7 +77,8 @@ pub fn judge(job: &Job, pod: &Pod) -> Verdict {
         match rule.action.as_str() {
             "FailJob" => return Verdict::FailJob(matched),
             "Ignore" => return Verdict::Ignore,
-            "Count" | "FailIndex" => return Verdict::Count,
+            "FailIndex" => return Verdict::FailIndex,
+            "Count" => return Verdict::Count,
             // Unknown actions are skipped, as upstream asks of clients.
             _ => {}
         }

@@ -37,7 +37,8 @@ pub fn parse(s: &str, completions: i32) -> BTreeSet<i32> {
     set
 }
 
-/// The compressed form: runs of consecutive indexes as `first-last`.
+/// The compressed form: runs of three or more consecutive indexes as
+/// `first-last` (two are listed, as upstream lists them).
 pub fn format(set: &BTreeSet<i32>) -> String {
     let mut parts = Vec::new();
     let mut run: Option<(i32, i32)> = None;
@@ -56,10 +57,10 @@ pub fn format(set: &BTreeSet<i32>) -> String {
 }
 
 fn interval((first, last): (i32, i32)) -> String {
-    if first == last {
-        first.to_string()
-    } else {
-        format!("{first}-{last}")
+    match last - first {
+        0 => first.to_string(),
+        1 => format!("{first},{last}"),
+        _ => format!("{first}-{last}"),
     }
 }
 
@@ -73,7 +74,7 @@ mod tests {
         assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 2, 3, 4, 7]);
         assert_eq!(format(&set), "0,2-4,7");
         assert_eq!(format(&parse("0-9", 5)), "0-4");
-        assert_eq!(format(&BTreeSet::from([1, 2, 5, 6, 8])), "1-2,5-6,8");
+        assert_eq!(format(&BTreeSet::from([1, 2, 5, 6, 7, 9])), "1,2,5-7,9");
         assert_eq!(format(&BTreeSet::new()), "");
     }
 }

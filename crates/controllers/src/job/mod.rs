@@ -1,7 +1,8 @@
 //! The Job controller (upstream's job-controller): pods run to completion,
 //! `parallelism` at a time, until `completions` succeed (each index once,
-//! for Indexed Jobs), or the Job fails by `backoffLimit` or
-//! `activeDeadlineSeconds`. Every pod carries the
+//! for Indexed Jobs, or as their `successPolicy` says), or the Job fails by
+//! `backoffLimit`, `activeDeadlineSeconds` or, for Indexed Jobs with
+//! `backoffLimitPerIndex`, by failed indexes. Every pod carries the
 //! `batch.kubernetes.io/job-tracking` finalizer until its end is counted in
 //! the status, through `status.uncountedTerminatedPods`, so no finished pod
 //! is lost or counted twice. A Job that has met its end first reports the
@@ -10,7 +11,9 @@
 
 mod failurepolicy;
 pub mod indexes;
+mod perindex;
 mod status;
+mod successpolicy;
 
 pub use status::finished;
 
@@ -436,6 +439,9 @@ async fn sync_job(job: Job, shared: &Shared) -> Result<Option<Duration>, Error> 
             }
         }
     }
+    if tracker.finished.is_none() {
+        tracker.finished = indexed_end(&tracker, now);
+    }
 
     let mut failure = None;
     if tracker.finished.is_some() {
@@ -487,6 +493,49 @@ async fn sync_job(job: Job, shared: &Shared) -> Result<Option<Duration>, Error> 
         Some(e) => Err(e),
         None => Ok(requeue),
     }
+}
+
+/// The end an Indexed Job's own indexes make: too many failed
+/// (MaxFailedIndexesExceeded), every index done with some failed
+/// (FailedIndexes), or its success policy met.
+fn indexed_end(
+    tracker: &Tracker,
+    now: Timestamp,
+) -> Option<k8s_openapi::api::batch::v1::JobCondition> {
+    let job = &tracker.job;
+    if !is_indexed(job) {
+        return None;
+    }
+    if let Some(failed) = &tracker.failed_indexes {
+        let failed = failed.len();
+        let completions = spec(job).completions.unwrap_or(0).max(0) as usize;
+        if spec(job)
+            .max_failed_indexes
+            .is_some_and(|max| failed > max.max(0) as usize)
+        {
+            return Some(status::condition(
+                status::FAILURE_TARGET,
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+                now,
+            ));
+        }
+        if failed > 0 && failed + tracker.succeeded_indexes.len() >= completions {
+            return Some(status::condition(
+                status::FAILURE_TARGET,
+                "FailedIndexes",
+                "Job has failed indexes",
+                now,
+            ));
+        }
+    }
+    let message = successpolicy::met(job, &tracker.succeeded_indexes)?;
+    Some(status::condition(
+        status::SUCCESS_CRITERIA_MET,
+        "SuccessPolicy",
+        &message,
+        now,
+    ))
 }
 
 fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -658,29 +707,50 @@ async fn manage(
     let Some(diff) = want.checked_sub(active + terminating).filter(|d| *d > 0) else {
         return Ok(None);
     };
-    let wait = Shared::lock(&shared.backoffs)
-        .get(job_key)
-        .copied()
-        .unwrap_or_default()
-        .remaining(now);
-    if !wait.is_zero() {
-        return Ok(Some(wait));
+    let per_index = is_indexed(&job) && perindex::limit(&job).is_some();
+    if !per_index {
+        let wait = Shared::lock(&shared.backoffs)
+            .get(job_key)
+            .copied()
+            .unwrap_or_default()
+            .remaining(now);
+        if !wait.is_zero() {
+            return Ok(Some(wait));
+        }
     }
     let diff = diff.min(BURST);
     let slots: Vec<Option<i32>> = if is_indexed(&job) {
-        tracker
-            .pending_indexes(diff)
-            .into_iter()
-            .map(Some)
-            .collect()
+        let pending = tracker.pending_indexes(diff);
+        let (ready, waits): (Vec<i32>, Vec<Duration>) = if per_index {
+            let waits: Vec<Duration> = pending
+                .iter()
+                .map(|i| perindex::wait(tracker.awaiting.get(i).map(|p| &**p), now))
+                .collect();
+            let ready = pending
+                .iter()
+                .zip(&waits)
+                .filter(|(_, w)| w.is_zero())
+                .map(|(i, _)| *i)
+                .collect();
+            (ready, waits)
+        } else {
+            (pending, Vec::new())
+        };
+        // Every index still backing off: look again when the first may go.
+        if ready.is_empty() && !waits.is_empty() {
+            return Ok(waits.into_iter().min());
+        }
+        ready.into_iter().map(Some).collect()
     } else {
         vec![None; diff]
     };
     shared.expectations.expect_creations(job_key, slots.len());
     let next = AtomicUsize::new(0);
+    let awaiting = &tracker.awaiting;
     let (created, result) = pods::slow_start(slots.len(), || {
         let slot = slots[next.fetch_add(1, Ordering::SeqCst)];
-        create_pod(shared, &job, slot)
+        let replaced = slot.and_then(|i| awaiting.get(&i)).map(|p| &**p);
+        create_pod(shared, &job, slot, replaced)
     })
     .await;
     // Pods never attempted, or that failed, will never be observed.
@@ -693,8 +763,9 @@ async fn manage(
 
 /// A pod of the Job's template, holding the tracking finalizer, and for an
 /// Indexed Job its index as annotation, label, `JOB_COMPLETION_INDEX` and
-/// in its hostname.
-fn pod_for(job: &Job, index: Option<i32>) -> Pod {
+/// in its hostname, and with a per-index backoff the failure counts of
+/// the pod it replaces, one more.
+fn pod_for(job: &Job, index: Option<i32>, replaced: Option<&Pod>) -> Pod {
     let name = job.name_any();
     let mut template = spec(job).template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
@@ -703,9 +774,15 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
         finalizers.push(TRACKING_FINALIZER.into());
     }
     if let Some(i) = index {
-        meta.annotations
-            .get_or_insert_with(Default::default)
-            .insert(indexes::COMPLETION_INDEX.into(), i.to_string());
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.insert(indexes::COMPLETION_INDEX.into(), i.to_string());
+        if perindex::limit(job).is_some() {
+            let (failures, ignored) = perindex::counts_after(job, replaced);
+            annotations.insert(perindex::FAILURE_COUNT.into(), failures.to_string());
+            if ignored > 0 {
+                annotations.insert(perindex::IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+            }
+        }
         meta.labels
             .get_or_insert_with(Default::default)
             .insert(indexes::COMPLETION_INDEX.into(), i.to_string());
@@ -752,14 +829,19 @@ fn generate_name_with_index(job: &str, index: i32) -> String {
     format!("{cut}{suffix}")
 }
 
-async fn create_pod(shared: &Shared, job: &Job, index: Option<i32>) -> Result<(), Error> {
+async fn create_pod(
+    shared: &Shared,
+    job: &Job,
+    index: Option<i32>,
+    replaced: Option<&Pod>,
+) -> Result<(), Error> {
     let api: Api<Pod> =
         Api::namespaced(shared.client.clone(), &job.namespace().unwrap_or_default());
     pods::create(
         &api,
         &shared.recorder,
         job.object_ref(&()),
-        &pod_for(job, index),
+        &pod_for(job, index, replaced),
     )
     .await
 }
@@ -813,7 +895,7 @@ mod tests {
                                   "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
         }))
         .unwrap();
-        let pod = pod_for(&job, Some(2));
+        let pod = pod_for(&job, Some(2), None);
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("idx-2-"));
         assert_eq!(indexes::of(&pod), Some(2));
         assert_eq!(

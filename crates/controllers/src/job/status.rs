@@ -5,7 +5,7 @@
 //! they move to the `succeeded`/`failed` counters, so a crash at any step
 //! neither loses nor double-counts a pod.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -18,8 +18,8 @@ use kube::{Api, Resource, ResourceExt};
 use kubox_client::events::{Recorder, Type};
 
 use super::{
-    failurepolicy, has_finalizer, indexes, is_failed, is_indexed, is_terminating, phase, spec,
-    suspended,
+    failurepolicy, has_finalizer, indexes, is_failed, is_indexed, is_terminating,
+    only_replace_failed, perindex, phase, spec, suspended,
 };
 use crate::{Error, pods};
 
@@ -115,6 +115,11 @@ pub struct Tracker {
     /// For Indexed Jobs: the indexes succeeded, counted or not.
     pub succeeded_indexes: BTreeSet<i32>,
     prev_succeeded_indexes: BTreeSet<i32>,
+    /// For Indexed Jobs with `backoffLimitPerIndex`: the indexes failed.
+    pub failed_indexes: Option<BTreeSet<i32>>,
+    /// Per index, the failed pod its replacement takes its failure count
+    /// from, which keeps its finalizer until then.
+    pub awaiting: HashMap<i32, Arc<Pod>>,
     /// The end the Job has met (SuccessCriteriaMet, FailureTarget, or the
     /// Failed condition that follows FailureTarget).
     pub finished: Option<JobCondition>,
@@ -164,6 +169,8 @@ impl Tracker {
             failed: 0,
             succeeded_indexes: BTreeSet::new(),
             prev_succeeded_indexes: BTreeSet::new(),
+            failed_indexes: None,
+            awaiting: HashMap::new(),
             finished,
             removing,
             changed,
@@ -198,6 +205,17 @@ impl Tracker {
                 }
             }
             t.succeeded = t.succeeded_indexes.len() as i32;
+            if let Some(limit) = perindex::limit(&t.job) {
+                let failed = perindex::failed_indexes(&t.job, &t.pods, limit);
+                t.awaiting = perindex::awaiting_replacement(
+                    &t.job,
+                    &t.pods,
+                    &t.active,
+                    &t.succeeded_indexes,
+                    &failed,
+                );
+                t.failed_indexes = Some(failed);
+            }
         }
         t
     }
@@ -258,13 +276,23 @@ impl Tracker {
         self.active_count += n;
     }
 
-    /// The lowest `n` indexes neither succeeded nor running.
+    /// The lowest `n` indexes neither succeeded, failed nor running (nor
+    /// terminating, when only failed pods are replaced).
     pub fn pending_indexes(&self, n: usize) -> Vec<i32> {
-        let running: HashSet<i32> = self.active.iter().filter_map(|p| indexes::of(p)).collect();
+        let mut taken: HashSet<i32> = self.active.iter().filter_map(|p| indexes::of(p)).collect();
+        if only_replace_failed(&self.job) {
+            taken.extend(
+                self.pods
+                    .iter()
+                    .filter(|p| is_terminating(p))
+                    .filter_map(|p| indexes::of(p)),
+            );
+        }
+        taken.extend(self.failed_indexes.iter().flatten());
         super::pending(
             spec(&self.job).completions.unwrap_or(0),
             &self.succeeded_indexes,
-            &running,
+            &taken,
             n,
         )
     }
@@ -397,6 +425,13 @@ impl Tracker {
             if !(job_deleting || ending || phase(p) == "Succeeded" || considered_failed) {
                 continue;
             }
+            let awaited = self
+                .awaiting
+                .values()
+                .any(|a| a.metadata.uid == p.metadata.uid);
+            if awaited && !(job_deleting || ending) {
+                continue;
+            }
             to_release.push(p.clone());
             if phase(p) == "Succeeded" && !failed.contains(&uid(p)) {
                 if indexed {
@@ -432,6 +467,12 @@ impl Tracker {
             }
             status.succeeded = Some(total);
             status.completed_indexes = Some(completed);
+            let failed = self.failed_indexes.as_ref().map(indexes::format);
+            let status = self.status_mut();
+            if status.failed_indexes != failed {
+                status.failed_indexes = failed;
+                needs_write = true;
+            }
         }
         let now = self.now;
         if let Some(c) = self.finished.clone() {
