@@ -226,6 +226,7 @@ const HPA: Options = Options {
     short_names: &["hpa"],
     categories: ALL,
     status: true,
+    strategy: &strategy::Autoscaler,
     ..PLAIN
 };
 

@@ -608,6 +608,16 @@ impl Strategy for Deployment {
     }
 }
 
+/// HorizontalPodAutoscalers count their spec's changes in
+/// `metadata.generation`, as upstream's HPAGeneration feature (on by
+/// default) makes them, so an autoscaler's status can say what it observed.
+pub struct Autoscaler;
+impl Strategy for Autoscaler {
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+}
+
 /// RoleBindings and ClusterRoleBindings: an empty `apiGroup` of the role
 /// reference and of User and Group subjects means RBAC's group, as
 /// upstream's defaults write it.
