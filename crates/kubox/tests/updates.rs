@@ -168,8 +168,9 @@ fn cases(sc: &'static str) -> Vec<(&'static str, String, Expect)> {
         ),
         (
             "pod/p",
+            // The admission's default tolerations stay; one more joins them.
             p(
-                r#"{"spec":{"tolerations":[{"key":"k","operator":"Exists","effect":"NoSchedule"}]}}"#,
+                r#"{"spec":{"tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300},{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":60},{"key":"k","operator":"Exists","effect":"NoSchedule"}]}}"#,
             ),
             Ok,
         ),
