@@ -295,9 +295,9 @@ async fn diff_edit_output_formats_and_apply_conflicts_in_both_kubectls() {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         server.kubectl_at_ok(program, &["create", "namespace", ns]);
-        let cm = |a: &str| {
+        let cm = |name: &str, a: &str| {
             format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  a: \"{a}\"\n"
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  a: \"{a}\"\n"
             )
         };
         let file = write_manifest(&server, &format!("{ns}-app.yaml"), &cm("app", "1"));
