@@ -325,7 +325,7 @@ async fn diff_edit_output_formats_and_apply_conflicts_in_both_kubectls() {
                 .output()
                 .unwrap()
         };
-        let out = edit("app", r#"sed -i s/a:\ "1"/a:\ "3"/"#);
+        let out = edit("app", r#"sed -i s/\"1\"/\"3\"/"#);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "configmap/app edited\n",
@@ -341,7 +341,7 @@ async fn diff_edit_output_formats_and_apply_conflicts_in_both_kubectls() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\nimmutable: true\ndata:\n  a: \"1\"\n",
         );
         ok(&["apply", "-f", &frozen]);
-        let out = edit("frozen", r#"sed -i s/a:\ "1"/a:\ "2"/"#);
+        let out = edit("frozen", r#"sed -i s/\"1\"/\"2\"/"#);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{program:?}: {err}");
         assert!(
