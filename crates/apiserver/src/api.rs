@@ -210,13 +210,19 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 /// Records a write in the object's managedFields, in the version the
 /// client wrote: for a converted version, on that version's view of the old
 /// and new objects, so the field paths are those the client sent.
-fn track_update(rt: &ResourceType, old: Option<&Value>, new: &mut Value, writer: &apply::Writer) {
+fn track_update(
+    rt: &ResourceType,
+    old: Option<&Value>,
+    new: &mut Value,
+    writer: &apply::Writer,
+    views: apply::Views,
+) {
     if rt.conversion.is_none() {
-        return apply::track_update(old, new, writer);
+        return apply::track_update(old, new, writer, views);
     }
     let old_view = old.map(|o| rt.from_storage(o.clone()));
     let mut new_view = rt.from_storage(new.clone());
-    apply::track_update(old_view.as_ref(), &mut new_view, writer);
+    apply::track_update(old_view.as_ref(), &mut new_view, writer, views);
     match new_view["metadata"]
         .get_mut("managedFields")
         .map(Value::take)
@@ -347,6 +353,19 @@ impl Api {
     /// The watch cache of a resource, by plural name.
     pub(crate) fn cache_of(&self, plural: &str) -> Option<Arc<Cache>> {
         self.caches.get(plural).cloned()
+    }
+
+    /// Objects of `rt` (in its version's form) as the resource's other
+    /// served versions show them, for managedFields recorded in those.
+    fn views<'a>(&'a self, rt: &'a ResourceType) -> impl Fn(&str, &Value) -> Option<Value> + 'a {
+        move |api_version, obj| {
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let other = self.registry.get(group, version, rt.plural)?;
+            let stored = rt
+                .to_storage(obj.clone(), self.registry.storage_of(rt))
+                .ok()?;
+            Some(other.from_storage(stored))
+        }
     }
 
     /// [`Self::check_write`] of an update of `target` from `old` to `new`.
@@ -785,7 +804,8 @@ impl Api {
         )?;
         if track {
             let now = now_rfc3339();
-            track_update(rt, None, &mut obj, &opts.writer(rt, None, &now));
+            let views = self.views(rt);
+            track_update(rt, None, &mut obj, &opts.writer(rt, None, &now), &views);
         }
         let key = rt.key(ns, &name);
         if opts.dry_run {
@@ -987,7 +1007,9 @@ impl Api {
         self.admission.validate(&attrs, &new, &*self.store).await?;
         if let Some(opts) = track {
             let now = now_rfc3339();
-            track_update(rt, Some(old), &mut new, &opts.writer(rt, subresource, &now));
+            let views = self.views(rt);
+            let writer = opts.writer(rt, subresource, &now);
+            track_update(rt, Some(old), &mut new, &writer, &views);
         }
         if dry_run {
             return Ok(new);
@@ -1154,6 +1176,7 @@ impl Api {
         }
         let now = now_rfc3339();
         let writer = opts.writer(rt, subresource, &now);
+        let views = self.views(rt);
         let conflict = |c: apply::Conflicts| {
             ApiError::new(http::StatusCode::CONFLICT, "Conflict", c.message())
                 .with_causes(c.causes())
@@ -1161,7 +1184,8 @@ impl Api {
         for _ in 0..16 {
             let (old, revision) = match self.load(rt, ns, name).await {
                 Err(e) if e.reason == "NotFound" && subresource.is_none() => {
-                    let obj = apply::apply(None, &config, &writer, opts.force).map_err(conflict)?;
+                    let obj = apply::apply(None, &config, &writer, opts.force, &views)
+                        .map_err(conflict)?;
                     let (obj, warnings) =
                         self.decode(rt, &serde_json::to_vec(&obj).unwrap_or_default(), opts)?;
                     match self.create_object(rt, ns, obj, warnings, opts, false).await {
@@ -1176,8 +1200,8 @@ impl Api {
                 other => other?,
             };
             let live = rt.from_storage(old.clone());
-            let merged =
-                apply::apply(Some(&live), &config, &writer, opts.force).map_err(conflict)?;
+            let merged = apply::apply(Some(&live), &config, &writer, opts.force, &views)
+                .map_err(conflict)?;
             let (new, warnings) =
                 self.decode(rt, &serde_json::to_vec(&merged).unwrap_or_default(), opts)?;
             // An apply that changes nothing writes nothing, as upstream.
@@ -1378,7 +1402,13 @@ impl Api {
             let mut new = old.clone();
             scale::apply_scale(rt, &mut new, &scale)?;
             let now = now_rfc3339();
-            apply::track_scale(&old, &mut new, &opts.writer(rt, Some("scale"), &now));
+            let views = self.views(rt);
+            apply::track_scale(
+                &old,
+                &mut new,
+                &opts.writer(rt, Some("scale"), &now),
+                &views,
+            );
             let main = ObjectRef {
                 subresource: None,
                 ..target

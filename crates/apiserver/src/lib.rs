@@ -44,6 +44,7 @@ pub mod strategy;
 pub mod swagger;
 pub mod table;
 pub mod token_file;
+mod updates;
 pub mod validation;
 pub mod warning;
 

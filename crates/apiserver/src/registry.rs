@@ -226,6 +226,7 @@ const HPA: Options = Options {
     short_names: &["hpa"],
     categories: ALL,
     status: true,
+    strategy: &strategy::Autoscaler,
     ..PLAIN
 };
 
@@ -258,6 +259,7 @@ fn builtins() -> Vec<ResourceType> {
         }),
         resource::<core::ConfigMap>(Options {
             short_names: &["cm"],
+            strategy: &strategy::ConfigMap,
             ..PLAIN
         }),
         resource::<core::Secret>(Options {
@@ -291,6 +293,7 @@ fn builtins() -> Vec<ResourceType> {
         resource::<core::PersistentVolumeClaim>(Options {
             short_names: &["pvc"],
             status: true,
+            strategy: &strategy::PersistentVolumeClaim,
             ..PLAIN
         }),
         resource::<core::ReplicationController>(Options {
@@ -397,6 +400,7 @@ fn builtins() -> Vec<ResourceType> {
         }),
         resource::<storage::StorageClass>(Options {
             short_names: &["sc"],
+            strategy: &strategy::StorageClass,
             ..PLAIN
         }),
         resource::<authentication::SelfSubjectReview>(REVIEW),

@@ -35,6 +35,16 @@ impl FieldError {
         }
     }
 
+    /// `Invalid value: <shown>: why`, for a value upstream prints as a Go
+    /// literal rather than as JSON (a `v1.LabelSelector{...}`, say).
+    pub fn invalid_shown(field: impl Into<String>, shown: &str, why: impl AsRef<str>) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {shown}: {}", why.as_ref()),
+        }
+    }
+
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::status::FieldError;
-use crate::{jobspec, validation};
+use crate::{jobspec, updates, validation};
 
 pub trait Strategy: Send + Sync {
     /// Sets upstream's defaults (done on create and update, as upstream's
@@ -76,6 +76,36 @@ impl Strategy for Secret {
                 obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
             }
         }
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        updates::secret(old, new)
+    }
+}
+
+pub struct ConfigMap;
+impl Strategy for ConfigMap {
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        updates::config_map(old, new)
+    }
+}
+
+pub struct PersistentVolumeClaim;
+impl Strategy for PersistentVolumeClaim {
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        updates::claim(old, new)
+    }
+}
+
+pub struct StorageClass;
+impl Strategy for StorageClass {
+    fn default(&self, obj: &mut Value) {
+        or_insert(obj, "reclaimPolicy", json!("Delete"));
+        or_insert(obj, "volumeBindingMode", json!("Immediate"));
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        updates::storage_class(old, new)
     }
 }
 
@@ -264,29 +294,8 @@ impl Strategy for Pod {
         validate_pod_spec(&obj["spec"], "spec")
     }
 
-    /// Gates may only be removed once a pod exists: whoever released a pod
-    /// for scheduling cannot take that back.
     fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
-        let gates = |pod: &Value| -> Vec<String> {
-            pod["spec"]["schedulingGates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g["name"].as_str().map(str::to_owned))
-                .collect()
-        };
-        let before = gates(old);
-        gates(new)
-            .into_iter()
-            .enumerate()
-            .filter(|(_, g)| !before.contains(g))
-            .map(|(i, g)| {
-                FieldError::forbidden(
-                    format!("spec.schedulingGates[{i}].name"),
-                    format!("only deletion is allowed, but found new scheduling gate '{g}'"),
-                )
-            })
-            .collect()
+        updates::pod(old, new)
     }
 
     fn prepare_create(&self, obj: &mut Value) {
@@ -444,6 +453,15 @@ impl Strategy for Workload {
         true
     }
 
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        match new["kind"].as_str() {
+            Some("ReplicaSet" | "DaemonSet") => updates::selector(old, new),
+            Some("StatefulSet") => updates::statefulset(old, new),
+            Some("Job") => updates::job(old, new),
+            _ => Vec::new(),
+        }
+    }
+
     fn prepare_create(&self, obj: &mut Value) {
         if obj["kind"] == "Job" && obj["spec"]["manualSelector"] != true {
             generate_job_selector(obj);
@@ -581,6 +599,20 @@ impl Strategy for Deployment {
         errs
     }
 
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        updates::selector(old, new)
+    }
+}
+
+/// HorizontalPodAutoscalers count their spec's changes in
+/// `metadata.generation`, as upstream's HPAGeneration feature (on by
+/// default) makes them, so an autoscaler's status can say what it observed.
+pub struct Autoscaler;
+impl Strategy for Autoscaler {
     fn tracks_generation(&self) -> bool {
         true
     }

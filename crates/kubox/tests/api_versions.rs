@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
-use kubox_testkit::KuboxServer;
+use kubox_testkit::{KUBECTL_1_35, KuboxServer};
 
 const KUBOX: &str = env!("CARGO_BIN_EXE_kubox");
 
@@ -232,6 +232,93 @@ async fn autoscaling_v1_and_v2_are_one_horizontal_pod_autoscaler() {
         "horizontalpodautoscaler.autoscaling \"web\" deleted\n"
     );
     assert_eq!(k(&["get", "hpa", "-o", "name"]), "");
+}
+
+/// Server-side apply through autoscaling/v2 then v1 keeps one set of
+/// managed fields, each entry in the version its manager applied, and a v1
+/// apply conflicts with the v2 applier's metrics, as upstream's field
+/// manager compares in each manager's version.
+#[tokio::test]
+async fn applies_through_both_versions_share_one_set_of_managed_fields() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    let v2 = |name: &str| {
+        format!(
+            "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: {name}\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: web\n  maxReplicas: 5\n  metrics:\n  - type: Resource\n    resource:\n      name: cpu\n      target:\n        type: Utilization\n        averageUtilization: 50\n"
+        )
+    };
+    let v1 = |name: &str| {
+        format!(
+            "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: {name}\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: web\n  maxReplicas: 5\n  targetCPUUtilizationPercentage: 70\n"
+        )
+    };
+    for (name, kubectl) in [
+        ("hpa-132", std::path::Path::new("kubectl")),
+        ("hpa-135", std::path::Path::new(KUBECTL_1_35)),
+    ] {
+        let apply = |manager: &str, manifest: String, force: bool| {
+            let file = write_manifest(&server, &format!("{name}-{manager}.yaml"), &manifest);
+            let mut args = vec![
+                "apply",
+                "--server-side",
+                "--field-manager",
+                manager,
+                "-f",
+                file.as_str(),
+            ];
+            if force {
+                args.push("--force-conflicts");
+            }
+            server.kubectl_at(kubectl, &args)
+        };
+        let out = apply("v2-applier", v2(name), false);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = apply("v1-applier", v1(name), false);
+        assert!(
+            !out.status.success(),
+            "a v1 apply over v2 metrics must conflict"
+        );
+        assert!(
+            stderr(&out).contains(r#"conflict with "v2-applier": .spec.metrics"#),
+            "{}",
+            stderr(&out)
+        );
+        let out = apply("v1-applier", v1(name), true);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let entries = server.kubectl_at_ok(
+            kubectl,
+            &[
+                "get",
+                V2,
+                name,
+                "-o",
+                r#"jsonpath={range .metadata.managedFields[*]}{.manager} {.apiVersion} {.operation};{end}"#,
+            ],
+        );
+        // The autoscaler controller's status writes have an entry too.
+        let mut entries: Vec<&str> = entries
+            .split_terminator(';')
+            .filter(|e| e.contains("-applier "))
+            .collect();
+        entries.sort_unstable();
+        assert_eq!(
+            entries,
+            [
+                "v1-applier autoscaling/v1 Apply",
+                "v2-applier autoscaling/v2 Apply"
+            ]
+        );
+        let target = server.kubectl_at_ok(
+            kubectl,
+            &[
+                "get",
+                V2,
+                name,
+                "-o",
+                "jsonpath={.spec.metrics[0].resource.target.averageUtilization}",
+            ],
+        );
+        assert_eq!(target, "70");
+    }
 }
 
 #[tokio::test]

@@ -271,3 +271,120 @@ async fn get_watch_wide_prints_rows_as_events_arrive() {
         );
     }
 }
+
+/// `kubectl diff` (a server-side dry run: exit 1 with a diff, 0 without),
+/// `edit` through a scripted editor (and an edit the server rejects),
+/// `-o jsonpath`, `-o custom-columns` and server-side apply conflicts, with
+/// kubectl 1.35 and the kubectl on PATH alike.
+#[tokio::test]
+async fn diff_edit_output_formats_and_apply_conflicts_in_both_kubectls() {
+    let server = KuboxServer::start(KUBOX, &["--disable-agent"]).await;
+    for (ns, program) in [("k132", Path::new("kubectl")), ("k135", kubectl())] {
+        let run = |args: &[&str]| {
+            let mut all = vec!["-n", ns];
+            all.extend_from_slice(args);
+            server.kubectl_at(program, &all)
+        };
+        let ok = |args: &[&str]| {
+            let out = run(args);
+            assert!(
+                out.status.success(),
+                "{program:?} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        server.kubectl_at_ok(program, &["create", "namespace", ns]);
+        let cm = |name: &str, a: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  a: \"{a}\"\n"
+            )
+        };
+        let file = write_manifest(&server, &format!("{ns}-app.yaml"), &cm("app", "1"));
+        assert_eq!(ok(&["apply", "-f", &file]), "configmap/app created\n");
+        let same = run(&["diff", "-f", &file]);
+        assert_eq!(same.status.code(), Some(0), "{program:?}");
+        assert_eq!(String::from_utf8_lossy(&same.stdout), "");
+        let file = write_manifest(&server, &format!("{ns}-app.yaml"), &cm("app", "2"));
+        let changed = run(&["diff", "-f", &file]);
+        assert_eq!(changed.status.code(), Some(1), "{program:?}");
+        let shown = String::from_utf8_lossy(&changed.stdout);
+        assert!(
+            shown.contains("-  a: \"1\"") && shown.contains("+  a: \"2\""),
+            "{shown}"
+        );
+        let jsonpath = ["get", "cm", "app", "-o", "jsonpath={.data.a}"];
+        assert_eq!(ok(&jsonpath), "1", "diff writes nothing");
+
+        let edit = |name: &str, script: &str| {
+            std::process::Command::new(program)
+                .arg("--kubeconfig")
+                .arg(server.kubeconfig())
+                .args(["-n", ns, "edit", "cm", name])
+                .env("KUBE_EDITOR", script)
+                .output()
+                .unwrap()
+        };
+        let out = edit("app", r#"sed -i s/\"1\"/\"3\"/"#);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "configmap/app edited\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ok(&jsonpath), "3");
+        // An edit the server rejects: kubectl reopens the file with the
+        // error, and gives up when the second edit changes nothing more.
+        let frozen = write_manifest(
+            &server,
+            &format!("{ns}-frozen.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\nimmutable: true\ndata:\n  a: \"1\"\n",
+        );
+        ok(&["apply", "-f", &frozen]);
+        let out = edit("frozen", r#"sed -i s/\"1\"/\"2\"/"#);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{program:?}: {err}");
+        assert!(
+            err.contains("error: configmaps \"frozen\" is invalid")
+                && err.contains("A copy of your changes has been stored to")
+                && err.contains("error: Edit cancelled, no valid changes were saved."),
+            "{program:?}: {err}"
+        );
+        assert_eq!(
+            ok(&["get", "cm", "frozen", "-o", "jsonpath={.data.a}"]),
+            "1"
+        );
+
+        assert_eq!(
+            kubox_testkit::table_rows(&ok(&[
+                "get",
+                "cm",
+                "app",
+                "frozen",
+                "-o",
+                "custom-columns=NAME:.metadata.name,A:.data.a,IMMUTABLE:.immutable"
+            ])),
+            [
+                ["NAME", "A", "IMMUTABLE"],
+                ["app", "3", "<none>"],
+                ["frozen", "1", "true"]
+            ]
+        );
+
+        let ssa = write_manifest(&server, &format!("{ns}-ssa.yaml"), &cm("ssa", "4"));
+        let applied = ["apply", "--server-side", "-f", ssa.as_str()];
+        assert_eq!(ok(&applied), "configmap/ssa serverside-applied\n");
+        ok(&["patch", "cm", "ssa", "-p", r#"{"data":{"a":"5"}}"#]);
+        let out = run(&applied);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{program:?}");
+        assert!(
+            err.contains(r#"conflict with "kubectl-patch" using v1: .data.a"#),
+            "{program:?}: {err}"
+        );
+        let mut forced = applied.to_vec();
+        forced.push("--force-conflicts");
+        assert_eq!(ok(&forced), "configmap/ssa serverside-applied\n");
+        assert_eq!(ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "4");
+    }
+}

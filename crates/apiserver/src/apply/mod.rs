@@ -192,23 +192,50 @@ fn without_managed_fields(obj: &Value) -> Value {
     v
 }
 
+/// An object (in the writer's version) as another version of its resource
+/// shows it; None where that version is not served. Each manager's fields
+/// are paths of the version it wrote in, so what a write changed is
+/// compared in that version, as upstream's field manager converts.
+pub type Views<'a> = &'a dyn Fn(&str, &Value) -> Option<Value>;
+
+/// The fields changed and removed from `before` to `after` in the paths of
+/// `version`; `own` are those in the writer's version.
+fn changes_in(
+    version: &str,
+    w: &Writer,
+    (before, after): (&Value, &Value),
+    views: Views,
+    own: &(FieldSet, FieldSet),
+) -> (FieldSet, FieldSet) {
+    if version == w.api_version {
+        return own.clone();
+    }
+    match (views(version, before), views(version, after)) {
+        (Some(b), Some(a)) => {
+            let c = merge::compare(&without_managed_fields(&b), &without_managed_fields(&a));
+            (tracked(c.changed), tracked(c.removed))
+        }
+        _ => own.clone(),
+    }
+}
+
 /// Records a create or update: the writer's Update entry gains every field
 /// it changed, which other managers lose. `new`'s own managedFields, if the
 /// client sent some, are the starting point; otherwise the stored ones.
-pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer) {
+pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer, views: Views) {
     let mut list = if new["metadata"].get("managedFields").is_some() {
         entries(new)
     } else {
         old.map(entries).unwrap_or_default()
     };
     let empty = json!({});
-    let c = merge::compare(
-        &without_managed_fields(old.unwrap_or(&empty)),
-        &without_managed_fields(new),
-    );
+    let before = without_managed_fields(old.unwrap_or(&empty));
+    let after = without_managed_fields(new);
+    let c = merge::compare(&before, &after);
     let changed = tracked(c.changed);
-    let removed = tracked(c.removed);
+    let own = (changed.clone(), tracked(c.removed));
     for e in &mut list {
+        let (changed, removed) = changes_in(&e.api_version, w, (&before, &after), views, &own);
         e.fields = e.fields.difference(&removed);
         if !e.is(w, UPDATE) {
             e.fields = e.fields.difference(&changed);
@@ -231,12 +258,12 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer) {
 /// owns `.spec.replicas` in the workload's apiVersion, which other managers
 /// lose. Its time is the one the workload's entry for that manager already
 /// had, none at first, as upstream takes entries' times from the parent.
-pub fn track_scale(old: &Value, new: &mut Value, w: &Writer) {
+pub fn track_scale(old: &Value, new: &mut Value, w: &Writer, views: Views) {
     let before = entries(old)
         .into_iter()
         .find(|e| e.is(w, UPDATE))
         .and_then(|e| e.time);
-    track_update(Some(old), new, w);
+    track_update(Some(old), new, w, views);
     let mut list = entries(new);
     if let Some(e) = list.iter_mut().find(|e| e.is(w, UPDATE)) {
         e.time = before;
@@ -296,6 +323,7 @@ pub fn apply(
     config: &Value,
     w: &Writer,
     force: bool,
+    views: Views,
 ) -> Result<Value, Conflicts> {
     let empty = json!({});
     let mut list = live.map(entries).unwrap_or_default();
@@ -317,8 +345,10 @@ pub fn apply(
     let c = merge::compare(&live, &merged);
     let changed = tracked(c.changed);
     let removed = tracked(c.removed);
+    let own = (changed.clone(), removed.clone());
     let mut conflicts = Vec::new();
     for e in list.iter().filter(|e| !e.is(w, APPLY)) {
+        let (changed, _) = changes_in(&e.api_version, w, (&live, &merged), views, &own);
         for path in e.fields.intersection(&changed).paths() {
             conflicts.push((e.clone(), path));
         }
@@ -328,6 +358,7 @@ pub fn apply(
         return Err(Conflicts(conflicts));
     }
     for e in &mut list {
+        let (changed, removed) = changes_in(&e.api_version, w, (&live, &merged), views, &own);
         e.fields = e.fields.difference(&removed);
         if !e.is(w, APPLY) {
             e.fields = e.fields.difference(&changed);
@@ -355,6 +386,10 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    fn no_views(_: &str, _: &Value) -> Option<Value> {
+        None
+    }
+
     fn writer(manager: &str) -> Writer<'_> {
         Writer {
             manager,
@@ -381,14 +416,19 @@ mod tests {
     fn updates_record_what_they_change() {
         let mut created = config(1);
         created["metadata"]["uid"] = json!("u");
-        track_update(None, &mut created, &writer("kubectl-create"));
+        track_update(None, &mut created, &writer("kubectl-create"), &no_views);
         assert_eq!(
             created["metadata"]["managedFields"][0]["fieldsV1"],
             json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:paused": {}, "f:replicas": {}}})
         );
         let mut scaled = created.clone();
         scaled["spec"]["replicas"] = json!(3);
-        track_update(Some(&created), &mut scaled, &writer("kubectl-scale"));
+        track_update(
+            Some(&created),
+            &mut scaled,
+            &writer("kubectl-scale"),
+            &no_views,
+        );
         assert_eq!(
             managers(&scaled),
             vec![
@@ -409,11 +449,30 @@ mod tests {
     #[test]
     fn apply_conflicts_with_other_owners_unless_forced() {
         let mut live = config(1);
-        track_update(None, &mut live, &writer("kubectl-client-side-apply"));
+        track_update(
+            None,
+            &mut live,
+            &writer("kubectl-client-side-apply"),
+            &no_views,
+        );
         // Same values: no conflict, shared ownership.
-        let shared = apply(Some(&live), &config(1), &writer("kubectl"), false).unwrap();
+        let shared = apply(
+            Some(&live),
+            &config(1),
+            &writer("kubectl"),
+            false,
+            &no_views,
+        )
+        .unwrap();
         assert_eq!(managers(&shared)[0], ("kubectl".into(), "Apply".into()));
-        let err = apply(Some(&shared), &config(2), &writer("kubectl"), false).unwrap_err();
+        let err = apply(
+            Some(&shared),
+            &config(2),
+            &writer("kubectl"),
+            false,
+            &no_views,
+        )
+        .unwrap_err();
         assert_eq!(
             err.message(),
             r#"Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using apps/v1: .spec.replicas"#
@@ -421,12 +480,19 @@ mod tests {
         assert_eq!(err.causes()[0]["field"], ".spec.replicas");
         let mut two = config(2);
         two["spec"]["paused"] = json!(true);
-        let err = apply(Some(&shared), &two, &writer("kubectl"), false).unwrap_err();
+        let err = apply(Some(&shared), &two, &writer("kubectl"), false, &no_views).unwrap_err();
         assert_eq!(
             err.message(),
             "Apply failed with 2 conflicts: conflicts with \"kubectl-client-side-apply\" using apps/v1:\n- .spec.paused\n- .spec.replicas"
         );
-        let forced = apply(Some(&shared), &config(2), &writer("kubectl"), true).unwrap();
+        let forced = apply(
+            Some(&shared),
+            &config(2),
+            &writer("kubectl"),
+            true,
+            &no_views,
+        )
+        .unwrap();
         assert_eq!(forced["spec"]["replicas"], 2);
         let csa = entries(&forced)
             .into_iter()
@@ -437,8 +503,8 @@ mod tests {
 
     #[test]
     fn fields_no_longer_applied_go_unless_owned_elsewhere() {
-        let first = apply(None, &config(1), &writer("a"), false).unwrap();
-        let both = apply(Some(&first), &config(1), &writer("b"), false).unwrap();
+        let first = apply(None, &config(1), &writer("a"), false, &no_views).unwrap();
+        let both = apply(Some(&first), &config(1), &writer("b"), false, &no_views).unwrap();
         let mut smaller = config(1);
         smaller["spec"].as_object_mut().unwrap().remove("paused");
         smaller["metadata"]
@@ -446,11 +512,11 @@ mod tests {
             .unwrap()
             .remove("labels");
         // "b" still applies paused and the label: they stay.
-        let kept = apply(Some(&both), &smaller, &writer("a"), false).unwrap();
+        let kept = apply(Some(&both), &smaller, &writer("a"), false, &no_views).unwrap();
         assert_eq!(kept["spec"]["paused"], false);
         assert_eq!(kept["metadata"]["labels"]["app"], "web");
         // Once "b" stops too, they go.
-        let gone = apply(Some(&kept), &smaller, &writer("b"), false).unwrap();
+        let gone = apply(Some(&kept), &smaller, &writer("b"), false, &no_views).unwrap();
         assert!(gone["spec"].get("paused").is_none());
         assert_eq!(gone["spec"]["replicas"], 1);
     }
@@ -459,13 +525,13 @@ mod tests {
     fn status_belongs_to_the_status_subresource() {
         let mut cfg = config(1);
         cfg["status"] = json!({"replicas": 1});
-        let obj = apply(None, &cfg, &writer("a"), false).unwrap();
+        let obj = apply(None, &cfg, &writer("a"), false, &no_views).unwrap();
         assert!(entries(&obj)[0].fields.child("f:status").is_none());
         let status_writer = Writer {
             subresource: Some("status"),
             ..writer("a")
         };
-        let obj = apply(Some(&obj), &cfg, &status_writer, false).unwrap();
+        let obj = apply(Some(&obj), &cfg, &status_writer, false, &no_views).unwrap();
         let status = entries(&obj)
             .into_iter()
             .find(|e| e.subresource.is_some())
@@ -483,5 +549,40 @@ mod tests {
             "kubectl"
         );
         assert_eq!(manager_name(Some("helm"), "kubectl/v1"), "helm");
+    }
+
+    /// `apps/v2` here names `.spec.replicas` `.spec.size`.
+    fn as_v2(version: &str, obj: &Value) -> Option<Value> {
+        (version == "apps/v2").then(|| {
+            let mut v = obj.clone();
+            if let Some(n) = v["spec"].as_object_mut().and_then(|s| s.remove("replicas")) {
+                v["spec"]["size"] = n;
+            }
+            v
+        })
+    }
+
+    #[test]
+    fn conflicts_are_found_in_the_version_each_manager_wrote() {
+        let mut live = config(1);
+        let v2 = Writer {
+            api_version: "apps/v2".into(),
+            ..writer("autoscaler")
+        };
+        let mut v2_view = as_v2("apps/v2", &live).unwrap();
+        track_update(None, &mut v2_view, &v2, &as_v2);
+        live["metadata"]["managedFields"] = v2_view["metadata"]["managedFields"].clone();
+        let err = apply(Some(&live), &config(2), &writer("kubectl"), false, &as_v2).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"autoscaler\" using apps/v2: .spec.size"
+        );
+        let forced = apply(Some(&live), &config(2), &writer("kubectl"), true, &as_v2).unwrap();
+        let autoscaler = entries(&forced)
+            .into_iter()
+            .find(|e| e.manager == "autoscaler")
+            .unwrap();
+        assert_eq!(autoscaler.api_version, "apps/v2");
+        assert!(!autoscaler.fields.paths().contains(&".spec.size".to_owned()));
     }
 }
