@@ -36,7 +36,14 @@ fn is_empty(v: &Value) -> bool {
 }
 
 fn same(a: &Value, b: &Value) -> bool {
-    normalized(a) == normalized(b)
+    // Most updates (every status write) leave the compared part as it was:
+    // equal values need no normalized copies.
+    a == b || normalized(a) == normalized(b)
+}
+
+/// A list's items, none if it is absent.
+fn items(list: &Value) -> &[Value] {
+    list.as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Sets `obj[key]` to `value`, or removes it when `value` is null.
@@ -177,8 +184,7 @@ pub fn pod(old: &Value, new: &Value) -> Vec<FieldError> {
     let (old_spec, new_spec) = (&old["spec"], &new["spec"]);
     let mut errs = Vec::new();
     for list in ["containers", "initContainers"] {
-        let containers = |spec: &Value| spec[list].as_array().cloned().unwrap_or_default();
-        let (before, after) = (containers(old_spec), containers(new_spec));
+        let (before, after) = (items(&old_spec[list]), items(&new_spec[list]));
         if before.len() != after.len() {
             errs.push(FieldError::forbidden(
                 format!("spec.{list}"),
