@@ -7,6 +7,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::Retryable;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -110,6 +113,41 @@ fn node_status(i: u32, name: &str) -> serde_json::Value {
     }})
 }
 
+/// Whether a failed request is worth repeating: the server was overloaded
+/// or unreachable for a moment. Registering thousands of nodes at once
+/// swamps a small server, and one such answer must not abort the others.
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// `register`, repeated with backoff (0.2 s doubling to 5 s, jittered, for
+/// at most a few minutes) while the failure is transient.
+async fn register_retrying(
+    client: &kube::Client,
+    config: &HollowConfig,
+    i: u32,
+) -> Result<Node, kube::Error> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(40);
+    (|| register(client, config, i))
+        .retry(delays)
+        .when(is_transient)
+        .notify(|e, after| {
+            tracing::debug!(
+                node = i,
+                "registering a hollow node, again in {after:?}: {e}"
+            )
+        })
+        .await
+}
+
 /// Creates the Node (or takes the existing one) and reports it Ready.
 async fn register(
     client: &kube::Client,
@@ -139,7 +177,7 @@ impl HollowNodes {
         let registered: Vec<Node> = futures::stream::iter(0..config.count as u32)
             .map(|i| {
                 let (client, config) = (&client, &config);
-                async move { register(client, config, i).await }
+                async move { register_retrying(client, config, i).await }
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
@@ -326,5 +364,19 @@ mod tests {
         assert_eq!(n.name_any(), "hollow-3");
         assert_eq!(n.labels()["topology.kubernetes.io/zone"], "zone-1");
         assert_eq!(n.labels()["kubernetes.io/hostname"], "hollow-3");
+    }
+
+    #[test]
+    fn overload_and_server_errors_are_retried_refusals_are_not() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({"code": code, "status": "Failure"}))
+                    .expect("a Status"),
+            ))
+        };
+        assert!(is_transient(&api(429)));
+        assert!(is_transient(&api(503)));
+        assert!(!is_transient(&api(403)));
+        assert!(!is_transient(&api(422)));
     }
 }

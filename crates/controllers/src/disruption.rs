@@ -86,7 +86,7 @@ fn budgets_of(
         .state()
         .iter()
         .filter(|b| b.namespace() == pod.namespace())
-        .filter(|b| selector(b).is_ok_and(|s| s.matches(&labels)))
+        .filter(|b| selector(b).is_ok_and(|s| s.matches(labels)))
         .map(|b| ObjectRef::from_obj(&**b))
         .collect()
 }
@@ -195,7 +195,7 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, state: Arc<State>) -> Result<A
         .state()
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(&ns))
-        .filter(|p| selector.matches(&pods::labels(&p.metadata)))
+        .filter(|p| selector.matches(pods::labels(&p.metadata)))
         .collect();
     let now = Timestamp::now();
     let status = pdb.status.clone().unwrap_or_default();

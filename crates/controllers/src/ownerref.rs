@@ -126,7 +126,7 @@ where
         let mut claimed = Vec::new();
         let mut failure = None;
         for child in candidates {
-            let matches = self.selector.matches(&crate::pods::labels(child.meta()));
+            let matches = self.selector.matches(crate::pods::labels(child.meta()));
             let child_uid = child.meta().uid.clone().unwrap_or_default();
             let name = child.name_any();
             match controller_of(child.meta()) {

@@ -116,7 +116,7 @@ impl<K: Selecting> PodOwners<'_, K> {
             .filter(|o| o.meta().namespace == pod.metadata.namespace)
             .filter(|o| {
                 o.selector()
-                    .is_ok_and(|s| !labels.is_empty() && s.matches(&labels))
+                    .is_ok_and(|s| !labels.is_empty() && s.matches(labels))
             })
             .map(|o| ObjectRef::from_obj(&*o))
             .collect()

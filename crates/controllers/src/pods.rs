@@ -233,9 +233,11 @@ pub async fn create(
     }
 }
 
-/// A pod's labels (none as empty).
-pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
-    meta.labels.clone().unwrap_or_default()
+/// An object's labels (none as empty), borrowed: selectors are matched
+/// against every pod of a namespace on each pass, so a copy per pod costs.
+pub fn labels(meta: &ObjectMeta) -> &BTreeMap<String, String> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    meta.labels.as_ref().unwrap_or(&NONE)
 }
 
 #[cfg(test)]

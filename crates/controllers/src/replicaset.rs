@@ -220,7 +220,7 @@ impl<K: Replicated> Shared<K> {
                 continue;
             };
             for p in &in_ns {
-                if selector.matches(&pods::labels(&p.metadata))
+                if selector.matches(pods::labels(&p.metadata))
                     && seen.insert(p.metadata.uid.clone())
                 {
                     related.push(p.clone());
@@ -330,7 +330,7 @@ pub fn calculate_status<K: Replicated>(
     let min_ready = owner.min_ready_seconds();
     status.fully_labeled_replicas = pods
         .iter()
-        .filter(|p| template_labels.matches(&pods::labels(&p.metadata)))
+        .filter(|p| template_labels.matches(pods::labels(&p.metadata)))
         .count() as i32;
     status.ready_replicas = pods.iter().filter(|p| pods::is_ready(p)).count() as i32;
     status.available_replicas = pods

@@ -150,7 +150,7 @@ impl Shared {
             .state()
             .into_iter()
             .filter(|d| d.metadata.namespace == rs.metadata.namespace)
-            .filter(|d| selector(d).is_ok_and(|s| !s.selects_all() && s.matches(&labels)))
+            .filter(|d| selector(d).is_ok_and(|s| !s.selects_all() && s.matches(labels)))
             .map(|d| ObjectRef::from_obj(&*d))
             .collect()
     }
@@ -260,7 +260,7 @@ fn pod_map(
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|p| selector.matches(&pods::labels(&p.metadata)))
+        .filter(|p| selector.matches(pods::labels(&p.metadata)))
         .collect();
     rs_list
         .iter()
