@@ -1,10 +1,12 @@
 //! The local-path provisioner (k3s's local-path-provisioner, in process):
-//! the default StorageClass `local-path`, and for every claim of that class
-//! (or of none) a hostPath PersistentVolume `pvc-<claim uid>` in a
-//! directory under the server's data directory, bound to the claim at once.
-//! A volume whose claim is gone is deleted with its directory (the
-//! reclaim policy is Delete). Volumes are directories of the server's
-//! machine, so they suit one-machine clusters.
+//! the default StorageClass `local-path`, which binds when a claim's first
+//! pod is scheduled (`WaitForFirstConsumer`). A claim of no class gets the
+//! default class (upstream's retroactive default StorageClass); a claim of
+//! `local-path` the scheduler has annotated with its pod's node gets a
+//! hostPath PersistentVolume `pvc-<claim uid>` affine to that node, in a
+//! directory under the data directory that node's agent creates, and is
+//! bound to it. A volume whose claim is gone is deleted, with its
+//! directory when that is on this machine (the reclaim policy is Delete).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeSpec,
+    HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -34,6 +36,9 @@ pub const CLASS: &str = "local-path";
 const PROVISIONER: &str = "rancher.io/local-path";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+/// The node the scheduler chose for the claim's first pod.
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+const HOSTNAME: &str = "kubernetes.io/hostname";
 
 struct Shared {
     client: kube::Client,
@@ -92,7 +97,7 @@ async fn ensure_class(client: &kube::Client) {
         },
         provisioner: PROVISIONER.into(),
         reclaim_policy: Some("Delete".into()),
-        volume_binding_mode: Some("Immediate".into()),
+        volume_binding_mode: Some("WaitForFirstConsumer".into()),
         ..Default::default()
     };
     let mut delay = Duration::from_millis(100);
@@ -107,18 +112,42 @@ async fn ensure_class(client: &kube::Client) {
     }
 }
 
-/// Whether the claim waits for a volume of this provisioner.
-fn wants(claim: &PersistentVolumeClaim) -> bool {
+/// What a claim needs of this provisioner.
+#[derive(Debug, PartialEq)]
+enum Need<'a> {
+    Nothing,
+    /// It has no class: it gets the default one.
+    DefaultClass,
+    /// No pod of it is scheduled yet.
+    FirstConsumer,
+    /// A volume on this node.
+    Volume(&'a str),
+}
+
+fn need(claim: &PersistentVolumeClaim) -> Need<'_> {
     let spec = claim.spec.as_ref();
-    let class = spec.and_then(|s| s.storage_class_name.as_deref());
     let bound = spec
         .and_then(|s| s.volume_name.as_deref())
         .is_some_and(|v| !v.is_empty());
-    claim.metadata.deletion_timestamp.is_none() && !bound && matches!(class, None | Some(CLASS))
+    if claim.metadata.deletion_timestamp.is_some() || bound {
+        return Need::Nothing;
+    }
+    match spec.and_then(|s| s.storage_class_name.as_deref()) {
+        None => Need::DefaultClass,
+        Some(CLASS) => match claim.annotations().get(SELECTED_NODE) {
+            Some(node) => Need::Volume(node),
+            None => Need::FirstConsumer,
+        },
+        Some(_) => Need::Nothing,
+    }
 }
 
-/// The volume for a claim, in its own directory under `dir`.
-fn volume_for(claim: &PersistentVolumeClaim, dir: &std::path::Path) -> PersistentVolume {
+/// The volume for a claim on `node`, in its own directory under `dir`.
+fn volume_for(
+    claim: &PersistentVolumeClaim,
+    node: &str,
+    dir: &std::path::Path,
+) -> PersistentVolume {
     let ns = claim.namespace().unwrap_or_default();
     let name = format!("pvc-{}", claim.metadata.uid.as_deref().unwrap_or_default());
     let path = dir.join(format!("{name}_{ns}_{}", claim.name_any()));
@@ -153,6 +182,20 @@ fn volume_for(claim: &PersistentVolumeClaim, dir: &std::path::Path) -> Persisten
             persistent_volume_reclaim_policy: Some("Delete".into()),
             storage_class_name: Some(CLASS.into()),
             volume_mode: spec.volume_mode,
+            // Its directory is on that node only (k3s's provisioner names
+            // the node by its hostname label, which kubox sets to its name).
+            node_affinity: Some(VolumeNodeAffinity {
+                required: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: HOSTNAME.into(),
+                            operator: "In".into(),
+                            values: Some(vec![node.to_owned()]),
+                        }]),
+                        match_fields: None,
+                    }],
+                }),
+            }),
             ..Default::default()
         }),
         status: None,
@@ -163,13 +206,34 @@ async fn provision(
     claim: Arc<PersistentVolumeClaim>,
     shared: Arc<Shared>,
 ) -> Result<Action, Error> {
-    if !wants(&claim) {
-        return Ok(Action::await_change());
-    }
     let ns = claim.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
+    let node = match need(&claim) {
+        Need::Nothing => return Ok(Action::await_change()),
+        Need::DefaultClass => {
+            let class = json!({"spec": {"storageClassName": CLASS}});
+            claims
+                .patch(
+                    &claim.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(class),
+                )
+                .await?;
+            return Ok(Action::await_change());
+        }
+        Need::FirstConsumer => {
+            shared.recorder.record(
+                claim.object_ref(&()),
+                Type::Normal,
+                "WaitForFirstConsumer",
+                "waiting for first consumer to be created before binding".to_owned(),
+            );
+            return Ok(Action::await_change());
+        }
+        Need::Volume(node) => node,
+    };
     let volumes: Api<PersistentVolume> = Api::all(shared.client.clone());
-    let volume = volume_for(&claim, &shared.dir);
+    let volume = volume_for(&claim, node, &shared.dir);
     let name = volume.name_any();
     match volumes.create(&PostParams::default(), &volume).await {
         Ok(_) => {}
@@ -265,4 +329,46 @@ async fn reclaim(volume: Arc<PersistentVolume>, shared: Arc<Shared>) -> Result<A
         Err(e) => return Err(e.into()),
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(v: serde_json::Value) -> PersistentVolumeClaim {
+        let mut base = json!({"metadata": {"name": "data", "namespace": "ns", "uid": "u"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        for (k, v) in v.as_object().unwrap() {
+            base[k]
+                .as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn claims_wait_for_the_node_of_their_first_pod() {
+        assert_eq!(need(&claim(json!({}))), Need::DefaultClass);
+        let waiting = claim(json!({"spec": {"storageClassName": CLASS}}));
+        assert_eq!(need(&waiting), Need::FirstConsumer);
+        let placed = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2"}},
+            "spec": {"storageClassName": CLASS}}));
+        assert_eq!(need(&placed), Need::Volume("n2"));
+        let bound = claim(json!({"spec": {"storageClassName": CLASS, "volumeName": "pv"}}));
+        assert_eq!(need(&bound), Need::Nothing);
+        let other = claim(json!({"spec": {"storageClassName": "fast"}}));
+        assert_eq!(need(&other), Need::Nothing);
+
+        let pv = serde_json::to_value(volume_for(&placed, "n2", "/data".as_ref())).unwrap();
+        assert_eq!(
+            pv["spec"]["nodeAffinity"],
+            json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": HOSTNAME, "operator": "In", "values": ["n2"]}]}]}})
+        );
+        assert_eq!(
+            pv["spec"]["hostPath"],
+            json!({"path": "/data/pvc-u_ns_data", "type": "DirectoryOrCreate"})
+        );
+    }
 }

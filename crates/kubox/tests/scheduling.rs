@@ -53,8 +53,13 @@ async fn unschedulable_message(server: &KuboxServer, name: &str) -> String {
 
 /// The messages of the pod's FailedScheduling events, once there is one.
 async fn failed_scheduling(server: &KuboxServer, name: &str) -> Vec<String> {
-    eventually("a FailedScheduling event", TIMEOUT, || async {
-        let selector = format!("involvedObject.name={name},reason=FailedScheduling");
+    events(server, name, "FailedScheduling").await
+}
+
+/// The messages of the object's events of `reason`, once there is one.
+async fn events(server: &KuboxServer, name: &str, reason: &str) -> Vec<String> {
+    eventually(&format!("a {reason} event"), TIMEOUT, || async {
+        let selector = format!("involvedObject.name={name},reason={reason}");
         let events = get(server, &["events", "--field-selector", &selector]);
         let messages: Vec<String> = events["items"]
             .as_array()?
@@ -455,4 +460,136 @@ async fn preemption_spares_pods_a_disruption_budget_protects() {
         s.kubectl(&["get", "pod", "guarded"]).status.success(),
         "the protected pod stays"
     );
+}
+
+/// A volume only `node` reaches, for claims of no class.
+fn local_volume(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "", "hostPath": {"path": format!("/tmp/{name}")},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+}
+
+/// A claim of `class` (None: of no class), bound to `volume` if given.
+fn claim(name: &str, class: Option<&str>, volume: Option<&str>) -> Value {
+    let mut c = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    if let Some(class) = class {
+        c["spec"]["storageClassName"] = class.into();
+    }
+    if let Some(volume) = volume {
+        c["spec"]["volumeName"] = volume.into();
+        c["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes"});
+    }
+    c
+}
+
+fn with_claim(claim: &str) -> Value {
+    json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]})
+}
+
+#[tokio::test]
+async fn volume_binding_follows_claims_and_their_volumes_nodes() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+    const NOT_HELPFUL: &str =
+        "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+
+    // A claim bound to a volume only one node reaches takes its pod there.
+    s.apply_json(&local_volume("pv-1", "hollow-1"));
+    s.apply_json(&claim("data-1", Some(""), Some("pv-1")));
+    create(s, "on-1", json!({}), with_claim("data-1"));
+    assert_eq!(node_of(s, "on-1").await, "hollow-1");
+
+    // A volume on a node that is gone, or tainted, leaves no node for its pod.
+    s.apply_json(&local_volume("pv-9", "hollow-9"));
+    s.apply_json(&claim("data-9", Some(""), Some("pv-9")));
+    create(s, "on-9", json!({}), with_claim("data-9"));
+    let expected = format!(
+        "0/3 nodes are available: 3 node(s) had volume node affinity conflict. {NOT_HELPFUL}"
+    );
+    assert_eq!(unschedulable_message(s, "on-9").await, expected);
+    assert_eq!(failed_scheduling(s, "on-9").await[0], expected);
+    // A claim bound to a volume that does not exist.
+    s.apply_json(&claim("data-none", Some(""), Some("pv-none")));
+    create(s, "on-none", json!({}), with_claim("data-none"));
+    assert_eq!(
+        unschedulable_message(s, "on-none").await,
+        format!(
+            "0/3 nodes are available: 3 node(s) unavailable due to one or more pvc(s) bound to \
+             non-existent pv(s). {NOT_HELPFUL}"
+        )
+    );
+
+    s.kubectl_ok(&["taint", "node", "hollow-2", "disk=broken:NoSchedule"]);
+    s.apply_json(&local_volume("pv-2", "hollow-2"));
+    s.apply_json(&claim("data-2", Some(""), Some("pv-2")));
+    create(s, "on-2", json!({}), with_claim("data-2"));
+    assert_eq!(
+        unschedulable_message(s, "on-2").await,
+        format!(
+            "0/3 nodes are available: 1 node(s) had untolerated taint {{disk: broken}}, \
+             2 node(s) had volume node affinity conflict. {NOT_HELPFUL}"
+        )
+    );
+    // A claim that is missing, and one of an Immediate class not bound yet.
+    create(s, "unclaimed", json!({}), with_claim("later"));
+    assert_eq!(
+        unschedulable_message(s, "unclaimed").await,
+        format!(
+            "0/3 nodes are available: persistentvolumeclaim \"later\" not found. {NOT_HELPFUL}"
+        )
+    );
+    s.apply_json(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "manual"}, "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "Immediate"}),
+    );
+    s.apply_json(&claim("manual", Some("manual"), None));
+    create(s, "immediate", json!({}), with_claim("manual"));
+    assert_eq!(
+        unschedulable_message(s, "immediate").await,
+        format!(
+            "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. {NOT_HELPFUL}"
+        )
+    );
+
+    // A claim of no class gets local-path, which waits for its first pod...
+    s.apply_json(&claim("scratch", None, None));
+    assert_eq!(
+        events(s, "scratch", "WaitForFirstConsumer").await[0],
+        "waiting for first consumer to be created before binding"
+    );
+    let pvc = get(s, &["pvc", "scratch"]);
+    assert_eq!(pvc["spec"]["storageClassName"], "local-path", "{pvc}");
+    assert!(pvc["spec"]["volumeName"].is_null(), "{pvc}");
+    // ...and is bound, on its pod's node, once the pod is placed; the pod
+    // waiting for a claim that did not exist is tried again when it does.
+    create(s, "writer", json!({}), with_claim("scratch"));
+    s.apply_json(&claim("later", Some("local-path"), None));
+    for (pod, claim) in [("writer", "scratch"), ("unclaimed", "later")] {
+        let node = node_of(s, pod).await;
+        let pvc = eventually("the claim to be bound", TIMEOUT, || async {
+            let pvc = get(s, &["pvc", claim]);
+            (pvc["status"]["phase"] == "Bound").then_some(pvc)
+        })
+        .await;
+        assert_eq!(
+            pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+            node.as_str()
+        );
+        let pv = get(s, &["pv", pvc["spec"]["volumeName"].as_str().unwrap()]);
+        assert_eq!(
+            pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0],
+            json!({"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}),
+            "{pv}"
+        );
+        assert_eq!(pv["spec"]["hostPath"]["type"], "DirectoryOrCreate");
+        eventually("the pod to run", TIMEOUT, || async {
+            (get(s, &["pod", pod])["status"]["phase"] == "Running").then_some(())
+        })
+        .await;
+    }
 }

@@ -2,7 +2,8 @@
 //! at a time with stable names and hostnames, rolled out from the highest
 //! ordinal down (and only above a partition), scaled down from the top;
 //! a Parallel set's claims from its volumeClaimTemplates, bound by the
-//! local-path provisioner and removed with the set when its retention
+//! local-path provisioner on their pods' node once the pods are scheduled
+//! (`WaitForFirstConsumer`) and removed with the set when its retention
 //! policy says so; and a pod made again finding its claim's data.
 
 use std::time::Duration;
@@ -281,6 +282,14 @@ async fn a_parallel_statefulset_makes_every_pod_and_claim_at_once_and_deletes_cl
         (volumes.len() == 3).then_some(volumes)
     })
     .await;
+    for volume in &volumes {
+        let pv = get_json(&server, &["get", "pv", volume]);
+        assert_eq!(
+            pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+            json!(["node"]),
+            "{pv}"
+        );
+    }
 
     server.kubectl_ok(&["delete", "sts", "web"]);
     eventually(

@@ -49,6 +49,8 @@ pub struct PreFilter<'a> {
     pub images: Vec<String>,
     pub affinity: Option<crate::affinity::State<'a>>,
     pub spread: Option<crate::spread::State<'a>>,
+    /// The pod's claims; None: it has none (VolumeBinding is skipped).
+    pub volumes: Option<crate::volumes::State>,
 }
 
 impl PreFilter<'_> {
@@ -71,6 +73,7 @@ impl PreFilter<'_> {
             images: crate::scores::pod_images(pod),
             affinity: None,
             spread: None,
+            volumes: None,
         }
     }
 }
@@ -280,6 +283,9 @@ pub fn filter(pod: &Pod, pre: &PreFilter, info: &NodeInfo) -> Result<(), Rejecti
     node_affinity(pod, info)?;
     node_ports(&pre.host_ports, info)?;
     resources_fit(&pre.requests, info)?;
+    if let Some(volumes) = &pre.volumes {
+        volumes.filter(info)?;
+    }
     if let Some(spread) = &pre.spread {
         spread.filter(info)?;
     }
@@ -293,6 +299,22 @@ pub fn filter(pod: &Pod, pre: &PreFilter, info: &NodeInfo) -> Result<(), Rejecti
 /// untolerated taint {k: v}, 2 Insufficient cpu. preemption: ...`; the
 /// preemption part only when preemption found no victims.
 pub fn fit_error(total: usize, rejections: &[Rejection], preempting: bool) -> String {
+    report(total, None, rejections, preempting)
+}
+
+/// The FitError of a pod a PreFilter rejected: its reason once, not per
+/// node, and every node's status unresolvable for preemption.
+pub fn pre_filter_error(total: usize, reason: &str) -> String {
+    let rejections = vec![Rejection::unresolvable(reason.to_owned()); total];
+    report(total, Some(reason), &rejections, false)
+}
+
+fn report(
+    total: usize,
+    pre_filter: Option<&str>,
+    rejections: &[Rejection],
+    preempting: bool,
+) -> String {
     let histogram = |items: Vec<String>| {
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for i in items {
@@ -325,8 +347,10 @@ pub fn fit_error(total: usize, rejections: &[Rejection], preempting: bool) -> St
             .collect(),
     );
     let mut message = format!("0/{total} nodes are available:");
-    if !reasons.is_empty() {
-        message.push_str(&format!(" {reasons}."));
+    match pre_filter {
+        Some(reason) => message.push_str(&format!(" {reason}.")),
+        None if !reasons.is_empty() => message.push_str(&format!(" {reasons}.")),
+        None => {}
     }
     if !preempting {
         message.push_str(&format!(
@@ -435,6 +459,15 @@ mod tests {
             fit_error(3, &[taint, cpu.clone(), cpu], false),
             "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
              preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+        );
+    }
+
+    #[test]
+    fn pre_filter_errors_name_their_reason_once() {
+        assert_eq!(
+            pre_filter_error(3, "pod has unbound immediate PersistentVolumeClaims"),
+            "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. \
+             preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
         );
     }
 }

@@ -18,6 +18,7 @@ mod resources;
 mod scores;
 mod slim;
 mod spread;
+mod volumes;
 mod workloads;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ struct Context {
     workloads: workloads::Workloads,
     /// For preemption, which breaks as few of them as it can.
     budgets: Store<PodDisruptionBudget>,
+    volumes: volumes::Volumes,
     /// What the watches saw, for the scheduling task that owns the cache:
     /// a watch never waits for a decision to finish.
     updates: mpsc::UnboundedSender<Update>,
@@ -141,10 +143,14 @@ impl Scheduler {
         let (replica_sets, rs_events) = follow(client.clone(), Arc::default());
         let (stateful_sets, statefulset_events) = follow(client.clone(), Arc::default());
         let (budgets, budget_events) = follow(client.clone(), Arc::default());
+        let (claims, claim_events) = volumes::follow(client.clone(), slim::claim, queue.clone());
+        let (pvs, pv_events) = volumes::follow(client.clone(), slim::volume, queue.clone());
+        let (classes, class_events) = volumes::follow(client.clone(), slim::class, queue.clone());
         let (updates, mut updates_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {
             namespaces,
             budgets,
+            volumes: volumes::Volumes::new(claims, pvs, classes),
             workloads: workloads::Workloads {
                 services,
                 replication_controllers,
@@ -224,6 +230,10 @@ impl Scheduler {
             let _ = w.replica_sets.wait_until_ready().await;
             let _ = w.stateful_sets.wait_until_ready().await;
             let _ = ctx.budgets.wait_until_ready().await;
+            let v = &ctx.volumes;
+            let _ = v.claims.wait_until_ready().await;
+            let _ = v.volumes.wait_until_ready().await;
+            let _ = v.classes.wait_until_ready().await;
             let _ = nodes_ready.wait_for(|listed| *listed).await;
             let mut cache = Cache::default();
             loop {
@@ -249,6 +259,9 @@ impl Scheduler {
                 rs_events,
                 statefulset_events,
                 budget_events,
+                claim_events,
+                pv_events,
+                class_events,
                 scheduling,
             ]),
         }
@@ -313,8 +326,12 @@ impl Context {
 
     /// Runs the filters over the nodes, as many as needed to find enough
     /// feasible ones, then scores those: the chosen node's name, or why none
-    /// fits and whom to preempt for it.
-    fn decide(&self, pod: &Pod, cache: &mut Cache) -> Result<String, Unschedulable> {
+    /// fits and whom to preempt for it; with what binds the pod's claims there.
+    fn decide(
+        &self,
+        pod: &Pod,
+        cache: &mut Cache,
+    ) -> Result<(String, Vec<volumes::Binding>), Unschedulable> {
         let total = cache.len();
         if total == 0 {
             return Err(Unschedulable {
@@ -322,6 +339,10 @@ impl Context {
                 preempt: None,
             });
         }
+        let claims = volumes::State::new(pod, &self.volumes).map_err(|reason| Unschedulable {
+            message: filters::pre_filter_error(total, &reason),
+            preempt: None,
+        })?;
         let namespaces = affinity::State::needed(pod, cache)
             .then(|| affinity::namespace_labels(&self.namespaces.state()));
         let workload_pods = self.workloads.selector(pod);
@@ -334,6 +355,7 @@ impl Context {
         let pre = filters::PreFilter {
             affinity: namespaces.map(|namespaces| affinity::State::new(pod, cache, &namespaces)),
             spread: spread::State::new(pod, cache, workload_pods.as_ref()),
+            volumes: claims,
             ..filters::PreFilter::new(pod)
         };
         let want = feasible_to_find(total);
@@ -377,9 +399,14 @@ impl Context {
             .filter(|(_, s)| **s == best)
             .map(|(n, _)| *n)
             .collect();
-        Ok(top[rand::rng().random_range(0..top.len())]
-            .name()
-            .to_owned())
+        let chosen = top[rand::rng().random_range(0..top.len())];
+        // The filter just found them on this node.
+        let bindings = pre
+            .volumes
+            .as_ref()
+            .and_then(|v| v.find(chosen).ok())
+            .unwrap_or_default();
+        Ok((chosen.name().to_owned(), bindings))
     }
 
     async fn schedule_one(self: &Arc<Self>, cache: &mut Cache, key: &str) {
@@ -389,11 +416,12 @@ impl Context {
             return;
         };
         let decision = self.decide(&pod, cache);
-        let chosen = match decision {
-            Ok(chosen) => chosen,
+        let (chosen, bindings) = match decision {
+            Ok(decided) => decided,
             Err(Unschedulable { message, preempt }) => {
                 let nominated = preempt.as_ref().map(|c| c.node.as_str());
-                self.unschedulable(&pod, message, nominated).await;
+                self.unschedulable(&pod, "Unschedulable", message, nominated)
+                    .await;
                 if let Some(candidate) = &preempt {
                     self.preempt(&pod, candidate).await;
                 }
@@ -409,11 +437,12 @@ impl Context {
             self.forget(key);
             return;
         }
+        self.volumes.assume(&bindings);
         // The binding cycle runs on its own, as upstream's: the next pod's
         // scheduling cycle need not wait for this pod's API round trip.
         tokio::spawn(
             self.clone()
-                .binding_cycle(key.to_owned(), pod, chosen, started),
+                .binding_cycle(key.to_owned(), pod, chosen, bindings, started),
         );
     }
 
@@ -422,9 +451,23 @@ impl Context {
         key: Key,
         pod: Arc<Pod>,
         chosen: String,
+        bindings: Vec<volumes::Binding>,
         started: Instant,
     ) {
         let key = key.as_str();
+        if !bindings.is_empty() {
+            let bound = self.volumes.bind(&self.client, &bindings, &chosen).await;
+            self.volumes.forget(&bindings);
+            if let Err(e) = bound {
+                self.update(Update::BindingFailed(key.to_owned()));
+                self.metrics.attempt(Outcome::Error, started);
+                let message = format!("running PreBind plugin \"VolumeBinding\": {e}");
+                self.unschedulable(&pod, "SchedulerError", message, None)
+                    .await;
+                self.queue.retry(key.to_owned(), priority(&pod));
+                return;
+            }
+        }
         match self.bind(&pod, &chosen).await {
             Ok(()) => {
                 self.metrics.attempt(Outcome::Scheduled, started);
@@ -511,7 +554,13 @@ impl Context {
     /// Tells the user why, as upstream does: an event, and the PodScheduled
     /// condition (written only when its message changes), with the node the
     /// pod waits for when it preempted.
-    async fn unschedulable(&self, pod: &Pod, message: String, nominated: Option<&str>) {
+    async fn unschedulable(
+        &self,
+        pod: &Pod,
+        reason: &str,
+        message: String,
+        nominated: Option<&str>,
+    ) {
         let current = pod
             .status
             .as_ref()
@@ -525,7 +574,9 @@ impl Context {
         );
         if nominated.is_none()
             && current.is_some_and(|c| {
-                c.status == "False" && c.message.as_deref() == Some(message.as_str())
+                c.status == "False"
+                    && c.reason.as_deref() == Some(reason)
+                    && c.message.as_deref() == Some(message.as_str())
             })
         {
             return;
@@ -533,7 +584,7 @@ impl Context {
         let condition = serde_json::json!({
             "type": "PodScheduled",
             "status": "False",
-            "reason": "Unschedulable",
+            "reason": reason,
             "message": message,
             "lastProbeTime": null,
             "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now()),

@@ -5,8 +5,16 @@
 //! kept here costs nothing per pod; a filter or score reading a field that
 //! is dropped here must keep it.
 
-use k8s_openapi::api::core::v1::{Container, Node, NodeSpec, NodeStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, EphemeralVolumeSource, Node, NodeSpec, NodeStatus, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
+    PersistentVolumeSpec, PersistentVolumeStatus, Pod, PodStatus, Volume,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::volumes::{BIND_COMPLETED, SELECTED_NODE};
 
 /// The metadata the scheduler reads: identity, labels (selectors and
 /// spread), owners (the workloads of default spread) and deletion.
@@ -46,7 +54,11 @@ pub fn pod(pod: &mut Pod) {
             .flatten()
             .for_each(container);
         spec.ephemeral_containers = None;
-        spec.volumes = None;
+        spec.volumes = spec
+            .volumes
+            .take()
+            .map(|vs| vs.into_iter().filter_map(claim_volume).collect::<Vec<_>>())
+            .filter(|vs| !vs.is_empty());
     }
     // Its phase (finished pods free their node) and the PodScheduled
     // condition the scheduler writes only when its message changes.
@@ -59,6 +71,70 @@ pub fn pod(pod: &mut Pod) {
         }),
         ..PodStatus::default()
     });
+}
+
+/// A volume as VolumeBinding sees it: only claims, and a generic
+/// ephemeral volume's name (its claim is `<pod>-<volume>`), not its template.
+fn claim_volume(v: Volume) -> Option<Volume> {
+    let ephemeral = v.ephemeral.map(|_| EphemeralVolumeSource::default());
+    (v.persistent_volume_claim.is_some() || ephemeral.is_some()).then(|| Volume {
+        name: v.name,
+        persistent_volume_claim: v.persistent_volume_claim,
+        ephemeral,
+        ..Volume::default()
+    })
+}
+
+/// A claim as VolumeBinding reads it: its owner (an ephemeral volume's
+/// pod), the annotations of its binding, what it asks for and its phase.
+pub fn claim(claim: &mut PersistentVolumeClaim) {
+    let annotations = claim.metadata.annotations.take().map(|mut a| {
+        a.retain(|k, _| k == SELECTED_NODE || k == BIND_COMPLETED);
+        a
+    });
+    meta(&mut claim.metadata);
+    claim.metadata.annotations = annotations.filter(|a| !a.is_empty());
+    claim.spec = claim.spec.take().map(|s| PersistentVolumeClaimSpec {
+        access_modes: s.access_modes,
+        resources: s.resources.map(|r| VolumeResourceRequirements {
+            requests: r.requests,
+            limits: None,
+        }),
+        selector: s.selector,
+        storage_class_name: s.storage_class_name,
+        volume_mode: s.volume_mode,
+        volume_name: s.volume_name,
+        ..PersistentVolumeClaimSpec::default()
+    });
+    claim.status = claim.status.take().map(|s| PersistentVolumeClaimStatus {
+        phase: s.phase,
+        ..PersistentVolumeClaimStatus::default()
+    });
+}
+
+/// A volume as claims are matched to it: not its source.
+pub fn volume(pv: &mut PersistentVolume) {
+    meta(&mut pv.metadata);
+    pv.spec = pv.spec.take().map(|s| PersistentVolumeSpec {
+        access_modes: s.access_modes,
+        capacity: s.capacity,
+        claim_ref: s.claim_ref,
+        node_affinity: s.node_affinity,
+        storage_class_name: s.storage_class_name,
+        volume_mode: s.volume_mode,
+        ..PersistentVolumeSpec::default()
+    });
+    pv.status = pv.status.take().map(|s| PersistentVolumeStatus {
+        phase: s.phase,
+        ..PersistentVolumeStatus::default()
+    });
+}
+
+/// A class as binding reads it: its mode, provisioner and topologies.
+pub fn class(class: &mut StorageClass) {
+    meta(&mut class.metadata);
+    class.parameters = None;
+    class.mount_options = None;
 }
 
 pub fn node(node: &mut Node) {
@@ -95,7 +171,9 @@ mod tests {
                 "initContainers": [{"name": "s", "image": "envoy", "restartPolicy": "Always",
                     "command": ["envoy"], "resources": {"requests": {"cpu": "1"}}}],
                 "nodeSelector": {"disk": "ssd"},
-                "volumes": [{"name": "v", "emptyDir": {}}]},
+                "volumes": [{"name": "v", "emptyDir": {}},
+                    {"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+                    {"name": "e", "ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"]}}}}]},
             "status": {"phase": "Pending", "podIP": "10.0.0.1", "conditions": [
                 {"type": "PodScheduled", "status": "False", "message": "0/1 nodes"},
                 {"type": "Ready", "status": "False"}]},
@@ -113,7 +191,9 @@ mod tests {
                         "resources": {"requests": {"cpu": "1"}}}],
                     "initContainers": [{"name": "s", "image": "envoy", "restartPolicy": "Always",
                         "resources": {"requests": {"cpu": "1"}}}],
-                    "nodeSelector": {"disk": "ssd"}},
+                    "nodeSelector": {"disk": "ssd"},
+                    "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+                        {"name": "e", "ephemeral": {}}]},
                 "status": {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "False", "message": "0/1 nodes"}]},
             })
@@ -139,6 +219,32 @@ mod tests {
                 "metadata": {"name": "n", "labels": {"zone": "a"}},
                 "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]},
                 "status": {"allocatable": {"cpu": "2"}, "images": [{"names": ["nginx"], "sizeBytes": 1}]},
+            })
+        );
+    }
+
+    #[test]
+    fn claims_keep_their_binding_and_request() {
+        let mut c: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "c", "namespace": "ns", "annotations": {
+                "volume.kubernetes.io/selected-node": "n", "pv.kubernetes.io/bind-completed": "yes",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                "resources": {"requests": {"storage": "1Gi"}, "limits": {"storage": "2Gi"}},
+                "volumeName": "pv", "dataSource": {"kind": "PersistentVolumeClaim", "name": "src"}},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}},
+        }))
+        .unwrap();
+        claim(&mut c);
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "c", "namespace": "ns", "annotations": {
+                    "volume.kubernetes.io/selected-node": "n", "pv.kubernetes.io/bind-completed": "yes"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                    "resources": {"requests": {"storage": "1Gi"}}, "volumeName": "pv"},
+                "status": {"phase": "Bound"},
             })
         );
     }

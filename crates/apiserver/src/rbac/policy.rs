@@ -120,6 +120,8 @@ fn binding_to(name: &str, role_kind: &str, role: &str, subjects: Vec<Value>) -> 
 
 const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 const SCHEDULER: &str = "system:kube-scheduler";
+/// What the scheduler's VolumeBinding reads and writes, bound to it as upstream's.
+const VOLUME_SCHEDULER: &str = "system:volume-scheduler";
 /// Cluster DNS runs as kube-system's `coredns` ServiceAccount, under kubeadm's role name.
 const DNS_ACCOUNT: &str = "coredns";
 const DNS_ROLE: &str = "system:coredns";
@@ -382,6 +384,15 @@ fn node_rules() -> Vec<Value> {
             &["storage.k8s.io"],
             &["csidrivers", "csinodes", "volumeattachments"],
         ),
+    ]
+}
+
+fn volume_scheduler_rules() -> Vec<Value> {
+    let read_update = &["get", "list", "watch", "update", "patch"];
+    vec![
+        rule(read_update, &[""], &["persistentvolumes"]),
+        rule(READ, &["storage.k8s.io"], &["storageclasses"]),
+        rule(read_update, &[""], &["persistentvolumeclaims"]),
     ]
 }
 
@@ -960,6 +971,7 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(SCHEDULER, scheduler_rules()),
+        cluster_role(VOLUME_SCHEDULER, volume_scheduler_rules()),
         cluster_role(CONTROLLER_MANAGER, controller_manager_rules()),
         cluster_role(
             "system:kube-dns",
@@ -1151,6 +1163,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             vec![user("system:kube-proxy")],
         ),
         binding(SCHEDULER, "ClusterRole", vec![user(SCHEDULER)]),
+        binding(VOLUME_SCHEDULER, "ClusterRole", vec![user(SCHEDULER)]),
         binding(
             CONTROLLER_MANAGER,
             "ClusterRole",
