@@ -242,7 +242,10 @@ where
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Apply(_)) => queue.move_all_to_active(),
+                // After a relist: it may have missed changes.
+                Ok(watcher::Event::Apply(_) | watcher::Event::InitDone) => {
+                    queue.move_all_to_active()
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(kind = %K::kind(&()), "watching: {e}"),
             }
