@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use self::schema::{META_COMPACTED, META_REVISION};
@@ -244,12 +244,11 @@ fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeResponse> {
              ORDER BY l.name LIMIT ?3",
         )
     };
+    let mut count_stmt = snap.tx.prepare_cached(count_sql)?;
     let count: i64 = if latest {
-        snap.tx
-            .query_row(count_sql, params![start, end], |r| r.get(0))?
+        count_stmt.query_row(params![start, end], |r| r.get(0))?
     } else {
-        snap.tx
-            .query_row(count_sql, params![start, end, revision], |r| r.get(0))?
+        count_stmt.query_row(params![start, end, revision], |r| r.get(0))?
     };
     if req.count_only {
         return Ok(RangeResponse {
@@ -280,6 +279,21 @@ fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeResponse> {
         count,
         revision,
     })
+}
+
+/// One key at the latest revision, from a read snapshot: a read never waits
+/// for the writer, which may be in the middle of a batch's fsync.
+fn get(conn: &Connection, key: &str) -> Result<(Option<KeyValue>, Revision)> {
+    let snap = Snapshot::begin(conn)?;
+    let kv = snap
+        .tx
+        .prepare_cached(
+            "SELECT l.name, l.value, l.create_rev, l.rev, l.version, l.lease FROM current c
+             JOIN log l ON l.id = c.id WHERE c.name = ?1",
+        )?
+        .query_row([key], key_value)
+        .optional()?;
+    Ok((kv, snap.revision))
 }
 
 /// The changes under `prefix` with revisions `from..=to`, with their previous values.
@@ -326,6 +340,11 @@ impl Store for SqliteStore {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         check_txn_size(&txn)?;
         self.request(|reply| Request::Txn(txn, reply)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
+        let key = key.to_owned();
+        self.read(move |conn| get(conn, &key)).await
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
