@@ -642,14 +642,6 @@ impl Store for EncryptedStore {
         Ok(resp)
     }
 
-    async fn get(&self, key: &str) -> kubox_store::Result<(Option<KeyValue>, Revision)> {
-        let (mut kv, revision) = self.inner.get(key).await?;
-        if let Some(kv) = &mut kv {
-            self.encryption.open_kv(kv)?;
-        }
-        Ok((kv, revision))
-    }
-
     async fn range(&self, req: RangeRequest) -> kubox_store::Result<RangeResponse> {
         let mut resp = self.inner.range(req).await?;
         for kv in &mut resp.kvs {

@@ -71,13 +71,6 @@ enum Command {
     RuntimeHelper,
 }
 
-// The API server allocates and frees many small buffers per request (JSON
-// values, headers, channel messages) from both worker threads; mimalloc's
-// per-thread free lists serve that with far less contention than glibc's
-// arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     // One TLS provider for every client in the process (kube-rs, registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::{
-    DbStatus, KeyValue, LeaseId, Op, RangeRequest, RangeResponse, Result, Revision, Store, Txn,
-    TxnResponse, WatchRequest, WatchStream,
+    DbStatus, LeaseId, Op, RangeRequest, RangeResponse, Result, Revision, Store, Txn, TxnResponse,
+    WatchRequest, WatchStream,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,13 +89,6 @@ impl Store for MeteredStore {
         let started = Instant::now();
         let r = self.inner.txn(txn).await;
         self.observe(op, kind, started);
-        r
-    }
-
-    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
-        let started = Instant::now();
-        let r = self.inner.get(key).await;
-        self.observe("get", resource(key), started);
         r
     }
 

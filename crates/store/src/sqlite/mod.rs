@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use self::schema::{META_COMPACTED, META_REVISION};
@@ -281,21 +281,6 @@ fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeResponse> {
     })
 }
 
-/// One key at the latest revision, from a read snapshot: a read never waits
-/// for the writer, which may be in the middle of a batch's fsync.
-fn get(conn: &Connection, key: &str) -> Result<(Option<KeyValue>, Revision)> {
-    let snap = Snapshot::begin(conn)?;
-    let kv = snap
-        .tx
-        .prepare_cached(
-            "SELECT l.name, l.value, l.create_rev, l.rev, l.version, l.lease FROM current c
-             JOIN log l ON l.id = c.id WHERE c.name = ?1",
-        )?
-        .query_row([key], key_value)
-        .optional()?;
-    Ok((kv, snap.revision))
-}
-
 /// The changes under `prefix` with revisions `from..=to`, with their previous values.
 fn history(conn: &Connection, prefix: &str, from: Revision, to: Revision) -> Result<Vec<Event>> {
     let snap = Snapshot::begin(conn)?;
@@ -340,11 +325,6 @@ impl Store for SqliteStore {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         check_txn_size(&txn)?;
         self.request(|reply| Request::Txn(txn, reply)).await
-    }
-
-    async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision)> {
-        let key = key.to_owned();
-        self.read(move |conn| get(conn, &key)).await
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
