@@ -244,12 +244,11 @@ fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeResponse> {
              ORDER BY l.name LIMIT ?3",
         )
     };
+    let mut count_stmt = snap.tx.prepare_cached(count_sql)?;
     let count: i64 = if latest {
-        snap.tx
-            .query_row(count_sql, params![start, end], |r| r.get(0))?
+        count_stmt.query_row(params![start, end], |r| r.get(0))?
     } else {
-        snap.tx
-            .query_row(count_sql, params![start, end, revision], |r| r.get(0))?
+        count_stmt.query_row(params![start, end, revision], |r| r.get(0))?
     };
     if req.count_only {
         return Ok(RangeResponse {

@@ -120,9 +120,8 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
 }
 
 pub(crate) fn meta(conn: &Connection, name: &str) -> Result<i64> {
-    Ok(
-        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })?,
-    )
+    // Every read snapshot asks this twice: prepared once per connection.
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
 }

@@ -109,10 +109,8 @@ pub(crate) fn run(
                 }
             }
             if batch.revision != committed {
-                tx.execute(
-                    "UPDATE meta SET value = ?1 WHERE name = ?2",
-                    params![batch.revision, META_REVISION],
-                )?;
+                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = ?2")?
+                    .execute(params![batch.revision, META_REVISION])?;
             }
             tx.commit()?;
             Ok(())
