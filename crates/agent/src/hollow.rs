@@ -27,7 +27,7 @@ const IN_FLIGHT: usize = 32;
 
 /// Slices of the nodes whose Leases are renewed one after the other over
 /// each renewal period.
-const HEARTBEAT_SLICES: u32 = 100;
+const HEARTBEAT_SLICES: usize = 100;
 
 /// What every hollow node has, as kwok's default node: room for 110 pods.
 const CAPACITY: [(&str, &str); 4] = [
@@ -215,8 +215,11 @@ impl Hollow {
     /// request meanwhile.
     async fn heartbeat(self: Arc<Self>) {
         let nodes: Vec<_> = self.nodes.iter().collect();
-        let per_tick = nodes.len().div_ceil(HEARTBEAT_SLICES as usize).max(1);
-        let mut tick = tokio::time::interval(LEASE_RENEW / HEARTBEAT_SLICES);
+        let per_tick = nodes.len().div_ceil(HEARTBEAT_SLICES).max(1);
+        // Fewer nodes than slices make fewer, longer slices: each node is
+        // still renewed once a period.
+        let slices = nodes.len().div_ceil(per_tick).max(1);
+        let mut tick = tokio::time::interval(LEASE_RENEW / slices as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let client = &self.client;
         for slice in nodes.chunks(per_tick).cycle() {
