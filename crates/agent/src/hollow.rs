@@ -25,6 +25,10 @@ use crate::node::{KUBELET_VERSION, LEASE_RENEW, renew_lease};
 /// thousands of nodes in seconds, few enough not to starve the server.
 const IN_FLIGHT: usize = 32;
 
+/// Slices of the nodes whose Leases are renewed one after the other over
+/// each renewal period.
+const HEARTBEAT_SLICES: usize = 100;
+
 /// What every hollow node has, as kwok's default node: room for 110 pods.
 const CAPACITY: [(&str, &str); 4] = [
     ("cpu", "32"),
@@ -204,13 +208,23 @@ impl HollowNodes {
 }
 
 impl Hollow {
-    /// Renews every node's Lease each period, a bounded number at a time.
+    /// Renews every node's Lease once a period, a slice of the nodes at a
+    /// time spread evenly over it, as kubelets started at different moments
+    /// are: renewing all at once every period would swamp the server for
+    /// seconds at a time with thousands of nodes, and hold up every other
+    /// request meanwhile.
     async fn heartbeat(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(LEASE_RENEW);
+        let nodes: Vec<_> = self.nodes.iter().collect();
+        let per_tick = nodes.len().div_ceil(HEARTBEAT_SLICES).max(1);
+        // Fewer nodes than slices make fewer, longer slices: each node is
+        // still renewed once a period.
+        let slices = nodes.len().div_ceil(per_tick).max(1);
+        let mut tick = tokio::time::interval(LEASE_RENEW / slices as u32);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let client = &self.client;
-        loop {
+        for slice in nodes.chunks(per_tick).cycle() {
             tick.tick().await;
-            futures::stream::iter(&self.nodes)
+            futures::stream::iter(slice)
                 .for_each_concurrent(IN_FLIGHT, |(name, (_, uid))| async move {
                     if let Err(e) = renew_lease(client, name, uid.clone()).await {
                         tracing::warn!(node = name, "renewing a hollow node's lease: {e}");
