@@ -288,6 +288,7 @@ fn builtins() -> Vec<ResourceType> {
         resource::<core::PersistentVolume>(Options {
             short_names: &["pv"],
             status: true,
+            strategy: &strategy::PersistentVolume,
             ..PLAIN
         }),
         resource::<core::PersistentVolumeClaim>(Options {

@@ -92,8 +92,32 @@ impl Strategy for ConfigMap {
 
 pub struct PersistentVolumeClaim;
 impl Strategy for PersistentVolumeClaim {
+    fn default(&self, obj: &mut Value) {
+        if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+            or_insert(spec, "volumeMode", json!("Filesystem"));
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        obj["status"] = json!({"phase": "Pending"});
+    }
+
     fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
         updates::claim(old, new)
+    }
+}
+
+pub struct PersistentVolume;
+impl Strategy for PersistentVolume {
+    fn default(&self, obj: &mut Value) {
+        if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+            or_insert(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            or_insert(spec, "volumeMode", json!("Filesystem"));
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        obj["status"] = json!({"phase": "Pending"});
     }
 }
 
@@ -640,6 +664,23 @@ impl Strategy for Binding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_and_claims_start_pending_with_upstreams_defaults() {
+        let mut pv = json!({"spec": {"capacity": {"storage": "1Gi"}},
+            "status": {"phase": "Bound"}});
+        PersistentVolume.default(&mut pv);
+        PersistentVolume.prepare_create(&mut pv);
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(pv["status"], json!({"phase": "Pending"}));
+
+        let mut pvc = json!({"spec": {"volumeMode": "Block"}});
+        PersistentVolumeClaim.default(&mut pvc);
+        PersistentVolumeClaim.prepare_create(&mut pvc);
+        assert_eq!(pvc["spec"]["volumeMode"], "Block");
+        assert_eq!(pvc["status"], json!({"phase": "Pending"}));
+    }
 
     #[test]
     fn qos_classes_as_upstream() {

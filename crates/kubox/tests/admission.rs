@@ -331,6 +331,19 @@ spec:
     let dir = tempfile::tempdir().unwrap();
     let out = apply(&server, dir.path(), "claim.yaml", claim);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Only a bound claim may grow, and local-path binds a claim only once a
+    // pod of it is scheduled: the test marks it bound itself.
+    server.kubectl_ok(&[
+        "patch",
+        "pvc",
+        "data",
+        "-n",
+        "grow",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Bound"}}"#,
+    ]);
     let grow = |size: &str| {
         patch(
             "pvc",

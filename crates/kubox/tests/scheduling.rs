@@ -565,6 +565,8 @@ async fn volume_binding_follows_claims_and_their_volumes_nodes() {
     let pvc = get(s, &["pvc", "scratch"]);
     assert_eq!(pvc["spec"]["storageClassName"], "local-path", "{pvc}");
     assert!(pvc["spec"]["volumeName"].is_null(), "{pvc}");
+    assert_eq!(pvc["status"]["phase"], "Pending", "{pvc}");
+    assert_eq!(pvc["spec"]["volumeMode"], "Filesystem", "{pvc}");
     // ...and is bound, on its pod's node, once the pod is placed; the pod
     // waiting for a claim that did not exist is tried again when it does.
     create(s, "writer", json!({}), with_claim("scratch"));
