@@ -1,5 +1,11 @@
 //! `kubox`: Kubernetes in one binary.
 
+// The API server allocates and frees many small buffers per request (JSON
+// values, headers, channel messages) on every worker thread; glibc's
+// malloc and free were a fifth to a third of its profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod agent;
 mod bench;
 mod certs;
