@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::{Error, Result};
@@ -45,6 +46,15 @@ fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Keeps each cached statement's plan for good. Without this SQLite marks a
+/// statement whose plan might depend on a bound value (a range read's
+/// `LIMIT ?` is one) to be prepared again after each use: the writer and the
+/// readers spent a twelfth of the server's CPU parsing the same SQL again.
+fn plan_once(conn: &Connection) -> Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -57,7 +67,7 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
     }
     // FULL: every commit is fsynced before the writer acknowledges it.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
-    Ok(())
+    plan_once(conn)
 }
 
 /// Opens the writer's connection, creating the schema in a new file and
@@ -116,6 +126,7 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     )
     .map_err(|e| corrupt(path, e))?;
     conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+    plan_once(&conn)?;
     Ok(conn)
 }
 
@@ -124,4 +135,33 @@ pub(crate) fn meta(conn: &Connection, name: &str) -> Result<i64> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
         .query_row([name], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    #[test]
+    fn statements_keep_their_plan_across_bindings() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("state.db");
+        let writer = open_writer(&path).expect("a new store");
+        let reader = open_reader(&path).expect("a reader");
+        for conn in [&writer, &reader] {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT l.value FROM current c JOIN log l ON l.id = c.id
+                     WHERE c.name >= ?1 AND c.name < ?2 ORDER BY c.name LIMIT ?3",
+                )
+                .expect("prepared");
+            for (start, end, limit) in [("/a", "/b", -1), ("/c", "/d", 501), ("/e", "/f", 2)] {
+                stmt.query(rusqlite::params![start, end, limit])
+                    .and_then(|mut rows| rows.next().map(drop))
+                    .expect("queried");
+            }
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        }
+    }
 }
