@@ -25,6 +25,7 @@ mod nodeclaim;
 mod nodeipam;
 mod nodelifecycle;
 mod ownerref;
+mod persistentvolume;
 mod podautoscaler;
 mod podgc;
 mod podowners;
@@ -222,6 +223,9 @@ const CONTROLLERS: &[(&str, Run)] = &[
     ("csrapproving", |ctx| csrapproving::run(ctx).boxed()),
     ("nodeclaim", |ctx| nodeclaim::run(ctx).boxed()),
     ("tokencleaner", |ctx| tokencleaner::run(ctx).boxed()),
+    ("persistentvolume-binder", |ctx| {
+        persistentvolume::run(ctx).boxed()
+    }),
     ("local-path-provisioner", |ctx| localpath::run(ctx).boxed()),
 ];
 
