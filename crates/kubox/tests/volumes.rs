@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kubox_testkit::{KuboxServer, eventually, table_cell};
+use kubox_testkit::{HollowCluster, KuboxServer, eventually, table_cell};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,9 +54,9 @@ async fn phase(s: &KuboxServer, kind: &str, name: &str, phase: &str) {
     .await
 }
 
-#[tokio::test]
-async fn static_volumes_bind_to_claims_and_are_released_with_them() {
-    let s = KuboxServer::start(BIN, &["--disable-agent", "--disable-dns"]).await;
+/// `kubectl apply` of three volumes of no class (512Mi, 2Gi, 10Gi) and a
+/// claim `data` of 1Gi.
+fn apply_storage(s: &KuboxServer) {
     let file = s.data_dir().join("storage.yaml");
     let mut manifests: Vec<String> = [("small", "512Mi"), ("fits", "2Gi"), ("big", "10Gi")]
         .iter()
@@ -65,6 +65,12 @@ async fn static_volumes_bind_to_claims_and_are_released_with_them() {
     manifests.push(CLAIM.to_owned());
     std::fs::write(&file, manifests.join("---\n")).unwrap();
     s.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+}
+
+#[tokio::test]
+async fn static_volumes_bind_to_claims_and_are_released_with_them() {
+    let s = KuboxServer::start(BIN, &["--disable-agent", "--disable-dns"]).await;
+    apply_storage(&s);
 
     // The smallest volume that fits is bound; the others stay Available.
     phase(&s, "pvc", "data", "Bound").await;
@@ -126,4 +132,50 @@ async fn static_volumes_bind_to_claims_and_are_released_with_them() {
         s.event_messages("big", "VolumeFailedDelete", TIMEOUT).await[0],
         "host_path deleter only supports /tmp/.+ but received provided /srv/big"
     );
+}
+
+#[tokio::test]
+async fn a_claim_a_pod_uses_and_its_volume_stay_until_the_pod_is_gone() {
+    let cluster = HollowCluster::start(BIN, 1, &[]).await;
+    let s = &cluster.server;
+    apply_storage(s);
+    phase(s, "pvc", "data", "Bound").await;
+    let pvc = s.kubectl_json(&["get", "pvc", "data"]);
+    assert_eq!(
+        pvc["metadata"]["finalizers"],
+        json!(["kubernetes.io/pvc-protection"])
+    );
+    let pv = s.kubectl_json(&["get", "pv", "fits"]);
+    assert_eq!(
+        pv["metadata"]["finalizers"],
+        json!(["kubernetes.io/pv-protection"])
+    );
+    s.apply_json(
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+    );
+    eventually("the pod to run", TIMEOUT, || async {
+        let pod = s.kubectl_json(&["get", "pod", "user"]);
+        (pod["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+
+    // Both are asked to go; the running pod holds the claim, the claim its volume.
+    s.kubectl_ok(&["delete", "pvc", "data", "--wait=false"]);
+    s.kubectl_ok(&["delete", "pv", "fits", "--wait=false"]);
+    assert_eq!(cell(s, "pvc", "data", "STATUS"), "Terminating");
+    assert_eq!(cell(s, "pv", "fits", "STATUS"), "Terminating");
+    assert_eq!(cell(s, "pv", "fits", "CLAIM"), "default/data");
+
+    // The pod goes: then the claim, then its volume, released.
+    s.kubectl_ok(&["delete", "pod", "user"]);
+    for (kind, name) in [("pvc", "data"), ("pv", "fits")] {
+        eventually(&format!("{kind} {name} to be deleted"), TIMEOUT, || async {
+            (!s.kubectl(&["get", kind, name]).status.success()).then_some(())
+        })
+        .await;
+    }
+    // A volume no claim holds goes at once.
+    s.kubectl_ok(&["delete", "pv", "small"]);
 }

@@ -747,6 +747,29 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "pvc-protection-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                rule(&["get", "list", "watch"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "pv-protection-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                events(),
+            ],
+        ),
+        (
             "pod-garbage-collector",
             vec![
                 rule(&["list", "watch", "delete"], &[""], &["pods"]),
