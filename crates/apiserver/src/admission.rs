@@ -12,6 +12,7 @@ mod limitranger;
 pub mod noderestriction;
 mod podsecurity;
 mod resourcequota;
+mod storageprotection;
 
 use crate::http::Identity;
 use crate::registry::ResourceType;
@@ -75,6 +76,7 @@ impl Default for Chain {
             Box::new(noderestriction::NodeRestriction),
             Box::new(crate::priority::Priority),
             Box::new(DefaultTolerationSeconds),
+            Box::new(storageprotection::StorageObjectInUseProtection),
             Box::new(podsecurity::PodSecurity),
             // Last, as upstream: only writes every other plugin allowed are charged.
             Box::new(resourcequota::ResourceQuota),

@@ -731,7 +731,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         }
         "persistentvolumeclaims" => vec![
             json!(name),
-            json!(s(&status["phase"])),
+            json!(phase_or_terminating(meta, status)),
             json!(s(&spec["volumeName"])),
             json!(s(&status["capacity"]["storage"])),
             json!(access_modes(&status["accessModes"])),
@@ -844,7 +844,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 json!(s(&spec["capacity"]["storage"])),
                 json!(access_modes(&spec["accessModes"])),
                 json!(s(&spec["persistentVolumeReclaimPolicy"])),
-                json!(s(&status["phase"])),
+                json!(phase_or_terminating(meta, status)),
                 json!(claim),
                 json!(s(&spec["storageClassName"])),
                 json!(or_none(s(&spec["volumeAttributesClassName"]))),
@@ -1018,6 +1018,16 @@ pub fn table(
     let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "rows": rows});
     t["columnDefinitions"] = if with_columns { json!(defs) } else { json!([]) };
     t
+}
+
+/// A volume's or claim's phase, or `Terminating` once its deletion is
+/// asked for (a protection finalizer may hold it).
+fn phase_or_terminating(meta: &Value, status: &Value) -> String {
+    if meta["deletionTimestamp"].is_string() {
+        "Terminating".into()
+    } else {
+        status["phase"].as_str().unwrap_or_default().to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -25,10 +25,12 @@ mod nodeclaim;
 mod nodeipam;
 mod nodelifecycle;
 mod ownerref;
+mod persistentvolume;
 mod podautoscaler;
 mod podgc;
 mod podowners;
 mod pods;
+mod protection;
 mod queue;
 mod queue_metrics;
 mod replicaset;
@@ -222,6 +224,11 @@ const CONTROLLERS: &[(&str, Run)] = &[
     ("csrapproving", |ctx| csrapproving::run(ctx).boxed()),
     ("nodeclaim", |ctx| nodeclaim::run(ctx).boxed()),
     ("tokencleaner", |ctx| tokencleaner::run(ctx).boxed()),
+    ("persistentvolume-binder", |ctx| {
+        persistentvolume::run(ctx).boxed()
+    }),
+    ("pvc-protection", |ctx| protection::claims::run(ctx).boxed()),
+    ("pv-protection", |ctx| protection::volumes::run(ctx).boxed()),
     ("local-path-provisioner", |ctx| localpath::run(ctx).boxed()),
 ];
 
@@ -267,12 +274,25 @@ async fn lead(client: kube::Client, config: Config) {
         client,
         config,
     });
-    let controllers: Vec<BoxFuture<'static, ()>> = CONTROLLERS
+    let mut controllers: Vec<BoxFuture<'static, ()>> = CONTROLLERS
         .iter()
         .filter(|(name, _)| enabled(&ctx.config.controllers, name))
         .map(|(_, run)| run(ctx.clone()))
         .collect();
-    futures::future::join_all(controllers).await;
+    // kube-runtime's `Store::wait_until_ready` wakes only the last of the
+    // tasks waiting on one store (its oneshot channel keeps one waker), so
+    // every controller must be polled whenever any is woken: `join_all`
+    // does so for up to 30 futures (beyond, it polls only the woken ones),
+    // hence chunks of 30, themselves joined so.
+    let mut chunks = Vec::new();
+    while !controllers.is_empty() {
+        let rest = controllers.split_off(controllers.len().min(30));
+        chunks.push(futures::future::join_all(std::mem::replace(
+            &mut controllers,
+            rest,
+        )));
+    }
+    futures::future::join_all(chunks).await;
 }
 
 #[cfg(test)]

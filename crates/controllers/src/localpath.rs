@@ -1,12 +1,14 @@
 //! The local-path provisioner (k3s's local-path-provisioner, in process):
 //! the default StorageClass `local-path`, which binds when a claim's first
-//! pod is scheduled (`WaitForFirstConsumer`). A claim of no class gets the
-//! default class (upstream's retroactive default StorageClass); a claim of
-//! `local-path` the scheduler has annotated with its pod's node gets a
-//! hostPath PersistentVolume `pvc-<claim uid>` affine to that node, in a
-//! directory under the data directory that node's agent creates, and is
-//! bound to it. A volume whose claim is gone is deleted, with its
-//! directory when that is on this machine (the reclaim policy is Delete).
+//! pod is scheduled (`WaitForFirstConsumer`). As an external provisioner
+//! it only makes and deletes volumes: a claim the PV controller has handed
+//! to it (`volume.kubernetes.io/storage-provisioner`) and the scheduler has
+//! annotated with its pod's node gets a hostPath PersistentVolume
+//! `pvc-<claim uid>` reserved for it (by claimRef) and affine to that node,
+//! in a directory under the data directory that node's agent creates; the
+//! PV controller binds the two. A volume the PV controller has Released
+//! (its claim is gone; the reclaim policy is Delete) is deleted, with its
+//! directory when that is on this machine.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,32 +21,26 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use kubox_client::events::{Recorder, Type};
-use serde_json::json;
+use kubox_scheduler::SELECTED_NODE;
 
-use futures::StreamExt;
-
-use crate::{Change, Context, Error, is_not_found, is_reason, runner};
+use crate::persistentvolume::{PROVISIONED_BY, STORAGE_PROVISIONER};
+use crate::{Context, Error, is_not_found, is_reason, runner};
 
 pub const COMPONENT: &str = "local-path-provisioner";
 pub const CLASS: &str = "local-path";
 const PROVISIONER: &str = "rancher.io/local-path";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
-/// The node the scheduler chose for the claim's first pod.
-const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 const HOSTNAME: &str = "kubernetes.io/hostname";
 
 struct Shared {
     client: kube::Client,
     recorder: Recorder,
     dir: PathBuf,
-    claims: Store<PersistentVolumeClaim>,
 }
 
 pub async fn run(ctx: Arc<Context>) {
@@ -57,7 +53,6 @@ pub async fn run(ctx: Arc<Context>) {
         client: ctx.client.clone(),
         recorder: ctx.recorder(COMPONENT),
         dir: ctx.config.local_path_dir.clone(),
-        claims: claims.store(),
     });
     let provisioning = runner::run(
         COMPONENT,
@@ -65,25 +60,13 @@ pub async fn run(ctx: Arc<Context>) {
         provision,
         shared.clone(),
     );
-    // A claim going away changes nothing in its volume: it is the trigger.
-    let released = claims.changes().filter_map(|change| {
-        let volume = match change {
-            Change::Deleted(claim) => claim
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_name.clone())
-                .filter(|v| !v.is_empty()),
-            Change::Applied { .. } => None,
-        };
-        futures::future::ready(volume.map(|v| ObjectRef::<PersistentVolume>::new(&v)))
-    });
-    let reclaiming = runner::run(
+    let deleting = runner::run(
         COMPONENT,
-        Controller::for_stream(volumes.stream(), volumes.store()).reconcile_on(released),
-        reclaim,
+        Controller::for_stream(volumes.stream(), volumes.store()),
+        delete,
         shared,
     );
-    futures::future::join(provisioning, reclaiming).await;
+    futures::future::join(provisioning, deleting).await;
 }
 
 /// Creates the default StorageClass, retrying until the API takes it.
@@ -112,34 +95,21 @@ async fn ensure_class(client: &kube::Client) {
     }
 }
 
-/// What a claim needs of this provisioner.
-#[derive(Debug, PartialEq)]
-enum Need<'a> {
-    Nothing,
-    /// It has no class: it gets the default one.
-    DefaultClass,
-    /// No pod of it is scheduled yet.
-    FirstConsumer,
-    /// A volume on this node.
-    Volume(&'a str),
-}
-
-fn need(claim: &PersistentVolumeClaim) -> Need<'_> {
-    let spec = claim.spec.as_ref();
-    let bound = spec
-        .and_then(|s| s.volume_name.as_deref())
-        .is_some_and(|v| !v.is_empty());
-    if claim.metadata.deletion_timestamp.is_some() || bound {
-        return Need::Nothing;
+/// The node a claim's volume is to be made for, if it is one for this
+/// provisioner to make (sig-storage-lib-external-provisioner's
+/// shouldProvision).
+fn wanted_on(claim: &PersistentVolumeClaim) -> Option<&str> {
+    let spec = claim.spec.as_ref()?;
+    let bound = spec.volume_name.as_deref().is_some_and(|v| !v.is_empty());
+    let ours = spec.storage_class_name.as_deref() == Some(CLASS)
+        && claim
+            .annotations()
+            .get(STORAGE_PROVISIONER)
+            .is_some_and(|p| p == PROVISIONER);
+    if claim.metadata.deletion_timestamp.is_some() || bound || !ours {
+        return None;
     }
-    match spec.and_then(|s| s.storage_class_name.as_deref()) {
-        None => Need::DefaultClass,
-        Some(CLASS) => match claim.annotations().get(SELECTED_NODE) {
-            Some(node) => Need::Volume(node),
-            None => Need::FirstConsumer,
-        },
-        Some(_) => Need::Nothing,
-    }
+    claim.annotations().get(SELECTED_NODE).map(String::as_str)
 }
 
 /// The volume for a claim on `node`, in its own directory under `dir`.
@@ -206,109 +176,36 @@ async fn provision(
     claim: Arc<PersistentVolumeClaim>,
     shared: Arc<Shared>,
 ) -> Result<Action, Error> {
-    let ns = claim.namespace().unwrap_or_default();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
-    let node = match need(&claim) {
-        Need::Nothing => return Ok(Action::await_change()),
-        Need::DefaultClass => {
-            let class = json!({"spec": {"storageClassName": CLASS}});
-            claims
-                .patch(
-                    &claim.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(class),
-                )
-                .await?;
-            return Ok(Action::await_change());
-        }
-        Need::FirstConsumer => {
-            shared.recorder.record(
-                claim.object_ref(&()),
-                Type::Normal,
-                "WaitForFirstConsumer",
-                "waiting for first consumer to be created before binding".to_owned(),
-            );
-            return Ok(Action::await_change());
-        }
-        Need::Volume(node) => node,
+    let Some(node) = wanted_on(&claim) else {
+        return Ok(Action::await_change());
     };
     let volumes: Api<PersistentVolume> = Api::all(shared.client.clone());
     let volume = volume_for(&claim, node, &shared.dir);
-    let name = volume.name_any();
     match volumes.create(&PostParams::default(), &volume).await {
-        Ok(_) => {}
+        Ok(_) => shared.recorder.record(
+            claim.object_ref(&()),
+            Type::Normal,
+            "ProvisioningSucceeded",
+            format!("Successfully provisioned volume {}", volume.name_any()),
+        ),
         Err(e) if is_reason(&e, "AlreadyExists") => {}
         Err(e) => return Err(e.into()),
     }
-    let spec = volume.spec.clone().unwrap_or_default();
-    let bind = json!({
-        "metadata": {
-            "uid": claim.metadata.uid,
-            "annotations": {
-                "pv.kubernetes.io/bind-completed": "yes",
-                "pv.kubernetes.io/bound-by-controller": "yes",
-                "volume.kubernetes.io/storage-provisioner": PROVISIONER,
-            }
-        },
-        "spec": {"volumeName": name, "storageClassName": CLASS},
-    });
-    claims
-        .patch(
-            &claim.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(bind),
-        )
-        .await?;
-    let status = json!({"status": {"phase": "Bound", "accessModes": spec.access_modes, "capacity": spec.capacity}});
-    claims
-        .patch_status(
-            &claim.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(status),
-        )
-        .await?;
-    volumes
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
-        )
-        .await?;
-    shared.recorder.record(
-        claim.object_ref(&()),
-        Type::Normal,
-        "ProvisioningSucceeded",
-        format!("Successfully provisioned volume {name}"),
-    );
     Ok(Action::await_change())
 }
 
-async fn reclaim(volume: Arc<PersistentVolume>, shared: Arc<Shared>) -> Result<Action, Error> {
+/// Deletes a volume of ours the PV controller has released, as external
+/// provisioners do (shouldDelete: Released, policy Delete, provisioned by us).
+async fn delete(volume: Arc<PersistentVolume>, shared: Arc<Shared>) -> Result<Action, Error> {
     let ours = volume
         .annotations()
         .get(PROVISIONED_BY)
         .is_some_and(|p| p == PROVISIONER);
     let spec = volume.spec.clone().unwrap_or_default();
-    let Some(claim_ref) = spec
-        .claim_ref
-        .filter(|_| ours && volume.metadata.deletion_timestamp.is_none())
-    else {
+    let released = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+    let delete = spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete");
+    if !ours || !released || !delete || volume.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
-    };
-    let ns = claim_ref.namespace.clone().unwrap_or_default();
-    let claim_name = claim_ref.name.clone().unwrap_or_default();
-    let cached = shared
-        .claims
-        .get(&ObjectRef::new(&claim_name).within(&ns))
-        .is_some_and(|c| c.metadata.uid == claim_ref.uid);
-    if cached {
-        return Ok(Action::await_change());
-    }
-    // The cache may be behind: only a claim the API no longer has frees the volume.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
-    match claims.get_opt(&claim_name).await? {
-        Some(c) if c.metadata.uid == claim_ref.uid => return Ok(Action::await_change()),
-        _ => {}
     }
     if let Some(path) = spec.host_path.as_ref().map(|h| PathBuf::from(&h.path))
         && path.starts_with(&shared.dir)
@@ -334,6 +231,7 @@ async fn reclaim(volume: Arc<PersistentVolume>, shared: Arc<Shared>) -> Result<A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn claim(v: serde_json::Value) -> PersistentVolumeClaim {
         let mut base = json!({"metadata": {"name": "data", "namespace": "ns", "uid": "u"},
@@ -348,17 +246,25 @@ mod tests {
     }
 
     #[test]
-    fn claims_wait_for_the_node_of_their_first_pod() {
-        assert_eq!(need(&claim(json!({}))), Need::DefaultClass);
-        let waiting = claim(json!({"spec": {"storageClassName": CLASS}}));
-        assert_eq!(need(&waiting), Need::FirstConsumer);
-        let placed = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2"}},
+    fn claims_handed_to_it_get_a_volume_on_the_node_of_their_first_pod() {
+        let handed = json!({STORAGE_PROVISIONER: PROVISIONER});
+        assert_eq!(wanted_on(&claim(json!({}))), None);
+        let waiting = claim(json!({"metadata": {"annotations": handed},
             "spec": {"storageClassName": CLASS}}));
-        assert_eq!(need(&placed), Need::Volume("n2"));
-        let bound = claim(json!({"spec": {"storageClassName": CLASS, "volumeName": "pv"}}));
-        assert_eq!(need(&bound), Need::Nothing);
-        let other = claim(json!({"spec": {"storageClassName": "fast"}}));
-        assert_eq!(need(&other), Need::Nothing);
+        assert_eq!(wanted_on(&waiting), None);
+        let placed = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2",
+            STORAGE_PROVISIONER: PROVISIONER}}, "spec": {"storageClassName": CLASS}}));
+        assert_eq!(wanted_on(&placed), Some("n2"));
+        let not_handed = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2"}},
+            "spec": {"storageClassName": CLASS}}));
+        assert_eq!(wanted_on(&not_handed), None);
+        let bound = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2",
+            STORAGE_PROVISIONER: PROVISIONER}},
+            "spec": {"storageClassName": CLASS, "volumeName": "pv"}}));
+        assert_eq!(wanted_on(&bound), None);
+        let other = claim(json!({"metadata": {"annotations": {SELECTED_NODE: "n2",
+            STORAGE_PROVISIONER: PROVISIONER}}, "spec": {"storageClassName": "fast"}}));
+        assert_eq!(wanted_on(&other), None);
 
         let pv = serde_json::to_value(volume_for(&placed, "n2", "/data".as_ref())).unwrap();
         assert_eq!(

@@ -319,31 +319,35 @@ async fn updates_are_charged_what_they_add_to_a_quota() {
         r#"Error from server (Forbidden): services "api" is forbidden: exceeded quota: grow, requested: services.nodeports=1, used: services.nodeports=1, limited: services.nodeports=1"#
     );
 
+    // Only a bound claim may grow: it binds to a volume of no class.
     let claim = "apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: grow-data
+spec:
+  capacity: {storage: 2Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: \"\"
+  hostPath: {path: /srv/grow-data}
+---
+apiVersion: v1
 kind: PersistentVolumeClaim
 metadata:
   name: data
   namespace: grow
 spec:
   accessModes: [ReadWriteOnce]
+  storageClassName: \"\"
   resources: {requests: {storage: 512Mi}}
 ";
     let dir = tempfile::tempdir().unwrap();
     let out = apply(&server, dir.path(), "claim.yaml", claim);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // Only a bound claim may grow, and local-path binds a claim only once a
-    // pod of it is scheduled: the test marks it bound itself.
-    server.kubectl_ok(&[
-        "patch",
-        "pvc",
-        "data",
-        "-n",
-        "grow",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"phase":"Bound"}}"#,
-    ]);
+    eventually("the claim to be bound", Duration::from_secs(30), || async {
+        let pvc = server.kubectl_json(&["get", "pvc", "data", "-n", "grow"]);
+        (pvc["status"]["phase"] == "Bound").then_some(())
+    })
+    .await;
     let grow = |size: &str| {
         patch(
             "pvc",

@@ -58,17 +58,7 @@ async fn failed_scheduling(server: &KuboxServer, name: &str) -> Vec<String> {
 
 /// The messages of the object's events of `reason`, once there is one.
 async fn events(server: &KuboxServer, name: &str, reason: &str) -> Vec<String> {
-    eventually(&format!("a {reason} event"), TIMEOUT, || async {
-        let selector = format!("involvedObject.name={name},reason={reason}");
-        let events = get(server, &["events", "--field-selector", &selector]);
-        let messages: Vec<String> = events["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|e| e["message"].as_str().map(str::to_owned))
-            .collect();
-        (!messages.is_empty()).then_some(messages)
-    })
-    .await
+    server.event_messages(name, reason, TIMEOUT).await
 }
 
 fn label(server: &KuboxServer, node: &str, label: &str) {
@@ -512,14 +502,19 @@ async fn volume_binding_follows_claims_and_their_volumes_nodes() {
     );
     assert_eq!(unschedulable_message(s, "on-9").await, expected);
     assert_eq!(failed_scheduling(s, "on-9").await[0], expected);
-    // A claim bound to a volume that does not exist.
+    // A claim bound to a volume that does not exist is Lost.
     s.apply_json(&claim("data-none", Some(""), Some("pv-none")));
+    assert_eq!(
+        events(s, "data-none", "ClaimLost").await[0],
+        "Bound claim has lost its PersistentVolume. Data on the volume is lost!"
+    );
+    assert_eq!(get(s, &["pvc", "data-none"])["status"]["phase"], "Lost");
     create(s, "on-none", json!({}), with_claim("data-none"));
     assert_eq!(
         unschedulable_message(s, "on-none").await,
         format!(
-            "0/3 nodes are available: 3 node(s) unavailable due to one or more pvc(s) bound to \
-             non-existent pv(s). {NOT_HELPFUL}"
+            "0/3 nodes are available: persistentvolumeclaim \"data-none\" bound to \
+             non-existent persistentvolume \"pv-none\". {NOT_HELPFUL}"
         )
     );
 
@@ -594,4 +589,74 @@ async fn volume_binding_follows_claims_and_their_volumes_nodes() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn claims_of_first_consumer_classes_bind_on_their_pods_node() {
+    let cluster = HollowCluster::start(BIN, 3, &[]).await;
+    let s = &cluster.server;
+
+    // A static volume of a WaitForFirstConsumer class waits for a pod...
+    s.apply_json(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-storage"}, "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    let mut pv = local_volume("local-2", "hollow-2");
+    pv["spec"]["storageClassName"] = "local-storage".into();
+    s.apply_json(&pv);
+    s.apply_json(&claim("local", Some("local-storage"), None));
+    assert_eq!(
+        events(s, "local", "WaitForFirstConsumer").await[0],
+        "waiting for first consumer to be created before binding"
+    );
+    eventually("the volume to be Available", TIMEOUT, || async {
+        (get(s, &["pv", "local-2"])["status"]["phase"] == "Available").then_some(())
+    })
+    .await;
+    assert_eq!(get(s, &["pvc", "local"])["status"]["phase"], "Pending");
+    // ...then the scheduler reserves it on the node it picks, and the
+    // controller binds both before the pod is bound.
+    create(s, "consumer", json!({}), with_claim("local"));
+    assert_eq!(node_of(s, "consumer").await, "hollow-2");
+    let pvc = get(s, &["pvc", "local"]);
+    assert_eq!(pvc["status"]["phase"], "Bound", "{pvc}");
+    assert_eq!(pvc["spec"]["volumeName"], "local-2", "{pvc}");
+    assert_eq!(get(s, &["pv", "local-2"])["status"]["phase"], "Bound");
+
+    // local-path provisions a volume reserved for its claim on the pod's
+    // node, the controller binds it, and it goes with its claim.
+    s.apply_json(&claim("scratch", Some("local-path"), None));
+    create(s, "writer", json!({}), with_claim("scratch"));
+    let node = node_of(s, "writer").await;
+    let pvc = get(s, &["pvc", "scratch"]);
+    assert_eq!(pvc["status"]["phase"], "Bound", "{pvc}");
+    assert_eq!(
+        pvc["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"],
+        "rancher.io/local-path"
+    );
+    let name = pvc["spec"]["volumeName"].as_str().unwrap().to_owned();
+    let pv = get(s, &["pv", &name]);
+    assert_eq!(pv["spec"]["claimRef"]["uid"], pvc["metadata"]["uid"]);
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "rancher.io/local-path"
+    );
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+        json!([node])
+    );
+    assert_eq!(
+        events(s, "scratch", "ExternalProvisioning").await[0],
+        "Waiting for a volume to be created either by the external provisioner \
+         'rancher.io/local-path' or manually by the system administrator. If volume \
+         creation is delayed, please verify that the provisioner is running and correctly \
+         registered."
+    );
+    s.kubectl_ok(&["delete", "pod", "writer"]);
+    s.kubectl_ok(&["delete", "pvc", "scratch"]);
+    eventually("the provisioned volume to be deleted", TIMEOUT, || async {
+        (!s.kubectl(&["get", "pv", &name]).status.success()).then_some(())
+    })
+    .await;
 }

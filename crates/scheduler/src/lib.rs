@@ -42,6 +42,10 @@ pub use crate::filters::{node_fits, tolerates};
 use crate::metrics::Outcome;
 use crate::node_info::{NodeInfo, bound_node, occupies_node};
 use crate::queue::{Key, Queue};
+pub use crate::volumes::{
+    BIND_COMPLETED, SELECTED_NODE, bound_to, capacity, class_of, is_bound, may_take, request,
+    volume_class,
+};
 use tokio::sync::mpsc;
 
 /// The scheduler name pods ask for by default.

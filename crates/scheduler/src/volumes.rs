@@ -108,7 +108,8 @@ fn claim_names(pod: &Pod) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn class_of(claim: &PersistentVolumeClaim) -> &str {
+/// The class a claim asks for ("" when none).
+pub fn class_of(claim: &PersistentVolumeClaim) -> &str {
     claim
         .spec
         .as_ref()
@@ -116,7 +117,8 @@ fn class_of(claim: &PersistentVolumeClaim) -> &str {
         .unwrap_or_default()
 }
 
-fn volume_class(pv: &PersistentVolume) -> &str {
+/// The class a volume is of ("" when none).
+pub fn volume_class(pv: &PersistentVolume) -> &str {
     pv.spec
         .as_ref()
         .and_then(|s| s.storage_class_name.as_deref())
@@ -147,11 +149,13 @@ fn storage(
         .unwrap_or(0)
 }
 
-fn capacity(pv: &PersistentVolume) -> i64 {
+/// A volume's storage capacity in bytes.
+pub fn capacity(pv: &PersistentVolume) -> i64 {
     storage(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()))
 }
 
-fn request(claim: &PersistentVolumeClaim) -> i64 {
+/// The storage a claim requests, in bytes.
+pub fn request(claim: &PersistentVolumeClaim) -> i64 {
     storage(
         claim
             .spec
@@ -162,7 +166,7 @@ fn request(claim: &PersistentVolumeClaim) -> i64 {
 }
 
 /// Whether the volume is reserved for the claim (its claimRef names it).
-fn bound_to(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
+pub fn bound_to(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
     let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
         return false;
     };
@@ -174,8 +178,9 @@ fn bound_to(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
 }
 
 /// Whether the volume may serve the claim on some node: upstream's
-/// FindMatchingVolume but for node affinity, which `Unbound::volume_on` checks.
-fn may_take(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
+/// FindMatchingVolume but for node affinity, which `Unbound::volume_on` checks
+/// (the PV binder, which binds without a node, shares it).
+pub fn may_take(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
     let (Some(spec), Some(wanted)) = (pv.spec.as_ref(), claim.spec.as_ref()) else {
         return false;
     };

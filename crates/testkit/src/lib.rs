@@ -52,7 +52,6 @@ pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::O
     child.wait_with_output().expect("waiting for the command")
 }
 
-/// A loopback port nothing listens on right now.
 /// The whitespace-separated columns of each non-blank line of a table
 /// kubectl printed.
 pub fn table_rows(table: &str) -> Vec<Vec<String>> {
@@ -63,6 +62,28 @@ pub fn table_rows(table: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The cell under `column` in the row of a table kubectl printed whose
+/// first cell is `name`, read by the header's offsets (kubectl pads
+/// columns by three spaces or more), so an empty cell or a header of two
+/// words (`ACCESS MODES`) reads as kubectl meant it.
+pub fn table_cell(table: &str, name: &str, column: &str) -> Option<String> {
+    let mut lines = table.lines();
+    let header = lines.next()?;
+    let mut starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| !c.is_whitespace() && (i == 0 || header[..i].ends_with("   ")))
+        .map(|(i, _)| i)
+        .collect();
+    starts.push(usize::MAX);
+    let at = starts
+        .windows(2)
+        .find(|w| header[w[0]..w[1].min(header.len())].trim() == column)?;
+    let row = lines.find(|l| l.split_whitespace().next() == Some(name))?;
+    let cell = row.get(at[0].min(row.len())..at[1].min(row.len()))?;
+    Some(cell.trim().to_owned())
+}
+
+/// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -611,6 +632,22 @@ impl KuboxServer {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.kubectl_ok(&all)).expect("kubectl's JSON")
+    }
+
+    /// The messages of the events of `reason` about objects named `name`
+    /// (in the default namespace), once there is one.
+    pub async fn event_messages(&self, name: &str, reason: &str, timeout: Duration) -> Vec<String> {
+        eventually(&format!("a {reason} event"), timeout, || async {
+            let selector = format!("involvedObject.name={name},reason={reason}");
+            let events = self.kubectl_json(&["get", "events", "--field-selector", &selector]);
+            let messages: Vec<String> = events["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                .collect();
+            (!messages.is_empty()).then_some(messages)
+        })
+        .await
     }
 
     /// Runs the kubectl binary `program` (another release than the one on

@@ -672,21 +672,15 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
             "local-path-provisioner",
             vec![
                 rule(
-                    &["get", "list", "watch", "update", "patch"],
+                    &["get", "list", "watch"],
                     &[""],
                     &["persistentvolumeclaims"],
                 ),
                 rule(
-                    &["update", "patch"],
-                    &[""],
-                    &["persistentvolumeclaims/status"],
-                ),
-                rule(
-                    &["get", "list", "watch", "create", "delete", "patch"],
+                    &["get", "list", "watch", "create", "delete"],
                     &[""],
                     &["persistentvolumes"],
                 ),
-                rule(&["update", "patch"], &[""], &["persistentvolumes/status"]),
                 rule(
                     &["get", "list", "watch", "create"],
                     &["storage.k8s.io"],
@@ -723,6 +717,55 @@ fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
                 rule(&["patch", "update"], &[""], &["pods/status"]),
                 rule(&["list", "delete"], &[""], &["pods"]),
                 rule(&["get"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            // Upstream's role but for what kubox has no use for: the
+            // recycler's pods and the in-tree plugins' endpoints, services,
+            // secrets and nodes.
+            "persistent-volume-binder",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update", "delete"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                rule(&["update"], &[""], &["persistentvolumes/status"]),
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                rule(&["update"], &[""], &["persistentvolumeclaims/status"]),
+                rule(
+                    &["get", "list", "watch"],
+                    &["storage.k8s.io"],
+                    &["storageclasses"],
+                ),
+                events(),
+            ],
+        ),
+        (
+            "pvc-protection-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                rule(&["get", "list", "watch"], &[""], &["pods"]),
+                events(),
+            ],
+        ),
+        (
+            "pv-protection-controller",
+            vec![
+                rule(
+                    &["get", "list", "watch", "update"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
                 events(),
             ],
         ),
