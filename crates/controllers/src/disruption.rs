@@ -44,6 +44,7 @@ pub async fn run(ctx: Arc<Context>) {
     let stateful_sets = ctx.informers.get::<StatefulSet>();
     let replication_controllers = ctx.informers.get::<ReplicationController>();
     let budget_store = budgets.store();
+    budgets.synced().await;
     let controller = Controller::for_stream(budgets.stream(), budgets.store())
         .watches_stream(pods.stream(), move |pod: Pod| {
             budgets_of(&budget_store, &pod)

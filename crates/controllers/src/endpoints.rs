@@ -310,6 +310,7 @@ pub async fn run(ctx: Arc<Context>) {
     let pods = ctx.informers.get::<Pod>();
     let endpoints = ctx.informers.get::<Endpoints>();
     let (svc_store, ep_store) = (services.store(), endpoints.store());
+    services.synced().await;
     let controller = Controller::for_stream(services.stream(), services.store())
         .watches_stream(pods.stream(), move |pod: Pod| {
             services_of(&pod, &svc_store, &ep_store, names_pod, |e| {

@@ -58,6 +58,7 @@ pub async fn run(ctx: Arc<Context>) {
     let slices = ctx.informers.get::<EndpointSlice>();
     let nodes = ctx.informers.get::<Node>();
     let (svc_store, slice_store) = (services.store(), slices.store());
+    services.synced().await;
     let controller = Controller::for_stream(services.stream(), services.store())
         .watches_stream(pods.stream(), move |pod| {
             services_of(&pod, &svc_store, &slice_store, names_pod, slice_service)

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// What a resource type must be to be informed on.
@@ -114,6 +114,10 @@ impl<K: Resource> Subscribers<K> {
 pub struct Informer<K: Watched> {
     store: Store<K>,
     subscribers: Arc<Mutex<Subscribers<K>>>,
+    /// Whether the first list is in the cache. Not the store's own
+    /// `wait_until_ready`: that keeps one waker, so of several controllers
+    /// waiting on one informer only the last to ask would be woken.
+    synced: watch::Receiver<bool>,
 }
 
 impl<K: Watched> Clone for Informer<K> {
@@ -121,11 +125,34 @@ impl<K: Watched> Clone for Informer<K> {
         Self {
             store: self.store.clone(),
             subscribers: self.subscribers.clone(),
+            synced: self.synced.clone(),
         }
     }
 }
 
 impl<K: Watched> Informer<K> {
+    /// An informer fed by `events` in a task of its own.
+    fn spawn<S>(events: S, dyntype: K::DynamicType) -> (Self, JoinHandle<()>)
+    where
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let writer = Writer::new(dyntype.clone());
+        let (synced, synced_rx) = watch::channel(false);
+        let informer = Informer {
+            store: writer.as_reader(),
+            subscribers: Arc::new(Mutex::new(Subscribers(Vec::new()))),
+            synced: synced_rx,
+        };
+        let task = tokio::spawn(inform(
+            events,
+            writer,
+            dyntype,
+            informer.subscribers.clone(),
+            synced,
+        ));
+        (informer, task)
+    }
+
     /// Every object of the type as last seen.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
@@ -133,9 +160,9 @@ impl<K: Watched> Informer<K> {
 
     /// Waits until the cache holds a complete first list.
     pub async fn synced(&self) {
-        // The writer lives as long as the informer's task; if that is gone
+        // The sender lives as long as the informer's task; if that is gone
         // the controllers are being dropped too.
-        let _ = self.store.wait_until_ready().await;
+        let _ = self.synced.clone().wait_for(|synced| *synced).await;
     }
 
     /// The objects in the cache now (as added), then every change, in
@@ -170,6 +197,7 @@ async fn inform<K: Watched>(
     mut writer: Writer<K>,
     dyntype: K::DynamicType,
     subscribers: Arc<Mutex<Subscribers<K>>>,
+    synced: watch::Sender<bool>,
 ) {
     let store = writer.as_reader();
     // As upstream's informers' transform: no controller reads managedFields,
@@ -214,6 +242,7 @@ async fn inform<K: Watched>(
                 for gone in before.into_values() {
                     subscribers.send(Change::Deleted(gone));
                 }
+                synced.send_replace(true);
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => {
                 writer.apply_watcher_event(&event);
@@ -273,17 +302,7 @@ impl Informers {
         if let Some(informer) = made.get(&key).and_then(|b| b.downcast_ref::<Informer<K>>()) {
             return informer.clone();
         }
-        let writer = Writer::new(dyntype.clone());
-        let informer = Informer {
-            store: writer.as_reader(),
-            subscribers: Arc::new(Mutex::new(Subscribers(Vec::new()))),
-        };
-        let task = tokio::spawn(inform(
-            events(),
-            writer,
-            dyntype,
-            informer.subscribers.clone(),
-        ));
+        let (informer, task) = Informer::spawn(events(), dyntype);
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -301,5 +320,34 @@ impl Drop for Informers {
                 task.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_waiter_hears_of_the_first_list() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let (informer, _task) = Informer::<ConfigMap>::spawn(events, ());
+        // More waiters than `join_all` polls all at once on every wake-up.
+        let waiters = futures::future::join_all((0..40).map(|_| informer.synced()));
+        let list = async {
+            for event in [watcher::Event::Init, watcher::Event::InitDone] {
+                tx.send(Ok(event)).expect("the informer listens");
+            }
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::future::join(waiters, list),
+        )
+        .await
+        .expect("every waiter woken");
     }
 }

@@ -274,25 +274,12 @@ async fn lead(client: kube::Client, config: Config) {
         client,
         config,
     });
-    let mut controllers: Vec<BoxFuture<'static, ()>> = CONTROLLERS
+    let controllers: Vec<BoxFuture<'static, ()>> = CONTROLLERS
         .iter()
         .filter(|(name, _)| enabled(&ctx.config.controllers, name))
         .map(|(_, run)| run(ctx.clone()))
         .collect();
-    // kube-runtime's `Store::wait_until_ready` wakes only the last of the
-    // tasks waiting on one store (its oneshot channel keeps one waker), so
-    // every controller must be polled whenever any is woken: `join_all`
-    // does so for up to 30 futures (beyond, it polls only the woken ones),
-    // hence chunks of 30, themselves joined so.
-    let mut chunks = Vec::new();
-    while !controllers.is_empty() {
-        let rest = controllers.split_off(controllers.len().min(30));
-        chunks.push(futures::future::join_all(std::mem::replace(
-            &mut controllers,
-            rest,
-        )));
-    }
-    futures::future::join_all(chunks).await;
+    futures::future::join_all(controllers).await;
 }
 
 #[cfg(test)]

@@ -95,6 +95,7 @@ pub async fn run(ctx: Arc<Context>) {
             .collect();
         futures::stream::iter(refs)
     });
+    quotas.synced().await;
     let controller = Controller::for_stream(changed_limits, quotas.store()).reconcile_on(triggers);
     runner::run(COMPONENT, controller, reconcile, state).await;
 }

@@ -23,6 +23,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let namespaces = ctx.informers.get::<Namespace>();
     let accounts = ctx.informers.get::<ServiceAccount>();
+    namespaces.synced().await;
     let controller = Controller::for_stream(namespaces.stream(), namespaces.store())
         .watches_stream(accounts.stream(), |sa: ServiceAccount| {
             (sa.name_any() == DEFAULT)

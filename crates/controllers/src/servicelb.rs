@@ -42,6 +42,7 @@ pub async fn run(ctx: Arc<Context>) {
     let services = ctx.informers.get::<Service>();
     let nodes = ctx.informers.get::<Node>();
     let (by_node, by_service) = (services.store(), services.store());
+    services.synced().await;
     let controller = Controller::for_stream(services.stream(), services.store())
         .watches_stream(nodes.stream(), move |_: Node| all_balanced(&by_node))
         .watches_stream(services.stream(), move |_: Service| {
