@@ -10,7 +10,7 @@ pub mod quantity;
 mod tasks;
 
 pub use backoff::node_watch_backoff;
-pub use cache::follow;
+pub use cache::{Followed, follow, follow_slim};
 pub use tasks::Tasks;
 
 use std::path::Path;

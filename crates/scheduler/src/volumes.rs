@@ -8,15 +8,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -224,39 +223,17 @@ fn reachable(pv: &PersistentVolume, info: &NodeInfo) -> bool {
 /// Keeps a store of every `K`, slimmed, and tries unschedulable pods again
 /// whenever one is added or changed: a claim, volume or class may be what
 /// they waited for (upstream's VolumeBinding events).
-pub fn follow<K>(
+pub fn follow<K: kubox_client::Followed>(
     client: kube::Client,
     slim: fn(&mut K),
     queue: Arc<Queue>,
-) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let task = tokio::spawn(async move {
-        let events = watcher(Api::<K>::all(client), watcher::Config::default())
-            .default_backoff()
-            .modify(slim)
-            .reflect(writer);
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                // After a relist: it may have missed changes.
-                Ok(watcher::Event::Apply(_) | watcher::Event::InitDone) => {
-                    queue.move_all_to_active()
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(kind = %K::kind(&()), "watching: {e}"),
-            }
+) -> (Store<K>, tokio::task::JoinHandle<()>) {
+    kubox_client::follow_slim(client, slim, move |event| {
+        // After a relist: it may have missed changes.
+        if matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone) {
+            queue.move_all_to_active()
         }
-    });
-    (store, task)
+    })
 }
 
 impl Volumes {
@@ -519,7 +496,7 @@ mod tests {
     where
         K: kube::Resource<DynamicType = ()> + Clone + k8s_openapi::serde::de::DeserializeOwned,
     {
-        let (store, mut writer) = reflector::store::<K>();
+        let (store, mut writer) = kube::runtime::reflector::store::<K>();
         for o in objects {
             writer.apply_watcher_event(&Event::Apply(serde_json::from_value(o).unwrap()));
         }
