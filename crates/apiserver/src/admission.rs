@@ -4,8 +4,11 @@
 //! upstream's order of plugins. A plugin warns the client through
 //! `crate::warning`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use kubox_store::Store;
+use kubox_store::{RangeRequest, Store};
 use serde_json::{Value, json};
 
 mod limitranger;
@@ -14,9 +17,11 @@ mod podsecurity;
 mod resourcequota;
 mod storageprotection;
 
+use crate::cache::Cache;
 use crate::http::Identity;
 use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult, qualified};
+use crate::written::OwnWrites;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -39,6 +44,67 @@ pub struct Attributes<'a> {
     pub old: Option<&'a Value>,
 }
 
+/// What plugins read, as upstream's read their listers: objects from the
+/// server's watch caches, once a cache holds every write of its resource
+/// this server made; from the store while a cache is not loaded or does
+/// not catch up, and for an object the cache lacks (upstream's live
+/// lookup: one written through another server a moment ago). `store` is
+/// for what must be exact: quota usage, compared and swapped.
+pub struct Reads<'a> {
+    pub store: &'a dyn Store,
+    caches: &'a HashMap<&'static str, Arc<Cache>>,
+    written: &'a OwnWrites,
+}
+
+impl<'a> Reads<'a> {
+    pub fn new(
+        store: &'a dyn Store,
+        caches: &'a HashMap<&'static str, Arc<Cache>>,
+        written: &'a OwnWrites,
+    ) -> Self {
+        Self {
+            store,
+            caches,
+            written,
+        }
+    }
+
+    /// The cache of `plural`, if it holds what this server wrote of it.
+    async fn fresh(&self, plural: &str) -> Option<&Cache> {
+        let cache = self.caches.get(plural)?;
+        let revision = cache.revision();
+        let wanted = self.written.under(cache.prefix());
+        let fresh = revision >= 0 && (revision >= wanted || cache.wait_for(wanted).await.is_ok());
+        fresh.then_some(&**cache)
+    }
+
+    /// The object of `plural` stored at `key`.
+    pub async fn get(&self, plural: &str, key: &str) -> ApiResult<Option<Value>> {
+        if let Some(cached) = self.fresh(plural).await.and_then(|c| c.get(key)) {
+            return Ok(Some(cached.object()));
+        }
+        let (kv, _) = self.store.get(key).await?;
+        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    /// The objects of `plural` under `prefix`, in key order.
+    pub async fn list(&self, plural: &str, prefix: &str) -> ApiResult<Vec<Value>> {
+        if let Some(cache) = self.fresh(plural).await {
+            let (items, _) = cache.list(prefix, &|_| true);
+            return Ok(items.iter().map(|o| o.object()).collect());
+        }
+        let listed = self
+            .store
+            .range(RangeRequest::prefix(prefix.to_owned()))
+            .await?;
+        Ok(listed
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect())
+    }
+}
+
 #[async_trait]
 pub trait AdmissionPlugin: Send + Sync {
     fn name(&self) -> &'static str;
@@ -48,7 +114,7 @@ pub trait AdmissionPlugin: Send + Sync {
         &self,
         _attrs: &Attributes<'_>,
         _obj: &mut Value,
-        _store: &dyn Store,
+        _reads: &Reads<'_>,
     ) -> ApiResult<()> {
         Ok(())
     }
@@ -59,7 +125,7 @@ pub trait AdmissionPlugin: Send + Sync {
         &self,
         _attrs: &Attributes<'_>,
         _obj: &Value,
-        _store: &dyn Store,
+        _reads: &Reads<'_>,
     ) -> ApiResult<()> {
         Ok(())
     }
@@ -89,10 +155,10 @@ impl Chain {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         for p in &self.0 {
-            p.mutate(attrs, obj, store).await?;
+            p.mutate(attrs, obj, reads).await?;
         }
         Ok(())
     }
@@ -101,10 +167,10 @@ impl Chain {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         for p in &self.0 {
-            p.validate(attrs, obj, store).await?;
+            p.validate(attrs, obj, reads).await?;
         }
         Ok(())
     }
@@ -131,7 +197,7 @@ impl AdmissionPlugin for NamespaceLifecycle {
         &self,
         attrs: &Attributes<'_>,
         _obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         if attrs.operation == Operation::Delete
@@ -149,9 +215,10 @@ impl AdmissionPlugin for NamespaceLifecycle {
         let Some(ns) = attrs.namespace.filter(|_| rt.namespaced) else {
             return Ok(());
         };
-        let (kv, _) = store.get(&format!("/registry/namespaces/{ns}")).await?;
-        let kv = kv.ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
-        let namespace: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let namespace = reads
+            .get("namespaces", &format!("/registry/namespaces/{ns}"))
+            .await?
+            .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
         if namespace["status"]["phase"] == "Terminating"
             || namespace["metadata"]["deletionTimestamp"].is_string()
         {
@@ -190,7 +257,7 @@ impl AdmissionPlugin for DefaultTolerationSeconds {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        _store: &dyn Store,
+        _reads: &Reads<'_>,
     ) -> ApiResult<()> {
         if attrs.operation != Operation::Create
             || attrs.subresource.is_some()

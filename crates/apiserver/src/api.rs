@@ -9,7 +9,7 @@ use kubox_store::{Error as StoreError, RangeRequest, Revision, Store};
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use crate::admission::{Attributes, Chain, Operation};
+use crate::admission::{Attributes, Chain, Operation, Reads};
 use crate::allocator;
 use crate::apply;
 use crate::cache::{Cache, Filter, Stored, WatchEvent};
@@ -23,6 +23,7 @@ use crate::scale;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::validation;
+use crate::written::{OwnWrites, Recording};
 
 /// Query parameters of list and watch requests.
 #[derive(Clone, Debug, Default)]
@@ -112,7 +113,9 @@ pub struct Api {
     pub bootstrapped: std::sync::atomic::AtomicBool,
     /// Set once at start when the authorization mode checks writes.
     pub write_checks: std::sync::OnceLock<Vec<Arc<dyn WriteCheck>>>,
+    /// Records each write in `own_writes` (see `written`).
     store: Arc<dyn Store>,
+    own_writes: Arc<OwnWrites>,
     caches: HashMap<&'static str, Arc<Cache>>,
     /// Leases Events are stored under, so they expire after the event TTL.
     event_leases: ExpiringLeases,
@@ -313,12 +316,15 @@ impl Api {
             .filter(|t| t.stored() && t.conversion.is_none())
             .map(|t| (t.plural, Cache::start(store.clone(), t.key_prefix())))
             .collect();
+        let own_writes = Arc::new(OwnWrites::default());
+        let store = Arc::new(Recording::new(store, own_writes.clone()));
         Self {
             registry,
             admission: Chain::default(),
             write_checks: std::sync::OnceLock::new(),
             bootstrapped: Default::default(),
             store,
+            own_writes,
             caches,
             event_leases: ExpiringLeases::new(event_ttl),
         }
@@ -326,6 +332,11 @@ impl Api {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// What admission reads through.
+    fn reads(&self) -> Reads<'_> {
+        Reads::new(&*self.store, &self.caches, &self.own_writes)
     }
 
     fn cache(&self, rt: &ResourceType) -> &Arc<Cache> {
@@ -785,13 +796,13 @@ impl Api {
             old: None,
         };
         self.admission
-            .mutate(&attrs, &mut obj, &*self.store)
+            .mutate(&attrs, &mut obj, &self.reads())
             .await?;
         // After mutating admission, as upstream: a pod's QoS class counts
         // the requests LimitRanger gave it.
         rt.strategy.prepare_create(&mut obj);
         self.validate(rt, &obj)?;
-        self.admission.validate(&attrs, &obj, &*self.store).await?;
+        self.admission.validate(&attrs, &obj, &self.reads()).await?;
         self.check_write(
             opts,
             CheckedWrite {
@@ -997,14 +1008,14 @@ impl Api {
             old: Some(old),
         };
         self.admission
-            .mutate(&attrs, &mut new, &*self.store)
+            .mutate(&attrs, &mut new, &self.reads())
             .await?;
         self.validate(rt, &new)?;
         let errs = rt.strategy.validate_update(old, &new);
         if !errs.is_empty() {
             return Err(ApiError::invalid(rt.group, rt.kind, name, errs));
         }
-        self.admission.validate(&attrs, &new, &*self.store).await?;
+        self.admission.validate(&attrs, &new, &self.reads()).await?;
         if let Some(opts) = track {
             let now = now_rfc3339();
             let views = self.views(rt);
@@ -1490,7 +1501,7 @@ impl Api {
                 user: opts.user.as_ref(),
                 old: None,
             };
-            self.admission.validate(&attrs, &obj, &*self.store).await?;
+            self.admission.validate(&attrs, &obj, &self.reads()).await?;
             let being_deleted = obj["metadata"]["deletionTimestamp"].is_string();
             let changed = if rt.plural == "namespaces" && !being_deleted {
                 // The first DELETE of a namespace starts its termination;

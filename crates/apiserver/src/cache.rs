@@ -258,6 +258,11 @@ impl Cache {
         self.read().revision
     }
 
+    /// The keys it holds: every one under this prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Waits until the cache has seen `revision`; 504 as upstream when it does not in time.
     pub async fn wait_for(&self, revision: Revision) -> ApiResult<()> {
         let mut rx = self.revision.subscribe();

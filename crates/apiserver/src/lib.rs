@@ -47,6 +47,7 @@ pub mod token_file;
 mod updates;
 pub mod validation;
 pub mod warning;
+mod written;
 
 mod bootstrap;
 pub mod rbac;

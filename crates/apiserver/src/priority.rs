@@ -3,10 +3,9 @@
 //! its `priorityClassName` (or the global default class) when it is created.
 
 use async_trait::async_trait;
-use kubox_store::{RangeRequest, Store};
 use serde_json::{Value, json};
 
-use crate::admission::{AdmissionPlugin, Attributes, Operation};
+use crate::admission::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::{ApiError, ApiResult};
 
 /// The classes every cluster has: name, value, description.
@@ -35,17 +34,10 @@ pub fn system_classes() -> impl Iterator<Item = Value> {
 
 pub struct Priority;
 
-async fn classes(store: &dyn Store) -> ApiResult<Vec<Value>> {
-    let listed = store
-        .range(RangeRequest::prefix(
-            "/registry/priorityclasses/".to_owned(),
-        ))
-        .await?;
-    Ok(listed
-        .kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect())
+async fn classes(reads: &Reads<'_>) -> ApiResult<Vec<Value>> {
+    reads
+        .list("priorityclasses", "/registry/priorityclasses/")
+        .await
 }
 
 #[async_trait]
@@ -58,7 +50,7 @@ impl AdmissionPlugin for Priority {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         if attrs.operation != Operation::Create
@@ -75,15 +67,17 @@ impl AdmissionPlugin for Priority {
         let forbidden = |why: String| ApiError::forbidden_on("", "pods", attrs.name, &why);
         let class =
             if name.is_empty() {
-                classes(store)
+                classes(reads)
                     .await?
                     .into_iter()
                     .find(|c| c["globalDefault"] == true)
             } else {
-                let (kv, _) = store
-                    .get(&format!("/registry/priorityclasses/{name}"))
+                let class = reads
+                    .get(
+                        "priorityclasses",
+                        &format!("/registry/priorityclasses/{name}"),
+                    )
                     .await?;
-                let class = kv.and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok());
                 Some(class.ok_or_else(|| {
                     forbidden(format!("no PriorityClass with name {name} was found"))
                 })?)

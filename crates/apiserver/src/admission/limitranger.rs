@@ -7,10 +7,9 @@
 use async_trait::async_trait;
 use kubox_quota::usage::{list_of, pod_resources};
 use kubox_quota::{Quantity, ResourceList};
-use kubox_store::{RangeRequest, Store};
 use serde_json::{Value, json};
 
-use super::{AdmissionPlugin, Attributes, Operation};
+use super::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::{ApiError, ApiResult};
 
 const ANNOTATION: &str = "kubernetes.io/limit-ranger";
@@ -32,15 +31,10 @@ fn applies(attrs: &Attributes<'_>) -> bool {
 }
 
 /// The namespace's LimitRanges, in name order.
-async fn ranges(store: &dyn Store, ns: &str) -> ApiResult<Vec<Value>> {
-    let resp = store
-        .range(RangeRequest::prefix(format!("/registry/limitranges/{ns}/")))
-        .await?;
-    Ok(resp
-        .kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect())
+async fn ranges(reads: &Reads<'_>, ns: &str) -> ApiResult<Vec<Value>> {
+    reads
+        .list("limitranges", &format!("/registry/limitranges/{ns}/"))
+        .await
 }
 
 fn limits(range: &Value) -> impl Iterator<Item = &Value> {
@@ -263,7 +257,7 @@ impl AdmissionPlugin for LimitRanger {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         if !applies(attrs) || attrs.resource.plural != "pods" {
             return Ok(());
@@ -271,7 +265,7 @@ impl AdmissionPlugin for LimitRanger {
         let Some(ns) = attrs.namespace else {
             return Ok(());
         };
-        for range in ranges(store, ns).await? {
+        for range in ranges(reads, ns).await? {
             let set = default_containers(&range, obj);
             // As upstream, the last range that set something names it.
             if !set.is_empty() {
@@ -286,7 +280,7 @@ impl AdmissionPlugin for LimitRanger {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         if !applies(attrs) || obj["metadata"]["deletionTimestamp"].is_string() {
             return Ok(());
@@ -294,7 +288,7 @@ impl AdmissionPlugin for LimitRanger {
         let Some(ns) = attrs.namespace else {
             return Ok(());
         };
-        for range in ranges(store, ns).await? {
+        for range in ranges(reads, ns).await? {
             let errs = if attrs.resource.plural == "pods" {
                 validate_pod(&range, obj)
             } else {

@@ -7,10 +7,9 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use kubox_store::Store;
 use serde_json::Value;
 
-use super::{AdmissionPlugin, Attributes, Operation};
+use super::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::http::Identity;
 use crate::nodeauthz::graph::{Kind, pod_references};
 use crate::nodeauthz::{NODE_LEASE_NAMESPACE, node_name};
@@ -265,7 +264,7 @@ impl AdmissionPlugin for NodeRestriction {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        _store: &dyn Store,
+        _reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         let handled = matches!(

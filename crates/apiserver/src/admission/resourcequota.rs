@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use kubox_quota::usage::{counted_resource, in_scope, list_of, pod_constraints};
 use kubox_quota::{Quantity, ResourceList, pretty, usage};
-use kubox_store::{Error as StoreError, RangeRequest, Store};
+use kubox_store::{Error as StoreError, RangeRequest};
 use serde_json::{Value, json};
 
-use super::{AdmissionPlugin, Attributes, Operation};
+use super::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::{ApiError, ApiResult};
 
 pub struct ResourceQuota;
@@ -144,7 +144,7 @@ impl AdmissionPlugin for ResourceQuota {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         if attrs.subresource.is_some() || !rt.namespaced {
@@ -160,11 +160,16 @@ impl AdmissionPlugin for ResourceQuota {
         // Quotas already charged: a retry after a conflict on another
         // quota must not charge them twice.
         let mut charged: BTreeSet<String> = BTreeSet::new();
+        let prefix = format!("/registry/resourcequotas/{ns}/");
+        // Most namespaces have no quota: the cache tells, and only where
+        // there is one is its exact usage read from the store.
+        if reads.list("resourcequotas", &prefix).await?.is_empty() {
+            return Ok(());
+        }
         'attempt: for _ in 0..ATTEMPTS {
-            let quotas = store
-                .range(RangeRequest::prefix(format!(
-                    "/registry/resourcequotas/{ns}/"
-                )))
+            let quotas = reads
+                .store
+                .range(RangeRequest::prefix(prefix.clone()))
                 .await?;
             let mut writes = Vec::new();
             for kv in &quotas.kvs {
@@ -196,7 +201,7 @@ impl AdmissionPlugin for ResourceQuota {
             }
             for (key, name, revision, quota) in writes {
                 let value = serde_json::to_vec(&quota).unwrap_or_default();
-                match store.update(&key, value.into(), revision, 0).await {
+                match reads.store.update(&key, value.into(), revision, 0).await {
                     Ok(_) => {
                         charged.insert(name);
                     }

@@ -5,10 +5,9 @@
 //! controllers see it free and remove the finalizer.
 
 use async_trait::async_trait;
-use kubox_store::Store;
 use serde_json::{Value, json};
 
-use super::{AdmissionPlugin, Attributes, Operation};
+use super::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::ApiResult;
 
 pub const CLAIM_FINALIZER: &str = "kubernetes.io/pvc-protection";
@@ -26,7 +25,7 @@ impl AdmissionPlugin for StorageObjectInUseProtection {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        _store: &dyn Store,
+        _reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         if attrs.operation != Operation::Create

@@ -281,6 +281,24 @@ fn edges_of(kind: Kind, object: &Value) -> Vec<Edge> {
 }
 
 impl Graph {
+    /// Whether a pod's edges stand as they are, known without decoding it
+    /// (from the fields selectors read): as upstream's graph populator, a
+    /// pod without a node brings none, and one whose node is the one
+    /// already recorded brings the same, since what a pod references is
+    /// immutable once created.
+    fn pod_unchanged(&self, pod: &Stored) -> bool {
+        let fields = pod.selectable();
+        let node = text(&fields["spec"]["nodeName"]);
+        let owner = identity(Kind::Pod, fields);
+        let edges = self.edges.read().unwrap_or_else(|e| e.into_inner());
+        match edges.brought.get(&owner) {
+            None => node.is_empty(),
+            Some(brought) => brought
+                .iter()
+                .any(|(_, to)| to.kind == Kind::Node && to.name == node),
+        }
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Edges> {
         self.edges.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -326,6 +344,9 @@ impl Follower for Graph {
         let Some(kind) = owner_kind(plural) else {
             return;
         };
+        if kind == Kind::Pod && event != EventType::Deleted && self.pod_unchanged(object) {
+            return;
+        }
         let object = object.object();
         let owner = identity(kind, &object);
         let mut edges = self.write();
@@ -348,8 +369,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn stored(object: Value) -> Stored {
-        Stored::new(String::new(), object, 1)
+    fn stored(plural: &str, object: Value) -> Stored {
+        let meta = &object["metadata"];
+        let key = format!(
+            "/registry/{plural}/{}/{}",
+            text(&meta["namespace"]),
+            text(&meta["name"])
+        );
+        Stored::new(key, object, 1)
     }
 
     fn pod(name: &str, node: &str, secret: &str) -> Value {
@@ -371,7 +398,11 @@ mod tests {
     #[test]
     fn a_node_reaches_what_its_pods_use_and_nothing_else() {
         let g = Graph::default();
-        g.replace("pods", vec![Arc::new(stored(pod("web", "a", "tls")))], 1);
+        g.replace(
+            "pods",
+            vec![Arc::new(stored("pods", pod("web", "a", "tls")))],
+            1,
+        );
         let secret = |name| Vertex::new(Kind::Secret, "default", name);
         assert!(g.reaches(&secret("tls"), "a"));
         assert!(!g.reaches(&secret("tls"), "b"));
@@ -396,32 +427,60 @@ mod tests {
                 "csi": {"driver": "d", "volumeHandle": "h", "nodePublishSecretRef": {"name": "creds"}},
             },
         });
-        g.apply("persistentvolumes", EventType::Added, &stored(pv.clone()));
+        g.apply(
+            "persistentvolumes",
+            EventType::Added,
+            &stored("persistentvolumes", pv.clone()),
+        );
         assert!(g.reaches(&Vertex::new(Kind::PersistentVolume, "", "pv1"), "a"));
         assert!(g.reaches(&secret("creds"), "a"));
-        g.apply("persistentvolumes", EventType::Deleted, &stored(pv));
+        g.apply(
+            "persistentvolumes",
+            EventType::Deleted,
+            &stored("persistentvolumes", pv),
+        );
         assert!(!g.reaches(&secret("creds"), "a"));
 
         // The pod moves on (a new pod of the name on b), then goes.
         g.apply(
             "pods",
             EventType::Modified,
-            &stored(pod("web", "b", "tls2")),
+            &stored("pods", pod("web", "b", "tls2")),
         );
         assert!(!g.reaches(&secret("tls"), "a"));
         assert!(!g.reaches(&secret("tls2"), "a"));
         assert!(g.reaches(&secret("tls2"), "b"));
-        g.apply("pods", EventType::Deleted, &stored(pod("web", "b", "tls2")));
+        g.apply(
+            "pods",
+            EventType::Deleted,
+            &stored("pods", pod("web", "b", "tls2")),
+        );
         assert!(!g.reaches(&secret("tls2"), "b"));
     }
 
     #[test]
     fn an_unbound_pod_gives_no_node_anything() {
         let g = Graph::default();
-        g.apply("pods", EventType::Added, &stored(pod("web", "", "tls")));
+        g.apply(
+            "pods",
+            EventType::Added,
+            &stored("pods", pod("web", "", "tls")),
+        );
         assert!(!g.reaches(&Vertex::new(Kind::Secret, "default", "tls"), ""));
         // A re-list drops what is no longer there.
-        g.apply("pods", EventType::Added, &stored(pod("web", "a", "tls")));
+        g.apply(
+            "pods",
+            EventType::Modified,
+            &stored("pods", pod("web", "a", "tls")),
+        );
+        assert!(g.reaches(&Vertex::new(Kind::Secret, "default", "tls"), "a"));
+        // Its status changes: what it uses stays.
+        g.apply(
+            "pods",
+            EventType::Modified,
+            &stored("pods", pod("web", "a", "tls")),
+        );
+        assert!(g.reaches(&Vertex::new(Kind::Secret, "default", "tls"), "a"));
         g.replace("pods", Vec::new(), 2);
         assert!(!g.reaches(&Vertex::new(Kind::Secret, "default", "tls"), "a"));
     }

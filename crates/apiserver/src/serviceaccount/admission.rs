@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kubox_store::Store;
 use serde_json::{Value, json};
 
-use crate::admission::{AdmissionPlugin, Attributes, Operation};
+use crate::admission::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::{ApiError, ApiResult};
 
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -27,14 +26,12 @@ const RETRY: Duration = Duration::from_millis(100);
 
 pub struct ServiceAccount;
 
-async fn lookup(store: &dyn Store, ns: &str, name: &str) -> ApiResult<Option<Value>> {
+async fn lookup(reads: &Reads<'_>, ns: &str, name: &str) -> ApiResult<Option<Value>> {
     let deadline = tokio::time::Instant::now() + DEFAULT_WAIT;
     loop {
-        let (kv, _) = store
-            .get(&format!("/registry/serviceaccounts/{ns}/{name}"))
-            .await?;
-        if let Some(kv) = kv {
-            return Ok(Some(serde_json::from_slice(&kv.value).unwrap_or_default()));
+        let key = format!("/registry/serviceaccounts/{ns}/{name}");
+        if let Some(account) = reads.get("serviceaccounts", &key).await? {
+            return Ok(Some(account));
         }
         if name != "default" || tokio::time::Instant::now() >= deadline {
             return Ok(None);
@@ -106,7 +103,7 @@ impl AdmissionPlugin for ServiceAccount {
         &self,
         attrs: &Attributes<'_>,
         obj: &mut Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         if attrs.operation != Operation::Create
             || attrs.resource.plural != "pods"
@@ -118,10 +115,9 @@ impl AdmissionPlugin for ServiceAccount {
         }
         let ns = attrs.namespace.unwrap_or("default");
         // In a missing namespace NamespaceLifecycle refuses the pod.
-        if store
-            .get(&format!("/registry/namespaces/{ns}"))
+        if reads
+            .get("namespaces", &format!("/registry/namespaces/{ns}"))
             .await?
-            .0
             .is_none()
         {
             return Ok(());
@@ -140,7 +136,7 @@ impl AdmissionPlugin for ServiceAccount {
         };
         spec["serviceAccountName"] = json!(name);
         spec["serviceAccount"] = json!(name);
-        let Some(account) = lookup(store, ns, &name).await? else {
+        let Some(account) = lookup(reads, ns, &name).await? else {
             return Err(ApiError::forbidden_on(
                 "",
                 "pods",

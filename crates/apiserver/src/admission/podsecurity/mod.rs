@@ -10,11 +10,10 @@
 mod checks;
 
 use async_trait::async_trait;
-use kubox_store::{RangeRequest, Store};
 use serde_json::{Value, json};
 
 use self::checks::{Level, Version, detail, evaluate, reasons};
-use super::{AdmissionPlugin, Attributes, Operation};
+use super::{AdmissionPlugin, Attributes, Operation, Reads};
 use crate::status::{ApiError, ApiResult, FieldError};
 
 const PREFIX: &str = "pod-security.kubernetes.io/";
@@ -122,9 +121,10 @@ fn template_of<'a>(plural: &str, group: &str, obj: &'a Value) -> Option<&'a Valu
 
 pub struct PodSecurity;
 
-async fn namespace(store: &dyn Store, name: &str) -> ApiResult<Option<Value>> {
-    let (kv, _) = store.get(&format!("/registry/namespaces/{name}")).await?;
-    Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+async fn namespace(reads: &Reads<'_>, name: &str) -> ApiResult<Option<Value>> {
+    reads
+        .get("namespaces", &format!("/registry/namespaces/{name}"))
+        .await
 }
 
 /// Upstream's warnings for a namespace whose enforce level changed: one per
@@ -180,7 +180,7 @@ impl PodSecurity {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let (new, errs) = policy(&obj["metadata"]["labels"]);
         let invalid = || ApiError::invalid("", "Namespace", attrs.name, errs.clone());
@@ -191,7 +191,7 @@ impl PodSecurity {
                 Err(invalid())
             };
         }
-        let Some(old) = namespace(store, attrs.name).await? else {
+        let Some(old) = namespace(reads, attrs.name).await? else {
             return Ok(());
         };
         let (old, old_errs) = policy(&old["metadata"]["labels"]);
@@ -203,17 +203,9 @@ impl PodSecurity {
         if new.enforce == old.enforce || new.enforce.level == Level::Privileged || relaxed {
             return Ok(());
         }
-        let pods = store
-            .range(RangeRequest::prefix(format!(
-                "/registry/pods/{}/",
-                attrs.name
-            )))
+        let pods = reads
+            .list("pods", &format!("/registry/pods/{}/", attrs.name))
             .await?;
-        let pods: Vec<Value> = pods
-            .kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect();
         for w in existing_pod_warnings(attrs.name, new.enforce, &pods) {
             crate::warning::add(w);
         }
@@ -231,14 +223,14 @@ impl AdmissionPlugin for PodSecurity {
         &self,
         attrs: &Attributes<'_>,
         obj: &Value,
-        store: &dyn Store,
+        reads: &Reads<'_>,
     ) -> ApiResult<()> {
         let rt = attrs.resource;
         if attrs.operation == Operation::Delete || attrs.subresource.is_some() {
             return Ok(());
         }
         if rt.group.is_empty() && rt.plural == "namespaces" {
-            return self.validate_namespace(attrs, obj, store).await;
+            return self.validate_namespace(attrs, obj, reads).await;
         }
         let is_pod = rt.group.is_empty() && rt.plural == "pods";
         // A pod's spec barely changes after creation; its updates are not judged.
@@ -252,7 +244,7 @@ impl AdmissionPlugin for PodSecurity {
         let Some(ns) = attrs.namespace else {
             return Ok(());
         };
-        let Some(namespace) = namespace(store, ns).await? else {
+        let Some(namespace) = namespace(reads, ns).await? else {
             return Ok(());
         };
         let (p, _) = policy(&namespace["metadata"]["labels"]);
