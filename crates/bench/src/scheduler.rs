@@ -166,6 +166,26 @@ async fn measure(
     })
 }
 
+/// Waits until the scheduler places a pod, which it does only once its
+/// first lists of the cluster are in, and deletes the pod.
+async fn placing(client: &kube::Client) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut probe = Workload::Basic.pod(0, 1);
+    probe.metadata.name = Some("scheduler-probe".into());
+    api.create(&PostParams::default(), &probe).await?;
+    eventually(
+        "the scheduler to place its first pod",
+        Duration::from_secs(120),
+        || async {
+            let pod = api.get("scheduler-probe").await.ok()?;
+            pod.spec.and_then(|s| s.node_name).map(drop)
+        },
+    )
+    .await;
+    api.delete("scheduler-probe", &Default::default()).await?;
+    Ok(())
+}
+
 /// A fresh `kubox server` without a node agent (and with `server_args`),
 /// `nodes` hollow nodes over `zones` zones registered with it, and a
 /// client of it.
@@ -234,9 +254,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         let scheduler = match opts.apart {
             true => {
                 let scheduler = Apart::scheduler(&server, &[]).await;
-                scheduler.get("/healthz").await;
-                // Its reflectors' first lists of the nodes.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                placing(&client).await?;
                 Some(scheduler)
             }
             false => None,
