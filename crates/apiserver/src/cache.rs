@@ -51,8 +51,7 @@ type GroupVersion = (&'static str, &'static str);
 /// its resource can name (all as upstream's field label conversion lists
 /// them), at their paths in the object: what a `Filter` reads.
 fn selectable(key: &str, object: &Value) -> Value {
-    // Keys are `/registry/{plural}/...`.
-    let plural = key.split('/').nth(2).unwrap_or_default();
+    let plural = kubox_store::resource_of(key);
     let mut out = Value::Object(serde_json::Map::new());
     for path in ["metadata.name", "metadata.namespace", "metadata.labels"]
         .into_iter()

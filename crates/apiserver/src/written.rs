@@ -11,15 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use kubox_store::{
     DbStatus, LeaseId, Op, RangeRequest, RangeResponse, Result, Revision, Store, Txn, TxnResponse,
-    WatchRequest, WatchStream,
+    WatchRequest, WatchStream, resource_of,
 };
-
-/// The resource a key is stored under: `/registry/{resource}/...`.
-fn resource(key: &str) -> &str {
-    key.strip_prefix("/registry/")
-        .and_then(|k| k.split('/').next())
-        .unwrap_or_default()
-}
 
 /// The latest revision this server wrote under each resource.
 #[derive(Default)]
@@ -29,13 +22,13 @@ impl OwnWrites {
     /// The revision of the latest write under `prefix`'s resource; 0 if none.
     pub fn under(&self, prefix: &str) -> Revision {
         let written = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        written.get(resource(prefix)).copied().unwrap_or(0)
+        written.get(resource_of(prefix)).copied().unwrap_or(0)
     }
 
     fn record<'a>(&self, keys: impl Iterator<Item = &'a str>, revision: Revision) {
         let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for key in keys {
-            let at = written.entry(resource(key).to_owned()).or_default();
+            let at = written.entry(resource_of(key).to_owned()).or_default();
             *at = (*at).max(revision);
         }
     }

@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 pub use compactor::spawn_compactor;
 pub use error::{Error, Result};
 pub use etcd::{EtcdConfig, EtcdStore};
-pub use metered::MeteredStore;
+pub use metered::{MeteredStore, resource as resource_of};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::*;
 

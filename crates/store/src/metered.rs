@@ -34,18 +34,17 @@ pub struct MeteredStore {
     durations: Family<Labels, Histogram>,
 }
 
-/// The resource a key is stored under.
-fn resource(key: &str) -> String {
+/// The resource a key is stored under: `pods` for `/registry/pods/...`.
+pub fn resource(key: &str) -> &str {
     key.strip_prefix("/registry/")
         .and_then(|k| k.split('/').next())
         .unwrap_or(key)
-        .to_owned()
 }
 
 /// What a transaction does, as upstream's storage operations name it.
 fn operation(txn: &Txn) -> (&'static str, String) {
     let key = |op: &Op| match op {
-        Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => resource(key),
+        Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => resource(key).to_owned(),
     };
     let first = txn.success.first().map(key).unwrap_or_default();
     if txn.success.iter().any(|op| matches!(op, Op::Delete { .. })) {
@@ -93,7 +92,7 @@ impl Store for MeteredStore {
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        let kind = resource(&req.prefix);
+        let kind = resource(&req.prefix).to_owned();
         let started = Instant::now();
         let r = self.inner.range(req).await;
         self.observe("list", kind, started);
