@@ -185,25 +185,31 @@ fn decode_continue(token: &str) -> ApiResult<(Revision, String)> {
 }
 
 /// The names of fields in `input` that the typed form dropped, as dotted paths.
-fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+fn unknown_fields(input: &Value, typed: &Value, path: &mut String, out: &mut Vec<String>) {
+    // One path buffer for the whole walk: most fields are known, and
+    // formatting each one's path would cost more than comparing it.
+    let len = path.len();
     match (input, typed) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                if len > 0 {
+                    path.push('.');
+                }
+                path.push_str(k);
                 match b.get(k) {
-                    Some(t) => unknown_fields(v, t, &p, out),
-                    None if !v.is_null() => out.push(p),
+                    Some(t) => unknown_fields(v, t, path, out),
+                    None if !v.is_null() => out.push(path.clone()),
                     None => {}
                 }
+                path.truncate(len);
             }
         }
         (Value::Array(a), Value::Array(b)) => {
             for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+                use std::fmt::Write;
+                let _ = write!(path, "[{i}]");
+                unknown_fields(x, y, path, out);
+                path.truncate(len);
             }
         }
         _ => {}
@@ -445,21 +451,24 @@ impl Api {
                 rt.api_version()
             )));
         }
-        let typed = (rt.normalize)(input.clone()).map_err(|e| {
+        let typed = (rt.normalize)(&input).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 rt.kind, rt.version, rt.kind
             ))
         })?;
         let mut unknown = Vec::new();
-        unknown_fields(&input, &typed, "", &mut unknown);
+        unknown_fields(&input, &typed, &mut String::new(), &mut unknown);
         let warnings: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field \"{f}\""))
             .collect();
         if opts.strict && !warnings.is_empty() {
             return Err(ApiError::bad_request(format!(
-                "strict decoding error: {}",
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                rt.kind,
+                rt.version,
+                rt.kind,
                 warnings.join(", ")
             )));
         }

@@ -24,10 +24,13 @@ use crate::strategy::{self, Strategy};
 
 /// Decodes a JSON object as the resource's typed form and encodes it back:
 /// checks every field's type, and drops fields the type does not know.
-pub type Normalize = fn(Value) -> Result<Value, serde_json::Error>;
+pub type Normalize = fn(&Value) -> Result<Value, serde_json::Error>;
 
-fn normalize<K: Serialize + DeserializeOwned>(v: Value) -> Result<Value, serde_json::Error> {
-    serde_json::to_value(serde_json::from_value::<K>(v)?)
+/// Decodes from the borrowed value: the caller still compares the input
+/// with the result (unknown fields), and a copy of it would cost as much as
+/// the decoding.
+fn normalize<K: Serialize + DeserializeOwned>(v: &Value) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(K::deserialize(v)?)
 }
 
 /// Adds the resource's schema (and those it refers to) to an OpenAPI
@@ -108,7 +111,7 @@ impl ResourceType {
         let mut out = (c.from_storage)(obj);
         out["apiVersion"] = serde_json::json!(self.api_version());
         out["kind"] = serde_json::json!(self.kind);
-        (self.normalize)(out.clone()).unwrap_or(out)
+        (self.normalize)(&out).unwrap_or(out)
     }
 
     /// A field selector label of this version as the stored form names it.
@@ -501,10 +504,10 @@ mod tests {
     fn normalize_rejects_wrong_types_and_drops_unknown_fields() {
         let r = Registry::builtin();
         let cm = r.get("", "v1", "configmaps").unwrap();
-        let ok = (cm.normalize)(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1})).unwrap();
+        let ok = (cm.normalize)(&serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1})).unwrap();
         assert!(ok.get("bogus").is_none());
         assert!(
-            (cm.normalize)(serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 1}}))
+            (cm.normalize)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 1}}))
                 .is_err()
         );
     }

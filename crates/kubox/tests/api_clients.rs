@@ -91,6 +91,74 @@ async fn kube_rs_watcher_and_reflector_follow_changes() {
     assert_eq!(names, ["w1", "w2", "w3", "w4"]);
 }
 
+/// Metadata-only LISTs and watches, as the garbage collector reads every
+/// resource: each object as a PartialObjectMetadata, with no spec or data.
+#[tokio::test]
+async fn metadata_only_lists_and_watches_carry_each_objects_metadata() {
+    let server = KuboxServer::start(KUBOX, &["--disable-controllers"]).await;
+    let client = client(&server).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &configmap("m0"))
+        .await
+        .unwrap();
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = list
+        .items
+        .iter()
+        .filter_map(|m| m.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["m0"]);
+    let rv = list.metadata.resource_version.unwrap();
+
+    // The raw response: only kind, apiVersion and metadata, item by item.
+    let req = http::Request::get("/api/v1/namespaces/default/configmaps")
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .body(Vec::new())
+        .unwrap();
+    let raw: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw["apiVersion"], "meta.k8s.io/v1");
+    let item = &raw["items"][0];
+    assert_eq!(item["kind"], "PartialObjectMetadata");
+    assert_eq!(item["metadata"]["name"], "m0");
+    assert!(item.get("data").is_none(), "{item}");
+
+    let mut events = api
+        .watch_metadata(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let labels = serde_json::json!({"metadata": {"labels": {"seen": "yes"}}});
+    api.patch("m0", &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
+    api.delete("m0", &Default::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("a watch event within 20 s")
+            .expect("an open watch")
+            .unwrap();
+        match event {
+            kube::api::WatchEvent::Modified(m) => {
+                assert_eq!(m.metadata.labels.unwrap()["seen"], "yes");
+                seen.push("modified");
+            }
+            kube::api::WatchEvent::Deleted(m) => {
+                assert_eq!(m.metadata.name.as_deref(), Some("m0"));
+                seen.push("deleted");
+            }
+            kube::api::WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["modified", "deleted"]);
+}
+
 /// The scheduler's way of placing a pod: the binding subresource.
 #[tokio::test]
 async fn pods_bind_to_a_node_once() {

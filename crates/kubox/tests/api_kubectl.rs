@@ -180,6 +180,26 @@ async fn bad_input_gets_upstream_errors() {
         "{}",
         stderr(&out)
     );
+    // Unknown fields, as kubectl's default strict field validation and its
+    // `--validate=warn` see them: every path, into lists too.
+    let typo = write_manifest(
+        &server,
+        "typo.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\n  namspace: x\nspec:\n  containers:\n  - name: c\n    image: busybox\n    volumeMount: []\n",
+    );
+    let out = server.kubectl(&["create", "-f", &typo]);
+    assert!(
+        stderr(&out).contains(r#"Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown field "metadata.namspace", unknown field "spec.containers[0].volumeMount""#),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&["create", "-f", &typo, "--validate=warn"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"Warning: unknown field "spec.containers[0].volumeMount""#),
+        "{}",
+        stderr(&out)
+    );
     let out = server.kubectl(&["get", "--raw", "/apis/nothing/v1/things"]);
     assert!(
         stderr(&out).contains("the server could not find the requested resource"),
