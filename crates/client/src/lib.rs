@@ -2,6 +2,7 @@
 
 mod backoff;
 mod cache;
+mod claims;
 pub mod events;
 pub mod failover;
 pub mod leader;
@@ -11,6 +12,7 @@ mod tasks;
 
 pub use backoff::node_watch_backoff;
 pub use cache::{Followed, follow, follow_slim};
+pub use claims::{PodClaim, pod_claims};
 pub use tasks::Tasks;
 
 use std::path::Path;

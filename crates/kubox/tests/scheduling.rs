@@ -591,6 +591,56 @@ async fn volume_binding_follows_claims_and_their_volumes_nodes() {
     }
 }
 
+/// The scheduler's running binding cycles (`scheduler_goroutines`), from
+/// the server's metrics, where the scheduler in it records.
+fn binding_cycles(server: &KuboxServer) -> Option<f64> {
+    let page = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    page.lines()
+        .find_map(|l| l.strip_prefix(r#"scheduler_goroutines{operation="binding"} "#))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A pod deleted while PreBind waits for its claim to be provisioned ends
+/// the wait, as upstream's volume binder gives up on a pod that is gone.
+#[tokio::test]
+async fn prebind_stops_waiting_for_a_deleted_pods_claims_which_name_their_pods() {
+    let cluster = HollowCluster::start(BIN, 1, &[]).await;
+    let s = &cluster.server;
+    s.apply_json(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "nobody"}, "provisioner": "example.com/nobody",
+        "volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    s.apply_json(&claim("unprovisioned", Some("nobody"), None));
+    create(s, "waiting", json!({}), with_claim("unprovisioned"));
+    eventually("PreBind to select the claim's node", TIMEOUT, || async {
+        let pvc = get(s, &["pvc", "unprovisioned"]);
+        pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    assert_eq!(binding_cycles(s), Some(1.0));
+    assert_eq!(get(s, &["pod", "waiting"])["spec"]["nodeName"], Value::Null);
+    s.kubectl_ok(&["delete", "pod", "waiting", "--wait=false"]);
+    eventually("the binding cycle to end", TIMEOUT, || async {
+        (binding_cycles(s) == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // A claim whose consumer fits no node says so (the PV controller's
+    // WaitForPodScheduled), where a claim with no consumer says it waits
+    // for one.
+    let mut nowhere = with_claim("later");
+    nowhere["nodeSelector"] = json!({"disk": "none-has-it"});
+    create(s, "stuck", json!({}), nowhere);
+    s.apply_json(&claim("later", Some("nobody"), None));
+    assert_eq!(
+        events(s, "later", "WaitForPodScheduled").await,
+        ["waiting for pod stuck to be scheduled"]
+    );
+}
+
 #[tokio::test]
 async fn claims_of_first_consumer_classes_bind_on_their_pods_node() {
     let cluster = HollowCluster::start(BIN, 3, &[]).await;

@@ -47,6 +47,7 @@ pub use crate::volumes::{
     volume_class,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -82,6 +83,10 @@ struct Context {
     /// (our own condition patches among them) do not retry it. Bound pods
     /// are in the cache only: no pod is held twice.
     pending: Mutex<HashMap<Key, Arc<Pod>>>,
+    /// The pods whose PreBind waits for their claims to be bound: what
+    /// cancels the wait once the pod is deleted (or bound by another), as
+    /// upstream's volume binder gives up on a pod that no longer exists.
+    prebinding: Mutex<HashMap<Key, CancellationToken>>,
     /// Where the next pod's filtering starts, so that successive pods are
     /// tried against different nodes when not all are looked at.
     next_start: AtomicUsize,
@@ -167,6 +172,7 @@ impl Scheduler {
             queue,
             metrics,
             pending: Mutex::default(),
+            prebinding: Mutex::default(),
             next_start: AtomicUsize::new(0),
         });
         let (nodes_listed, mut nodes_ready) = tokio::sync::watch::channel(false);
@@ -273,6 +279,17 @@ impl Scheduler {
 }
 
 /// A change the cache is to take in.
+/// What the binding cycle of one pod carries over from its scheduling cycle.
+struct BindingCycle {
+    key: Key,
+    pod: Arc<Pod>,
+    chosen: String,
+    bindings: Vec<volumes::Binding>,
+    /// Cancelled when the pod is deleted while PreBind waits.
+    cancel: CancellationToken,
+    started: Instant,
+}
+
 enum Update {
     Pod(Key, Arc<Pod>),
     PodGone(Key),
@@ -326,6 +343,9 @@ impl Context {
     fn forget(&self, key: &str) {
         self.queue.forget(key);
         lock(&self.pending).remove(key);
+        if let Some(waiting) = lock(&self.prebinding).remove(key) {
+            waiting.cancel();
+        }
     }
 
     /// Runs the filters over the nodes, as many as needed to find enough
@@ -435,6 +455,12 @@ impl Context {
             }
         };
         cache.assume(key.to_owned(), chosen.clone(), pod.clone());
+        // Registered before the check below, so that a delete after it
+        // finds the wait to cancel.
+        let cancel = CancellationToken::new();
+        if !bindings.is_empty() {
+            lock(&self.prebinding).insert(key.to_owned(), cancel.clone());
+        }
         // Deleted while we decided: its delete event may have come and gone.
         if !lock(&self.pending).contains_key(key) {
             cache.forget_assumed(key);
@@ -444,24 +470,40 @@ impl Context {
         self.volumes.assume(&bindings);
         // The binding cycle runs on its own, as upstream's: the next pod's
         // scheduling cycle need not wait for this pod's API round trip.
-        tokio::spawn(
-            self.clone()
-                .binding_cycle(key.to_owned(), pod, chosen, bindings, started),
-        );
+        let cycle = BindingCycle {
+            key: key.to_owned(),
+            pod,
+            chosen,
+            bindings,
+            cancel,
+            started,
+        };
+        tokio::spawn(self.clone().binding_cycle(cycle));
     }
 
-    async fn binding_cycle(
-        self: Arc<Self>,
-        key: Key,
-        pod: Arc<Pod>,
-        chosen: String,
-        bindings: Vec<volumes::Binding>,
-        started: Instant,
-    ) {
+    async fn binding_cycle(self: Arc<Self>, cycle: BindingCycle) {
+        let _running = self.metrics.binding();
+        let BindingCycle {
+            key,
+            pod,
+            chosen,
+            bindings,
+            cancel,
+            started,
+        } = cycle;
         let key = key.as_str();
         if !bindings.is_empty() {
-            let bound = self.volumes.bind(&self.client, &bindings, &chosen).await;
+            let bound = tokio::select! {
+                bound = self.volumes.bind(&self.client, &bindings, &chosen) => Some(bound),
+                () = cancel.cancelled() => None,
+            };
+            lock(&self.prebinding).remove(key);
             self.volumes.forget(&bindings);
+            let Some(bound) = bound else {
+                // The pod is gone: nothing to bind, retry or report.
+                self.update(Update::BindingFailed(key.to_owned()));
+                return;
+            };
             if let Err(e) = bound {
                 self.update(Update::BindingFailed(key.to_owned()));
                 self.metrics.attempt(Outcome::Error, started);

@@ -24,6 +24,20 @@ struct QueueLabels {
     queue: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+/// One running binding cycle, counted in `scheduler_goroutines` until dropped.
+pub struct Running(Gauge);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// How an attempt to schedule a pod ended, as upstream's `result` label.
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome {
@@ -38,6 +52,7 @@ pub enum Outcome {
 pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     durations: Family<AttemptLabels, Histogram>,
+    goroutines: Family<OperationLabels, Gauge>,
     /// The running scheduler's queue, which `scheduler_pending_pods` reads.
     queue: Arc<Mutex<Weak<Queue>>>,
 }
@@ -52,6 +67,12 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 15))
         });
         let pending = Family::<QueueLabels, Gauge>::default();
+        let goroutines = Family::<OperationLabels, Gauge>::default();
+        registry.register(
+            "scheduler_goroutines",
+            "[ALPHA] Number of running goroutines split by the work they do such as binding.",
+            goroutines.clone(),
+        );
         registry.register(
             "scheduler_schedule_attempts",
             "[STABLE] Number of attempts to schedule pods, by the result. 'unschedulable' means a pod could not be scheduled, while 'error' means an internal scheduler problem.",
@@ -84,6 +105,7 @@ impl Metrics {
         Self {
             attempts,
             durations,
+            goroutines,
             queue,
         }
     }
@@ -91,6 +113,18 @@ impl Metrics {
     /// `scheduler_pending_pods` follows `queue` from now on.
     pub(crate) fn follow(&self, queue: &Arc<Queue>) {
         *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(queue);
+    }
+
+    /// Counts a binding cycle as running until the guard is dropped.
+    pub fn binding(&self) -> Running {
+        let running = self
+            .goroutines
+            .get_or_create(&OperationLabels {
+                operation: "binding",
+            })
+            .clone();
+        running.inc();
+        Running(running)
     }
 
     /// Records one attempt, begun at `started`.

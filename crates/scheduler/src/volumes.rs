@@ -17,6 +17,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use kubox_client::{PodClaim, pod_claims};
 use serde_json::json;
 
 use crate::filters::{Rejection, term_matches};
@@ -88,23 +89,6 @@ pub struct State {
     /// The volume of each bound claim; None: it names a volume that does not exist.
     bound: Vec<Option<Arc<PersistentVolume>>>,
     unbound: Vec<Unbound>,
-}
-
-fn claim_names(pod: &Pod) -> Vec<(String, bool)> {
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
-    volumes
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| {
-            if let Some(c) = &v.persistent_volume_claim {
-                Some((c.claim_name.clone(), false))
-            } else {
-                v.ephemeral
-                    .as_ref()
-                    .map(|_| (format!("{}-{}", pod.name_any(), v.name), true))
-            }
-        })
-        .collect()
 }
 
 /// The class a claim asks for ("" when none).
@@ -333,13 +317,13 @@ impl State {
     /// Upstream's PreFilter: None for a pod without claims (the plugin is
     /// skipped), else its claims' state, or why no node can take the pod.
     pub fn new(pod: &Pod, volumes: &Volumes) -> Result<Option<Self>, String> {
-        let names = claim_names(pod);
+        let names: Vec<PodClaim> = pod_claims(pod).collect();
         if names.is_empty() {
             return Ok(None);
         }
         let ns = pod.namespace().unwrap_or_default();
         let mut claims = Vec::new();
-        for (name, ephemeral) in names {
+        for PodClaim { name, ephemeral } in names {
             let Some(claim) = volumes.claims.get(&ObjectRef::new(&name).within(&ns)) else {
                 return Err(if ephemeral {
                     format!(

@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use kubox_client::events::Type;
+use kubox_client::pod_claims;
 use kubox_scheduler::{BIND_COMPLETED, SELECTED_NODE, bound_to, class_of};
 
 use super::bind::{self, BOUND_BY_CONTROLLER};
@@ -64,13 +65,8 @@ async fn unbound(shared: &Shared, claim: &PersistentVolumeClaim) -> Result<Actio
         }
         let class = class_of(claim);
         if delay && !claim.annotations().contains_key(SELECTED_NODE) {
-            event(
-                shared,
-                claim,
-                Type::Normal,
-                "WaitForFirstConsumer",
-                "waiting for first consumer to be created before binding".into(),
-            );
+            let (reason, message) = waiting_for_consumer(shared, claim);
+            event(shared, claim, Type::Normal, reason, message);
         } else if !class.is_empty() {
             provision(shared, claim, class).await?;
         } else {
@@ -254,6 +250,58 @@ async fn provision(
         ),
     );
     Ok(())
+}
+
+/// The event of a claim that waits for its first consumer, as upstream's:
+/// naming the pods that use it but are not scheduled yet, if any are.
+fn waiting_for_consumer(shared: &Shared, claim: &PersistentVolumeClaim) -> (&'static str, String) {
+    let name = claim.name_any();
+    let mut pods: Vec<String> = shared
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace() == claim.namespace()
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_none_or(str::is_empty)
+                && !terminated(p)
+                && pod_claims(p).any(|c| c.name == name)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    pods.sort();
+    match pods.as_slice() {
+        [] => (
+            "WaitForFirstConsumer",
+            "waiting for first consumer to be created before binding".into(),
+        ),
+        [pod] => (
+            "WaitForPodScheduled",
+            format!("waiting for pod {pod} to be scheduled"),
+        ),
+        pods => (
+            "WaitForPodScheduled",
+            format!("waiting for pods {} to be scheduled", pods.join(",")),
+        ),
+    }
+}
+
+/// Upstream's IsPodTerminated: finished, or being deleted with no
+/// container running.
+fn terminated(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    let finished = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let running = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    finished || (pod.metadata.deletion_timestamp.is_some() && !running)
 }
 
 fn event(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -40,21 +40,26 @@ pub(crate) struct Shared {
     claims: Store<PersistentVolumeClaim>,
     volumes: Store<PersistentVolume>,
     classes: Store<StorageClass>,
+    /// For the pods a waiting claim's event names.
+    pods: Store<Pod>,
 }
 
 pub async fn run(ctx: Arc<Context>) {
     let claims = ctx.informers.get::<PersistentVolumeClaim>();
     let volumes = ctx.informers.get::<PersistentVolume>();
     let classes = ctx.informers.get::<StorageClass>();
+    let pods = ctx.informers.get::<Pod>();
     claims.synced().await;
     volumes.synced().await;
     classes.synced().await;
+    pods.synced().await;
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         recorder: ctx.recorder(COMPONENT),
         claims: claims.store(),
         volumes: volumes.store(),
         classes: classes.store(),
+        pods: pods.store(),
     });
     let waiting = {
         let claims = claims.store();

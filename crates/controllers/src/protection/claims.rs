@@ -12,6 +12,7 @@ use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
+use kubox_client::pod_claims;
 
 use super::{Step, step, write};
 use crate::{Context, Error, runner};
@@ -33,8 +34,8 @@ pub async fn run(ctx: Arc<Context>) {
     let freed = pods.changes().flat_map(|c| {
         let pod = c.object();
         let ns = pod.namespace().unwrap_or_default();
-        let refs: Vec<_> = claim_names(pod)
-            .map(|name| ObjectRef::<PersistentVolumeClaim>::new(&name).within(&ns))
+        let refs: Vec<_> = pod_claims(pod)
+            .map(|c| ObjectRef::<PersistentVolumeClaim>::new(&c.name).within(&ns))
             .collect();
         futures::stream::iter(refs)
     });
@@ -49,21 +50,6 @@ pub async fn run(ctx: Arc<Context>) {
         shared,
     )
     .await;
-}
-
-/// The claims a pod's volumes name (a generic ephemeral volume's is
-/// `<pod>-<volume>`).
-fn claim_names(pod: &Pod) -> impl Iterator<Item = String> + '_ {
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
-    volumes.into_iter().flatten().filter_map(move |v| {
-        if let Some(c) = &v.persistent_volume_claim {
-            Some(c.claim_name.clone())
-        } else {
-            v.ephemeral
-                .as_ref()
-                .map(|_| format!("{}-{}", pod.name_any(), v.name))
-        }
-    })
 }
 
 /// Whether the pod may still be using the claim.
@@ -83,7 +69,7 @@ fn uses(pod: &Pod, claim: &PersistentVolumeClaim) -> bool {
         && scheduled
         && !finished
         && !force_deleted
-        && claim_names(pod).any(|n| n == claim.name_any())
+        && pod_claims(pod).any(|c| c.name == claim.name_any())
 }
 
 async fn sync(claim: Arc<PersistentVolumeClaim>, shared: Arc<Shared>) -> Result<Action, Error> {
