@@ -476,6 +476,13 @@ fn claim(name: &str, class: Option<&str>, volume: Option<&str>) -> Value {
     c
 }
 
+/// A StorageClass that binds its claims only once their pod is scheduled.
+fn first_consumer_class(name: &str, provisioner: &str) -> Value {
+    json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name}, "provisioner": provisioner,
+        "volumeBindingMode": "WaitForFirstConsumer"})
+}
+
 fn with_claim(claim: &str) -> Value {
     json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]})
 }
@@ -606,11 +613,7 @@ fn binding_cycles(server: &KuboxServer) -> Option<f64> {
 async fn prebind_stops_waiting_for_a_deleted_pods_claims_which_name_their_pods() {
     let cluster = HollowCluster::start(BIN, 1, &[]).await;
     let s = &cluster.server;
-    s.apply_json(
-        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": "nobody"}, "provisioner": "example.com/nobody",
-        "volumeBindingMode": "WaitForFirstConsumer"}),
-    );
+    s.apply_json(&first_consumer_class("nobody", "example.com/nobody"));
     s.apply_json(&claim("unprovisioned", Some("nobody"), None));
     create(s, "waiting", json!({}), with_claim("unprovisioned"));
     eventually("PreBind to select the claim's node", TIMEOUT, || async {
@@ -647,11 +650,10 @@ async fn claims_of_first_consumer_classes_bind_on_their_pods_node() {
     let s = &cluster.server;
 
     // A static volume of a WaitForFirstConsumer class waits for a pod...
-    s.apply_json(
-        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": "local-storage"}, "provisioner": "kubernetes.io/no-provisioner",
-        "volumeBindingMode": "WaitForFirstConsumer"}),
-    );
+    s.apply_json(&first_consumer_class(
+        "local-storage",
+        "kubernetes.io/no-provisioner",
+    ));
     let mut pv = local_volume("local-2", "hollow-2");
     pv["spec"]["storageClassName"] = "local-storage".into();
     s.apply_json(&pv);
