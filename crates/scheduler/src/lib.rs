@@ -278,7 +278,6 @@ impl Scheduler {
     }
 }
 
-/// A change the cache is to take in.
 /// What the binding cycle of one pod carries over from its scheduling cycle.
 struct BindingCycle {
     key: Key,
@@ -290,6 +289,7 @@ struct BindingCycle {
     started: Instant,
 }
 
+/// A change the cache is to take in.
 enum Update {
     Pod(Key, Arc<Pod>),
     PodGone(Key),
