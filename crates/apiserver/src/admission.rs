@@ -87,6 +87,21 @@ impl<'a> Reads<'a> {
         Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
+    /// Whether any object of `plural` is under `prefix`; none is decoded.
+    pub async fn any(&self, plural: &str, prefix: &str) -> ApiResult<bool> {
+        if let Some(cache) = self.fresh(plural).await {
+            return Ok(!cache.list(prefix, &|_| true).0.is_empty());
+        }
+        let counted = self
+            .store
+            .range(RangeRequest {
+                count_only: true,
+                ..RangeRequest::prefix(prefix.to_owned())
+            })
+            .await?;
+        Ok(counted.count > 0)
+    }
+
     /// The objects of `plural` under `prefix`, in key order.
     pub async fn list(&self, plural: &str, prefix: &str) -> ApiResult<Vec<Value>> {
         if let Some(cache) = self.fresh(plural).await {

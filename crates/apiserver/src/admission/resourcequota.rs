@@ -163,7 +163,7 @@ impl AdmissionPlugin for ResourceQuota {
         let prefix = format!("/registry/resourcequotas/{ns}/");
         // Most namespaces have no quota: the cache tells, and only where
         // there is one is its exact usage read from the store.
-        if reads.list("resourcequotas", &prefix).await?.is_empty() {
+        if !reads.any("resourcequotas", &prefix).await? {
             return Ok(());
         }
         'attempt: for _ in 0..ATTEMPTS {
