@@ -141,13 +141,36 @@ pub(crate) fn generate_suffix() -> String {
 }
 
 fn encode(obj: &Value) -> Bytes {
-    let mut stored = obj.clone();
-    // The revision is the resourceVersion; it is not stored inside the value.
-    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-        meta.remove("selfLink");
+    Bytes::from(serde_json::to_vec(&ForStorage(obj)).expect("a JSON value serializes"))
+}
+
+/// An object as the store keeps it: without its resourceVersion (the
+/// revision is the resourceVersion) and selfLink, left out as it is
+/// written rather than from a copy.
+struct ForStorage<'a>(&'a Value);
+
+impl serde::Serialize for ForStorage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(s);
+        };
+        s.collect_map(fields.iter().map(|(k, v)| (k, Field(k == "metadata", v))))
     }
-    Bytes::from(serde_json::to_vec(&stored).expect("a JSON value serializes"))
+}
+
+/// A top-level field; `metadata` (the flag) loses the fields the store does not keep.
+struct Field<'a>(bool, &'a Value);
+
+impl serde::Serialize for Field<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field(true, Value::Object(meta)) => s.collect_map(
+                meta.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "resourceVersion" | "selfLink")),
+            ),
+            Field(_, v) => v.serialize(s),
+        }
+    }
 }
 
 fn with_revision(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
@@ -1661,5 +1684,24 @@ mod tests {
             let parsed: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(parsed, list(items).into_value());
         }
+    }
+
+    #[test]
+    fn objects_are_stored_without_resource_version_and_self_link() {
+        let obj = json!({
+            "apiVersion": "v1",
+            "metadata": {"name": "x", "resourceVersion": "7", "selfLink": "/x", "uid": "u"},
+            "spec": {"metadata": {"resourceVersion": "kept"}},
+        });
+        let stored: Value = serde_json::from_slice(&encode(&obj)).unwrap();
+        assert_eq!(
+            stored,
+            json!({
+                "apiVersion": "v1",
+                "metadata": {"name": "x", "uid": "u"},
+                "spec": {"metadata": {"resourceVersion": "kept"}},
+            })
+        );
+        assert_eq!(&encode(&json!("not an object"))[..], b"\"not an object\"");
     }
 }

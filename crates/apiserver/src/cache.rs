@@ -3,6 +3,7 @@
 //! are served from it; a slow watcher is closed (its client re-lists) and
 //! never holds up the store, the cache or other watchers.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kubox_store::{EventKind, RangeRequest, Revision, Store, WatchMessage, WatchRequest};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
 use crate::registry::ResourceType;
@@ -47,16 +49,20 @@ pub struct Stored {
 
 type GroupVersion = (&'static str, &'static str);
 
-/// The object's name, namespace and labels, and the fields selectors on
-/// its resource can name (all as upstream's field label conversion lists
-/// them), at their paths in the object: what a `Filter` reads.
-fn selectable(key: &str, object: &Value) -> Value {
+/// The paths of the object's name, namespace and labels, and of the fields
+/// selectors on its resource can name (all as upstream's field label
+/// conversion lists them): what a `Filter` reads.
+fn selectable_paths(key: &str) -> impl Iterator<Item = &'static str> {
     let plural = kubox_store::resource_of(key);
-    let mut out = Value::Object(serde_json::Map::new());
-    for path in ["metadata.name", "metadata.namespace", "metadata.labels"]
+    ["metadata.name", "metadata.namespace", "metadata.labels"]
         .into_iter()
         .chain(crate::selectors::supported_fields(plural).iter().copied())
-    {
+}
+
+/// The selectable fields of `object`, at their paths in it.
+fn selectable(key: &str, object: &Value) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    for path in selectable_paths(key) {
         let Some(v) = path.split('.').try_fold(object, |v, k| v.get(k)) else {
             continue;
         };
@@ -64,6 +70,46 @@ fn selectable(key: &str, object: &Value) -> Value {
         *slot = v.clone();
     }
     out
+}
+
+/// A JSON object's fields, left encoded.
+type RawFields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+/// The values at `paths` (each as its fields) in the encoded JSON `raw`,
+/// set at the same paths in `out`. Only they are decoded; each object on
+/// the way is scanned once, however many of the paths go through it.
+fn pick(raw: &RawValue, paths: &[Vec<&str>], out: &mut Value) {
+    let Ok(fields) = serde_json::from_str::<RawFields>(raw.get()) else {
+        return;
+    };
+    for (i, path) in paths.iter().enumerate() {
+        let Some((first, _)) = path.split_first() else {
+            continue;
+        };
+        // Each field once, with the first of the paths through it.
+        if paths[..i].iter().any(|p| p.first() == Some(first)) {
+            continue;
+        }
+        let Some(value) = fields.get(*first) else {
+            continue;
+        };
+        let rests: Vec<Vec<&str>> = paths
+            .iter()
+            .filter(|p| p.first() == Some(first))
+            .map(|p| p[1..].to_vec())
+            .collect();
+        if rests.iter().any(Vec::is_empty) {
+            if let Ok(v) = serde_json::from_str(value.get()) {
+                out[*first] = v;
+            }
+        } else {
+            let mut inner = Value::Object(serde_json::Map::new());
+            pick(value, &rests, &mut inner);
+            if inner.as_object().is_some_and(|m| !m.is_empty()) {
+                out[*first] = inner;
+            }
+        }
+    }
 }
 
 impl Stored {
@@ -78,6 +124,45 @@ impl Stored {
         }
     }
 
+    /// The object as the store holds it (JSON, without a resourceVersion),
+    /// at `revision`: its resourceVersion is written into the stored bytes
+    /// and only the selectable fields are decoded. None when the stored
+    /// form is not one `api::encode` writes, so it must be decoded whole.
+    fn from_stored(key: &str, value: &[u8], revision: Revision) -> Option<Self> {
+        let text = std::str::from_utf8(value).ok()?;
+        let top: RawFields = serde_json::from_str(text).ok()?;
+        let meta = top.get("metadata")?.get();
+        let fields: RawFields = serde_json::from_str(meta).ok()?;
+        if !meta.starts_with('{') {
+            return None;
+        }
+        if fields.contains_key("resourceVersion") {
+            return None;
+        }
+        // Just inside the metadata's brace: `meta` is a slice of `text`.
+        let at = meta.as_ptr() as usize - text.as_ptr() as usize + 1;
+        let rv = format!(
+            "\"resourceVersion\":\"{revision}\"{}",
+            if fields.is_empty() { "" } else { "," }
+        );
+        let mut json = Vec::with_capacity(value.len() + rv.len());
+        json.extend_from_slice(&value[..at]);
+        json.extend_from_slice(rv.as_bytes());
+        json.extend_from_slice(&value[at..]);
+        let paths: Vec<Vec<&str>> = selectable_paths(key)
+            .map(|p| p.split('.').collect())
+            .collect();
+        let mut selectable = Value::Object(serde_json::Map::new());
+        pick(serde_json::from_str(text).ok()?, &paths, &mut selectable);
+        Some(Self {
+            key: key.to_owned(),
+            revision,
+            json: Bytes::from(json),
+            selectable,
+            converted: Mutex::new(Vec::new()),
+        })
+    }
+
     /// The object as JSON.
     pub fn json(&self) -> &Bytes {
         &self.json
@@ -86,6 +171,14 @@ impl Stored {
     /// The object, decoded anew for each call.
     pub fn object(&self) -> Value {
         serde_json::from_slice(&self.json).expect("JSON encoded from a value decodes")
+    }
+
+    /// Only the object's metadata, decoded anew for each call.
+    pub fn metadata(&self) -> Value {
+        let mut out = Value::Object(serde_json::Map::new());
+        let raw: &RawValue = serde_json::from_slice(&self.json).expect("stored JSON is JSON");
+        pick(raw, &[vec!["metadata"]], &mut out);
+        out["metadata"].take()
     }
 
     /// The fields a `Filter` may read: name, namespace, labels and the
@@ -216,6 +309,9 @@ pub struct Cache {
 }
 
 fn decode(key: &str, value: &[u8], revision: Revision) -> Option<Arc<Stored>> {
+    if let Some(stored) = Stored::from_stored(key, value, revision) {
+        return Some(Arc::new(stored));
+    }
     match serde_json::from_slice::<Value>(value) {
         Ok(mut object) => {
             object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
@@ -580,6 +676,37 @@ mod tests {
                     "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}})
         );
         assert_eq!(s.object(), pod);
+    }
+
+    #[test]
+    fn stored_bytes_are_read_as_the_decoded_object_would_be() {
+        let objects = [
+            json!({"metadata": {"name": "p", "namespace": "a", "labels": {"app": "web"},
+                                "annotations": {"x": "y"}},
+                   "spec": {"nodeName": "n1", "hostNetwork": null, "containers": [{"name": "c"}]},
+                   "status": {"phase": "Running", "podIP": "10.0.0.1"}}),
+            json!({"metadata": {}, "spec": null, "status": "odd"}),
+            json!({"metadata": {"name": "q\"uote\\", "labels": {"a\"b": "x"}}}),
+            json!({"kind": "Pod"}),
+            json!({"metadata": {"name": "old", "resourceVersion": "3"}}),
+        ];
+        let key = "/registry/pods/a/p";
+        for object in objects {
+            let bytes = serde_json::to_vec(&object).unwrap();
+            let read = decode(key, &bytes, 12).unwrap();
+            let mut expected = object.clone();
+            expected["metadata"]["resourceVersion"] = json!("12");
+            let decoded = Stored::new(key.into(), expected.clone(), 12);
+            assert_eq!(read.object(), expected, "{object}");
+            assert_eq!(read.selectable(), decoded.selectable(), "{object}");
+            assert_eq!(read.metadata(), expected["metadata"], "{object}");
+        }
+        // Written into the bytes, not decoded and encoded again.
+        let read = decode(key, br#"{"metadata":{"name":"p"},"spec":{"b":1,"a":2}}"#, 5).unwrap();
+        assert_eq!(
+            &read.json()[..],
+            br#"{"metadata":{"resourceVersion":"5","name":"p"},"spec":{"b":1,"a":2}}"#
+        );
     }
 
     fn change(revision: Revision, at: Instant) -> Change {

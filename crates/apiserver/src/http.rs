@@ -896,7 +896,7 @@ impl Handler {
                         let items: Vec<Value> = list
                             .items
                             .iter()
-                            .map(|s| table::partial_metadata(&s.object()))
+                            .map(|s| table::partial_metadata(s.metadata()))
                             .collect();
                         json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list.metadata, "items": items})
                     }
@@ -1073,7 +1073,7 @@ impl Handler {
     fn present(
         &self,
         rt: &ResourceType,
-        v: Value,
+        mut v: Value,
         form: Form,
         q: &HashMap<String, String>,
     ) -> Value {
@@ -1083,7 +1083,7 @@ impl Handler {
                 let meta = json!({"resourceVersion": v["metadata"]["resourceVersion"]});
                 table::table(rt, &[&v], meta, include_object(q), true)
             }
-            Form::Metadata => table::partial_metadata(&v),
+            Form::Metadata => table::partial_metadata(v["metadata"].take()),
         }
     }
 
@@ -1135,7 +1135,7 @@ impl Handler {
                             first_table = false;
                             t
                         }
-                        (Form::Metadata, _) => table::partial_metadata(&stored.object()),
+                        (Form::Metadata, _) => table::partial_metadata(stored.metadata()),
                         _ => return Ok(Frame::data(event_frame(kind, stored.json()))),
                     };
                     json!({"type": kind.as_str(), "object": object})

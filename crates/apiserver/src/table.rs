@@ -971,8 +971,8 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
 }
 
 /// `PartialObjectMetadata` for one object: what a Table row carries by default.
-pub fn partial_metadata(o: &Value) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+pub fn partial_metadata(metadata: Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
 }
 
 /// How much of each object a Table row includes (`includeObject`).
@@ -1009,7 +1009,7 @@ pub fn table(
             let mut row = json!({"cells": cells(rt, stored.as_ref().unwrap_or(o))});
             match include {
                 IncludeObject::None => {}
-                IncludeObject::Metadata => row["object"] = partial_metadata(o),
+                IncludeObject::Metadata => row["object"] = partial_metadata(o["metadata"].clone()),
                 IncludeObject::Object => row["object"] = o.clone(),
             }
             row

@@ -60,6 +60,12 @@ fn value_element(v: &Value) -> String {
     format!("v:{v}")
 }
 
+/// Whether the field `k` of the object at `path` is the object's own
+/// managedFields, which nobody owns and which are never compared.
+fn unowned(path: &str, k: &str) -> bool {
+    path == "metadata" && k == "managedFields"
+}
+
 /// The fields an object sets: every scalar, null or empty object, each
 /// associative list item and set value, and atomic lists whole.
 pub fn object_set(obj: &Value, path: &str) -> FieldSet {
@@ -67,7 +73,7 @@ pub fn object_set(obj: &Value, path: &str) -> FieldSet {
     let Some(map) = obj.as_object() else {
         return out;
     };
-    for (k, v) in map {
+    for (k, v) in map.iter().filter(|(k, _)| !unowned(path, k)) {
         out.insert_child(format!("f:{k}"), field_set(v, path, k));
     }
     out
@@ -111,6 +117,7 @@ pub struct Comparison {
     pub removed: FieldSet,
 }
 
+/// What changed from `old` to `new`, leaving out their managedFields.
 pub fn compare(old: &Value, new: &Value) -> Comparison {
     let mut c = Comparison::default();
     compare_objects(old, new, "", &mut c);
@@ -127,7 +134,7 @@ fn compare_objects(old: &Value, new: &Value, path: &str, out: &mut Comparison) {
     let empty = Map::new();
     let old = old.as_object().unwrap_or(&empty);
     let new = new.as_object().unwrap_or(&empty);
-    for (k, nv) in new {
+    for (k, nv) in new.iter().filter(|(k, _)| !unowned(path, k)) {
         let el = format!("f:{k}");
         match old.get(k) {
             None => out.changed.insert_child(el, field_set(nv, path, k)),
@@ -140,7 +147,7 @@ fn compare_objects(old: &Value, new: &Value, path: &str, out: &mut Comparison) {
             }
         }
     }
-    for (k, ov) in old {
+    for (k, ov) in old.iter().filter(|(k, _)| !unowned(path, k)) {
         if !new.contains_key(k) {
             out.removed
                 .insert_child(format!("f:{k}"), gone(ov, path, k));
@@ -355,6 +362,28 @@ mod tests {
             ]
         );
         assert!(compare(&old, &old).changed.is_empty());
+    }
+
+    #[test]
+    fn an_objects_own_managed_fields_are_not_compared() {
+        let entry = |m: &str| json!([{"manager": m, "operation": "Update", "fieldsV1": {}}]);
+        let old = json!({"metadata": {"name": "x", "managedFields": entry("a")}, "spec": {"a": 1}});
+        let mut new = old.clone();
+        new["metadata"]["managedFields"] = entry("b");
+        assert!(compare(&old, &new).changed.is_empty());
+        new["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managedFields");
+        assert!(compare(&old, &new).removed.is_empty());
+        let created = compare(&json!({}), &old);
+        assert_eq!(created.changed.paths(), vec![".metadata.name", ".spec.a"]);
+        // Elsewhere a field of that name is an object's like any other.
+        let template = json!({"spec": {"metadata": {"managedFields": 1}}});
+        assert_eq!(
+            compare(&json!({}), &template).changed.paths(),
+            vec![".spec.metadata.managedFields"]
+        );
     }
 
     #[test]

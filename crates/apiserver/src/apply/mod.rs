@@ -8,6 +8,8 @@
 mod fieldset;
 mod merge;
 
+use std::sync::LazyLock;
+
 use serde_json::{Value, json};
 
 use fieldset::FieldSet;
@@ -151,17 +153,20 @@ fn set_entries(obj: &mut Value, mut list: Vec<Entry>) {
 }
 
 /// Fields nobody owns: identity, and metadata the server sets.
-fn tracked(set: FieldSet) -> FieldSet {
-    let untracked = FieldSet::from_fields_v1(&json!({
-        "f:apiVersion": {},
-        "f:kind": {},
-        "f:metadata": {
-            "f:name": {}, "f:namespace": {}, "f:uid": {}, "f:resourceVersion": {},
-            "f:generation": {}, "f:creationTimestamp": {}, "f:selfLink": {},
-            "f:managedFields": {}, "f:deletionTimestamp": {}, "f:deletionGracePeriodSeconds": {},
-        },
-    }));
-    set.difference(&untracked)
+fn tracked(mut set: FieldSet) -> FieldSet {
+    static UNTRACKED: LazyLock<FieldSet> = LazyLock::new(|| {
+        FieldSet::from_fields_v1(&json!({
+            "f:apiVersion": {},
+            "f:kind": {},
+            "f:metadata": {
+                "f:name": {}, "f:namespace": {}, "f:uid": {}, "f:resourceVersion": {},
+                "f:generation": {}, "f:creationTimestamp": {}, "f:selfLink": {},
+                "f:managedFields": {}, "f:deletionTimestamp": {}, "f:deletionGracePeriodSeconds": {},
+            },
+        }))
+    });
+    set.subtract(&UNTRACKED);
+    set
 }
 
 /// The part of an applied configuration the request can own.
@@ -212,7 +217,7 @@ fn changes_in(
     }
     match (views(version, before), views(version, after)) {
         (Some(b), Some(a)) => {
-            let c = merge::compare(&without_managed_fields(&b), &without_managed_fields(&a));
+            let c = merge::compare(&b, &a);
             (tracked(c.changed), tracked(c.removed))
         }
         _ => own.clone(),
@@ -229,16 +234,15 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer, views: Vie
         old.map(entries).unwrap_or_default()
     };
     let empty = json!({});
-    let before = without_managed_fields(old.unwrap_or(&empty));
-    let after = without_managed_fields(new);
-    let c = merge::compare(&before, &after);
+    let before = old.unwrap_or(&empty);
+    let c = merge::compare(before, new);
     let changed = tracked(c.changed);
     let own = (changed.clone(), tracked(c.removed));
     for e in &mut list {
-        let (changed, removed) = changes_in(&e.api_version, w, (&before, &after), views, &own);
-        e.fields = e.fields.difference(&removed);
+        let (changed, removed) = changes_in(&e.api_version, w, (before, new), views, &own);
+        e.fields.subtract(&removed);
         if !e.is(w, UPDATE) {
-            e.fields = e.fields.difference(&changed);
+            e.fields.subtract(&changed);
         }
     }
     if !changed.is_empty() {
@@ -339,7 +343,9 @@ pub fn apply(
         for e in list.iter().filter(|e| !e.is(w, APPLY)) {
             others.union(&e.fields);
         }
-        let dropped = previous.fields.difference(&config_set).difference(&others);
+        let mut dropped = previous.fields.clone();
+        dropped.subtract(&config_set);
+        dropped.subtract(&others);
         merge::prune(&mut merged, &dropped, "");
     }
     let c = merge::compare(&live, &merged);
@@ -359,9 +365,9 @@ pub fn apply(
     }
     for e in &mut list {
         let (changed, removed) = changes_in(&e.api_version, w, (&live, &merged), views, &own);
-        e.fields = e.fields.difference(&removed);
+        e.fields.subtract(&removed);
         if !e.is(w, APPLY) {
-            e.fields = e.fields.difference(&changed);
+            e.fields.subtract(&changed);
         }
     }
     let object_changed = !changed.is_empty() || !removed.is_empty();
