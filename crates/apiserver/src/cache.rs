@@ -79,9 +79,13 @@ type RawFields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
 /// set at the same paths in `out`. Only they are decoded; each object on
 /// the way is scanned once, however many of the paths go through it.
 fn pick(raw: &RawValue, paths: &[Vec<&str>], out: &mut Value) {
-    let Ok(fields) = serde_json::from_str::<RawFields>(raw.get()) else {
-        return;
-    };
+    if let Ok(fields) = serde_json::from_str::<RawFields>(raw.get()) {
+        pick_fields(&fields, paths, out);
+    }
+}
+
+/// `pick` on an object's fields, already scanned.
+fn pick_fields(fields: &RawFields, paths: &[Vec<&str>], out: &mut Value) {
     for (i, path) in paths.iter().enumerate() {
         let Some((first, _)) = path.split_first() else {
             continue;
@@ -153,7 +157,7 @@ impl Stored {
             .map(|p| p.split('.').collect())
             .collect();
         let mut selectable = Value::Object(serde_json::Map::new());
-        pick(serde_json::from_str(text).ok()?, &paths, &mut selectable);
+        pick_fields(&top, &paths, &mut selectable);
         Some(Self {
             key: key.to_owned(),
             revision,
