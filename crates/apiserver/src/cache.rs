@@ -136,28 +136,31 @@ impl Stored {
         let text = std::str::from_utf8(value).ok()?;
         let top: RawFields = serde_json::from_str(text).ok()?;
         let meta = top.get("metadata")?.get();
-        let fields: RawFields = serde_json::from_str(meta).ok()?;
         if !meta.starts_with('{') {
             return None;
         }
-        if fields.contains_key("resourceVersion") {
+        // The resourceVersion is picked with the selectable fields, in the
+        // same scan of the metadata, only to tell that it is there.
+        let paths: Vec<Vec<&str>> = selectable_paths(key)
+            .chain(["metadata.resourceVersion"])
+            .map(|p| p.split('.').collect())
+            .collect();
+        let mut selectable = Value::Object(serde_json::Map::new());
+        pick_fields(&top, &paths, &mut selectable);
+        if selectable["metadata"].get("resourceVersion").is_some() {
             return None;
         }
         // Just inside the metadata's brace: `meta` is a slice of `text`.
         let at = meta.as_ptr() as usize - text.as_ptr() as usize + 1;
+        let empty = meta[1..].trim_start().starts_with('}');
         let rv = format!(
             "\"resourceVersion\":\"{revision}\"{}",
-            if fields.is_empty() { "" } else { "," }
+            if empty { "" } else { "," }
         );
         let mut json = Vec::with_capacity(value.len() + rv.len());
         json.extend_from_slice(&value[..at]);
         json.extend_from_slice(rv.as_bytes());
         json.extend_from_slice(&value[at..]);
-        let paths: Vec<Vec<&str>> = selectable_paths(key)
-            .map(|p| p.split('.').collect())
-            .collect();
-        let mut selectable = Value::Object(serde_json::Map::new());
-        pick_fields(&top, &paths, &mut selectable);
         Some(Self {
             key: key.to_owned(),
             revision,

@@ -189,14 +189,6 @@ fn in_scope(mut set: FieldSet, w: &Writer) -> FieldSet {
     }
 }
 
-fn without_managed_fields(obj: &Value) -> Value {
-    let mut v = obj.clone();
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-    }
-    v
-}
-
 /// An object (in the writer's version) as another version of its resource
 /// shows it; None where that version is not served. Each manager's fields
 /// are paths of the version it wrote in, so what a write changed is
@@ -331,11 +323,12 @@ pub fn apply(
 ) -> Result<Value, Conflicts> {
     let empty = json!({});
     let mut list = live.map(entries).unwrap_or_default();
-    let live = without_managed_fields(live.unwrap_or(&empty));
-    let config = without_managed_fields(config);
-    let config_set = in_scope(tracked(merge::object_set(&config, "")), w);
+    // Neither object's managedFields count as fields (compare and
+    // object_set skip them), and the merged object's are written anew below.
+    let live = live.unwrap_or(&empty);
+    let config_set = in_scope(tracked(merge::object_set(config, "")), w);
     let mut merged = live.clone();
-    merge::merge(&mut merged, &config, "");
+    merge::merge(&mut merged, config, "");
     // What this applier applied last time and applies no more goes, unless
     // another manager owns it too.
     if let Some(previous) = list.iter().find(|e| e.is(w, APPLY)) {
@@ -348,13 +341,13 @@ pub fn apply(
         dropped.subtract(&others);
         merge::prune(&mut merged, &dropped, "");
     }
-    let c = merge::compare(&live, &merged);
+    let c = merge::compare(live, &merged);
     let changed = tracked(c.changed);
     let removed = tracked(c.removed);
     let own = (changed.clone(), removed.clone());
     let mut conflicts = Vec::new();
     for e in list.iter().filter(|e| !e.is(w, APPLY)) {
-        let (changed, _) = changes_in(&e.api_version, w, (&live, &merged), views, &own);
+        let (changed, _) = changes_in(&e.api_version, w, (live, &merged), views, &own);
         for path in e.fields.intersection(&changed).paths() {
             conflicts.push((e.clone(), path));
         }
@@ -364,7 +357,7 @@ pub fn apply(
         return Err(Conflicts(conflicts));
     }
     for e in &mut list {
-        let (changed, removed) = changes_in(&e.api_version, w, (&live, &merged), views, &own);
+        let (changed, removed) = changes_in(&e.api_version, w, (live, &merged), views, &own);
         e.fields.subtract(&removed);
         if !e.is(w, APPLY) {
             e.fields.subtract(&changed);
