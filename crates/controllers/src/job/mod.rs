@@ -445,6 +445,7 @@ async fn sync_job(job: Job, shared: &Shared) -> Result<Option<Duration>, Error> 
 
     let mut failure = None;
     if tracker.finished.is_some() {
+        tracker.record_end(&jobs).await?;
         let active = tracker.active.clone();
         let (deleted, err) = delete_pods(shared, &tracker.job, &active, false).await;
         if deleted.len() != active.len() || !satisfied {

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::failurepolicy::{self, Verdict};
-use super::{Backoff, finish_time, has_finalizer, indexes, is_failed, spec};
+use super::{Backoff, finish_time, indexes, is_failed, spec};
 
 /// The failures of the pod's index before it, counted toward the limit.
 pub const FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
@@ -59,8 +59,10 @@ pub fn fails_index(job: &Job, pod: &Pod, limit: i32) -> bool {
 }
 
 /// The failed indexes: those `status.failedIndexes` lists and those whose
-/// pods, not yet counted, failed them.
-pub fn failed_indexes(job: &Job, pods: &[Arc<Pod>], limit: i32) -> BTreeSet<i32> {
+/// pods, not yet counted (`held`: holding the finalizer, no removal under
+/// way), failed them. A pod already counted may still look held in a stale
+/// cache, and once stopped by the Job's end it looks failed.
+pub fn failed_indexes(job: &Job, held: &[Arc<Pod>], limit: i32) -> BTreeSet<i32> {
     let completions = spec(job).completions.unwrap_or(0);
     let listed = job
         .status
@@ -68,9 +70,8 @@ pub fn failed_indexes(job: &Job, pods: &[Arc<Pod>], limit: i32) -> BTreeSet<i32>
         .and_then(|s| s.failed_indexes.as_deref())
         .unwrap_or_default();
     let mut failed = indexes::parse(listed, completions);
-    for p in pods {
+    for p in held {
         if let Some(i) = indexes::of(p).filter(|i| *i < completions)
-            && has_finalizer(p)
             && fails_index(job, p, limit)
         {
             failed.insert(i);
@@ -79,12 +80,12 @@ pub fn failed_indexes(job: &Job, pods: &[Arc<Pod>], limit: i32) -> BTreeSet<i32>
     failed
 }
 
-/// Per index neither done nor running, its latest failed pod, which waits
-/// for its replacement before letting go of its finalizer (upstream's
-/// podsWithDelayedDeletionPerIndex).
+/// Per index neither done nor running, its latest failed pod not yet
+/// counted, which waits for its replacement before letting go of its
+/// finalizer (upstream's podsWithDelayedDeletionPerIndex).
 pub fn awaiting_replacement(
     job: &Job,
-    pods: &[Arc<Pod>],
+    held: &[Arc<Pod>],
     active: &[Arc<Pod>],
     succeeded: &BTreeSet<i32>,
     failed: &BTreeSet<i32>,
@@ -92,8 +93,8 @@ pub fn awaiting_replacement(
     let completions = spec(job).completions.unwrap_or(0);
     let running: HashSet<i32> = active.iter().filter_map(|p| indexes::of(p)).collect();
     let mut latest: HashMap<i32, Arc<Pod>> = HashMap::new();
-    for p in pods {
-        if !has_finalizer(p) || !is_failed(p, job) {
+    for p in held {
+        if !is_failed(p, job) {
             continue;
         }
         let Some(i) = indexes::of(p).filter(|i| *i < completions) else {

@@ -206,10 +206,11 @@ impl Tracker {
             }
             t.succeeded = t.succeeded_indexes.len() as i32;
             if let Some(limit) = perindex::limit(&t.job) {
-                let failed = perindex::failed_indexes(&t.job, &t.pods, limit);
+                let held: Vec<Arc<Pod>> = t.pods.iter().filter(|p| t.held(p)).cloned().collect();
+                let failed = perindex::failed_indexes(&t.job, &held, limit);
                 t.awaiting = perindex::awaiting_replacement(
                     &t.job,
-                    &t.pods,
+                    &held,
                     &t.active,
                     &t.succeeded_indexes,
                     &failed,
@@ -235,17 +236,23 @@ impl Tracker {
             .unwrap_or_default()
     }
 
-    /// Pods holding the finalizer (not being released) whose end no
-    /// counter or uncounted list has yet: succeeded, and failed.
+    /// Whether the pod holds the finalizer and no removal of it is under
+    /// way: its end is not counted yet.
+    fn held(&self, p: &Pod) -> bool {
+        has_finalizer(p)
+            && !self
+                .removing
+                .contains(p.metadata.uid.as_deref().unwrap_or_default())
+    }
+
+    /// Pods held (see [`Self::held`]) whose end no counter or uncounted
+    /// list has yet: succeeded, and failed.
     pub fn new_finished(&self) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
         let uncounted = self.uncounted();
         let (done, failed) = (uids(&uncounted.succeeded), uids(&uncounted.failed));
         let completions = spec(&self.job).completions.unwrap_or(0);
         let valid = |p: &Arc<Pod>| {
-            has_finalizer(p)
-                && !self
-                    .removing
-                    .contains(p.metadata.uid.as_deref().unwrap_or_default())
+            self.held(p)
                 && (!is_indexed(&self.job) || indexes::of(p).is_some_and(|i| i < completions))
         };
         let uid = |p: &Arc<Pod>| p.metadata.uid.clone().unwrap_or_default();
@@ -369,6 +376,42 @@ impl Tracker {
         Ok(())
     }
 
+    /// Puts a newly met interim end (FailureTarget or SuccessCriteriaMet)
+    /// in the status, and makes the end the terminal condition it leads
+    /// to. Returns whether the status changed.
+    fn note_interim(&mut self) -> bool {
+        let Some(c) = self.finished.clone() else {
+            return false;
+        };
+        let is_new = c.type_ == FAILURE_TARGET
+            || (c.type_ == SUCCESS_CRITERIA_MET
+                && true_condition(&self.job, SUCCESS_CRITERIA_MET).is_none());
+        if is_new {
+            self.status_mut()
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(c.clone());
+        }
+        let now = self.now;
+        match c.type_.as_str() {
+            FAILURE_TARGET => self.finished = Some(following(&c, FAILED, now)),
+            SUCCESS_CRITERIA_MET => self.finished = Some(following(&c, COMPLETE, now)),
+            _ => {}
+        }
+        is_new
+    }
+
+    /// Writes a newly met end before the Job's remaining pods are stopped,
+    /// so a write refused for a stale Job stops none, and those stopped
+    /// are let go of in the same sync: a later one would see them
+    /// terminating, which counts as failed.
+    pub async fn record_end(&mut self, api: &Api<Job>) -> Result<(), Error> {
+        if self.note_interim() {
+            self.write(api).await?;
+        }
+        Ok(())
+    }
+
     /// Counts finished pods and releases them, writing the status as
     /// needed, and declares the Job Complete or Failed once nothing of it
     /// is left to count. Returns the UIDs whose finalizer was removed.
@@ -398,7 +441,7 @@ impl Tracker {
         let mut with_finalizer: HashSet<String> = self
             .pods
             .iter()
-            .filter(|p| has_finalizer(p) && !self.removing.contains(&uid(p)))
+            .filter(|p| self.held(p))
             .map(|p| uid(p))
             .collect();
         if self.count_released(&with_finalizer) {
@@ -408,7 +451,7 @@ impl Tracker {
         let failing = self
             .finished
             .as_ref()
-            .is_some_and(|c| c.type_ != SUCCESS_CRITERIA_MET);
+            .is_some_and(|c| matches!(c.type_.as_str(), FAILURE_TARGET | FAILED));
         let job_deleting = self.job.metadata.deletion_timestamp.is_some();
         let mut to_release = Vec::new();
         let mut uncounted = self.uncounted();
@@ -474,23 +517,8 @@ impl Tracker {
                 needs_write = true;
             }
         }
-        let now = self.now;
-        if let Some(c) = self.finished.clone() {
-            let is_new = c.type_ == FAILURE_TARGET
-                || (c.type_ == SUCCESS_CRITERIA_MET
-                    && true_condition(&self.job, SUCCESS_CRITERIA_MET).is_none());
-            if is_new {
-                self.status_mut()
-                    .conditions
-                    .get_or_insert_with(Vec::new)
-                    .push(c.clone());
-                needs_write = true;
-            }
-            match c.type_.as_str() {
-                FAILURE_TARGET => self.finished = Some(following(&c, FAILED, now)),
-                SUCCESS_CRITERIA_MET => self.finished = Some(following(&c, COMPLETE, now)),
-                _ => {}
-            }
+        if self.note_interim() {
+            needs_write = true;
         }
         if needs_write {
             self.write(api).await?;
@@ -549,5 +577,48 @@ impl Tracker {
     /// The event the Job's end makes, once it ended this sync.
     pub fn finished_event(&mut self) -> Option<(Type, String, String)> {
         self.event.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_stopped_and_released_at_the_jobs_end_fail_no_index() {
+        // The Job failed by index 1; it deleted indexes 0 and 2 and removed
+        // their finalizers, but the cache still shows them terminating with
+        // the finalizer (which, with backoffLimitPerIndex 0, would fail them).
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j", "namespace": "ns"},
+            "spec": {"completionMode": "Indexed", "completions": 3, "parallelism": 3,
+                     "backoffLimitPerIndex": 0, "maxFailedIndexes": 0,
+                     "template": {"spec": {"containers": [{"name": "main"}]}}},
+            "status": {"failedIndexes": "1", "conditions": [{"type": "FailureTarget",
+                       "status": "True", "reason": "MaxFailedIndexesExceeded"}]}
+        }))
+        .unwrap();
+        let stopped = |uid: &str, index: i32| -> Arc<Pod> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": uid, "uid": uid, "namespace": "ns",
+                        "deletionTimestamp": "2026-12-08T00:00:00Z",
+                        "finalizers": [super::super::TRACKING_FINALIZER],
+                        "annotations": {indexes::COMPLETION_INDEX: index.to_string()}},
+                    "status": {"phase": "Running"}
+                }))
+                .unwrap(),
+            )
+        };
+        let pods = vec![stopped("zero", 0), stopped("two", 2)];
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let released = HashSet::from(["zero".to_string(), "two".to_string()]);
+        let t = Tracker::new(job.clone(), pods.clone(), released, now);
+        assert_eq!(t.failed_indexes, Some(BTreeSet::from([1])));
+        assert!(t.new_finished().1.is_empty());
+        // A pod whose finalizer is still held does fail its index.
+        let t = Tracker::new(job, pods, HashSet::from(["zero".to_string()]), now);
+        assert_eq!(t.failed_indexes, Some(BTreeSet::from([1, 2])));
     }
 }
