@@ -25,17 +25,15 @@ pub async fn run(ctx: Arc<Context>) {
     roles.synced().await;
     let store = roles.store();
     // Any change may alter what an aggregated role is made of.
-    let controller = Controller::for_stream(roles.stream(), roles.store()).watches_stream(
-        roles.stream(),
-        move |_changed: ClusterRole| {
+    let controller = Controller::for_shared_stream(roles.stream(), roles.store())
+        .watches_shared_stream(roles.stream(), move |_changed: Arc<ClusterRole>| {
             store
                 .state()
                 .into_iter()
                 .filter(|r| r.aggregation_rule.is_some())
                 .map(|r| ObjectRef::new(&r.name_any()))
                 .collect::<Vec<_>>()
-        },
-    );
+        });
     let state = Arc::new(State {
         client: ctx.client.clone(),
         roles: roles.store(),

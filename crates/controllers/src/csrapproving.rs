@@ -42,7 +42,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let csrs = ctx.informers.get::<CertificateSigningRequest>();
     csrs.synced().await;
-    let controller = Controller::for_stream(csrs.stream(), csrs.store());
+    let controller = Controller::for_shared_stream(csrs.stream(), csrs.store());
     let state = Arc::new(State {
         client: ctx.client.clone(),
     });

@@ -45,8 +45,8 @@ pub async fn run(ctx: Arc<Context>) {
     let replication_controllers = ctx.informers.get::<ReplicationController>();
     let budget_store = budgets.store();
     budgets.synced().await;
-    let controller = Controller::for_stream(budgets.stream(), budgets.store())
-        .watches_stream(pods.stream(), move |pod: Pod| {
+    let controller = Controller::for_shared_stream(budgets.stream(), budgets.store())
+        .watches_shared_stream(pods.stream(), move |pod: Arc<Pod>| {
             budgets_of(&budget_store, &pod)
         });
     let state = Arc::new(State {

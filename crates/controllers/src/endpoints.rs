@@ -264,11 +264,8 @@ pub async fn clean_up_after_services<
         return;
     }
     let gone = |ns: &str, name: &str| store.get(&ObjectRef::new(name).within(ns)).is_none();
-    let mut deleted = services
-        .stream()
-        .filter_map(|s| async move { s.ok() })
-        .boxed();
-    let mut objects = owned.stream().filter_map(|o| async move { o.ok() }).boxed();
+    let mut deleted = services.stream().boxed();
+    let mut objects = owned.stream().boxed();
     loop {
         let (ns, svc) = tokio::select! {
             Some(svc) = deleted.next() => (svc.namespace().unwrap_or_default(), svc.name_any()),
@@ -311,13 +308,13 @@ pub async fn run(ctx: Arc<Context>) {
     let endpoints = ctx.informers.get::<Endpoints>();
     let (svc_store, ep_store) = (services.store(), endpoints.store());
     services.synced().await;
-    let controller = Controller::for_stream(services.stream(), services.store())
-        .watches_stream(pods.stream(), move |pod: Pod| {
+    let controller = Controller::for_shared_stream(services.stream(), services.store())
+        .watches_shared_stream(pods.stream(), move |pod: Arc<Pod>| {
             services_of(&pod, &svc_store, &ep_store, names_pod, |e| {
                 Some(e.name_any())
             })
         })
-        .watches_stream(endpoints.stream(), |e: Endpoints| {
+        .watches_shared_stream(endpoints.stream(), |e: Arc<Endpoints>| {
             Some(ObjectRef::new(&e.name_any()).within(&e.namespace()?))
         });
     let state = Arc::new(State {

@@ -59,11 +59,11 @@ pub async fn run(ctx: Arc<Context>) {
     let nodes = ctx.informers.get::<Node>();
     let (svc_store, slice_store) = (services.store(), slices.store());
     services.synced().await;
-    let controller = Controller::for_stream(services.stream(), services.store())
-        .watches_stream(pods.stream(), move |pod| {
+    let controller = Controller::for_shared_stream(services.stream(), services.store())
+        .watches_shared_stream(pods.stream(), move |pod| {
             services_of(&pod, &svc_store, &slice_store, names_pod, slice_service)
         })
-        .watches_stream(slices.stream(), |s: EndpointSlice| {
+        .watches_shared_stream(slices.stream(), |s: Arc<EndpointSlice>| {
             Some(ObjectRef::new(&slice_service(&s)?).within(&s.namespace()?))
         });
     let state = Arc::new(State {

@@ -185,9 +185,10 @@ impl<K: Watched> Informer<K> {
 
     /// Each object as it is applied or deleted (deleted ones in their last
     /// state, so owners hear of their children going), starting with the
-    /// cached ones: a `Controller`'s trigger stream.
-    pub fn stream(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        self.changes().map(|c| Ok((**c.object()).clone()))
+    /// cached ones: a `Controller`'s shared trigger stream. Shared, not
+    /// copied: a pod's change reaches several controllers.
+    pub fn stream(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.changes().map(|c| c.object().clone())
     }
 }
 

@@ -56,13 +56,13 @@ pub async fn run(ctx: Arc<Context>) {
     });
     let provisioning = runner::run(
         COMPONENT,
-        Controller::for_stream(claims.stream(), claims.store()),
+        Controller::for_shared_stream(claims.stream(), claims.store()),
         provision,
         shared.clone(),
     );
     let deleting = runner::run(
         COMPONENT,
-        Controller::for_stream(volumes.stream(), volumes.store()),
+        Controller::for_shared_stream(volumes.stream(), volumes.store()),
         delete,
         shared,
     );

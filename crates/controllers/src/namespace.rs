@@ -67,7 +67,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let namespaces = ctx.informers.get::<Namespace>();
     namespaces.synced().await;
-    let controller = Controller::for_stream(namespaces.stream(), namespaces.store());
+    let controller = Controller::for_shared_stream(namespaces.stream(), namespaces.store());
     let state = Arc::new(State {
         client: ctx.client.clone(),
     });

@@ -159,14 +159,12 @@ pub async fn run(ctx: Arc<Context>) {
     let secrets = ctx.informers.get::<Secret>();
     nodes.synced().await;
     secrets.synced().await;
-    let controller = Controller::for_stream(nodes.stream(), nodes.store()).watches_stream(
-        secrets.stream(),
-        |secret: Secret| {
+    let controller = Controller::for_shared_stream(nodes.stream(), nodes.store())
+        .watches_shared_stream(secrets.stream(), |secret: Arc<Secret>| {
             let name = secret.name_any();
             let node = name.strip_suffix(SUFFIX)?;
             (secret.namespace().as_deref() == Some(NAMESPACE)).then(|| ObjectRef::new(node))
-        },
-    );
+        });
     let state = Arc::new(State {
         client: ctx.client.clone(),
         claims: secrets.store(),

@@ -71,7 +71,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let nodes = ctx.informers.get::<Node>();
     nodes.synced().await;
-    let controller = Controller::for_stream(nodes.stream(), nodes.store());
+    let controller = Controller::for_shared_stream(nodes.stream(), nodes.store());
     let state = Arc::new(State {
         events: Recorder::new(ctx.client.clone(), "node-ipam-controller", None),
         client: ctx.client.clone(),

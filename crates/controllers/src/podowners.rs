@@ -161,11 +161,11 @@ pub fn controller<S: OwnsPods>(
         if let Change::Deleted(gone) = &change {
             on_owner.owner_deleted(gone);
         }
-        Ok::<_, kube::runtime::watcher::Error>((**change.object()).clone())
+        change.object().clone()
     });
     let on_pod = shared.clone();
     let pod_triggers = pods
         .changes()
         .flat_map(move |change| futures::stream::iter(on_pod.pod_changed(change)));
-    Controller::for_stream(owner_changes, owners.store()).reconcile_on(pod_triggers)
+    Controller::for_shared_stream(owner_changes, owners.store()).reconcile_on(pod_triggers)
 }

@@ -17,7 +17,6 @@ use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use kubox_quota::usage::{counted_resource, in_scope, list_of};
 use kubox_quota::{Quantity, ResourceList, usage};
@@ -71,9 +70,7 @@ pub async fn run(ctx: Arc<Context>) {
     // then, from caches that may not have the new object yet, would undo it.
     let changed_limits = quotas.changes().filter_map(|c| async move {
         match c {
-            Change::Applied { old, new } if needs_sync(old.as_deref(), &new) => {
-                Some(Ok::<_, watcher::Error>((*new).clone()))
-            }
+            Change::Applied { old, new } if needs_sync(old.as_deref(), &new) => Some(new),
             _ => None,
         }
     });
@@ -96,7 +93,8 @@ pub async fn run(ctx: Arc<Context>) {
         futures::stream::iter(refs)
     });
     quotas.synced().await;
-    let controller = Controller::for_stream(changed_limits, quotas.store()).reconcile_on(triggers);
+    let controller =
+        Controller::for_shared_stream(changed_limits, quotas.store()).reconcile_on(triggers);
     runner::run(COMPONENT, controller, reconcile, state).await;
 }
 

@@ -31,8 +31,8 @@ pub async fn run(ctx: Arc<Context>) {
     let config_maps = ctx.informers.get::<ConfigMap>();
     namespaces.synced().await;
     config_maps.synced().await;
-    let controller = Controller::for_stream(namespaces.stream(), namespaces.store())
-        .watches_stream(config_maps.stream(), |cm: ConfigMap| {
+    let controller = Controller::for_shared_stream(namespaces.stream(), namespaces.store())
+        .watches_shared_stream(config_maps.stream(), |cm: Arc<ConfigMap>| {
             (cm.name_any() == NAME)
                 .then(|| cm.namespace().map(|ns| ObjectRef::new(&ns)))
                 .flatten()

@@ -24,8 +24,8 @@ pub async fn run(ctx: Arc<Context>) {
     let namespaces = ctx.informers.get::<Namespace>();
     let accounts = ctx.informers.get::<ServiceAccount>();
     namespaces.synced().await;
-    let controller = Controller::for_stream(namespaces.stream(), namespaces.store())
-        .watches_stream(accounts.stream(), |sa: ServiceAccount| {
+    let controller = Controller::for_shared_stream(namespaces.stream(), namespaces.store())
+        .watches_shared_stream(accounts.stream(), |sa: Arc<ServiceAccount>| {
             (sa.name_any() == DEFAULT)
                 .then(|| sa.namespace().map(|ns| ObjectRef::new(&ns)))
                 .flatten()

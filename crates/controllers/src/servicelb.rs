@@ -43,9 +43,9 @@ pub async fn run(ctx: Arc<Context>) {
     let nodes = ctx.informers.get::<Node>();
     let (by_node, by_service) = (services.store(), services.store());
     services.synced().await;
-    let controller = Controller::for_stream(services.stream(), services.store())
-        .watches_stream(nodes.stream(), move |_: Node| all_balanced(&by_node))
-        .watches_stream(services.stream(), move |_: Service| {
+    let controller = Controller::for_shared_stream(services.stream(), services.store())
+        .watches_shared_stream(nodes.stream(), move |_: Arc<Node>| all_balanced(&by_node))
+        .watches_shared_stream(services.stream(), move |_: Arc<Service>| {
             all_balanced(&by_service)
         });
     let state = Arc::new(State {

@@ -24,7 +24,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let secrets = ctx.informers.get::<Secret>();
     secrets.synced().await;
-    let controller = Controller::for_stream(secrets.stream(), secrets.store());
+    let controller = Controller::for_shared_stream(secrets.stream(), secrets.store());
     let state = Arc::new(State {
         client: ctx.client.clone(),
     });

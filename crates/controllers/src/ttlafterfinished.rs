@@ -21,7 +21,7 @@ pub const COMPONENT: &str = "ttl-after-finished-controller";
 pub async fn run(ctx: Arc<Context>) {
     let jobs = ctx.informers.get::<Job>();
     jobs.synced().await;
-    let controller = Controller::for_stream(jobs.stream(), jobs.store());
+    let controller = Controller::for_shared_stream(jobs.stream(), jobs.store());
     runner::run(
         COMPONENT,
         controller,

@@ -60,8 +60,8 @@ pub async fn run(ctx: Arc<Context>) {
             .and_then(|r| ownerref::resolve(&owners, &job.namespace().unwrap_or_default(), r));
         futures::future::ready(owner.map(|o| ObjectRef::from_obj(&*o)))
     });
-    let controller =
-        Controller::for_stream(cronjobs.stream(), cronjobs.store()).reconcile_on(job_triggers);
+    let controller = Controller::for_shared_stream(cronjobs.stream(), cronjobs.store())
+        .reconcile_on(job_triggers);
     runner::run(COMPONENT, controller, reconcile, shared).await;
 }
 

@@ -57,7 +57,7 @@ pub async fn run(ctx: Arc<Context>) {
     let pod_triggers = pod_informer
         .changes()
         .flat_map(move |c| futures::stream::iter(on_pod.pod_changed(c)));
-    let controller = Controller::for_stream(deployments.stream(), deployments.store())
+    let controller = Controller::for_shared_stream(deployments.stream(), deployments.store())
         .reconcile_on(rs_triggers)
         .reconcile_on(pod_triggers);
     runner::run(COMPONENT, controller, reconcile, shared).await;

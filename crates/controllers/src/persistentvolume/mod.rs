@@ -69,7 +69,7 @@ pub async fn run(ctx: Arc<Context>) {
     };
     let claiming = runner::run(
         COMPONENT,
-        Controller::for_stream(claims.stream(), claims.store()).reconcile_on(waiting),
+        Controller::for_shared_stream(claims.stream(), claims.store()).reconcile_on(waiting),
         claims::sync,
         shared.clone(),
     );
@@ -81,7 +81,7 @@ pub async fn run(ctx: Arc<Context>) {
     };
     let keeping = runner::run(
         COMPONENT,
-        Controller::for_stream(volumes.stream(), volumes.store()).reconcile_on(released),
+        Controller::for_shared_stream(volumes.stream(), volumes.store()).reconcile_on(released),
         volumes::sync,
         shared,
     );

@@ -55,7 +55,7 @@ struct State {
 pub async fn run(ctx: Arc<Context>) {
     let hpas = ctx.informers.get::<HorizontalPodAutoscaler>();
     hpas.synced().await;
-    let controller = Controller::for_stream(hpas.stream(), hpas.store());
+    let controller = Controller::for_shared_stream(hpas.stream(), hpas.store());
     let state = Arc::new(State {
         client: ctx.client.clone(),
         recorder: ctx.recorder(COMPONENT),

@@ -45,7 +45,7 @@ pub async fn run(ctx: Arc<Context>) {
     });
     runner::run(
         COMPONENT,
-        Controller::for_stream(claims.stream(), claims.store()).reconcile_on(freed),
+        Controller::for_shared_stream(claims.stream(), claims.store()).reconcile_on(freed),
         sync,
         shared,
     )

@@ -18,7 +18,7 @@ pub async fn run(ctx: Arc<Context>) {
     volumes.synced().await;
     runner::run(
         COMPONENT,
-        Controller::for_stream(volumes.stream(), volumes.store()),
+        Controller::for_shared_stream(volumes.stream(), volumes.store()),
         sync,
         Arc::new(ctx.client.clone()),
     )
