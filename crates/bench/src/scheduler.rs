@@ -265,15 +265,14 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         // The server's and this process's CPU (the creators, the hollow
         // nodes and the watch timing binds) too: on a saturated machine
         // throughput follows the CPU a pod costs all of them.
-        let server_cpu = || server.pid().map_or(0, |pid| usage(pid).1);
+        let server_usage = || server.pid().map_or((0, 0), usage);
         let own_cpu = || usage(std::process::id()).1;
         let seconds = |ticks: u64| format!("{:.1} s", ticks as f64 / USER_HZ);
         for workload in Workload::ALL {
             let before = scheduler_usage();
-            let (server_0, own_0) = (server_cpu(), own_cpu());
+            let (server_0, own_0) = (server_usage().1, own_cpu());
             let m = measure(&client, workload, opts.pods, nodes).await?;
-            let (server_1, own_1) = (server_cpu(), own_cpu());
-            let rss = server.pid().map_or(0, |pid| usage(pid).0);
+            let ((rss, server_1), own_1) = (server_usage(), own_cpu());
             let mib = |kib: u64| format!("{:.0} MiB", kib as f64 / 1024.0);
             let cells = match (before, scheduler_usage()) {
                 (Some((rss_0, cpu_0)), Some((rss_1, cpu_1))) => {
